@@ -1,0 +1,142 @@
+//! Hand-written declarations of the part of librbd's C API (`rbd/librbd.h`, librbd 1.16 as in
+//! Ceph 16.2) that this crate calls. librados comes from the `ceph` crate's raw bindings.
+//!
+//! Everything here is private: the safe owners are in `cluster` and `image`.
+
+#![allow(non_camel_case_types)]
+
+use libc::{c_char, c_int, c_void, size_t, ssize_t};
+
+pub(crate) use ceph::rados::{rados_ioctx_t, rados_t};
+
+pub(crate) type rbd_image_t = *mut c_void;
+pub(crate) type rbd_completion_t = *mut c_void;
+pub(crate) type rbd_image_options_t = *mut c_void;
+pub(crate) type rbd_callback_t = unsafe extern "C" fn(cb: rbd_completion_t, arg: *mut c_void);
+pub(crate) type rbd_diff_cb_t =
+    unsafe extern "C" fn(offset: u64, len: size_t, exists: c_int, arg: *mut c_void) -> c_int;
+
+pub(crate) const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
+pub(crate) const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
+pub(crate) const RBD_IMAGE_OPTION_ORDER: c_int = 2;
+
+#[repr(C)]
+pub(crate) struct rbd_image_info_t {
+    pub size: u64,
+    pub obj_size: u64,
+    pub num_objs: u64,
+    pub order: c_int,
+    pub block_name_prefix: [c_char; RBD_MAX_BLOCK_NAME_SIZE],
+    pub parent_pool: i64,
+    pub parent_name: [c_char; RBD_MAX_IMAGE_NAME_SIZE],
+}
+
+#[repr(C)]
+pub(crate) struct rbd_snap_info_t {
+    pub id: u64,
+    pub size: u64,
+    pub name: *const c_char,
+}
+
+#[link(name = "rbd")]
+extern "C" {
+    pub(crate) fn rbd_image_options_create(opts: *mut rbd_image_options_t);
+    pub(crate) fn rbd_image_options_destroy(opts: rbd_image_options_t);
+    pub(crate) fn rbd_image_options_set_uint64(
+        opts: rbd_image_options_t,
+        optname: c_int,
+        optval: u64,
+    ) -> c_int;
+    pub(crate) fn rbd_create4(
+        io: rados_ioctx_t,
+        name: *const c_char,
+        size: u64,
+        opts: rbd_image_options_t,
+    ) -> c_int;
+
+    pub(crate) fn rbd_open(
+        io: rados_ioctx_t,
+        name: *const c_char,
+        image: *mut rbd_image_t,
+        snap_name: *const c_char,
+    ) -> c_int;
+    pub(crate) fn rbd_open_read_only(
+        io: rados_ioctx_t,
+        name: *const c_char,
+        image: *mut rbd_image_t,
+        snap_name: *const c_char,
+    ) -> c_int;
+    pub(crate) fn rbd_close(image: rbd_image_t) -> c_int;
+
+    pub(crate) fn rbd_stat(
+        image: rbd_image_t,
+        info: *mut rbd_image_info_t,
+        infosize: size_t,
+    ) -> c_int;
+    pub(crate) fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;
+    pub(crate) fn rbd_resize2(
+        image: rbd_image_t,
+        size: u64,
+        allow_shrink: bool,
+        cb: *const c_void,
+        cbdata: *mut c_void,
+    ) -> c_int;
+    pub(crate) fn rbd_flush(image: rbd_image_t) -> c_int;
+
+    pub(crate) fn rbd_snap_list(
+        image: rbd_image_t,
+        snaps: *mut rbd_snap_info_t,
+        max_snaps: *mut c_int,
+    ) -> c_int;
+    pub(crate) fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
+    pub(crate) fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
+
+    pub(crate) fn rbd_diff_iterate2(
+        image: rbd_image_t,
+        fromsnapname: *const c_char,
+        ofs: u64,
+        len: u64,
+        include_parent: u8,
+        whole_object: u8,
+        cb: rbd_diff_cb_t,
+        arg: *mut c_void,
+    ) -> c_int;
+
+    pub(crate) fn rbd_aio_create_completion(
+        cb_arg: *mut c_void,
+        complete_cb: rbd_callback_t,
+        c: *mut rbd_completion_t,
+    ) -> c_int;
+    pub(crate) fn rbd_aio_get_return_value(c: rbd_completion_t) -> ssize_t;
+    pub(crate) fn rbd_aio_release(c: rbd_completion_t);
+    pub(crate) fn rbd_aio_read2(
+        image: rbd_image_t,
+        off: u64,
+        len: size_t,
+        buf: *mut c_char,
+        c: rbd_completion_t,
+        op_flags: c_int,
+    ) -> c_int;
+    pub(crate) fn rbd_aio_write2(
+        image: rbd_image_t,
+        off: u64,
+        len: size_t,
+        buf: *const c_char,
+        c: rbd_completion_t,
+        op_flags: c_int,
+    ) -> c_int;
+    pub(crate) fn rbd_aio_write_zeroes(
+        image: rbd_image_t,
+        off: u64,
+        len: size_t,
+        c: rbd_completion_t,
+        zero_flags: c_int,
+        op_flags: c_int,
+    ) -> c_int;
+    pub(crate) fn rbd_aio_discard(
+        image: rbd_image_t,
+        off: u64,
+        len: u64,
+        c: rbd_completion_t,
+    ) -> c_int;
+}
