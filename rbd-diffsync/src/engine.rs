@@ -107,6 +107,27 @@ pub(crate) struct Counters {
     pub skipped: u64,
 }
 
+/// The kind of request, kept in the low bits of its completion token beside the slot index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read = 0,
+    Write = 1,
+    Zero = 2,
+}
+
+fn token(slot: usize, op: Op) -> u64 {
+    ((slot as u64) << 2) | op as u64
+}
+
+fn untoken(token: u64) -> (usize, Op) {
+    let op = match token & 3 {
+        0 => Op::Read,
+        1 => Op::Write,
+        _ => Op::Zero,
+    };
+    ((token >> 2) as usize, op)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -172,9 +193,10 @@ impl Run<'_> {
             }
             match self
                 .sink
-                .start_zero(piece.offset, piece.len, &self.notifier, i as u64)
+                .start_zero(piece.offset, piece.len, &self.notifier, token(i, Op::Zero))
             {
                 Ok(()) => {
+                    self.counters.zeroed += piece.len;
                     self.outstanding += 1;
                     let slot = &mut self.slots[i];
                     slot.piece = piece;
@@ -197,7 +219,7 @@ impl Run<'_> {
         // been received: the slot stays in `Reading`, and `Drop` drains before `slots` goes.
         let started = unsafe {
             self.source
-                .start_read(piece.offset, len, buf, &self.notifier, i as u64)
+                .start_read(piece.offset, len, buf, &self.notifier, token(i, Op::Read))
         };
         match started {
             Ok(()) => {
@@ -216,15 +238,19 @@ impl Run<'_> {
     /// Handles one completion; returns the bytes of a piece that finished with it.
     fn complete(&mut self, done: Done) -> u64 {
         self.outstanding -= 1;
-        let i = done.token as usize;
+        let (i, op) = untoken(done.token);
         let phase = self.slots[i].phase;
         let piece = self.slots[i].piece;
         if done.ret < 0 {
-            let e = match phase {
-                Phase::Reading => self.source.read_error(piece.offset, piece.len, done.ret),
-                _ => self
+            let e = match op {
+                Op::Read => self.source.read_error(piece.offset, piece.len, done.ret),
+                Op::Write => self
                     .sink
                     .write_error("write", piece.offset, piece.len, done.ret),
+                Op::Zero => {
+                    self.sink
+                        .write_error("write_zeroes", piece.offset, piece.len, done.ret)
+                }
             };
             self.fail(e);
             self.slots[i].failed = true;
@@ -271,7 +297,8 @@ impl Run<'_> {
                     continue;
                 }
                 self.counters.zeroed += len;
-                self.sink.start_zero(off, len, &self.notifier, i as u64)
+                self.sink
+                    .start_zero(off, len, &self.notifier, token(i, Op::Zero))
             } else {
                 self.counters.written += len;
                 // SAFETY: the slot stays in `Writing` with this request pending, so its buffer
@@ -279,7 +306,7 @@ impl Run<'_> {
                 unsafe {
                     let ptr = self.slots[i].buf.as_ptr().add(run.start);
                     self.sink
-                        .start_write(off, run.len, ptr, &self.notifier, i as u64)
+                        .start_write(off, run.len, ptr, &self.notifier, token(i, Op::Write))
                 }
             };
             match started {

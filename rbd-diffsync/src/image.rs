@@ -251,8 +251,11 @@ impl Image {
 
     /// Grows or shrinks HEAD to `size` bytes.
     pub fn resize(&self, size: u64) -> Result<()> {
-        // SAFETY: `raw` is open; no progress callback is passed.
-        let ret = unsafe { sys::rbd_resize2(self.raw, size, true, ptr::null(), ptr::null_mut()) };
+        unsafe extern "C" fn no_progress(_offset: u64, _total: u64, _arg: *mut c_void) -> c_int {
+            0
+        }
+        // SAFETY: `raw` is open; the callback ignores its (null) argument.
+        let ret = unsafe { sys::rbd_resize2(self.raw, size, true, no_progress, ptr::null_mut()) };
         check(ret, "resize", &self.label)
     }
 

@@ -1,1 +1,328 @@
-//! Helpers for the live-cluster tests.
+//! Helpers for the live-cluster tests: where the clusters are, the `rbd` CLI as the oracle, and
+//! data written through librbd.
+//!
+//! The clusters are named by `RBD_DIFFSYNC_CONF` (and `RBD_DIFFSYNC_CONF2` for cross-cluster
+//! tests): paths of ceph.conf files of clusters started by `scripts/cluster.sh`. A test that
+//! needs a cluster that is not there fails with a message saying how to start it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use rbd_diffsync::{Cluster, ClusterSpec, DiffTransfer, Image, ImageSpec, Pool, TransferStats};
+
+pub use rbd_diffsync;
+
+const MIB: u64 = 1 << 20;
+
+/// A live cluster the tests use.
+#[derive(Clone, Debug)]
+pub struct TestCluster {
+    /// Its ceph.conf.
+    pub conf: PathBuf,
+}
+
+fn cluster_from_env(var: &str) -> TestCluster {
+    match std::env::var_os(var) {
+        Some(conf) if Path::new(&conf).is_file() => TestCluster { conf: conf.into() },
+        Some(conf) => panic!(
+            "{var}={} is not a file: start a cluster with `scripts/cluster.sh start DIR PORT` \
+             (scripts/test.sh starts two and sets this)",
+            Path::new(&conf).display()
+        ),
+        None => panic!(
+            "{var} is not set: these tests need a live Ceph cluster; run `bash scripts/test.sh`, \
+             or start one with `scripts/cluster.sh start DIR PORT` and export {var}=DIR/ceph.conf"
+        ),
+    }
+}
+
+/// The main test cluster (`RBD_DIFFSYNC_CONF`).
+pub fn cluster() -> TestCluster {
+    cluster_from_env("RBD_DIFFSYNC_CONF")
+}
+
+/// The second test cluster (`RBD_DIFFSYNC_CONF2`), for cross-cluster tests.
+pub fn cluster2() -> TestCluster {
+    cluster_from_env("RBD_DIFFSYNC_CONF2")
+}
+
+/// A name no other test or run uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deterministic, incompressible bytes: never all-zero over 4 KiB.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+impl TestCluster {
+    /// client.admin through ceph.conf.
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec::new().conf(&self.conf)
+    }
+
+    /// client.diffsync (rbd profiles only) with its keyring given explicitly, as
+    /// `scripts/cluster.sh` creates it.
+    pub fn restricted_spec(&self) -> ClusterSpec {
+        let keyring = self.conf.with_file_name("client.diffsync.keyring");
+        assert!(
+            keyring.is_file(),
+            "{} is missing: the cluster was not started by scripts/cluster.sh",
+            keyring.display()
+        );
+        ClusterSpec::new()
+            .conf(&self.conf)
+            .id("diffsync")
+            .keyring(keyring)
+    }
+
+    fn connection(&self) -> Cluster {
+        Cluster::connect(&self.spec()).expect("connect to the test cluster")
+    }
+
+    /// An I/O context on `pool[/ns]`.
+    pub fn pool(&self, spec: &ImageSpec) -> Pool {
+        self.connection()
+            .pool(spec.pool(), spec.namespace())
+            .expect("open pool")
+    }
+
+    /// Runs `rbd -c CONF args...`, panicking with its stderr when it fails.
+    pub fn rbd(&self, args: &[&str]) -> String {
+        let out = self.rbd_output(args);
+        assert!(
+            out.status.success(),
+            "rbd {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("rbd prints UTF-8")
+    }
+
+    /// Runs `rbd -c CONF args...` and returns what it did.
+    pub fn rbd_output(&self, args: &[&str]) -> Output {
+        Command::new("rbd")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the rbd CLI runs (scripts/cluster.sh install puts it there)")
+    }
+
+    /// `rbd create --size SIZE [--object-size OBJ] spec`.
+    pub fn create(&self, spec: &str, size: u64, object_size: Option<u64>) {
+        let size = format!("{}K", size / 1024);
+        let mut args = vec!["create", "--size", &size];
+        let obj;
+        if let Some(o) = object_size {
+            obj = format!("{}K", o / 1024);
+            args.extend(["--object-size", &obj]);
+        }
+        args.push(spec);
+        self.rbd(&args);
+    }
+
+    /// Opens `spec` (HEAD) for writing through librbd.
+    pub fn open(&self, spec: &str) -> Image {
+        let spec = ImageSpec::parse(spec).unwrap();
+        Image::open(&self.pool(&spec), spec.image()).expect("open test image")
+    }
+
+    /// Writes `len` bytes of [`pattern`]`(seed)` at `offset` of `spec`.
+    pub fn write(&self, spec: &str, offset: u64, len: usize, seed: u64) {
+        self.open(spec)
+            .write(offset, &pattern(seed, len))
+            .expect("write test data");
+    }
+
+    /// `rbd snap create spec@snap`.
+    pub fn snap(&self, spec: &str, snap: &str) {
+        self.rbd(&["snap", "create", &format!("{spec}@{snap}"), "--no-progress"]);
+    }
+
+    /// `rbd export spec - | md5sum`: the oracle every result is compared with.
+    pub fn md5(&self, spec: &str) -> String {
+        let mut export = Command::new("rbd")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["export", "--no-progress", spec, "-"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the rbd CLI runs");
+        let sum = Command::new("md5sum")
+            .stdin(export.stdout.take().unwrap())
+            .output()
+            .expect("md5sum runs");
+        let status = export.wait().unwrap();
+        assert!(status.success(), "rbd export {spec} failed");
+        assert!(sum.status.success(), "md5sum failed");
+        String::from_utf8_lossy(&sum.stdout)
+            .split_whitespace()
+            .next()
+            .expect("md5sum prints a sum")
+            .to_owned()
+    }
+
+    /// The snapshot names of an image, oldest first.
+    pub fn snaps(&self, image: &str) -> Vec<String> {
+        let json = self.rbd(&["snap", "ls", "--format", "json", image]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut snaps: Vec<(u64, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_u64().unwrap(),
+                    s["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        snaps.sort();
+        snaps.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Whether the image exists.
+    pub fn exists(&self, image: &str) -> bool {
+        self.rbd_output(&["info", image]).status.success()
+    }
+
+    /// `rbd diff [--from-snap from] image` as `(offset, length, exists)` triples.
+    pub fn diff(&self, image: &str, from_snap: Option<&str>) -> Vec<(u64, u64, bool)> {
+        let mut args = vec!["diff", "--format", "json"];
+        if let Some(from) = from_snap {
+            args.extend(["--from-snap", from]);
+        }
+        args.push(image);
+        let v: serde_json::Value = serde_json::from_str(&self.rbd(&args)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["offset"].as_u64().unwrap(),
+                    e["length"].as_u64().unwrap(),
+                    e["exists"].as_str() == Some("true"),
+                )
+            })
+            .collect()
+    }
+
+    /// A fresh image name in `pool`.
+    pub fn new_image(&self, pool: &str, prefix: &str) -> String {
+        format!("{pool}/{}", unique(prefix))
+    }
+
+    /// Our transfer on this cluster (both sides).
+    pub fn transfer(&self, source: &str, dest: &str, from_snap: Option<&str>) -> DiffTransfer {
+        let mut t =
+            DiffTransfer::new(source.parse().unwrap(), dest.parse().unwrap()).cluster(self.spec());
+        if let Some(from) = from_snap {
+            t = t.from_snap(from);
+        }
+        t
+    }
+
+    /// Runs our transfer and checks the result against the source with the oracle.
+    pub fn sync_and_check(
+        &self,
+        source: &str,
+        dest: &str,
+        from_snap: Option<&str>,
+    ) -> TransferStats {
+        let stats = self
+            .transfer(source, dest, from_snap)
+            .run()
+            .unwrap_or_else(|e| panic!("sync {source} -> {dest} (from {from_snap:?}): {e}"));
+        let snap = source
+            .split_once('@')
+            .map(|(_, s)| s)
+            .expect("source names a snapshot");
+        assert_eq!(
+            self.md5(&format!("{dest}@{snap}")),
+            self.md5(source),
+            "{dest}@{snap} differs from {source}"
+        );
+        stats
+    }
+
+    /// `rbd export-diff [--from-snap F] source - | rbd import-diff - dest`, the pipe cinder runs.
+    pub fn pipe(&self, source: &str, dest: &str, from_snap: Option<&str>) {
+        let mut export = Command::new("rbd");
+        export
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["export-diff", "--no-progress"]);
+        if let Some(from) = from_snap {
+            export.args(["--from-snap", from]);
+        }
+        let mut export = export
+            .args([source, "-"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let import = Command::new("rbd")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["import-diff", "--no-progress", "-", dest])
+            .stdin(export.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            export.wait().unwrap().success(),
+            "rbd export-diff {source} failed"
+        );
+        assert!(
+            import.status.success(),
+            "rbd import-diff {dest}: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+    }
+}
+
+/// `n` MiB.
+pub const fn mib(n: u64) -> u64 {
+    n * MIB
+}
+
+/// The command-line binary, built once per test run.
+pub fn cli() -> Command {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "-q", "-p", "rbd-diffsync", "--features", "cli"])
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the rbd-diffsync command line failed"
+        );
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
+        target.join("debug").join("rbd-diffsync")
+    });
+    Command::new(bin)
+}

@@ -13,6 +13,9 @@ pub(crate) type rbd_image_t = *mut c_void;
 pub(crate) type rbd_completion_t = *mut c_void;
 pub(crate) type rbd_image_options_t = *mut c_void;
 pub(crate) type rbd_callback_t = unsafe extern "C" fn(cb: rbd_completion_t, arg: *mut c_void);
+/// librbd calls it without a NULL check: pass a real function.
+pub(crate) type librbd_progress_fn_t =
+    unsafe extern "C" fn(offset: u64, total: u64, ptr: *mut c_void) -> c_int;
 pub(crate) type rbd_diff_cb_t =
     unsafe extern "C" fn(offset: u64, len: size_t, exists: c_int, arg: *mut c_void) -> c_int;
 
@@ -78,7 +81,7 @@ extern "C" {
         image: rbd_image_t,
         size: u64,
         allow_shrink: bool,
-        cb: *const c_void,
+        cb: librbd_progress_fn_t,
         cbdata: *mut c_void,
     ) -> c_int;
     pub(crate) fn rbd_flush(image: rbd_image_t) -> c_int;

@@ -1,0 +1,204 @@
+//! Bad input: each refused with its own error naming what is wrong, the destination untouched
+//! (no new snapshot, nothing written since its last snapshot according to `rbd diff`).
+
+use rbd_diffsync_tests::{cluster, mib, rbd_diffsync, TestCluster};
+
+use rbd_diffsync::{DiffTransfer, Error, ImageSpec};
+
+struct Setup {
+    c: TestCluster,
+    src: String,
+    dst: String,
+}
+
+/// A source with snapshots s1, s1b, s2 and a destination holding s1 only.
+fn setup(name: &str) -> Setup {
+    let c = cluster();
+    let src = c.new_image("rbd", name);
+    let dst = c.new_image("backups", name);
+    c.create(&src, mib(8), None);
+    c.write(&src, 0, 100_000, 100);
+    c.snap(&src, "s1");
+    c.write(&src, mib(1), 100_000, 101);
+    c.snap(&src, "s1b");
+    c.write(&src, mib(2), 100_000, 102);
+    c.snap(&src, "s2");
+    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    Setup { c, src, dst }
+}
+
+impl Setup {
+    fn run(&self, source: &str, dest: &str, from: Option<&str>) -> Error {
+        let t = DiffTransfer::new(source.parse().unwrap(), dest.parse().unwrap())
+            .cluster(self.c.spec());
+        let t = match from {
+            Some(from) => t.from_snap(from),
+            None => t,
+        };
+        match t.run() {
+            Ok(stats) => panic!("{source} -> {dest} from {from:?} succeeded: {stats:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn assert_untouched(&self) {
+        assert_eq!(
+            self.c.snaps(&self.dst),
+            ["s1"],
+            "no snapshot was added to {}",
+            self.dst
+        );
+        assert_eq!(
+            self.c.diff(&self.dst, Some("s1")),
+            [],
+            "nothing was written to {}",
+            self.dst
+        );
+    }
+}
+
+#[test]
+fn missing_source_pool() {
+    let s = setup("bad-pool");
+    let err = s.run("no-such-pool/img@s2", &s.dst, Some("s1"));
+    assert!(
+        matches!(&err, Error::PoolNotFound { pool, .. } if pool == "no-such-pool"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no-such-pool"), "{err}");
+    assert_eq!(err.errno(), libc::ENOENT);
+    s.assert_untouched();
+}
+
+#[test]
+fn missing_destination_pool() {
+    let s = setup("bad-dpool");
+    let err = s.run(&format!("{}@s2", s.src), "no-such-pool/copy", Some("s1"));
+    assert!(
+        matches!(&err, Error::PoolNotFound { pool, .. } if pool == "no-such-pool"),
+        "{err}"
+    );
+    let err = s.run(&format!("{}@s2", s.src), "no-such-pool/copy", None);
+    assert!(
+        matches!(&err, Error::PoolNotFound { .. }),
+        "a full transfer creates no pool: {err}"
+    );
+}
+
+#[test]
+fn missing_source_image() {
+    let s = setup("bad-image");
+    let err = s.run("rbd/no-such-image@s2", &s.dst, Some("s1"));
+    assert!(
+        matches!(&err, Error::ImageNotFound { image } if image == "rbd/no-such-image"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rbd/no-such-image"), "{err}");
+    s.assert_untouched();
+}
+
+#[test]
+fn missing_end_snapshot() {
+    let s = setup("bad-end");
+    let err = s.run(&format!("{}@nope", s.src), &s.dst, Some("s1"));
+    assert!(
+        matches!(&err, Error::SnapNotFound { image, snap } if *image == s.src && snap == "nope"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("nope") && err.to_string().contains(&s.src),
+        "{err}"
+    );
+    s.assert_untouched();
+}
+
+#[test]
+fn from_snap_missing_on_the_source() {
+    let s = setup("bad-from-src");
+    let err = s.run(&format!("{}@s2", s.src), &s.dst, Some("gone"));
+    assert!(
+        matches!(&err, Error::SnapNotFound { image, snap } if *image == s.src && snap == "gone"),
+        "{err}"
+    );
+    s.assert_untouched();
+}
+
+#[test]
+fn from_snap_missing_on_the_destination() {
+    let s = setup("bad-from-dst");
+    let err = s.run(&format!("{}@s2", s.src), &s.dst, Some("s1b"));
+    assert!(
+        matches!(&err, Error::SnapNotFound { image, snap } if *image == s.dst && snap == "s1b"),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&s.dst), "{err}");
+    s.assert_untouched();
+}
+
+#[test]
+fn end_snapshot_already_on_the_destination() {
+    let s = setup("bad-exists");
+    let err = s.run(&format!("{}@s1", s.src), &s.dst, None);
+    assert!(
+        matches!(&err, Error::SnapExists { image, snap } if *image == s.dst && snap == "s1"),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EEXIST);
+    s.assert_untouched();
+}
+
+#[test]
+fn from_snap_newer_than_the_end_snapshot() {
+    let s = setup("bad-order");
+    let err = s.run(&format!("{}@s1b", s.src), &s.dst, Some("s2"));
+    assert_eq!(err.errno(), libc::EINVAL, "{err}");
+    assert!(err.to_string().contains("s2"), "{err}");
+    s.assert_untouched();
+}
+
+#[test]
+fn incremental_into_a_missing_destination_creates_nothing() {
+    let s = setup("bad-missing-dst");
+    let dst = s.c.new_image("backups", "never");
+    let err = s.run(&format!("{}@s2", s.src), &dst, Some("s1"));
+    assert!(
+        matches!(&err, Error::ImageNotFound { image } if *image == dst),
+        "{err}"
+    );
+    assert!(!s.c.exists(&dst));
+}
+
+#[test]
+fn malformed_image_specs() {
+    let s = setup("bad-spec");
+    for bad in [
+        "",
+        "rbd/",
+        "/img",
+        "rbd//img@s1",
+        "rbd/img@",
+        "rbd/img@a@b",
+        "a/b/c/d",
+        "rbd/im\0g@s1",
+    ] {
+        let err = ImageSpec::parse(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidSpec { .. }), "{bad:?}: {err}");
+        assert!(
+            err.to_string().contains(&format!("{bad:?}")),
+            "names the spec: {err}"
+        );
+    }
+    // Through the command line: refused with a message, nothing written.
+    for bad in ["rbd//x@s2", &format!("{}@s2@s3", s.src)] {
+        let out = rbd_diffsync_tests::cli()
+            .args(["sync", "-c"])
+            .arg(&s.c.conf)
+            .args(["--from-snap", "s1", bad, &s.dst])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid image spec"), "{stderr}");
+    }
+    s.assert_untouched();
+}

@@ -1,0 +1,277 @@
+//! Transfers on one live cluster, each checked against `rbd export | md5sum` and the
+//! destination's snapshot list.
+
+use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync};
+
+use rbd_diffsync::{CancelToken, Error};
+
+#[test]
+fn full_sync_then_a_chain_of_incrementals() {
+    let c = cluster();
+    let src = c.new_image("rbd", "chain");
+    let dst = c.new_image("backups", "chain");
+    c.create(&src, mib(64), None);
+    c.write(&src, 0, mib(10) as usize, 1);
+    c.write(&src, mib(40) + 12345, 300_000, 2);
+    c.snap(&src, "s1");
+    let full = c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    assert!(full.created_destination);
+    // Extents come at 4 KiB granularity: the unaligned write's partial blocks are copied whole.
+    let data = mib(10) + 300_000;
+    assert!(
+        (data..=data + 8192).contains(&full.bytes_written),
+        "only the data is written: {full:?}"
+    );
+    assert_eq!(
+        full.bytes_zeroed, 0,
+        "a created destination needs no zeroing"
+    );
+    assert_eq!(c.snaps(&dst), ["s1"]);
+
+    for (i, snap) in ["s2", "s3", "s4"].into_iter().enumerate() {
+        let seed = 10 + i as u64;
+        c.write(&src, mib(5) * (i as u64 + 1) + 777, 200_000, seed);
+        c.write(&src, mib(60) + 4096 * i as u64, 8192, seed + 100);
+        c.snap(&src, snap);
+        let prev = ["s1", "s2", "s3"][i];
+        let stats = c.sync_and_check(&format!("{src}@{snap}"), &dst, Some(prev));
+        assert!(!stats.created_destination);
+        assert!(stats.bytes_written >= 200_000 + 8192, "{stats:?}");
+        assert!(
+            stats.bytes_written < mib(10),
+            "an incremental writes only changes: {stats:?}"
+        );
+    }
+    assert_eq!(c.snaps(&dst), ["s1", "s2", "s3", "s4"]);
+    for snap in ["s1", "s2", "s3"] {
+        assert_eq!(
+            c.md5(&format!("{dst}@{snap}")),
+            c.md5(&format!("{src}@{snap}")),
+            "{snap} kept"
+        );
+    }
+}
+
+#[test]
+fn sparse_image_with_discards_and_written_zeros() {
+    let c = cluster();
+    let src = c.new_image("rbd", "sparse");
+    let dst = c.new_image("backups", "sparse");
+    c.create(&src, 1 << 30, None);
+    c.write(&src, 0, mib(2) as usize, 3);
+    c.write(&src, mib(300), mib(8) as usize, 4);
+    c.write(&src, (1 << 30) - mib(1), mib(1) as usize, 5);
+    // Written zeros between data: never written as data.
+    c.open(&src)
+        .write(mib(500), &vec![0u8; mib(4) as usize])
+        .unwrap();
+    c.snap(&src, "s1");
+    let full = c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    assert_eq!(full.bytes_written, mib(11), "{full:?}");
+
+    let img = c.open(&src);
+    img.discard(mib(300), mib(4)).unwrap(); // a whole object
+    img.discard(mib(306) + 4096, 8192).unwrap(); // inside an object
+    img.write_zeroes(0, mib(1)).unwrap();
+    img.write(mib(1), &vec![0u8; 65536]).unwrap(); // zeros written as data
+    img.write(mib(700), &pattern(6, 4096)).unwrap();
+    drop(img);
+    c.snap(&src, "s2");
+    let inc = c.sync_and_check(&format!("{src}@s2"), &dst, Some("s1"));
+    assert!(inc.bytes_zeroed >= mib(4) + mib(1) + 65536, "{inc:?}");
+    assert!(
+        inc.bytes_written < mib(5),
+        "zeros are not written as data: {inc:?}"
+    );
+    assert_eq!(c.snaps(&dst), ["s1", "s2"]);
+    // The destination holds nothing where the source is a hole.
+    let allocated: u64 = c
+        .diff(&format!("{dst}@s2"), None)
+        .iter()
+        .filter(|e| e.2)
+        .map(|e| e.1)
+        .sum();
+    assert!(
+        allocated <= mib(16),
+        "destination allocated {allocated} bytes for 11 MiB of data"
+    );
+}
+
+#[test]
+fn image_growing_and_shrinking_between_snapshots() {
+    let c = cluster();
+    let src = c.new_image("rbd", "resize");
+    let dst = c.new_image("backups", "resize");
+    c.create(&src, mib(32), None);
+    c.write(&src, mib(30), mib(2) as usize, 7);
+    c.snap(&src, "s1");
+    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+
+    c.rbd(&["resize", "--no-progress", "--size", "72M", &src]);
+    c.write(&src, mib(70), mib(2) as usize, 8);
+    c.snap(&src, "grown");
+    c.sync_and_check(&format!("{src}@grown"), &dst, Some("s1"));
+
+    c.rbd(&[
+        "resize",
+        "--no-progress",
+        "--allow-shrink",
+        "--size",
+        "20M",
+        &src,
+    ]);
+    c.snap(&src, "shrunk");
+    c.sync_and_check(&format!("{src}@shrunk"), &dst, Some("grown"));
+
+    // Growing again after a shrink must read zeros where the old data was.
+    c.rbd(&["resize", "--no-progress", "--size", "40M", &src]);
+    c.write(&src, mib(21), 5000, 9);
+    c.snap(&src, "regrown");
+    c.sync_and_check(&format!("{src}@regrown"), &dst, Some("shrunk"));
+    assert_eq!(c.snaps(&dst), ["s1", "grown", "shrunk", "regrown"]);
+    let info = c.rbd(&["info", "--format", "json", &dst]);
+    assert!(info.contains(&format!("\"size\":{}", mib(40))), "{info}");
+}
+
+#[test]
+fn object_sizes_other_than_4_mib() {
+    let c = cluster();
+    for (order, object_size) in [(20u8, mib(1)), (25, mib(32))] {
+        let src = c.new_image("rbd", &format!("order{order}"));
+        let dst = c.new_image("backups", &format!("order{order}"));
+        c.create(&src, mib(100), Some(object_size));
+        c.write(&src, object_size - 1000, 3 * object_size as usize / 2, 20);
+        c.write(&src, mib(97), 100_000, 21);
+        c.snap(&src, "s1");
+        c.sync_and_check(&format!("{src}@s1"), &dst, None);
+        let info = c.rbd(&["info", "--format", "json", &dst]);
+        assert!(
+            info.contains(&format!("\"order\":{order}")),
+            "created with the source's object size: {info}"
+        );
+        c.open(&src).discard(object_size, object_size).unwrap();
+        c.write(&src, 2 * object_size + 5, 70_000, 22);
+        c.snap(&src, "s2");
+        c.sync_and_check(&format!("{src}@s2"), &dst, Some("s1"));
+        assert_eq!(c.snaps(&dst), ["s1", "s2"]);
+    }
+}
+
+#[test]
+fn clone_with_data_partly_in_its_parent() {
+    let c = cluster();
+    let parent = c.new_image("rbd", "parent");
+    let child = c.new_image("rbd", "child");
+    let dst = c.new_image("backups", "child");
+    c.create(&parent, mib(48), None);
+    c.write(&parent, 0, mib(20) as usize, 30);
+    c.snap(&parent, "base");
+    c.rbd(&["snap", "protect", &format!("{parent}@base")]);
+    c.rbd(&["clone", &format!("{parent}@base"), &child]);
+    c.write(&child, mib(6) + 100, mib(3) as usize, 31); // over parent data
+    c.write(&child, mib(40), 4096, 32); // beyond the parent's data
+    c.snap(&child, "c1");
+    let full = c.sync_and_check(&format!("{child}@c1"), &dst, None);
+    assert!(
+        full.bytes_written >= mib(20),
+        "parent data is copied: {full:?}"
+    );
+    c.open(&child).discard(0, mib(4)).unwrap();
+    c.write(&child, mib(12), 10_000, 33);
+    c.snap(&child, "c2");
+    c.sync_and_check(&format!("{child}@c2"), &dst, Some("c1"));
+    assert_eq!(c.snaps(&dst), ["c1", "c2"]);
+}
+
+#[test]
+fn source_at_head_creates_no_snapshot() {
+    let c = cluster();
+    let src = c.new_image("rbd", "head");
+    let dst = c.new_image("backups", "head");
+    c.create(&src, mib(16), None);
+    c.write(&src, 4096, 100_000, 40);
+    let stats = c.transfer(&src, &dst, None).run().unwrap();
+    assert_eq!(stats.end_snap, None);
+    assert!(c.snaps(&dst).is_empty());
+    assert_eq!(c.md5(&dst), c.md5(&src));
+}
+
+#[test]
+fn full_sync_into_an_existing_image_replaces_its_content() {
+    let c = cluster();
+    let src = c.new_image("rbd", "over");
+    let dst = c.new_image("backups", "over");
+    c.create(&src, mib(24), None);
+    c.write(&src, mib(8), mib(1) as usize, 50);
+    c.snap(&src, "s1");
+    // The destination is bigger and holds data where the source has none.
+    c.create(&dst, mib(40), None);
+    c.write(&dst, 0, mib(6) as usize, 51);
+    c.write(&dst, mib(8) + mib(1), 4096, 52);
+    c.write(&dst, mib(30), 4096, 53);
+    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    assert_eq!(c.snaps(&dst), ["s1"]);
+}
+
+#[test]
+fn image_in_a_namespace() {
+    let c = cluster();
+    let ns = rbd_diffsync_tests::unique("ns");
+    c.rbd(&["namespace", "create", &format!("backups/{ns}")]);
+    let src = c.new_image("rbd", "nsrc");
+    let dst = format!("backups/{ns}/copy");
+    c.create(&src, mib(8), None);
+    c.write(&src, 0, 50_000, 60);
+    c.snap(&src, "s1");
+    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    assert_eq!(c.snaps(&dst), ["s1"]);
+}
+
+#[test]
+fn progress_reaches_the_total_and_cancel_leaves_no_snapshot() {
+    let c = cluster();
+    let src = c.new_image("rbd", "cancel");
+    c.create(&src, mib(32), None);
+    c.write(&src, 0, mib(32) as usize, 70);
+    c.snap(&src, "s1");
+
+    let dst = c.new_image("backups", "progress");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    c.transfer(&format!("{src}@s1"), &dst, None)
+        .on_progress(move |p| log.lock().unwrap().push((p.bytes_done, p.bytes_total)))
+        .run()
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress only grows: {seen:?}"
+    );
+    assert_eq!(*seen.last().unwrap(), (mib(32), mib(32)));
+
+    // Cancelled from the progress callback once some data is done.
+    let dst = c.new_image("backups", "cancel");
+    let token = CancelToken::new();
+    let trigger = token.clone();
+    let err = c
+        .transfer(&format!("{src}@s1"), &dst, None)
+        .chunk_size(65536)
+        .window(2)
+        .progress_interval(std::time::Duration::ZERO)
+        .cancel_token(token)
+        .on_progress(move |p| {
+            if p.bytes_done > 0 {
+                trigger.cancel()
+            }
+        })
+        .run()
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err}");
+    assert_eq!(err.errno(), libc::ECANCELED);
+    assert!(err.to_string().contains(&dst), "{err}");
+    assert!(
+        c.snaps(&dst).is_empty(),
+        "a cancelled transfer creates no snapshot"
+    );
+}
