@@ -89,10 +89,18 @@ impl Cluster {
         if ret < 0 {
             return Err(fail(ret, &handle));
         }
-        if let Some(keyring) = &keyring {
-            let key = c"keyring";
+        let timeout = spec
+            .connect_timeout_value()
+            .map(|t| cstring("timeout", format!("{}", t.as_secs_f64()).as_bytes()))
+            .transpose()?;
+        let settings = [
+            (c"keyring", keyring.as_ref()),
+            (c"client_mount_timeout", timeout.as_ref()),
+        ];
+        for (key, value) in settings {
+            let Some(value) = value else { continue };
             // SAFETY: both strings are NUL-terminated and outlive the call.
-            let ret = unsafe { raw::rados_conf_set(handle.rados, key.as_ptr(), keyring.as_ptr()) };
+            let ret = unsafe { raw::rados_conf_set(handle.rados, key.as_ptr(), value.as_ptr()) };
             if ret < 0 {
                 return Err(fail(ret, &handle));
             }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -165,6 +166,7 @@ pub struct ClusterSpec {
     conf: Option<PathBuf>,
     id: String,
     keyring: Option<PathBuf>,
+    connect_timeout: Option<Duration>,
 }
 
 impl Default for ClusterSpec {
@@ -173,6 +175,7 @@ impl Default for ClusterSpec {
             conf: None,
             id: "admin".to_owned(),
             keyring: None,
+            connect_timeout: None,
         }
     }
 }
@@ -201,6 +204,18 @@ impl ClusterSpec {
     pub fn keyring(mut self, path: impl Into<PathBuf>) -> Self {
         self.keyring = Some(path.into());
         self
+    }
+
+    /// Gives up connecting after this long (librados' `client_mount_timeout`, 300 s unless
+    /// ceph.conf says otherwise). A wrong key or an unreachable monitor fails only then.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The connect timeout, if one was set.
+    pub fn connect_timeout_value(&self) -> Option<Duration> {
+        self.connect_timeout
     }
 
     /// The ceph.conf path, if one was given.

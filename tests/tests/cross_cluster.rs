@@ -47,7 +47,8 @@ fn a_wrong_keyring_is_refused_before_anything_is_written() {
     // cluster A's admin keyring is no key of cluster B's.
     let wrong = b
         .spec()
-        .keyring(a.conf.with_file_name("client.admin.keyring"));
+        .keyring(a.conf.with_file_name("client.admin.keyring"))
+        .connect_timeout(std::time::Duration::from_secs(5));
     let err = DiffTransfer::new(format!("{src}@s1").parse().unwrap(), dst.parse().unwrap())
         .cluster(a.spec())
         .dest_cluster(wrong)

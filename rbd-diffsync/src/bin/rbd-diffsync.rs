@@ -55,9 +55,12 @@ struct SyncArgs {
     /// Client id on the destination cluster (default: the source's).
     #[arg(long, value_name = "ID")]
     dest_id: Option<String>,
-    /// Keyring for the destination cluster (default: the source's).
+    /// Keyring for the destination cluster (default: the source's, unless --dest-conf is given).
     #[arg(long, value_name = "PATH")]
     dest_keyring: Option<PathBuf>,
+    /// Give up connecting to a cluster after this many seconds (default: librados', 300 s).
+    #[arg(long, value_name = "SECS")]
+    connect_timeout: Option<f64>,
     /// Largest request, in bytes, with an optional K, M or G suffix.
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
     chunk_size: u64,
@@ -188,9 +191,22 @@ fn sync(args: SyncArgs) -> Result<(), Error> {
     if let Some(keyring) = &args.keyring {
         src_cluster = src_cluster.keyring(keyring);
     }
+    if let Some(secs) = args.connect_timeout {
+        let timeout = Duration::try_from_secs_f64(secs).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "--connect-timeout {secs} is not a number of seconds"
+            ))
+        })?;
+        src_cluster = src_cluster.connect_timeout(timeout);
+    }
+    // Another cluster's ceph.conf names its own keyring: the source's keyring is kept only
+    // when the destination is reached through the same ceph.conf.
     let mut dest_cluster = src_cluster.clone();
     if let Some(conf) = &args.dest_conf {
-        dest_cluster = dest_cluster.conf(conf);
+        dest_cluster = ClusterSpec::new().id(args.id.clone()).conf(conf);
+        if let Some(timeout) = src_cluster.connect_timeout_value() {
+            dest_cluster = dest_cluster.connect_timeout(timeout);
+        }
     }
     if let Some(id) = &args.dest_id {
         dest_cluster = dest_cluster.id(id.clone());
