@@ -42,6 +42,7 @@ impl Errno {
             libc::ETIMEDOUT => "ETIMEDOUT",
             libc::ECONNREFUSED => "ECONNREFUSED",
             libc::ECANCELED => "ECANCELED",
+            libc::ESTALE => "ESTALE",
             _ => return None,
         })
     }
@@ -126,6 +127,15 @@ pub enum Error {
         /// The snapshot name.
         snap: String,
     },
+    /// The destination was written to after its snapshot `snap`, the base of an incremental:
+    /// continuing the chain would mix those writes into the next snapshot.
+    #[error("image {image} has changed since its snapshot {snap:?}: refusing an incremental on top of it")]
+    DestinationChanged {
+        /// `pool[/namespace]/image`.
+        image: String,
+        /// The `from_snap` of the incremental.
+        snap: String,
+    },
     /// The client lacks the capability for an operation.
     #[error("{op} on {target}: permission denied")]
     PermissionDenied {
@@ -179,6 +189,7 @@ impl Error {
             | Error::ImageNotFound { .. }
             | Error::SnapNotFound { .. } => libc::ENOENT,
             Error::SnapExists { .. } => libc::EEXIST,
+            Error::DestinationChanged { .. } => libc::ESTALE,
             Error::PermissionDenied { .. } => libc::EACCES,
             Error::Cancelled { .. } => libc::ECANCELED,
         }

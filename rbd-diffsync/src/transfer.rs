@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Pool};
 use crate::engine::{self, Window};
 use crate::error::{Error, Result};
-use crate::image::{DiffExtent, Image};
+use crate::image::{DiffExtent, Image, Snapshot};
 use crate::plan::{self, KnownZero, Piece};
 use crate::progress::{CancelToken, Progress, ProgressFn, Reporter, TransferStats};
 use crate::spec::{ClusterSpec, ImageSpec};
@@ -246,32 +246,44 @@ impl DiffTransfer {
                 }
             }
             if let Some(from) = &self.from_snap {
-                if !snaps.iter().any(|s| &s.name == from) {
+                let Some(from_snap) = snaps.iter().find(|s| &s.name == from) else {
                     return Err(Error::SnapNotFound {
                         image: self.dest.image_path(),
                         snap: from.clone(),
                     });
-                }
+                };
+                self.check_unchanged_since(dest, from_snap)?;
             }
         }
 
         // The diff. Nothing has been written so far.
         let mut extents = Vec::new();
-        source.diff_iterate(
-            self.from_snap.as_deref(),
-            0,
-            src_info.size,
-            true,
-            self.whole_object,
-            |e| {
-                extents.push(e);
-                true
-            },
-        )?;
+        source
+            .diff_iterate(
+                self.from_snap.as_deref(),
+                0,
+                src_info.size,
+                true,
+                self.whole_object,
+                |e| {
+                    extents.push(e);
+                    !self.cancel.is_cancelled()
+                },
+            )
+            .map_err(|e| self.cancelled_or(e))?;
         let extents = plan::normalize(extents);
         let diff_bytes = extents.iter().map(|e| e.len).sum();
         let extent_count = extents.len() as u64;
 
+        let known_zero_at_from = match &self.from_snap {
+            Some(from) => Some(known_zero_at(&src_pool, &self.source, from, src_info.size)?),
+            None => None,
+        };
+        if self.cancel.is_cancelled() {
+            return Err(self.cancelled());
+        }
+
+        // Writes start here.
         let created = existing.is_none();
         let dest = match existing {
             Some(image) => image,
@@ -291,7 +303,7 @@ impl DiffTransfer {
         } else if self.from_snap.is_none() {
             full_over_existing(&dest, dest_size, src_info.size, &extents)?
         } else {
-            (KnownZero::Nothing, Vec::new())
+            (known_zero_at_from.unwrap_or(KnownZero::Nothing), Vec::new())
         };
         let mut pieces: Vec<Piece> = plan::pieces(
             &extents,
@@ -315,16 +327,13 @@ impl DiffTransfer {
             chunks: self.window,
             chunk_size: self.chunk_size as usize,
         };
-        let dest_label = self.dest.image_path();
         let job = engine::Job {
             pieces: &pieces,
             known_zero: &known_zero,
             window,
         };
         let counters = engine::run(&source, &dest, job, &mut reporter, &self.cancel, || {
-            Error::Cancelled {
-                image: dest_label.clone(),
-            }
+            self.cancelled()
         })?;
         if src_info.size < dest_size {
             dest.resize(src_info.size)?;
@@ -347,6 +356,64 @@ impl DiffTransfer {
             elapsed: started.elapsed(),
         })
     }
+}
+
+impl DiffTransfer {
+    fn cancelled(&self) -> Error {
+        Error::Cancelled {
+            image: self.dest.image_path(),
+        }
+    }
+
+    /// diff_iterate stopped by our callback reports ECANCELED: say it was the token.
+    fn cancelled_or(&self, e: Error) -> Error {
+        if self.cancel.is_cancelled() {
+            self.cancelled()
+        } else {
+            e
+        }
+    }
+
+    /// An incremental continues a chain only if the destination still reads as it did at
+    /// `from_snap`; anything written there since would be silently kept or mixed in.
+    fn check_unchanged_since(&self, dest: &Image, from: &Snapshot) -> Result<()> {
+        let size = dest.size()?;
+        let mut changed = size != from.size;
+        if !changed {
+            dest.diff_iterate(Some(&from.name), 0, size, true, true, |_| {
+                changed = true;
+                false
+            })
+            .or_else(|e| if changed { Ok(()) } else { Err(e) })?;
+        }
+        if changed {
+            return Err(Error::DestinationChanged {
+                image: self.dest.image_path(),
+                snap: from.name.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where the source read zeros at `from_snap`: an incremental's destination reads the same
+/// there (it equals the source at `from_snap` and has not changed since), so zeros need no
+/// request. Whole objects are asked for: cheap with fast-diff, and only ever too cautious.
+fn known_zero_at(pool: &Pool, source: &ImageSpec, from: &str, size: u64) -> Result<KnownZero> {
+    let at_from = Image::open_read_only(pool, source.image(), Some(from))?;
+    let from_size = at_from.size()?;
+    let mut allocated = Vec::new();
+    at_from.diff_iterate(None, 0, from_size, true, true, |e| {
+        if e.exists {
+            allocated.push(e);
+        }
+        true
+    })?;
+    let allocated: Vec<(u64, u64)> = plan::normalize(allocated)
+        .iter()
+        .map(|e| (e.offset, e.len))
+        .collect();
+    Ok(KnownZero::Ranges(plan::complement(&allocated, size)))
 }
 
 /// A full transfer into an image that exists already: its allocated ranges that the source's

@@ -202,3 +202,32 @@ fn malformed_image_specs() {
     }
     s.assert_untouched();
 }
+
+#[test]
+fn destination_written_since_from_snap() {
+    let s = setup("bad-changed");
+    s.c.write(&s.dst, mib(3), 4096, 103);
+    let err = s.run(&format!("{}@s2", s.src), &s.dst, Some("s1"));
+    assert!(
+        matches!(&err, Error::DestinationChanged { image, snap } if *image == s.dst && snap == "s1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&s.dst), "{err}");
+    assert_eq!(s.c.snaps(&s.dst), ["s1"], "no snapshot was added");
+    // Nothing but the foreign write: rbd diff reports nothing past its end.
+    let diff = s.c.diff(&s.dst, Some("s1"));
+    assert!(!diff.is_empty());
+    assert!(
+        diff.iter().all(|&(o, l, _)| o + l <= mib(3) + 4096),
+        "{diff:?}"
+    );
+}
+
+#[test]
+fn destination_resized_since_from_snap() {
+    let s = setup("bad-resized");
+    s.c.rbd(&["resize", "--no-progress", "--size", "9M", &s.dst]);
+    let err = s.run(&format!("{}@s2", s.src), &s.dst, Some("s1"));
+    assert!(matches!(&err, Error::DestinationChanged { .. }), "{err}");
+    assert_eq!(s.c.snaps(&s.dst), ["s1"]);
+}

@@ -275,3 +275,31 @@ fn progress_reaches_the_total_and_cancel_leaves_no_snapshot() {
         "a cancelled transfer creates no snapshot"
     );
 }
+
+#[test]
+fn incremental_needs_no_zeroing_where_the_destination_was_empty() {
+    let c = cluster();
+    let src = c.new_image("rbd", "fresh-objects");
+    let dst = c.new_image("backups", "fresh-objects");
+    c.create(&src, mib(64), None);
+    c.write(&src, 0, mib(4) as usize, 120);
+    c.snap(&src, "s1");
+    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    // Small writes into objects that did not exist at s1: with fast-diff the diff reports
+    // whole objects, mostly zeros.
+    for i in 0..8u64 {
+        c.write(&src, mib(8) + i * mib(6) + 65536, 65536, 121 + i);
+    }
+    c.snap(&src, "s2");
+    let stats = c.sync_and_check(&format!("{src}@s2"), &dst, Some("s1"));
+    assert_eq!(stats.bytes_written, 8 * 65536, "{stats:?}");
+    assert_eq!(
+        stats.bytes_zeroed, 0,
+        "the destination read zeros there already: {stats:?}"
+    );
+    assert_eq!(
+        stats.bytes_skipped + stats.bytes_written,
+        stats.diff_bytes,
+        "{stats:?}"
+    );
+}

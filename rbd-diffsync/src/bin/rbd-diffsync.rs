@@ -100,6 +100,7 @@ fn mib(bytes: u64) -> String {
 fn progress_printer() -> impl FnMut(&Progress) + Send + 'static {
     let tty = std::io::stderr().is_terminal();
     let mut last_line: Option<Instant> = None;
+    let mut last_done: Option<u64> = None;
     move |p: &Progress| {
         let pct = if p.bytes_total > 0 {
             p.bytes_done as f64 * 100.0 / p.bytes_total as f64
@@ -119,12 +120,10 @@ fn progress_printer() -> impl FnMut(&Progress) + Send + 'static {
                 mib(p.bytes_done),
                 mib(p.bytes_total)
             );
-            if p.bytes_done >= p.bytes_total && p.bytes_total > 0 {
-                let _ = writeln!(err);
-            }
         } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-            || p.bytes_done >= p.bytes_total
+            || (p.bytes_done >= p.bytes_total && last_done != Some(p.bytes_done))
         {
+            last_done = Some(p.bytes_done);
             last_line = Some(Instant::now());
             let _ = writeln!(
                 err,
@@ -229,10 +228,16 @@ fn sync(args: SyncArgs) -> Result<(), Error> {
     if let Some(from) = &args.from_snap {
         transfer = transfer.from_snap(from.clone());
     }
-    if !args.no_progress && !args.json {
+    let show_progress = !args.no_progress && !args.json;
+    if show_progress {
         transfer = transfer.on_progress(progress_printer());
     }
-    let stats = transfer.run()?;
+    let result = transfer.run();
+    if show_progress && std::io::stderr().is_terminal() {
+        // The bar is redrawn in place: end its line before anything else is printed.
+        eprintln!();
+    }
+    let stats = result?;
     print_stats(&args, &source, &dest, &stats);
     Ok(())
 }
