@@ -4,7 +4,7 @@
 use std::sync::mpsc::Receiver;
 
 use crate::error::{Error, Result};
-use crate::image::{Done, Image, Notifier};
+use crate::image::{Done, Notifier};
 use crate::plan::{zero_runs, KnownZero, Piece};
 use crate::progress::{CancelToken, Reporter};
 
@@ -47,46 +47,6 @@ pub(crate) trait DiffSink {
 
     /// An error for a failed write or zeroing, naming the sink.
     fn write_error(&self, op: &'static str, off: u64, len: u64, ret: i64) -> Error;
-}
-
-impl DiffSource for Image {
-    unsafe fn start_read(
-        &self,
-        off: u64,
-        len: usize,
-        buf: *mut u8,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        // SAFETY: the caller's guarantee is the one aio_read needs.
-        unsafe { self.aio_read(off, len, buf, done, token) }
-    }
-
-    fn read_error(&self, off: u64, len: u64, ret: i64) -> Error {
-        self.io_error("read", off, len, ret)
-    }
-}
-
-impl DiffSink for Image {
-    unsafe fn start_write(
-        &self,
-        off: u64,
-        len: usize,
-        buf: *const u8,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        // SAFETY: the caller's guarantee is the one aio_write needs.
-        unsafe { self.aio_write(off, len, buf, done, token) }
-    }
-
-    fn start_zero(&self, off: u64, len: u64, done: &Notifier, token: u64) -> Result<()> {
-        self.aio_write_zeroes(off, len, done, token)
-    }
-
-    fn write_error(&self, op: &'static str, off: u64, len: u64, ret: i64) -> Error {
-        self.io_error(op, off, len, ret)
-    }
 }
 
 /// How wide the engine runs.
@@ -186,47 +146,39 @@ impl Run<'_> {
     /// Starts `piece` in slot `i`, or settles it at once when it needs no request.
     /// Returns the bytes settled at once.
     fn start(&mut self, i: usize, piece: Piece) -> u64 {
-        if !piece.data {
-            if self.known_zero.covers(piece.offset, piece.len) {
-                self.counters.skipped += piece.len;
-                return piece.len;
+        let (started, phase) = if piece.data {
+            let chunk_size = self.chunk_size;
+            let slot = &mut self.slots[i];
+            if slot.buf.len() < chunk_size {
+                slot.buf = vec![0; chunk_size];
             }
-            match self
+            let buf = slot.buf.as_mut_ptr();
+            // SAFETY: the slot's buffer is neither touched nor freed until the read's completion
+            // has been received: the slot stays in `Reading`, and `Drop` drains before `slots`
+            // goes.
+            let started = unsafe {
+                let token = token(i, Op::Read);
+                self.source
+                    .start_read(piece.offset, piece.len as usize, buf, &self.notifier, token)
+            };
+            (started, Phase::Reading)
+        } else if self.known_zero.covers(piece.offset, piece.len) {
+            self.counters.skipped += piece.len;
+            return piece.len;
+        } else {
+            self.counters.zeroed += piece.len;
+            let token = token(i, Op::Zero);
+            let started = self
                 .sink
-                .start_zero(piece.offset, piece.len, &self.notifier, token(i, Op::Zero))
-            {
-                Ok(()) => {
-                    self.counters.zeroed += piece.len;
-                    self.outstanding += 1;
-                    let slot = &mut self.slots[i];
-                    slot.piece = piece;
-                    slot.phase = Phase::Writing;
-                    slot.pending = 1;
-                    slot.failed = false;
-                }
-                Err(e) => self.fail(e),
-            }
-            return 0;
-        }
-        let len = piece.len as usize;
-        let chunk_size = self.chunk_size;
-        let slot = &mut self.slots[i];
-        if slot.buf.len() < chunk_size {
-            slot.buf = vec![0; chunk_size];
-        }
-        let buf = slot.buf.as_mut_ptr();
-        // SAFETY: the slot's buffer is neither touched nor freed until the read's completion has
-        // been received: the slot stays in `Reading`, and `Drop` drains before `slots` goes.
-        let started = unsafe {
-            self.source
-                .start_read(piece.offset, len, buf, &self.notifier, token(i, Op::Read))
+                .start_zero(piece.offset, piece.len, &self.notifier, token);
+            (started, Phase::Writing)
         };
         match started {
             Ok(()) => {
                 self.outstanding += 1;
                 let slot = &mut self.slots[i];
                 slot.piece = piece;
-                slot.phase = Phase::Reading;
+                slot.phase = phase;
                 slot.pending = 1;
                 slot.failed = false;
             }

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use libc::{c_int, c_void, size_t};
 
 use crate::cluster::Pool;
+use crate::engine::{DiffSink, DiffSource};
 use crate::error::{Errno, Error, Result};
 use crate::spec::ImageSpec;
 use crate::sys;
@@ -334,60 +335,6 @@ impl Image {
         check(ret, "diff", &target)
     }
 
-    /// Starts a read of `len` bytes at `off` into `buf`; `done` hears of it with `token`.
-    ///
-    /// # Safety
-    /// `buf` must be valid for writes of `len` bytes, neither read nor moved nor freed until
-    /// `done` has received the completion.
-    pub(crate) unsafe fn aio_read(
-        &self,
-        off: u64,
-        len: usize,
-        buf: *mut u8,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        let c = done.completion(token)?;
-        // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
-        let ret = unsafe { sys::rbd_aio_read2(self.raw, off, len, buf.cast(), c.raw, 0) };
-        c.submitted(ret, || self.io_error("read", off, len as u64, ret.into()))
-    }
-
-    /// Starts a write of `len` bytes from `buf` at `off`.
-    ///
-    /// # Safety
-    /// `buf` must be valid for reads of `len` bytes and stay unchanged until `done` has received
-    /// the completion.
-    pub(crate) unsafe fn aio_write(
-        &self,
-        off: u64,
-        len: usize,
-        buf: *const u8,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        let c = done.completion(token)?;
-        // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
-        let ret = unsafe { sys::rbd_aio_write2(self.raw, off, len, buf.cast(), c.raw, 0) };
-        c.submitted(ret, || self.io_error("write", off, len as u64, ret.into()))
-    }
-
-    /// Starts making `[off, off + len)` read as zeros, deallocating whole objects.
-    pub(crate) fn aio_write_zeroes(
-        &self,
-        off: u64,
-        len: u64,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        let c = done.completion(token)?;
-        let size = usize::try_from(len)
-            .map_err(|_| self.io_error("write_zeroes", off, len, -(libc::EINVAL as i64)))?;
-        // SAFETY: `raw` is open, `c` a fresh completion; no buffer is involved.
-        let ret = unsafe { sys::rbd_aio_write_zeroes(self.raw, off, size, c.raw, 0, 0) };
-        c.submitted(ret, || self.io_error("write_zeroes", off, len, ret.into()))
-    }
-
     /// Starts a discard of `[off, off + len)`.
     pub(crate) fn aio_discard(
         &self,
@@ -441,7 +388,7 @@ impl Image {
         let ptr = buf.as_mut_ptr();
         // SAFETY: `buf` is borrowed until wait_one has received the completion.
         let n = self.wait_one(
-            |n| unsafe { self.aio_read(off, len, ptr, n, 0) },
+            |n| unsafe { self.start_read(off, len, ptr, n, 0) },
             "read",
             off,
             len as u64,
@@ -453,7 +400,7 @@ impl Image {
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
         self.wait_one(
             // SAFETY: `data` is borrowed until wait_one has received the completion.
-            |n| unsafe { self.aio_write(off, data.len(), data.as_ptr(), n, 0) },
+            |n| unsafe { self.start_write(off, data.len(), data.as_ptr(), n, 0) },
             "write",
             off,
             data.len() as u64,
@@ -464,7 +411,7 @@ impl Image {
     /// Makes `[off, off + len)` read as zeros.
     pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
         self.wait_one(
-            |n| self.aio_write_zeroes(off, len, n, 0),
+            |n| self.start_zero(off, len, n, 0),
             "write_zeroes",
             off,
             len,
@@ -476,6 +423,66 @@ impl Image {
     pub fn discard(&self, off: u64, len: u64) -> Result<()> {
         self.wait_one(|n| self.aio_discard(off, len, n, 0), "discard", off, len)?;
         Ok(())
+    }
+}
+
+impl DiffSource for Image {
+    /// Starts a read of `len` bytes at `off` into `buf`; `done` hears of it with `token`.
+    ///
+    /// # Safety
+    /// `buf` must be valid for writes of `len` bytes, neither read nor moved nor freed until
+    /// `done` has received the completion.
+    unsafe fn start_read(
+        &self,
+        off: u64,
+        len: usize,
+        buf: *mut u8,
+        done: &Notifier,
+        token: u64,
+    ) -> Result<()> {
+        let c = done.completion(token)?;
+        // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
+        let ret = unsafe { sys::rbd_aio_read2(self.raw, off, len, buf.cast(), c.raw, 0) };
+        c.submitted(ret, || self.io_error("read", off, len as u64, ret.into()))
+    }
+
+    fn read_error(&self, off: u64, len: u64, ret: i64) -> Error {
+        self.io_error("read", off, len, ret)
+    }
+}
+
+impl DiffSink for Image {
+    /// Starts a write of `len` bytes from `buf` at `off`.
+    ///
+    /// # Safety
+    /// `buf` must be valid for reads of `len` bytes and stay unchanged until `done` has received
+    /// the completion.
+    unsafe fn start_write(
+        &self,
+        off: u64,
+        len: usize,
+        buf: *const u8,
+        done: &Notifier,
+        token: u64,
+    ) -> Result<()> {
+        let c = done.completion(token)?;
+        // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
+        let ret = unsafe { sys::rbd_aio_write2(self.raw, off, len, buf.cast(), c.raw, 0) };
+        c.submitted(ret, || self.io_error("write", off, len as u64, ret.into()))
+    }
+
+    /// Starts making `[off, off + len)` read as zeros, deallocating whole objects.
+    fn start_zero(&self, off: u64, len: u64, done: &Notifier, token: u64) -> Result<()> {
+        let c = done.completion(token)?;
+        let size = usize::try_from(len)
+            .map_err(|_| self.io_error("write_zeroes", off, len, -(libc::EINVAL as i64)))?;
+        // SAFETY: `raw` is open, `c` a fresh completion; no buffer is involved.
+        let ret = unsafe { sys::rbd_aio_write_zeroes(self.raw, off, size, c.raw, 0, 0) };
+        c.submitted(ret, || self.io_error("write_zeroes", off, len, ret.into()))
+    }
+
+    fn write_error(&self, op: &'static str, off: u64, len: u64, ret: i64) -> Error {
+        self.io_error(op, off, len, ret)
     }
 }
 
