@@ -427,11 +427,6 @@ impl Image {
 }
 
 impl DiffSource for Image {
-    /// Starts a read of `len` bytes at `off` into `buf`; `done` hears of it with `token`.
-    ///
-    /// # Safety
-    /// `buf` must be valid for writes of `len` bytes, neither read nor moved nor freed until
-    /// `done` has received the completion.
     unsafe fn start_read(
         &self,
         off: u64,
@@ -452,11 +447,6 @@ impl DiffSource for Image {
 }
 
 impl DiffSink for Image {
-    /// Starts a write of `len` bytes from `buf` at `off`.
-    ///
-    /// # Safety
-    /// `buf` must be valid for reads of `len` bytes and stay unchanged until `done` has received
-    /// the completion.
     unsafe fn start_write(
         &self,
         off: u64,

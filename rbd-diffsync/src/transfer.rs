@@ -401,19 +401,24 @@ impl DiffTransfer {
 /// request. Whole objects are asked for: cheap with fast-diff, and only ever too cautious.
 fn known_zero_at(pool: &Pool, source: &ImageSpec, from: &str, size: u64) -> Result<KnownZero> {
     let at_from = Image::open_read_only(pool, source.image(), Some(from))?;
-    let from_size = at_from.size()?;
+    let allocated = allocated_ranges(&at_from, at_from.size()?, true)?;
+    Ok(KnownZero::Ranges(plan::complement(&allocated, size)))
+}
+
+/// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
+/// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
+fn allocated_ranges(image: &Image, size: u64, whole_object: bool) -> Result<Vec<(u64, u64)>> {
     let mut allocated = Vec::new();
-    at_from.diff_iterate(None, 0, from_size, true, true, |e| {
+    image.diff_iterate(None, 0, size, true, whole_object, |e| {
         if e.exists {
             allocated.push(e);
         }
         true
     })?;
-    let allocated: Vec<(u64, u64)> = plan::normalize(allocated)
+    Ok(plan::normalize(allocated)
         .iter()
         .map(|e| (e.offset, e.len))
-        .collect();
-    Ok(KnownZero::Ranges(plan::complement(&allocated, size)))
+        .collect())
 }
 
 /// A full transfer into an image that exists already: its allocated ranges that the source's
@@ -424,17 +429,10 @@ fn full_over_existing(
     size: u64,
     extents: &[DiffExtent],
 ) -> Result<(KnownZero, Vec<DiffExtent>)> {
-    let mut allocated: Vec<DiffExtent> = Vec::new();
-    dest.diff_iterate(None, 0, dest_size, true, false, |e| {
-        if e.exists {
-            allocated.push(e);
-        }
-        true
-    })?;
-    let allocated: Vec<(u64, u64)> = plan::normalize(allocated)
-        .iter()
-        .filter(|e| e.offset < size)
-        .map(|e| (e.offset, e.len.min(size - e.offset)))
+    let allocated: Vec<(u64, u64)> = allocated_ranges(dest, dest_size, false)?
+        .into_iter()
+        .filter(|&(offset, _)| offset < size)
+        .map(|(offset, len)| (offset, len.min(size - offset)))
         .collect();
     let covered: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
     let stale = plan::subtract(&allocated, &covered)
