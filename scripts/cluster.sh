@@ -101,6 +101,10 @@ bluestore block size = ${CEPH_BLOCK_BYTES:-42949672960}
 bluestore fsck on mkfs = false
 bluestore fsck on mount = false
 osd op num shards = 2
+# The block file sits on a disk the OSD takes for rotational, where it sleeps 5 s between
+# snapshot trims: deleted images' snapshots would then hold their space for minutes.
+osd snap trim sleep hdd = 0
+osd snap trim sleep hybrid = 0
 [mgr]
 mgr data = $D/mgr
 keyring = $D/mgr/keyring
