@@ -33,6 +33,9 @@ impl Drop for Handle {
 }
 
 /// A connection to one cluster, shared by the images opened through it. Cloning is cheap.
+///
+/// Set up for streaming: librbd's cache is off (each byte is read once and written once) and
+/// writes hand librbd the caller's buffer without a copy, which stays valid until they complete.
 #[derive(Clone)]
 pub struct Cluster {
     handle: Arc<Handle>,
@@ -94,8 +97,14 @@ impl Cluster {
             .map(|t| cstring("timeout", format!("{}", t.as_secs_f64()).as_bytes()))
             .transpose()?;
         let settings = [
-            (c"keyring", keyring.as_ref()),
-            (c"client_mount_timeout", timeout.as_ref()),
+            (c"keyring", keyring.as_deref()),
+            (c"client_mount_timeout", timeout.as_deref()),
+            // A transfer reads each byte once and writes it once: librbd's cache would only
+            // copy it again and hold up to rbd_cache_size per image.
+            (c"rbd_cache", Some(c"false")),
+            // Our buffers stay untouched until their write completes, so librbd may send them
+            // as they are instead of copying each one first.
+            (c"rbd_disable_zero_copy_writes", Some(c"false")),
         ];
         for (key, value) in settings {
             let Some(value) = value else { continue };

@@ -1,4 +1,4 @@
-//! The copy engine: a window of chunks in flight between a source that reads and a sink that
+//! The copy engine: a window of requests in flight between a source that reads and a sink that
 //! writes. Completions arrive on one channel and are handled on the calling thread only.
 
 use std::sync::mpsc::Receiver;
@@ -52,10 +52,12 @@ pub(crate) trait DiffSink {
 /// How wide the engine runs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Window {
-    /// Chunks in flight at once; each owns one buffer of `chunk_size` bytes.
-    pub chunks: usize,
-    /// Largest data piece, in bytes.
-    pub chunk_size: usize,
+    /// Bytes of data the engine may hold at once: its own buffers, plus librados's receive
+    /// buffers while a read is in flight (librbd copies from those into ours). Small pieces
+    /// share it, so many more of them than of full chunks can be in flight.
+    pub budget: usize,
+    /// Requests in flight at most, whatever their size.
+    pub max_requests: usize,
 }
 
 /// Byte counts of what the engine did.
@@ -96,8 +98,12 @@ enum Phase {
 }
 
 struct Slot {
+    /// The piece's data, a spare buffer or a new one; uninitialised until the read has
+    /// filled it.
     buf: Vec<u8>,
     piece: Piece,
+    /// What the piece holds of the window's budget.
+    charge: usize,
     phase: Phase,
     /// Requests of this slot not yet completed.
     pending: u32,
@@ -114,7 +120,16 @@ struct Run<'a> {
     notifier: Notifier,
     rx: Receiver<Done>,
     slots: Vec<Slot>,
-    chunk_size: usize,
+    /// Indices of slots with no piece.
+    idle: Vec<usize>,
+    window: Window,
+    /// Bytes of the budget held by the pieces in flight.
+    charged: usize,
+    /// Buffers of finished pieces, kept for the next ones while the budget allows, so that
+    /// their memory is not given back and faulted in again for every piece.
+    spare: Vec<Vec<u8>>,
+    /// Their total capacity.
+    spare_bytes: usize,
     outstanding: usize,
     counters: Counters,
     error: Option<Error>,
@@ -139,23 +154,84 @@ impl Run<'_> {
         }
     }
 
-    fn free_slot(&self) -> Option<usize> {
-        self.slots.iter().position(|s| s.phase == Phase::Idle)
+    /// A slot for `piece` if the window has room for it now. With nothing in flight there is
+    /// always room, so that a piece larger than the budget still moves.
+    fn slot_for(&mut self, piece: &Piece) -> Option<usize> {
+        let charge = read_charge(piece);
+        let busy = self.slots.len() - self.idle.len();
+        if busy > 0
+            && (busy >= self.window.max_requests || self.charged + charge > self.window.budget)
+        {
+            return None;
+        }
+        // Spares that this piece will not use give way to it.
+        if !(piece.data && self.spare_fit(piece.len as usize).is_some()) {
+            while self.charged + charge + self.spare_bytes > self.window.budget {
+                let Some(buf) = self.spare.pop() else { break };
+                self.spare_bytes -= buf.capacity();
+            }
+        }
+        Some(self.idle.pop().unwrap_or_else(|| {
+            self.slots.push(Slot {
+                buf: Vec::new(),
+                piece: *piece,
+                charge: 0,
+                phase: Phase::Idle,
+                pending: 0,
+                failed: false,
+            });
+            self.slots.len() - 1
+        }))
+    }
+
+    /// Puts slot `i` back: its charge is returned and its buffer kept as a spare if the
+    /// budget has room for it, freed otherwise.
+    fn retire(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.phase = Phase::Idle;
+        let mut buf = std::mem::take(&mut slot.buf);
+        self.charged -= slot.charge;
+        slot.charge = 0;
+        self.idle.push(i);
+        let cap = buf.capacity();
+        if cap > 0 && self.charged + self.spare_bytes + cap <= self.window.budget {
+            buf.clear();
+            self.spare.push(buf);
+            self.spare_bytes += cap;
+        }
+    }
+
+    fn spare_fit(&self, len: usize) -> Option<usize> {
+        self.spare
+            .iter()
+            .rposition(|b| b.capacity() >= len && b.capacity() / 2 <= len)
+    }
+
+    /// A buffer with room for `len` bytes: a spare one of about that size, or a new one.
+    /// A spare more than twice too large is not used, so that the budget, which counts
+    /// piece lengths, also bounds the memory held.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        match self.spare_fit(len) {
+            Some(k) => {
+                let buf = self.spare.swap_remove(k);
+                self.spare_bytes -= buf.capacity();
+                buf
+            }
+            None => Vec::with_capacity(len),
+        }
     }
 
     /// Starts `piece` in slot `i`, or settles it at once when it needs no request.
     /// Returns the bytes settled at once.
     fn start(&mut self, i: usize, piece: Piece) -> u64 {
         let (started, phase) = if piece.data {
-            let chunk_size = self.chunk_size;
+            let buf = self.buffer(piece.len as usize);
             let slot = &mut self.slots[i];
-            if slot.buf.len() < chunk_size {
-                slot.buf = vec![0; chunk_size];
-            }
+            slot.buf = buf;
             let buf = slot.buf.as_mut_ptr();
             // SAFETY: the slot's buffer is neither touched nor freed until the read's completion
             // has been received: the slot stays in `Reading`, and `Drop` drains before `slots`
-            // goes.
+            // goes. librbd writes into its spare capacity, which is never read before then.
             let started = unsafe {
                 let token = token(i, Op::Read);
                 self.source
@@ -164,6 +240,7 @@ impl Run<'_> {
             (started, Phase::Reading)
         } else if self.known_zero.covers(piece.offset, piece.len) {
             self.counters.skipped += piece.len;
+            self.retire(i);
             return piece.len;
         } else {
             self.counters.zeroed += piece.len;
@@ -176,13 +253,19 @@ impl Run<'_> {
         match started {
             Ok(()) => {
                 self.outstanding += 1;
+                let charge = read_charge(&piece);
+                self.charged += charge;
                 let slot = &mut self.slots[i];
                 slot.piece = piece;
                 slot.phase = phase;
+                slot.charge = charge;
                 slot.pending = 1;
                 slot.failed = false;
             }
-            Err(e) => self.fail(e),
+            Err(e) => {
+                self.fail(e);
+                self.retire(i);
+            }
         }
         0
     }
@@ -214,6 +297,9 @@ impl Run<'_> {
                 self.fail(e);
                 self.slots[i].failed = true;
             } else {
+                // SAFETY: librbd reported all `piece.len` bytes read into the buffer, whose
+                // capacity is at least that.
+                unsafe { self.slots[i].buf.set_len(piece.len as usize) };
                 self.read_done(i);
             }
         }
@@ -222,8 +308,9 @@ impl Run<'_> {
         if slot.pending > 0 {
             return 0;
         }
-        slot.phase = Phase::Idle;
-        if slot.failed {
+        let failed = slot.failed;
+        self.retire(i);
+        if failed {
             0
         } else {
             piece.len
@@ -236,6 +323,10 @@ impl Run<'_> {
         let piece = self.slots[i].piece;
         self.counters.read += piece.len;
         self.slots[i].phase = Phase::Writing;
+        // librados has freed its receive buffer: only ours is held now.
+        let held = piece.len as usize;
+        self.charged -= self.slots[i].charge - held;
+        self.slots[i].charge = held;
         if self.error.is_some() {
             return;
         }
@@ -276,6 +367,15 @@ impl Run<'_> {
     }
 }
 
+/// What a piece holds of the budget while it is read: our buffer and librados's.
+fn read_charge(piece: &Piece) -> usize {
+    if piece.data {
+        2 * piece.len as usize
+    } else {
+        0
+    }
+}
+
 /// What the engine is to do.
 #[derive(Debug)]
 pub(crate) struct Job<'a> {
@@ -284,9 +384,9 @@ pub(crate) struct Job<'a> {
     pub window: Window,
 }
 
-/// Copies the job's pieces from `source` to `sink`, `window.chunks` at a time. Stops starting
-/// new work at the first error or on cancellation (then `cancelled` makes the error), waits
-/// for what is in flight, then returns.
+/// Copies the job's pieces from `source` to `sink`, as many at a time as the window allows.
+/// Stops starting new work at the first error or on cancellation (then `cancelled` makes the
+/// error), waits for what is in flight, then returns.
 pub(crate) fn run(
     source: &dyn DiffSource,
     sink: &dyn DiffSink,
@@ -301,27 +401,21 @@ pub(crate) fn run(
         window,
     } = job;
     let (notifier, rx) = Notifier::new();
-    let slots = (0..window.chunks.max(1))
-        .map(|_| Slot {
-            buf: Vec::new(),
-            piece: Piece {
-                offset: 0,
-                len: 0,
-                data: false,
-            },
-            phase: Phase::Idle,
-            pending: 0,
-            failed: false,
-        })
-        .collect();
     let mut run = Run {
         source,
         sink,
         known_zero,
         notifier,
         rx,
-        slots,
-        chunk_size: window.chunk_size,
+        slots: Vec::new(),
+        idle: Vec::new(),
+        window: Window {
+            budget: window.budget,
+            max_requests: window.max_requests.max(1),
+        },
+        charged: 0,
+        spare: Vec::new(),
+        spare_bytes: 0,
         outstanding: 0,
         counters: Counters::default(),
         error: None,
@@ -334,7 +428,9 @@ pub(crate) fn run(
                 was_cancelled = true;
                 break;
             }
-            let Some(i) = run.free_slot() else { break };
+            let Some(i) = run.slot_for(&pieces[next]) else {
+                break;
+            };
             let settled = run.start(i, pieces[next]);
             next += 1;
             if settled > 0 {

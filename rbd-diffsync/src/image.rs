@@ -437,7 +437,16 @@ impl DiffSource for Image {
     ) -> Result<()> {
         let c = done.completion(token)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
-        let ret = unsafe { sys::rbd_aio_read2(self.raw, off, len, buf.cast(), c.raw, 0) };
+        let ret = unsafe {
+            sys::rbd_aio_read2(
+                self.raw,
+                off,
+                len,
+                buf.cast(),
+                c.raw,
+                sys::FADVISE_STREAM_READ,
+            )
+        };
         c.submitted(ret, || self.io_error("read", off, len as u64, ret.into()))
     }
 
@@ -457,7 +466,9 @@ impl DiffSink for Image {
     ) -> Result<()> {
         let c = done.completion(token)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
-        let ret = unsafe { sys::rbd_aio_write2(self.raw, off, len, buf.cast(), c.raw, 0) };
+        let ret = unsafe {
+            sys::rbd_aio_write2(self.raw, off, len, buf.cast(), c.raw, sys::FADVISE_NOCACHE)
+        };
         c.submitted(ret, || self.io_error("write", off, len as u64, ret.into()))
     }
 

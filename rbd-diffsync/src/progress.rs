@@ -64,6 +64,11 @@ pub struct TransferStats {
     /// Wall time of the whole transfer, validation included.
     #[cfg_attr(feature = "serde", serde(serialize_with = "seconds"))]
     pub elapsed: Duration,
+    /// Of that, the time spent creating the end snapshot (the commit marker). The monitor
+    /// allots snapshot ids in its proposal rounds, so this takes up to about a second
+    /// (`paxos_propose_interval`) whatever the size of the transfer.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "seconds"))]
+    pub snapshot_elapsed: Duration,
 }
 
 #[cfg(feature = "serde")]

@@ -11,10 +11,14 @@ use crate::plan::{self, KnownZero, Piece};
 use crate::progress::{CancelToken, Progress, ProgressFn, Reporter, TransferStats};
 use crate::spec::{ClusterSpec, ImageSpec};
 
-/// Default size of one data chunk: the default RBD object size.
-pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
-/// Default number of chunks in flight.
+/// Default size of one data chunk: half the default RBD object size. With the default window
+/// it is as fast as 4 MiB chunks and holds half the memory (the sweep in BENCHMARKS.md).
+pub const DEFAULT_CHUNK_SIZE: u64 = 2 << 20;
+/// Default window: memory for this many chunks.
 pub const DEFAULT_WINDOW: usize = 16;
+/// Requests in flight at most: enough to keep an OSD busy with small writes, few enough not
+/// to flood its queue.
+const MAX_REQUESTS: usize = 128;
 /// Zeroing requests need no buffer, so they are cut this many times larger than data chunks.
 const ZERO_CHUNK_FACTOR: u64 = 16;
 
@@ -101,14 +105,15 @@ impl DiffTransfer {
         self
     }
 
-    /// The largest data request, in bytes: a multiple of 4 KiB (default 4 MiB).
+    /// The largest data request, in bytes: a multiple of 4 KiB (default 2 MiB).
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = bytes;
         self
     }
 
-    /// How many chunks are in flight at once (default 16). Memory use is about
-    /// `window × chunk_size`.
+    /// The window of I/O in flight, as a number of chunks (default 16): the transfer holds at
+    /// most `window × chunk_size` bytes of data at once, librados's receive buffers included.
+    /// Smaller pieces share that memory, so many more of them (up to 128) are in flight.
     pub fn window(mut self, chunks: usize) -> Self {
         self.window = chunks;
         self
@@ -324,8 +329,8 @@ impl DiffTransfer {
             dest.resize(src_info.size)?;
         }
         let window = Window {
-            chunks: self.window,
-            chunk_size: self.chunk_size as usize,
+            budget: self.window * self.chunk_size as usize,
+            max_requests: MAX_REQUESTS.max(self.window),
         };
         let job = engine::Job {
             pieces: &pieces,
@@ -339,9 +344,11 @@ impl DiffTransfer {
             dest.resize(src_info.size)?;
         }
         dest.flush()?;
+        let snapshot_started = Instant::now();
         if let Some(end) = self.source.snap() {
             dest.create_snapshot(end)?;
         }
+        let snapshot_elapsed = snapshot_started.elapsed();
         reporter.finish();
         Ok(TransferStats {
             bytes_read: counters.read,
@@ -354,6 +361,7 @@ impl DiffTransfer {
             created_destination: created,
             end_snap: self.source.snap().map(str::to_owned),
             elapsed: started.elapsed(),
+            snapshot_elapsed,
         })
     }
 }

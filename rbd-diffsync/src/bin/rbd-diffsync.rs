@@ -62,9 +62,9 @@ struct SyncArgs {
     #[arg(long, value_name = "SECS")]
     connect_timeout: Option<f64>,
     /// Largest request, in bytes, with an optional K, M or G suffix.
-    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
     chunk_size: u64,
-    /// Chunks in flight at once.
+    /// Window of I/O in flight, in chunks: memory is at most window × chunk size.
     #[arg(long, value_name = "N", default_value_t = rbd_diffsync::DEFAULT_WINDOW)]
     window: usize,
     /// Diff by whole objects, as `rbd export-diff --whole-object`.
@@ -175,7 +175,11 @@ fn print_stats(args: &SyncArgs, source: &ImageSpec, dest: &ImageSpec, stats: &Tr
         );
     }
     match &stats.end_snap {
-        Some(snap) => println!("  snapshot  {}@{snap}", dest.image_path()),
+        Some(snap) => println!(
+            "  snapshot  {}@{snap} ({:.2} s)",
+            dest.image_path(),
+            stats.snapshot_elapsed.as_secs_f64()
+        ),
         None => println!("  snapshot  none (the source was read at HEAD)"),
     }
 }

@@ -23,6 +23,14 @@ pub(crate) const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
 pub(crate) const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
 pub(crate) const RBD_IMAGE_OPTION_ORDER: c_int = 2;
 
+// librados.h op flags, as the rbd CLI passes them: export reads sequentially without filling
+// the OSD's cache, import writes without caching.
+const LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL: c_int = 0x8;
+const LIBRADOS_OP_FLAG_FADVISE_NOCACHE: c_int = 0x40;
+pub(crate) const FADVISE_STREAM_READ: c_int =
+    LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL | LIBRADOS_OP_FLAG_FADVISE_NOCACHE;
+pub(crate) const FADVISE_NOCACHE: c_int = LIBRADOS_OP_FLAG_FADVISE_NOCACHE;
+
 #[repr(C)]
 pub(crate) struct rbd_image_info_t {
     pub size: u64,
