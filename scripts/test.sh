@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh Debian 12 machine: installs Ceph when
 # missing, starts two throw-away clusters (the cross-cluster tests need both), then runs
-# rustfmt, clippy, the unit tests and the live-cluster tests, and stops the clusters.
+# rustfmt, clippy, the unit tests and the live-cluster tests, stops the clusters, and runs the
+# short form of the benchmark (scripts/bench.sh --small --reps 1) on a cluster of its own.
 #
 # TEST_CEPH_DIR (default /tmp/rbd-diffsync-test) and TEST_CEPH_PORT (default 6791; the second
 # cluster uses the next port) choose where the clusters live.
@@ -47,3 +48,10 @@ echo "clusters: $conf1 $conf2"
 step "tests"
 # Two test threads: the OSDs share the machine's cores with the tests.
 cargo test --workspace --all-features -- --test-threads "${TEST_THREADS:-2}"
+
+stop_clusters
+trap - EXIT
+
+step "benchmark, short form (small images, one repetition; figures are not checked)"
+# Keeps the benchmark from rotting: it runs every contender and checks every result by md5.
+bash scripts/bench.sh --small --reps 1

@@ -46,3 +46,12 @@ pub use image::{DiffExtent, Image, ImageInfo, Snapshot};
 pub use progress::{CancelToken, Progress, TransferStats};
 pub use spec::{ClusterSpec, ImageSpec, DEFAULT_POOL};
 pub use transfer::{DiffTransfer, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+
+/// The planner and zero detection, for the project's own micro-benchmarks: no stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::plan::{
+        complement, is_zero, normalize, pieces, zero_runs, KnownZero, Piece, Run, ZERO_BLOCK,
+    };
+}

@@ -4,12 +4,12 @@
 use crate::image::DiffExtent;
 
 /// The granularity of zero detection, the same as `rbd import-diff`'s default sparse size.
-pub(crate) const ZERO_BLOCK: u64 = 4096;
+pub const ZERO_BLOCK: u64 = 4096;
 
 /// A range of the transfer: `data` ranges are read from the source and written, the others
 /// must read as zeros on the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Piece {
+pub struct Piece {
     pub offset: u64,
     pub len: u64,
     pub data: bool,
@@ -17,7 +17,7 @@ pub(crate) struct Piece {
 
 /// Sorts and merges touching extents of the same kind. librbd reports extents in order, but a
 /// caller's list need not be.
-pub(crate) fn normalize(mut extents: Vec<DiffExtent>) -> Vec<DiffExtent> {
+pub fn normalize(mut extents: Vec<DiffExtent>) -> Vec<DiffExtent> {
     extents.retain(|e| e.len > 0);
     extents.sort_by_key(|e| e.offset);
     let mut out: Vec<DiffExtent> = Vec::with_capacity(extents.len());
@@ -34,7 +34,7 @@ pub(crate) fn normalize(mut extents: Vec<DiffExtent>) -> Vec<DiffExtent> {
 
 /// Cuts extents into pieces that never cross a multiple of `chunk` (data) or of
 /// `zero_chunk` (zeroing, which needs no buffer and so may be larger).
-pub(crate) fn pieces(extents: &[DiffExtent], chunk: u64, zero_chunk: u64) -> Vec<Piece> {
+pub fn pieces(extents: &[DiffExtent], chunk: u64, zero_chunk: u64) -> Vec<Piece> {
     let mut out = Vec::new();
     for e in extents {
         let step = if e.exists { chunk } else { zero_chunk };
@@ -55,7 +55,7 @@ pub(crate) fn pieces(extents: &[DiffExtent], chunk: u64, zero_chunk: u64) -> Vec
 }
 
 /// `true` when every byte is zero; reads whole 16-byte words so that it runs at memory speed.
-pub(crate) fn is_zero(buf: &[u8]) -> bool {
+pub fn is_zero(buf: &[u8]) -> bool {
     // SAFETY: any bit pattern is a valid u128.
     let (head, words, tail) = unsafe { buf.align_to::<u128>() };
     if head.iter().any(|&b| b != 0) || tail.iter().any(|&b| b != 0) {
@@ -72,7 +72,7 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
 
 /// A run inside a chunk buffer: `[start, start + len)` relative to the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Run {
+pub struct Run {
     pub start: usize,
     pub len: usize,
     pub zero: bool,
@@ -80,7 +80,7 @@ pub(crate) struct Run {
 
 /// Splits `buf`, which holds the image bytes at `offset`, into alternating data and zero runs
 /// at [`ZERO_BLOCK`] boundaries of the image (not of the buffer).
-pub(crate) fn zero_runs(buf: &[u8], offset: u64) -> Vec<Run> {
+pub fn zero_runs(buf: &[u8], offset: u64) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut start = 0usize;
     while start < buf.len() {
@@ -103,7 +103,7 @@ pub(crate) fn zero_runs(buf: &[u8], offset: u64) -> Vec<Run> {
 
 /// Ranges of the destination known to read as zeros before the transfer writes anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum KnownZero {
+pub enum KnownZero {
     /// Nothing is known: every zero range is written as zeros.
     Nothing,
     /// The whole image (it was created by this transfer).
@@ -114,7 +114,7 @@ pub(crate) enum KnownZero {
 
 impl KnownZero {
     /// `true` if all of `[offset, offset + len)` is known to read as zeros.
-    pub(crate) fn covers(&self, offset: u64, len: u64) -> bool {
+    pub fn covers(&self, offset: u64, len: u64) -> bool {
         match self {
             KnownZero::Nothing => false,
             KnownZero::All => true,
@@ -129,7 +129,7 @@ impl KnownZero {
 }
 
 /// The complement of `allocated` (sorted, disjoint) inside `[0, size)`.
-pub(crate) fn complement(allocated: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+pub fn complement(allocated: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut at = 0;
     for &(o, l) in allocated {

@@ -1,0 +1,284 @@
+//! Running and timing the contenders, each in its own processes so that wall time and peak
+//! RSS are what a user of that tool would see.
+
+use std::fs::File;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use rbd_diffsync_tests::TestCluster;
+
+use crate::settle;
+
+/// First argument that makes the benchmark binary run one transfer itself.
+pub const TRANSFER_CMD: &str = "__transfer";
+
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub secs: f64,
+    /// Peak resident set of the contender's processes, summed, in KiB.
+    pub rss_kib: Option<u64>,
+    /// Of `secs`, the time the end snapshot took to create, where known.
+    pub snapshot_secs: Option<f64>,
+}
+
+/// Who is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    /// `rbd export-diff | rbd import-diff`.
+    Pipe,
+    /// `rbd deep cp` (full only).
+    DeepCp,
+    /// `DiffTransfer`, in a child process.
+    Ours {
+        window: Option<usize>,
+        chunk_size: Option<u64>,
+    },
+    /// `rbd export-diff > /dev/null` beside `rbd bench --io-type write` of the changed bytes.
+    Ceiling,
+    /// The ceiling followed by `rbd snap create` of the image written: the commit marker
+    /// every contender creates too.
+    CeilingSnap,
+}
+
+impl Contender {
+    pub fn name(&self) -> String {
+        match self {
+            Contender::Pipe => "rbd export-diff | rbd import-diff".into(),
+            Contender::DeepCp => "rbd deep cp".into(),
+            Contender::Ours {
+                window: None,
+                chunk_size: None,
+            } => "DiffTransfer".into(),
+            Contender::Ours { window, chunk_size } => format!(
+                "DiffTransfer window {} chunk {}",
+                window.map_or("default".into(), |w| w.to_string()),
+                chunk_size.map_or("default".into(), |c| format!("{} KiB", c / 1024))
+            ),
+            Contender::Ceiling => "copy ceiling".into(),
+            Contender::CeilingSnap => "copy ceiling + snapshot".into(),
+        }
+    }
+
+    /// A short name for scratch images.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Contender::Pipe => "pipe",
+            Contender::DeepCp => "deepcp",
+            Contender::Ours { .. } => "ours",
+            Contender::Ceiling | Contender::CeilingSnap => "ceiling",
+        }
+    }
+
+    /// Times a full copy of `source` (image@snap) into `dest`, which does not exist yet.
+    pub fn full(&self, cluster: &TestCluster, source: &str, dest: &str, size: u64) -> Sample {
+        match self {
+            Contender::Pipe => {
+                // import-diff needs the image; cinder creates it before the pipe too.
+                cluster.create(dest, size, None);
+                settle(cluster);
+                pipe(cluster, source, None, dest)
+            }
+            Contender::DeepCp => {
+                settle(cluster);
+                let child = rbd(cluster)
+                    .args(["deep", "cp", "--no-progress", source, dest])
+                    .spawn()
+                    .expect("rbd runs");
+                let started = Instant::now();
+                let rss = wait_ok(child, "rbd deep cp");
+                sample(started, rss)
+            }
+            Contender::Ours { window, chunk_size } => {
+                settle(cluster);
+                ours(cluster, source, dest, None, *window, *chunk_size)
+            }
+            Contender::Ceiling | Contender::CeilingSnap => {
+                unreachable!("the ceiling is measured on its own")
+            }
+        }
+    }
+
+    /// Times an incremental from `from` to the snapshot of `source` into `dest`.
+    pub fn incremental(
+        &self,
+        cluster: &TestCluster,
+        source: &str,
+        dest: &str,
+        from: &str,
+    ) -> Sample {
+        settle(cluster);
+        match self {
+            Contender::Pipe => pipe(cluster, source, Some(from), dest),
+            Contender::Ours { window, chunk_size } => {
+                ours(cluster, source, dest, Some(from), *window, *chunk_size)
+            }
+            _ => unreachable!("only the pipe and DiffTransfer do incrementals"),
+        }
+    }
+}
+
+fn rbd(cluster: &TestCluster) -> Command {
+    let mut c = Command::new("rbd");
+    c.arg("-c").arg(&cluster.conf).stdin(Stdio::null());
+    c
+}
+
+fn sample(started: Instant, rss_kib: u64) -> Sample {
+    Sample {
+        secs: started.elapsed().as_secs_f64(),
+        rss_kib: Some(rss_kib),
+        snapshot_secs: None,
+    }
+}
+
+/// Waits for `child` with wait4, so that its peak RSS comes back with it; panics unless it
+/// exited with 0.
+fn wait_ok(child: Child, what: &str) -> u64 {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; all zeros is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own child, not yet reaped (std's Child reaps only in wait*,
+        // which is never called on it); both pointers are valid for the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        assert!(
+            err.kind() == std::io::ErrorKind::Interrupted,
+            "waiting for {what}: {err}"
+        );
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{what} failed (wait status {status:#x})"
+    );
+    usage.ru_maxrss as u64
+}
+
+/// `rbd export-diff [--from-snap F] source - | rbd import-diff - dest`.
+fn pipe(cluster: &TestCluster, source: &str, from: Option<&str>, dest: &str) -> Sample {
+    let started = Instant::now();
+    let mut export = rbd(cluster);
+    export.args(["export-diff", "--no-progress"]);
+    if let Some(from) = from {
+        export.args(["--from-snap", from]);
+    }
+    let mut export = export
+        .args([source, "-"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rbd runs");
+    let import = rbd(cluster)
+        .args(["import-diff", "--no-progress", "-", dest])
+        .stdin(export.stdout.take().expect("piped"))
+        .spawn()
+        .expect("rbd runs");
+    let rss = wait_ok(export, "rbd export-diff") + wait_ok(import, "rbd import-diff");
+    sample(started, rss)
+}
+
+/// DiffTransfer in a child process (this binary, with [`TRANSFER_CMD`]).
+fn ours(
+    cluster: &TestCluster,
+    source: &str,
+    dest: &str,
+    from: Option<&str>,
+    window: Option<usize>,
+    chunk_size: Option<u64>,
+) -> Sample {
+    let exe = std::env::current_exe().expect("own path");
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .arg(TRANSFER_CMD)
+        .arg(&cluster.conf)
+        .args([source, dest, from.unwrap_or("-")])
+        .arg(window.map_or("-".into(), |w| w.to_string()))
+        .arg(chunk_size.map_or("-".into(), |c| c.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the benchmark binary runs itself");
+    let mut json = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut json)
+        .expect("read the transfer's stats");
+    let rss = wait_ok(child, "DiffTransfer");
+    let mut s = sample(started, rss);
+    let stats: serde_json::Value =
+        serde_json::from_str(&json).expect("the transfer prints its stats");
+    s.snapshot_secs = stats["snapshot_elapsed"].as_f64();
+    s
+}
+
+/// What this machine reads and writes at once: `rbd export-diff` of the snapshots to
+/// /dev/null while `rbd bench` writes `bytes` in `io_size` blocks (`pattern` seq or rand) with
+/// 16 threads into `scratch`. Both must finish. Then, timed on its own, `rbd snap create` of
+/// `scratch`.
+pub fn ceiling(
+    cluster: &TestCluster,
+    source: &str,
+    from: Option<&str>,
+    scratch: &str,
+    bytes: u64,
+    io_size: u64,
+    pattern: &str,
+) -> Sample {
+    settle(cluster);
+    let started = Instant::now();
+    let mut export = rbd(cluster);
+    export.args(["export-diff", "--no-progress"]);
+    if let Some(from) = from {
+        export.args(["--from-snap", from]);
+    }
+    let export = export
+        .args([source, "-"])
+        .stdout(File::create("/dev/null").expect("/dev/null opens"))
+        .spawn()
+        .expect("rbd runs");
+    let bench = rbd(cluster)
+        .args(["bench", "--io-type", "write", "--io-threads", "16"])
+        .args(["--io-size", &io_size.to_string()])
+        .args(["--io-total", &bytes.to_string()])
+        .args(["--io-pattern", pattern, scratch])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("rbd runs");
+    wait_ok(export, "rbd export-diff (ceiling)");
+    wait_ok(bench, "rbd bench (ceiling)");
+    let secs = started.elapsed().as_secs_f64();
+    let snap_started = Instant::now();
+    let snap = rbd(cluster)
+        .args(["snap", "create", "--no-progress", &format!("{scratch}@end")])
+        .spawn()
+        .expect("rbd runs");
+    wait_ok(snap, "rbd snap create (ceiling)");
+    Sample {
+        secs,
+        rss_kib: None,
+        snapshot_secs: Some(snap_started.elapsed().as_secs_f64()),
+    }
+}
+
+/// One line saying what the run was on.
+pub fn machine_line(cluster: &TestCluster) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let version = Command::new("ceph")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(2).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "machine: {cpus} CPUs, Ceph {version}, one-node cluster {}",
+        cluster.conf.display()
+    )
+}

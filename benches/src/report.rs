@@ -1,0 +1,265 @@
+//! The table the benchmark prints (Markdown, ready for BENCHMARKS.md).
+
+use std::fmt::Write;
+
+use crate::measure::{Contender, Sample};
+
+const MIB: f64 = (1 << 20) as f64;
+
+#[derive(Debug)]
+struct Row {
+    case: String,
+    who: Contender,
+    /// Changed bytes the case moves: the MiB/s column is of these.
+    bytes: u64,
+    samples: Vec<Sample>,
+}
+
+impl Row {
+    fn median(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.secs).collect())
+    }
+
+    fn median_snapshot(&self) -> Option<f64> {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter_map(|s| s.snapshot_secs)
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.samples
+            .iter()
+            .filter_map(|s| s.rss_kib)
+            .max()
+            .map(|k| k as f64 / 1024.0)
+    }
+}
+
+/// Samples by case and contender, in the order they first appeared.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Row>,
+}
+
+/// Text that may contain `|`, made safe for a Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Table {
+    pub fn add(&mut self, case: &str, who: Contender, bytes: u64, sample: Sample) {
+        match self
+            .rows
+            .iter_mut()
+            .find(|r| r.case == case && r.who == who)
+        {
+            Some(row) => row.samples.push(sample),
+            None => self.rows.push(Row {
+                case: case.to_owned(),
+                who,
+                bytes,
+                samples: vec![sample],
+            }),
+        }
+    }
+
+    fn reference(&self, case: &str, who: Contender) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.case == case && r.who == who)
+            .map(Row::median)
+    }
+
+    /// The comparison: seconds, MiB/s of changed data, ratio to the pipe, share of the copy
+    /// ceiling, and peak RSS.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "| case | contender | median s | runs (s) | MiB/s | × pipe | % of ceiling | % of ceiling + snapshot | of which snapshot s | peak RSS MiB |\n\
+             |---|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let mut cases: Vec<&str> = Vec::new();
+        for row in &self.rows {
+            if !cases.contains(&row.case.as_str()) {
+                cases.push(&row.case);
+            }
+        }
+        let grouped = cases
+            .iter()
+            .flat_map(|c| self.rows.iter().filter(move |r| r.case == *c));
+        for row in grouped {
+            let m = row.median();
+            let pipe = self.reference(&row.case, Contender::Pipe);
+            let ceiling = self.reference(&row.case, Contender::Ceiling);
+            let ceiling_snap = self.reference(&row.case, Contender::CeilingSnap);
+            let snapshot = row.median_snapshot();
+            let runs: Vec<String> = row
+                .samples
+                .iter()
+                .map(|s| format!("{:.2}", s.secs))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                row.case,
+                cell(&row.who.name()),
+                m,
+                runs.join(" "),
+                row.bytes as f64 / MIB / m,
+                pipe.map_or("–".into(), |p| format!("{:.2}", p / m)),
+                ceiling.map_or("–".into(), |c| format!("{:.0}%", 100.0 * m / c)),
+                ceiling_snap.map_or("–".into(), |c| format!("{:.0}%", 100.0 * m / c)),
+                snapshot.map_or("–".into(), |s| format!("{s:.2}")),
+                row.peak_rss_mib().map_or("–".into(), |r| format!("{r:.0}")),
+            );
+        }
+        out
+    }
+
+    fn median_without_snapshot(&self, case: &str, who: Contender) -> Option<f64> {
+        let row = self.rows.iter().find(|r| r.case == case && r.who == who)?;
+        Some(median(
+            row.samples
+                .iter()
+                .map(|s| s.secs - s.snapshot_secs.unwrap_or(0.0))
+                .collect(),
+        ))
+    }
+
+    /// The sweep: one line per setting, full and incremental side by side, with and without
+    /// the end snapshot's creation (which waits for the monitor, up to about a second, however
+    /// the data moved).
+    pub fn render_sweep(&self) -> String {
+        let mut out = String::from(
+            "| setting | full median s | without snapshot | incremental median s | without snapshot | peak RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|\n",
+        );
+        let mut seen: Vec<Contender> = Vec::new();
+        for row in &self.rows {
+            if seen.contains(&row.who) {
+                continue;
+            }
+            seen.push(row.who);
+            let full = self.reference("full", row.who);
+            let full_data = self.median_without_snapshot("full", row.who);
+            let incr = self.reference("incremental", row.who);
+            let incr_data = self.median_without_snapshot("incremental", row.who);
+            let rss = self
+                .rows
+                .iter()
+                .filter(|r| r.who == row.who)
+                .filter_map(Row::peak_rss_mib)
+                .fold(0.0, f64::max);
+            let f = |v: Option<f64>| v.map_or("–".into(), |s| format!("{s:.2}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {rss:.0} |",
+                cell(&row.who.name()),
+                f(full),
+                f(full_data),
+                f(incr),
+                f(incr_data)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: f64) -> Sample {
+        Sample {
+            secs,
+            rss_kib: Some(2048),
+            snapshot_secs: Some(secs / 10.0),
+        }
+    }
+
+    #[test]
+    fn ratios_are_of_medians_in_the_same_case() {
+        let mut t = Table::default();
+        let ours = Contender::Ours {
+            window: None,
+            chunk_size: None,
+        };
+        for x in [3.0, 9.0, 3.2] {
+            t.add("full", Contender::Pipe, 1 << 30, s(x));
+        }
+        for x in [2.0, 1.0, 1.6] {
+            t.add("full", ours, 1 << 30, s(x));
+        }
+        t.add("full", Contender::Ceiling, 1 << 30, s(1.28));
+        t.add("full", Contender::CeilingSnap, 1 << 30, s(1.6));
+        t.add("other", Contender::Pipe, 1 << 30, s(100.0));
+        t.add("full", Contender::DeepCp, 1 << 30, s(2.5));
+        let text = t.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("| full | DiffTransfer |"))
+            .unwrap();
+        // Median 1.6 s: 640 MiB/s, 3.2 / 1.6 = 2x the pipe, 125% of the ceiling, 100% of the
+        // ceiling with its snapshot, 0.16 s median snapshot, 2 MiB RSS.
+        assert_eq!(
+            line,
+            "| full | DiffTransfer | 1.60 | 2.00 1.00 1.60 | 640 | 2.00 | 125% | 100% | 0.16 | 2 |"
+        );
+        // Rows of one case stay together, in the order they first appeared.
+        let cases: Vec<&str> = text
+            .lines()
+            .skip(2)
+            .map(|l| l.split('|').nth(1).unwrap().trim())
+            .collect();
+        assert_eq!(cases, ["full", "full", "full", "full", "full", "other"]);
+        assert!(
+            text.contains("| rbd export-diff \\| rbd import-diff |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_sweep_shows_each_setting_once_with_and_without_the_snapshot() {
+        let mut t = Table::default();
+        let a = Contender::Ours {
+            window: Some(8),
+            chunk_size: Some(1 << 20),
+        };
+        let b = Contender::Ours {
+            window: Some(16),
+            chunk_size: Some(1 << 20),
+        };
+        for (who, full, incr) in [(a, 3.0, 2.0), (b, 2.0, 1.0), (a, 5.0, 4.0)] {
+            t.add("full", who, 1 << 30, s(full));
+            t.add("incremental", who, 1 << 20, s(incr));
+        }
+        let text = t.render_sweep();
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        // Medians of 3.0 and 5.0, and of 2.0 and 4.0; the snapshots took a tenth of each run.
+        assert_eq!(
+            lines,
+            [
+                "| DiffTransfer window 8 chunk 1024 KiB | 4.00 | 3.60 | 3.00 | 2.70 | 2 |",
+                "| DiffTransfer window 16 chunk 1024 KiB | 2.00 | 1.80 | 1.00 | 0.90 | 2 |",
+            ]
+        );
+    }
+
+    #[test]
+    fn median_of_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![5.0]), 5.0);
+    }
+}
