@@ -402,7 +402,7 @@ impl Bench {
             // by the same other one.
             for k in 0..contenders.len() {
                 let who = contenders[(k + rep) % contenders.len()];
-                eprintln!("rep {}/{reps}: {}", rep + 1, &who.name());
+                eprintln!("rep {}/{reps}: {}", rep + 1, who.name());
                 match who {
                     Contender::Ceiling => {
                         for (case, bytes, incremental) in [
@@ -447,7 +447,7 @@ impl Bench {
         for rep in 0..reps {
             for k in 0..contenders.len() {
                 let who = contenders[(k + rep) % contenders.len()];
-                eprintln!("rep {}/{reps}: {} (sparse)", rep + 1, &who.name());
+                eprintln!("rep {}/{reps}: {} (sparse)", rep + 1, who.name());
                 let (f, _) = self.full_then_incremental(input, who);
                 t.add(&case, who, input.full_bytes, f);
             }
@@ -456,7 +456,7 @@ impl Bench {
 
     fn ours_full_and_incremental(&self, input: &Input, reps: usize, who: Contender, t: &mut Table) {
         for rep in 0..reps {
-            eprintln!("sweep rep {}/{reps}: {}", rep + 1, &who.name());
+            eprintln!("sweep rep {}/{reps}: {}", rep + 1, who.name());
             let (f, i) = self.full_then_incremental(input, who);
             t.add("full", who, input.full_bytes, f);
             if let Some(i) = i {
