@@ -102,13 +102,32 @@ struct Slot {
     /// filled it.
     buf: Vec<u8>,
     piece: Piece,
-    /// What the piece holds of the window's budget.
-    charge: usize,
     phase: Phase,
     /// Requests of this slot not yet completed.
     pending: u32,
     /// Whether one of them failed: the piece then does not count as done.
     failed: bool,
+}
+
+impl Slot {
+    /// What the slot holds of the window's budget: while a data piece is read, our buffer and
+    /// librados's receive buffer; while it is written, ours only; a zeroing piece, nothing.
+    fn charge(&self) -> usize {
+        match self.phase {
+            Phase::Reading => read_charge(&self.piece),
+            Phase::Writing if self.piece.data => self.piece.len as usize,
+            _ => 0,
+        }
+    }
+}
+
+/// What `piece` holds of the budget while it is read: our buffer and librados's.
+fn read_charge(piece: &Piece) -> usize {
+    if piece.data {
+        2 * piece.len as usize
+    } else {
+        0
+    }
 }
 
 /// The engine's state. Its `Drop` waits for every request still in flight, so that no buffer
@@ -175,7 +194,6 @@ impl Run<'_> {
             self.slots.push(Slot {
                 buf: Vec::new(),
                 piece: *piece,
-                charge: 0,
                 phase: Phase::Idle,
                 pending: 0,
                 failed: false,
@@ -188,10 +206,9 @@ impl Run<'_> {
     /// budget has room for it, freed otherwise.
     fn retire(&mut self, i: usize) {
         let slot = &mut self.slots[i];
+        self.charged -= slot.charge();
         slot.phase = Phase::Idle;
         let mut buf = std::mem::take(&mut slot.buf);
-        self.charged -= slot.charge;
-        slot.charge = 0;
         self.idle.push(i);
         let cap = buf.capacity();
         if cap > 0 && self.charged + self.spare_bytes + cap <= self.window.budget {
@@ -253,14 +270,12 @@ impl Run<'_> {
         match started {
             Ok(()) => {
                 self.outstanding += 1;
-                let charge = read_charge(&piece);
-                self.charged += charge;
                 let slot = &mut self.slots[i];
                 slot.piece = piece;
                 slot.phase = phase;
-                slot.charge = charge;
                 slot.pending = 1;
                 slot.failed = false;
+                self.charged += slot.charge();
             }
             Err(e) => {
                 self.fail(e);
@@ -322,11 +337,11 @@ impl Run<'_> {
     fn read_done(&mut self, i: usize) {
         let piece = self.slots[i].piece;
         self.counters.read += piece.len;
-        self.slots[i].phase = Phase::Writing;
         // librados has freed its receive buffer: only ours is held now.
-        let held = piece.len as usize;
-        self.charged -= self.slots[i].charge - held;
-        self.slots[i].charge = held;
+        let slot = &mut self.slots[i];
+        let reading = slot.charge();
+        slot.phase = Phase::Writing;
+        self.charged -= reading - slot.charge();
         if self.error.is_some() {
             return;
         }
@@ -367,15 +382,6 @@ impl Run<'_> {
     }
 }
 
-/// What a piece holds of the budget while it is read: our buffer and librados's.
-fn read_charge(piece: &Piece) -> usize {
-    if piece.data {
-        2 * piece.len as usize
-    } else {
-        0
-    }
-}
-
 /// What the engine is to do.
 #[derive(Debug)]
 pub(crate) struct Job<'a> {
@@ -410,8 +416,8 @@ pub(crate) fn run(
         slots: Vec::new(),
         idle: Vec::new(),
         window: Window {
-            budget: window.budget,
             max_requests: window.max_requests.max(1),
+            ..window
         },
         charged: 0,
         spare: Vec::new(),
