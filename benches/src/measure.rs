@@ -82,7 +82,8 @@ impl Contender {
             }
             Contender::DeepCp => {
                 settle(cluster);
-                let child = rbd(cluster)
+                let child = cluster
+                    .rbd_command()
                     .args(["deep", "cp", "--no-progress", source, dest])
                     .spawn()
                     .expect("rbd runs");
@@ -117,12 +118,6 @@ impl Contender {
             _ => unreachable!("only the pipe and DiffTransfer do incrementals"),
         }
     }
-}
-
-fn rbd(cluster: &TestCluster) -> Command {
-    let mut c = Command::new("rbd");
-    c.arg("-c").arg(&cluster.conf).stdin(Stdio::null());
-    c
 }
 
 fn sample(started: Instant, rss_kib: u64) -> Sample {
@@ -163,21 +158,7 @@ fn wait_ok(child: Child, what: &str) -> u64 {
 /// `rbd export-diff [--from-snap F] source - | rbd import-diff - dest`.
 fn pipe(cluster: &TestCluster, source: &str, from: Option<&str>, dest: &str) -> Sample {
     let started = Instant::now();
-    let mut export = rbd(cluster);
-    export.args(["export-diff", "--no-progress"]);
-    if let Some(from) = from {
-        export.args(["--from-snap", from]);
-    }
-    let mut export = export
-        .args([source, "-"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("rbd runs");
-    let import = rbd(cluster)
-        .args(["import-diff", "--no-progress", "-", dest])
-        .stdin(export.stdout.take().expect("piped"))
-        .spawn()
-        .expect("rbd runs");
+    let (export, import) = cluster.spawn_pipe(source, dest, from, Stdio::inherit());
     let rss = wait_ok(export, "rbd export-diff") + wait_ok(import, "rbd import-diff");
     sample(started, rss)
 }
@@ -233,17 +214,13 @@ pub fn ceiling(
 ) -> Sample {
     settle(cluster);
     let started = Instant::now();
-    let mut export = rbd(cluster);
-    export.args(["export-diff", "--no-progress"]);
-    if let Some(from) = from {
-        export.args(["--from-snap", from]);
-    }
-    let export = export
-        .args([source, "-"])
+    let export = cluster
+        .export_diff(source, from)
         .stdout(File::create("/dev/null").expect("/dev/null opens"))
         .spawn()
         .expect("rbd runs");
-    let bench = rbd(cluster)
+    let bench = cluster
+        .rbd_command()
         .args(["bench", "--io-type", "write", "--io-threads", "16"])
         .args(["--io-size", &io_size.to_string()])
         .args(["--io-total", &bytes.to_string()])
@@ -255,7 +232,8 @@ pub fn ceiling(
     wait_ok(bench, "rbd bench (ceiling)");
     let secs = started.elapsed().as_secs_f64();
     let snap_started = Instant::now();
-    let snap = rbd(cluster)
+    let snap = cluster
+        .rbd_command()
         .args(["snap", "create", "--no-progress", &format!("{scratch}@end")])
         .spawn()
         .expect("rbd runs");

@@ -6,7 +6,7 @@
 //! needs a cluster that is not there fails with a message saying how to start it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -118,13 +118,17 @@ impl TestCluster {
 
     /// Runs `rbd -c CONF args...` and returns what it did.
     pub fn rbd_output(&self, args: &[&str]) -> Output {
-        Command::new("rbd")
-            .arg("-c")
-            .arg(&self.conf)
+        self.rbd_command()
             .args(args)
-            .stdin(Stdio::null())
             .output()
             .expect("the rbd CLI runs (scripts/cluster.sh install puts it there)")
+    }
+
+    /// `rbd -c CONF`, reading nothing from stdin, for arguments to be added.
+    pub fn rbd_command(&self) -> Command {
+        let mut rbd = Command::new("rbd");
+        rbd.arg("-c").arg(&self.conf).stdin(Stdio::null());
+        rbd
     }
 
     /// `rbd create --size SIZE [--object-size OBJ] spec`.
@@ -160,9 +164,8 @@ impl TestCluster {
 
     /// `rbd export spec - | md5sum`: the oracle every result is compared with.
     pub fn md5(&self, spec: &str) -> String {
-        let mut export = Command::new("rbd")
-            .arg("-c")
-            .arg(&self.conf)
+        let mut export = self
+            .rbd_command()
             .args(["export", "--no-progress", spec, "-"])
             .stdout(Stdio::piped())
             .spawn()
@@ -266,26 +269,8 @@ impl TestCluster {
 
     /// `rbd export-diff [--from-snap F] source - | rbd import-diff - dest`, the pipe cinder runs.
     pub fn pipe(&self, source: &str, dest: &str, from_snap: Option<&str>) {
-        let mut export = Command::new("rbd");
-        export
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["export-diff", "--no-progress"]);
-        if let Some(from) = from_snap {
-            export.args(["--from-snap", from]);
-        }
-        let mut export = export
-            .args([source, "-"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let import = Command::new("rbd")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["import-diff", "--no-progress", "-", dest])
-            .stdin(export.stdout.take().unwrap())
-            .output()
-            .unwrap();
+        let (mut export, import) = self.spawn_pipe(source, dest, from_snap, Stdio::piped());
+        let import = import.wait_with_output().unwrap();
         assert!(
             export.wait().unwrap().success(),
             "rbd export-diff {source} failed"
@@ -295,6 +280,41 @@ impl TestCluster {
             "rbd import-diff {dest}: {}",
             String::from_utf8_lossy(&import.stderr)
         );
+    }
+
+    /// `rbd export-diff [--from-snap F] source -`: the diff stream on stdout.
+    pub fn export_diff(&self, source: &str, from_snap: Option<&str>) -> Command {
+        let mut export = self.rbd_command();
+        export.args(["export-diff", "--no-progress"]);
+        if let Some(from) = from_snap {
+            export.args(["--from-snap", from]);
+        }
+        export.args([source, "-"]);
+        export
+    }
+
+    /// Starts that pipe: the `export-diff` and `import-diff` processes, in that order, the
+    /// latter's stderr going to `import_stderr`.
+    pub fn spawn_pipe(
+        &self,
+        source: &str,
+        dest: &str,
+        from_snap: Option<&str>,
+        import_stderr: Stdio,
+    ) -> (Child, Child) {
+        let mut export = self
+            .export_diff(source, from_snap)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the rbd CLI runs");
+        let import = self
+            .rbd_command()
+            .args(["import-diff", "--no-progress", "-", dest])
+            .stdin(export.stdout.take().expect("piped"))
+            .stderr(import_stderr)
+            .spawn()
+            .expect("the rbd CLI runs");
+        (export, import)
     }
 }
 
