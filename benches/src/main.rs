@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rbd_diffsync::{ClusterSpec, DiffTransfer, Image, ImageSpec};
+use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec};
 use rbd_diffsync_tests::{pattern, TestCluster};
 
 use measure::{Contender, Sample};
@@ -218,6 +218,8 @@ fn transfer_child(args: Vec<String>) -> i32 {
 #[derive(Debug)]
 struct Input {
     image: String,
+    /// Its size, which the copies and scratch images are created with.
+    size: u64,
     md5_s1: String,
     md5_s2: Option<String>,
     /// Changed bytes: what was written before s1, and between s1 and s2.
@@ -242,10 +244,6 @@ impl Bench {
         let _ = self.cluster.rbd_output(&["rm", "--no-progress", image]);
     }
 
-    fn open(&self, image: &str) -> Image {
-        self.cluster.open(image)
-    }
-
     /// A scratch name in the destination pool.
     fn dest(&self, what: &str) -> String {
         format!("{}/{}-{what}", self.dest_pool, self.tag)
@@ -255,7 +253,7 @@ impl Bench {
         let image = format!("{}/{}-dense", self.pool, self.tag);
         eprintln!("creating {image}");
         self.cluster.create(&image, sizes.image, None);
-        let img = self.open(&image);
+        let img = self.cluster.open(&image);
         let mut off = 0;
         while off < sizes.data {
             let len = OBJECT.min(sizes.data - off);
@@ -273,7 +271,7 @@ impl Bench {
         }
         drop(img);
         self.cluster.snap(&image, "s1");
-        let img = self.open(&image);
+        let img = self.cluster.open(&image);
         let slots = sizes.image / (64 * 1024);
         let mut rng = Rng(0x5EED);
         for i in 0..sizes.random / (64 * 1024) {
@@ -287,6 +285,7 @@ impl Bench {
             md5_s1: self.cluster.md5(&format!("{image}@s1")),
             md5_s2: Some(self.cluster.md5(&format!("{image}@s2"))),
             image,
+            size: sizes.image,
             full_bytes: sizes.data + sizes.zeros,
             incr_bytes: sizes.random,
         }
@@ -296,7 +295,7 @@ impl Bench {
         let image = format!("{}/{}-sparse", self.pool, self.tag);
         eprintln!("creating {image}");
         self.cluster.create(&image, sizes.sparse_image, None);
-        let img = self.open(&image);
+        let img = self.cluster.open(&image);
         let objects = sizes.sparse_image / OBJECT;
         let mut chosen: Vec<u64> = (0..objects).collect();
         let mut rng = Rng(0x5BA55E);
@@ -317,6 +316,7 @@ impl Bench {
             md5_s1: self.cluster.md5(&format!("{image}@s1")),
             md5_s2: None,
             image,
+            size: sizes.sparse_image,
             full_bytes: n * OBJECT,
             incr_bytes: 0,
         }
@@ -334,7 +334,7 @@ impl Bench {
         let dest = self.dest(who.slug());
         self.remove(&dest);
         let src1 = format!("{}@s1", input.image);
-        let full = who.full(&self.cluster, &src1, &dest, self.size_of(input));
+        let full = who.full(&self.cluster, &src1, &dest, input.size);
         let copy_s1 = match who {
             Contender::DeepCp => dest.clone(),
             _ => format!("{dest}@s1"),
@@ -353,14 +353,10 @@ impl Bench {
         (full, incr)
     }
 
-    fn size_of(&self, input: &Input) -> u64 {
-        self.open(&input.image).size().expect("source size")
-    }
-
     fn ceiling(&self, input: &Input, incremental: bool) -> Sample {
         let scratch = self.dest("scratch");
         self.remove(&scratch);
-        self.cluster.create(&scratch, self.size_of(input), None);
+        self.cluster.create(&scratch, input.size, None);
         let s = if incremental {
             measure::ceiling(
                 &self.cluster,
