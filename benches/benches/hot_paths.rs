@@ -7,8 +7,9 @@
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{black_box, Bencher};
-use rbd_diffsync::internals::{complement, is_zero, normalize, pieces, zero_runs, KnownZero};
-use rbd_diffsync::DiffExtent;
+use rbd_diffsync::internals::{
+    complement, is_zero, normalize, pieces, zero_runs, DiffExtent, KnownZero,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;

@@ -4,16 +4,17 @@
 //! `ceph::ceph::connect_to_ceph` takes neither a keyring nor librados' default conf search, and
 //! its `config_set` refuses to run on an unconnected handle.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::Arc;
 
 use ceph::rados as raw;
+use libc::c_char;
 
-use crate::error::{Error, Result};
+use crate::error::{code_text, errno_of, Error, Result};
 use crate::spec::ClusterSpec;
-use crate::sys::{rados_ioctx_t, rados_t};
+use crate::sys::{self, rados_ioctx_t, rados_t};
 
 struct Handle {
     rados: rados_t,
@@ -27,15 +28,12 @@ unsafe impl Sync for Handle {}
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // SAFETY: `rados` came from rados_create and is shut down exactly once, here.
+        // SAFETY: `rados` came from rados_create2 and is shut down exactly once, here.
         unsafe { raw::rados_shutdown(self.rados) }
     }
 }
 
 /// A connection to one cluster, shared by the images opened through it. Cloning is cheap.
-///
-/// Set up for streaming: librbd's cache is off (each byte is read once and written once) and
-/// writes hand librbd the caller's buffer without a copy, which stays valid until they complete.
 #[derive(Clone)]
 pub struct Cluster {
     handle: Arc<Handle>,
@@ -50,74 +48,89 @@ impl std::fmt::Debug for Cluster {
 }
 
 fn cstring(what: &str, s: &[u8]) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
+    CString::new(s).map_err(|_| Error::invalid(format!("{what} contains a NUL byte")))
 }
 
+/// The options the library sets for itself, before `CEPH_ARGS` and the spec's own: see
+/// [`ClusterSpec`].
+const LIBRARY_DEFAULTS: [(&CStr, &CStr); 2] = [
+    (c"rbd_cache", c"false"),
+    (c"rbd_disable_zero_copy_writes", c"false"),
+];
+
 impl Cluster {
-    /// Connects as the spec says.
+    /// Connects as the spec says (see [`ClusterSpec`] for what fills in what it leaves unset).
     pub fn connect(spec: &ClusterSpec) -> Result<Cluster> {
-        let label = spec.to_string();
-        let id = cstring("client id", spec.client_id().as_bytes())?;
-        let conf = spec
-            .conf_path()
+        let resolved = spec.resolve();
+        let label = resolved.to_string();
+        let fail = |what: &str, ret: i32| {
+            let errno = errno_of(ret.into());
+            Error::from_errno(
+                errno,
+                format!("cannot connect to {label}: {what}{}", code_text(errno)),
+            )
+        };
+        let name = cstring("client name", resolved.name.as_bytes())?;
+        let cluster_name = cstring("cluster name", resolved.cluster_name.as_bytes())?;
+        let conf = resolved
+            .conf
+            .as_ref()
             .map(|p| cstring("conf path", p.as_os_str().as_bytes()))
             .transpose()?;
-        let keyring = spec
-            .keyring_path()
-            .map(|p| cstring("keyring path", p.as_os_str().as_bytes()))
-            .transpose()?;
         let mut rados: rados_t = ptr::null_mut();
-        // SAFETY: `rados` is a valid out pointer and `id` a NUL-terminated string.
-        let ret = unsafe { raw::rados_create(&mut rados, id.as_ptr()) };
+        // SAFETY: `rados` is a valid out pointer and both names are NUL-terminated.
+        let ret =
+            unsafe { raw::rados_create2(&mut rados, cluster_name.as_ptr(), name.as_ptr(), 0) };
         if ret < 0 {
-            return Err(Error::Connect {
-                cluster: label,
-                errno: crate::error::Errno::from_ret(ret.into()),
-            });
+            return Err(fail("invalid client or cluster name: ", ret));
         }
         // From here on, dropping `handle` shuts the half-made connection down.
-        let handle = Handle { rados, label };
-        let fail = |ret: i32, handle: &Handle| Error::Connect {
-            cluster: handle.label.clone(),
-            errno: crate::error::Errno::from_ret(ret.into()),
+        let handle = Handle {
+            rados,
+            label: label.clone(),
         };
         let conf_ptr = conf.as_ref().map_or(ptr::null(), |c| c.as_ptr());
-        // SAFETY: the handle is created and not connected; a NULL path asks for the default search.
+        // SAFETY: the handle is created and not connected; NULL asks for the default search.
         let ret = unsafe { raw::rados_conf_read_file(handle.rados, conf_ptr) };
         if ret < 0 {
-            return Err(fail(ret, &handle));
+            return Err(fail("cannot read its configuration: ", ret));
+        }
+        for (key, value) in LIBRARY_DEFAULTS {
+            set(&handle, key, value).map_err(|ret| fail("", ret))?;
         }
         // SAFETY: as above; NULL means the CEPH_ARGS variable.
         let ret = unsafe { raw::rados_conf_parse_env(handle.rados, ptr::null()) };
         if ret < 0 {
-            return Err(fail(ret, &handle));
+            return Err(fail("CEPH_ARGS: ", ret));
         }
         let timeout = spec
             .connect_timeout_value()
-            .map(|t| cstring("timeout", format!("{}", t.as_secs_f64()).as_bytes()))
-            .transpose()?;
-        let settings = [
-            (c"keyring", keyring.as_deref()),
-            (c"client_mount_timeout", timeout.as_deref()),
-            // A transfer reads each byte once and writes it once: librbd's cache would only
-            // copy it again and hold up to rbd_cache_size per image.
-            (c"rbd_cache", Some(c"false")),
-            // Our buffers stay untouched until their write completes, so librbd may send them
-            // as they are instead of copying each one first.
-            (c"rbd_disable_zero_copy_writes", Some(c"false")),
+            .map(|t| format!("{}", t.as_secs_f64()));
+        let named = [
+            ("keyring", spec.keyring_path().map(|p| p.as_os_str().as_bytes())),
+            ("mon_host", spec.mon_host_value().map(str::as_bytes)),
+            ("client_mount_timeout", timeout.as_deref().map(str::as_bytes)),
         ];
-        for (key, value) in settings {
+        let options = spec
+            .options()
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_bytes())));
+        for (key, value) in named.into_iter().chain(options) {
             let Some(value) = value else { continue };
-            // SAFETY: both strings are NUL-terminated and outlive the call.
-            let ret = unsafe { raw::rados_conf_set(handle.rados, key.as_ptr(), value.as_ptr()) };
-            if ret < 0 {
-                return Err(fail(ret, &handle));
-            }
+            let c_key = cstring("option name", key.as_bytes())?;
+            let c_value = cstring("option value", value)?;
+            set(&handle, &c_key, &c_value).map_err(|ret| {
+                let errno = errno_of(ret.into());
+                Error::from_errno(
+                    errno,
+                    format!("cannot set option {key:?} for {label}: {}", code_text(errno)),
+                )
+            })?;
         }
         // SAFETY: the handle is configured and not yet connected.
         let ret = unsafe { raw::rados_connect(handle.rados) };
         if ret < 0 {
-            return Err(fail(ret, &handle));
+            return Err(fail("", ret));
         }
         Ok(Cluster {
             handle: Arc::new(handle),
@@ -129,6 +142,64 @@ impl Cluster {
         &self.handle.label
     }
 
+    /// The value of a configuration option.
+    pub fn config(&self, key: &str) -> Result<String> {
+        let c_key = cstring("option name", key.as_bytes())?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: the buffer is valid for its length; librados NUL-terminates within it.
+        let ret = unsafe {
+            raw::rados_conf_get(
+                self.handle.rados,
+                c_key.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if ret < 0 {
+            return Err(Error::rbd(
+                "read option",
+                &format!("{key} of {}", self.label()),
+                ret.into(),
+            ));
+        }
+        Ok(CStr::from_bytes_until_nul(&buf)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    }
+
+    /// The cluster's fsid.
+    pub fn fsid(&self) -> Result<String> {
+        let mut buf = [0u8; 64];
+        // SAFETY: the buffer is valid for its length; librados NUL-terminates within it.
+        let ret = unsafe {
+            raw::rados_cluster_fsid(self.handle.rados, buf.as_mut_ptr().cast(), buf.len())
+        };
+        if ret < 0 {
+            return Err(Error::rbd("read fsid", self.label(), ret.into()));
+        }
+        Ok(CStr::from_bytes_until_nul(&buf)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    }
+
+    /// This client's address as the cluster sees it (`ip:port/nonce`), which is how lock
+    /// owners are named.
+    pub fn address(&self) -> Result<String> {
+        let mut addrs: *mut c_char = ptr::null_mut();
+        // SAFETY: the cluster is connected; `addrs` is an out pointer freed below.
+        let ret = unsafe { sys::rados_getaddrs(self.handle.rados, &mut addrs) };
+        if ret < 0 || addrs.is_null() {
+            return Err(Error::rbd("read client address", self.label(), ret.min(-1).into()));
+        }
+        // SAFETY: librados gave a NUL-terminated string, freed exactly once with its own call.
+        let addr = unsafe {
+            let addr = CStr::from_ptr(addrs).to_string_lossy().into_owned();
+            raw::rados_buffer_free(addrs);
+            addr
+        };
+        Ok(addr)
+    }
+
     /// An I/O context on `pool`, in `namespace` if given.
     pub fn pool(&self, pool: &str, namespace: Option<&str>) -> Result<Pool> {
         let c_pool = cstring("pool name", pool.as_bytes())?;
@@ -136,15 +207,15 @@ impl Cluster {
         // SAFETY: the cluster is connected; `io` is a valid out pointer.
         let ret = unsafe { raw::rados_ioctx_create(self.handle.rados, c_pool.as_ptr(), &mut io) };
         if ret == -libc::ENOENT {
-            return Err(Error::PoolNotFound {
-                pool: pool.to_owned(),
-                cluster: self.label().to_owned(),
-            });
+            return Err(Error::from_errno(
+                libc::ENOENT,
+                format!("pool {pool:?} does not exist on {}", self.label()),
+            ));
         }
         if ret < 0 {
             return Err(Error::rbd(
                 "open pool",
-                format!("{pool} on {}", self.label()),
+                &format!("{pool} on {}", self.label()),
                 ret.into(),
             ));
         }
@@ -159,11 +230,19 @@ impl Cluster {
         }
         Ok(Pool {
             handle: Arc::new(owned),
-            name: match namespace {
-                Some(ns) => format!("{pool}/{ns}"),
-                None => pool.to_owned(),
-            },
+            pool: pool.to_owned(),
+            namespace: namespace.map(str::to_owned),
         })
+    }
+}
+
+fn set(handle: &Handle, key: &CStr, value: &CStr) -> std::result::Result<(), i32> {
+    // SAFETY: both strings are NUL-terminated and outlive the call; the handle is unconnected.
+    let ret = unsafe { raw::rados_conf_set(handle.rados, key.as_ptr(), value.as_ptr()) };
+    if ret < 0 {
+        Err(ret)
+    } else {
+        Ok(())
     }
 }
 
@@ -190,13 +269,15 @@ impl Drop for PoolHandle {
 #[derive(Clone)]
 pub struct Pool {
     handle: Arc<PoolHandle>,
-    name: String,
+    pool: String,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("pool", &self.name)
+            .field("pool", &self.pool)
+            .field("namespace", &self.namespace)
             .field("cluster", &self.handle._cluster.label())
             .finish()
     }
@@ -207,13 +288,19 @@ impl Pool {
         self.handle.io
     }
 
-    /// `pool[/namespace]`.
+    /// The pool's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.pool
     }
 
-    /// The cluster this pool is on.
-    pub fn cluster(&self) -> &Cluster {
-        &self.handle._cluster
+    /// The namespace, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The pool's id.
+    pub fn id(&self) -> i64 {
+        // SAFETY: the ioctx is alive.
+        unsafe { raw::rados_ioctx_get_id(self.handle.io) }
     }
 }

@@ -1,49 +1,80 @@
-//! The copy engine: a window of requests in flight between a source that reads and a sink that
-//! writes. Completions arrive on one channel and are handled on the calling thread only.
+//! The copy engine: moves pieces from a [`DiffSource`] to a [`DiffSink`] with many requests in
+//! flight, bounded in bytes and in requests, and never a zero run written as data.
+//!
+//! Sources and sinks start requests and report each one's result through a [`Completion`],
+//! from whatever thread finishes it (librbd's callback threads, or the caller's own for a sink
+//! that completes at once). Nothing here knows librbd.
 
-use std::sync::mpsc::Receiver;
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Error, Result};
-use crate::image::{Done, Notifier};
 use crate::plan::{zero_runs, KnownZero, Piece};
-use crate::progress::{CancelToken, Reporter};
+use crate::progress::Reporter;
+
+/// The result of one request as the engine receives it.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub token: u64,
+    pub ret: i64,
+}
+
+/// The engine's handle on one request: whoever finishes the request calls
+/// [`complete`](Completion::complete) once, from any thread.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    tx: Sender<Done>,
+    token: u64,
+}
+
+impl Completion {
+    pub(crate) fn new(tx: Sender<Done>, token: u64) -> Completion {
+        Completion { tx, token }
+    }
+
+    /// Reports the request's result: the bytes it moved (`>= 0`), or a negative errno.
+    pub(crate) fn complete(self, ret: i64) {
+        // A receiver that is gone waits for nothing any more.
+        let _ = self.tx.send(Done {
+            token: self.token,
+            ret,
+        });
+    }
+}
 
 /// Where chunk data comes from.
-pub(crate) trait DiffSource {
-    /// Starts reading `len` bytes at `off` into `buf`; the result arrives on `done` as `token`.
+///
+/// A `start_*` call that returns `Ok` has taken its [`Completion`] and completes it exactly
+/// once; one that returns `Err` has dropped it without completing it.
+pub(crate) trait DiffSource: Sync {
+    /// Starts reading `len` bytes at `off` into `buf`.
     ///
     /// # Safety
-    /// `buf` must stay valid, unread and unmoved until that result has arrived.
-    unsafe fn start_read(
-        &self,
-        off: u64,
-        len: usize,
-        buf: *mut u8,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()>;
+    /// `buf` must stay valid for writes of `len` bytes, unread and unmoved, until `done` has
+    /// been completed.
+    unsafe fn start_read(&self, off: u64, len: usize, buf: *mut u8, done: Completion)
+        -> Result<()>;
 
     /// An error for a failed read, naming the source.
     fn read_error(&self, off: u64, len: u64, ret: i64) -> Error;
 }
 
-/// Where chunk data goes.
-pub(crate) trait DiffSink {
+/// Where chunk data goes. The same contract as [`DiffSource`].
+pub(crate) trait DiffSink: Sync {
     /// Starts writing `len` bytes from `buf` at `off`.
     ///
     /// # Safety
-    /// `buf` must stay valid and unchanged until the result has arrived on `done`.
+    /// `buf` must stay valid and unchanged until `done` has been completed.
     unsafe fn start_write(
         &self,
         off: u64,
         len: usize,
         buf: *const u8,
-        done: &Notifier,
-        token: u64,
+        done: Completion,
     ) -> Result<()>;
 
     /// Starts making `[off, off + len)` read as zeros.
-    fn start_zero(&self, off: u64, len: u64, done: &Notifier, token: u64) -> Result<()>;
+    fn start_zero(&self, off: u64, len: u64, done: Completion) -> Result<()>;
 
     /// An error for a failed write or zeroing, naming the sink.
     fn write_error(&self, op: &'static str, off: u64, len: u64, ret: i64) -> Error;
@@ -56,113 +87,114 @@ pub(crate) struct Window {
     /// buffers while a read is in flight (librbd copies from those into ours). Small pieces
     /// share it, so many more of them than of full chunks can be in flight.
     pub budget: usize,
-    /// Requests in flight at most, whatever their size.
+    /// Requests in flight at most, whatever their size: reads, writes and zeroings together.
     pub max_requests: usize,
 }
 
-/// Byte counts of what the engine did.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the engine did, counted as requests completed successfully.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counters {
     pub read: u64,
     pub written: u64,
     pub zeroed: u64,
     pub skipped: u64,
+    /// The most requests that were in flight at once.
+    pub peak_requests: usize,
+    /// The most bytes of the budget held at once, spare buffers included.
+    pub peak_held: usize,
 }
 
-/// The kind of request, kept in the low bits of its completion token beside the slot index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
-    Read = 0,
-    Write = 1,
-    Zero = 2,
+    Read,
+    Write,
+    Zero,
 }
 
-fn token(slot: usize, op: Op) -> u64 {
-    ((slot as u64) << 2) | op as u64
-}
-
-fn untoken(token: u64) -> (usize, Op) {
-    let op = match token & 3 {
-        0 => Op::Read,
-        1 => Op::Write,
-        _ => Op::Zero,
-    };
-    ((token >> 2) as usize, op)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    Reading,
-    Writing,
-}
-
-struct Slot {
-    /// The piece's data, a spare buffer or a new one; uninitialised until the read has
-    /// filled it.
-    buf: Vec<u8>,
-    piece: Piece,
-    phase: Phase,
-    /// Requests of this slot not yet completed.
-    pending: u32,
-    /// Whether one of them failed: the piece then does not count as done.
-    failed: bool,
-}
-
-impl Slot {
-    /// What the slot holds of the window's budget: while a data piece is read, our buffer and
-    /// librados's receive buffer; while it is written, ours only; a zeroing piece, nothing.
-    fn charge(&self) -> usize {
-        match self.phase {
-            Phase::Reading => read_charge(&self.piece),
-            Phase::Writing if self.piece.data => self.piece.len as usize,
-            _ => 0,
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Zero => "write_zeroes",
         }
     }
 }
 
-/// What `piece` holds of the budget while it is read: our buffer and librados's.
+/// A request of a slot: started, or queued until the request budget has room.
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    slot: usize,
+    op: Op,
+    off: u64,
+    len: u64,
+    /// Where a write's data starts in the slot's buffer.
+    start: usize,
+}
+
+/// A piece in flight, with its buffer.
+struct Slot {
+    /// The piece's data; uninitialised until the read has filled it.
+    buf: Vec<u8>,
+    piece: Piece,
+    /// Bytes of the budget it holds: twice its length while read (our buffer and librados's),
+    /// its length while written, nothing for a zeroing piece.
+    charge: usize,
+    /// Its requests not yet completed, queued ones included.
+    pending: u32,
+    /// Whether one of them failed or was never started: the piece then is not done.
+    failed: bool,
+    /// Zero bytes of it that needed no request.
+    skipped: u64,
+}
+
+/// The engine's state. Its `Drop` waits for every request still in flight, so that no buffer
+/// is freed while a source or sink may still touch it, even when unwinding from a panic.
+struct Run<'a> {
+    source: &'a dyn DiffSource,
+    sink: &'a dyn DiffSink,
+    known_zero: &'a KnownZero,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    slots: Vec<Slot>,
+    /// Indices of slots with no piece.
+    idle: Vec<usize>,
+    /// Requests started, by token; `None` entries are free.
+    started: Vec<Option<Request>>,
+    free_tokens: Vec<usize>,
+    /// Requests waiting for the request budget, oldest first.
+    queued: VecDeque<Request>,
+    window: Window,
+    charged: usize,
+    /// Buffers of finished pieces, kept for the next ones while the budget allows, so that
+    /// their memory is not given back and faulted in again for every piece.
+    spare: Vec<Vec<u8>>,
+    spare_bytes: usize,
+    in_flight: usize,
+    counters: Counters,
+    error: Option<Error>,
+    /// The transfer was asked to stop: nothing more is started.
+    stopping: bool,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        while self.in_flight > 0 {
+            // Our own sender keeps the channel open, so recv only returns on a completion.
+            if self.rx.recv().is_err() {
+                break;
+            }
+            self.in_flight -= 1;
+        }
+    }
+}
+
+/// What `piece` holds of the budget while it is read.
 fn read_charge(piece: &Piece) -> usize {
     if piece.data {
         2 * piece.len as usize
     } else {
         0
-    }
-}
-
-/// The engine's state. Its `Drop` waits for every request still in flight, so that no buffer
-/// is freed while librbd may still touch it, even when unwinding from a panic.
-struct Run<'a> {
-    source: &'a dyn DiffSource,
-    sink: &'a dyn DiffSink,
-    known_zero: &'a KnownZero,
-    notifier: Notifier,
-    rx: Receiver<Done>,
-    slots: Vec<Slot>,
-    /// Indices of slots with no piece.
-    idle: Vec<usize>,
-    window: Window,
-    /// Bytes of the budget held by the pieces in flight.
-    charged: usize,
-    /// Buffers of finished pieces, kept for the next ones while the budget allows, so that
-    /// their memory is not given back and faulted in again for every piece.
-    spare: Vec<Vec<u8>>,
-    /// Their total capacity.
-    spare_bytes: usize,
-    outstanding: usize,
-    counters: Counters,
-    error: Option<Error>,
-}
-
-impl Drop for Run<'_> {
-    fn drop(&mut self) {
-        while self.outstanding > 0 {
-            // Our own `notifier` keeps the channel open, so recv only returns on a completion.
-            if self.rx.recv().is_err() {
-                break;
-            }
-            self.outstanding -= 1;
-        }
     }
 }
 
@@ -173,41 +205,52 @@ impl Run<'_> {
         }
     }
 
-    /// A slot for `piece` if the window has room for it now. With nothing in flight there is
-    /// always room, so that a piece larger than the budget still moves.
-    fn slot_for(&mut self, piece: &Piece) -> Option<usize> {
-        let charge = read_charge(piece);
+    fn winding_down(&self) -> bool {
+        self.error.is_some() || self.stopping
+    }
+
+    fn note_peaks(&mut self) {
+        self.counters.peak_requests = self.counters.peak_requests.max(self.in_flight);
+        self.counters.peak_held = self.counters.peak_held.max(self.charged + self.spare_bytes);
+    }
+
+    /// Whether `piece` may start now. With nothing in flight there is always room, so that a
+    /// piece larger than the budget still moves.
+    fn has_room_for(&self, piece: &Piece) -> bool {
         let busy = self.slots.len() - self.idle.len();
-        if busy > 0
-            && (busy >= self.window.max_requests || self.charged + charge > self.window.budget)
-        {
-            return None;
-        }
-        // Spares that this piece will not use give way to it.
-        if !(piece.data && self.spare_fit(piece.len as usize).is_some()) {
-            while self.charged + charge + self.spare_bytes > self.window.budget {
-                let Some(buf) = self.spare.pop() else { break };
-                self.spare_bytes -= buf.capacity();
+        busy == 0
+            || (self.in_flight < self.window.max_requests
+                && self.charged + read_charge(piece) <= self.window.budget)
+    }
+
+    fn new_slot(&mut self, piece: Piece, buf: Vec<u8>) -> usize {
+        let slot = Slot {
+            buf,
+            piece,
+            charge: read_charge(&piece),
+            pending: 0,
+            failed: false,
+            skipped: 0,
+        };
+        self.charged += slot.charge;
+        match self.idle.pop() {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
             }
         }
-        Some(self.idle.pop().unwrap_or_else(|| {
-            self.slots.push(Slot {
-                buf: Vec::new(),
-                piece: *piece,
-                phase: Phase::Idle,
-                pending: 0,
-                failed: false,
-            });
-            self.slots.len() - 1
-        }))
     }
 
     /// Puts slot `i` back: its charge is returned and its buffer kept as a spare if the
     /// budget has room for it, freed otherwise.
     fn retire(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        self.charged -= slot.charge();
-        slot.phase = Phase::Idle;
+        self.charged -= slot.charge;
+        slot.charge = 0;
         let mut buf = std::mem::take(&mut slot.buf);
         self.idle.push(i);
         let cap = buf.capacity();
@@ -224,160 +267,205 @@ impl Run<'_> {
             .rposition(|b| b.capacity() >= len && b.capacity() / 2 <= len)
     }
 
-    /// A buffer with room for `len` bytes: a spare one of about that size, or a new one.
-    /// A spare more than twice too large is not used, so that the budget, which counts
-    /// piece lengths, also bounds the memory held.
+    /// A buffer with room for `len` bytes: a spare one of about that size, or a new one once
+    /// spares that will not be used have made room for it. A spare more than twice too large
+    /// is not used, so that the budget, which counts piece lengths, also bounds the memory.
     fn buffer(&mut self, len: usize) -> Vec<u8> {
-        match self.spare_fit(len) {
-            Some(k) => {
-                let buf = self.spare.swap_remove(k);
-                self.spare_bytes -= buf.capacity();
-                buf
-            }
-            None => Vec::with_capacity(len),
+        if let Some(k) = self.spare_fit(len) {
+            let buf = self.spare.swap_remove(k);
+            self.spare_bytes -= buf.capacity();
+            return buf;
         }
+        while self.charged + 2 * len + self.spare_bytes > self.window.budget {
+            let Some(buf) = self.spare.pop() else { break };
+            self.spare_bytes -= buf.capacity();
+        }
+        Vec::with_capacity(len)
     }
 
-    /// Starts `piece` in slot `i`, or settles it at once when it needs no request.
-    /// Returns the bytes settled at once.
-    fn start(&mut self, i: usize, piece: Piece) -> u64 {
-        let (started, phase) = if piece.data {
-            let buf = self.buffer(piece.len as usize);
-            let slot = &mut self.slots[i];
-            slot.buf = buf;
-            let buf = slot.buf.as_mut_ptr();
-            // SAFETY: the slot's buffer is neither touched nor freed until the read's completion
-            // has been received: the slot stays in `Reading`, and `Drop` drains before `slots`
-            // goes. librbd writes into its spare capacity, which is never read before then.
-            let started = unsafe {
-                let token = token(i, Op::Read);
-                self.source
-                    .start_read(piece.offset, piece.len as usize, buf, &self.notifier, token)
-            };
-            (started, Phase::Reading)
-        } else if self.known_zero.covers(piece.offset, piece.len) {
-            self.counters.skipped += piece.len;
-            self.retire(i);
-            return piece.len;
-        } else {
-            self.counters.zeroed += piece.len;
-            let token = token(i, Op::Zero);
-            let started = self
-                .sink
-                .start_zero(piece.offset, piece.len, &self.notifier, token);
-            (started, Phase::Writing)
+    fn submit(&mut self, req: Request) {
+        let token = match self.free_tokens.pop() {
+            Some(t) => {
+                self.started[t] = Some(req);
+                t
+            }
+            None => {
+                self.started.push(Some(req));
+                self.started.len() - 1
+            }
         };
-        match started {
+        let done = Completion::new(self.tx.clone(), token as u64);
+        let result = match req.op {
+            Op::Read => {
+                let buf = self.slots[req.slot].buf.as_mut_ptr();
+                // SAFETY: the slot's buffer is neither touched nor freed until this read's
+                // completion has been received: the slot keeps a pending request until then,
+                // and `Drop` drains before `slots` goes. The source writes into its spare
+                // capacity, which is never read before then.
+                unsafe {
+                    self.source
+                        .start_read(req.off, req.len as usize, buf, done)
+                }
+            }
+            Op::Write => {
+                // SAFETY: as above: the buffer stays untouched until the write's completion
+                // has been received.
+                unsafe {
+                    let ptr = self.slots[req.slot].buf.as_ptr().add(req.start);
+                    self.sink.start_write(req.off, req.len as usize, ptr, done)
+                }
+            }
+            Op::Zero => self.sink.start_zero(req.off, req.len, done),
+        };
+        match result {
             Ok(()) => {
-                self.outstanding += 1;
-                let slot = &mut self.slots[i];
-                slot.piece = piece;
-                slot.phase = phase;
-                slot.pending = 1;
-                slot.failed = false;
-                self.charged += slot.charge();
+                self.in_flight += 1;
+                self.note_peaks();
             }
             Err(e) => {
+                self.started[token] = None;
+                self.free_tokens.push(token);
                 self.fail(e);
-                self.retire(i);
+                self.settle(req.slot, false);
             }
         }
-        0
     }
 
-    /// Handles one completion; returns the bytes of a piece that finished with it.
-    fn complete(&mut self, done: Done) -> u64 {
-        self.outstanding -= 1;
-        let (i, op) = untoken(done.token);
-        let phase = self.slots[i].phase;
-        let piece = self.slots[i].piece;
-        if done.ret < 0 {
-            let e = match op {
-                Op::Read => self.source.read_error(piece.offset, piece.len, done.ret),
-                Op::Write => self
-                    .sink
-                    .write_error("write", piece.offset, piece.len, done.ret),
-                Op::Zero => {
-                    self.sink
-                        .write_error("write_zeroes", piece.offset, piece.len, done.ret)
-                }
-            };
-            self.fail(e);
-            self.slots[i].failed = true;
-        } else if phase == Phase::Reading {
-            if done.ret as u64 != piece.len {
-                let e = self
-                    .source
-                    .read_error(piece.offset, piece.len, -(libc::EIO as i64));
-                self.fail(e);
-                self.slots[i].failed = true;
-            } else {
-                // SAFETY: librbd reported all `piece.len` bytes read into the buffer, whose
-                // capacity is at least that.
-                unsafe { self.slots[i].buf.set_len(piece.len as usize) };
-                self.read_done(i);
-            }
-        }
+    /// One request of slot `i` is over; `ok` says whether it succeeded. Returns the bytes of
+    /// the piece when that finishes it successfully.
+    fn settle(&mut self, i: usize, ok: bool) -> u64 {
         let slot = &mut self.slots[i];
+        if !ok {
+            slot.failed = true;
+        }
         slot.pending -= 1;
         if slot.pending > 0 {
             return 0;
         }
-        let failed = slot.failed;
+        let (failed, piece, skipped) = (slot.failed, slot.piece, slot.skipped);
         self.retire(i);
         if failed {
+            return 0;
+        }
+        self.counters.skipped += skipped;
+        piece.len
+    }
+
+    /// Starts `piece`, or settles it at once when it needs no request. Returns the bytes
+    /// settled at once.
+    fn start(&mut self, piece: Piece) -> u64 {
+        if piece.data {
+            let buf = self.buffer(piece.len as usize);
+            let i = self.new_slot(piece, buf);
+            self.slots[i].pending = 1;
+            self.submit(Request {
+                slot: i,
+                op: Op::Read,
+                off: piece.offset,
+                len: piece.len,
+                start: 0,
+            });
             0
-        } else {
+        } else if self.known_zero.covers(piece.offset, piece.len) {
+            self.counters.skipped += piece.len;
             piece.len
+        } else {
+            let i = self.new_slot(piece, Vec::new());
+            self.slots[i].pending = 1;
+            self.submit(Request {
+                slot: i,
+                op: Op::Zero,
+                off: piece.offset,
+                len: piece.len,
+                start: 0,
+            });
+            0
         }
     }
 
-    /// Sends the data runs of a read chunk to the sink, and its zero runs to be zeroed unless
-    /// the destination reads zeros there already.
+    /// Handles one completion; returns the bytes of a piece that finished with it.
+    fn complete(&mut self, done: Done) -> u64 {
+        self.in_flight -= 1;
+        let token = done.token as usize;
+        let req = self.started[token]
+            .take()
+            .expect("a completion arrives once for a started request");
+        self.free_tokens.push(token);
+        if done.ret < 0 {
+            let e = match req.op {
+                Op::Read => self.source.read_error(req.off, req.len, done.ret),
+                op => self.sink.write_error(op.name(), req.off, req.len, done.ret),
+            };
+            self.fail(e);
+            return self.settle(req.slot, false);
+        }
+        match req.op {
+            Op::Read => {
+                if done.ret as u64 != req.len {
+                    let e = self
+                        .source
+                        .read_error(req.off, req.len, -(libc::EIO as i64));
+                    self.fail(e);
+                    return self.settle(req.slot, false);
+                }
+                self.counters.read += req.len;
+                // SAFETY: the source reported all `req.len` bytes read into the buffer, whose
+                // capacity is at least that.
+                unsafe { self.slots[req.slot].buf.set_len(req.len as usize) };
+                self.read_done(req.slot);
+                self.settle(req.slot, true)
+            }
+            Op::Write => {
+                self.counters.written += req.len;
+                self.settle(req.slot, true)
+            }
+            Op::Zero => {
+                self.counters.zeroed += req.len;
+                self.settle(req.slot, true)
+            }
+        }
+    }
+
+    /// Queues the data runs of a read piece to be written, and its zero runs to be zeroed
+    /// unless the destination reads zeros there already. After an error or a stop nothing is
+    /// queued and the piece does not count as done.
     fn read_done(&mut self, i: usize) {
-        let piece = self.slots[i].piece;
-        self.counters.read += piece.len;
-        // librados has freed its receive buffer: only ours is held now.
         let slot = &mut self.slots[i];
-        let reading = slot.charge();
-        slot.phase = Phase::Writing;
-        self.charged -= reading - slot.charge();
-        if self.error.is_some() {
+        let piece = slot.piece;
+        // librados has freed its receive buffer: only ours is held now.
+        self.charged -= slot.charge - piece.len as usize;
+        slot.charge = piece.len as usize;
+        if self.winding_down() {
+            self.slots[i].failed = true;
             return;
         }
-        let runs = zero_runs(&self.slots[i].buf[..piece.len as usize], piece.offset);
+        let runs = zero_runs(&self.slots[i].buf, piece.offset);
         for run in runs {
             let off = piece.offset + run.start as u64;
             let len = run.len as u64;
-            let started = if run.zero {
-                if self.known_zero.covers(off, len) {
-                    self.counters.skipped += len;
-                    continue;
-                }
-                self.counters.zeroed += len;
-                self.sink
-                    .start_zero(off, len, &self.notifier, token(i, Op::Zero))
+            let op = if !run.zero {
+                Op::Write
+            } else if self.known_zero.covers(off, len) {
+                self.slots[i].skipped += len;
+                continue;
             } else {
-                self.counters.written += len;
-                // SAFETY: the slot stays in `Writing` with this request pending, so its buffer
-                // is left untouched until the write's completion has been received.
-                unsafe {
-                    let ptr = self.slots[i].buf.as_ptr().add(run.start);
-                    self.sink
-                        .start_write(off, run.len, ptr, &self.notifier, token(i, Op::Write))
-                }
+                Op::Zero
             };
-            match started {
-                Ok(()) => {
-                    self.outstanding += 1;
-                    self.slots[i].pending += 1;
-                }
-                Err(e) => {
-                    self.fail(e);
-                    self.slots[i].failed = true;
-                    return;
-                }
-            }
+            self.slots[i].pending += 1;
+            self.queued.push_back(Request {
+                slot: i,
+                op,
+                off,
+                len,
+                start: run.start,
+            });
+        }
+    }
+
+    /// Drops the queued requests after an error or a stop.
+    fn drop_queued(&mut self) {
+        while let Some(req) = self.queued.pop_front() {
+            self.settle(req.slot, false);
         }
     }
 }
@@ -390,31 +478,34 @@ pub(crate) struct Job<'a> {
     pub window: Window,
 }
 
-/// Copies the job's pieces from `source` to `sink`, as many at a time as the window allows.
-/// Stops starting new work at the first error or on cancellation (then `cancelled` makes the
-/// error), waits for what is in flight, then returns.
+/// Copies the job's pieces from `source` to `sink`, as many at a time as the window allows,
+/// reporting finished pieces to `reporter`. Stops starting new work at the first error or when
+/// the reporter says to stop (then the error names `dest`), waits for what is in flight, then
+/// returns.
 pub(crate) fn run(
     source: &dyn DiffSource,
     sink: &dyn DiffSink,
     job: Job<'_>,
     reporter: &mut Reporter,
-    cancel: &CancelToken,
-    cancelled: impl FnOnce() -> Error,
+    dest: &str,
 ) -> Result<Counters> {
     let Job {
         pieces,
         known_zero,
         window,
     } = job;
-    let (notifier, rx) = Notifier::new();
+    let (tx, rx) = mpsc::channel();
     let mut run = Run {
         source,
         sink,
         known_zero,
-        notifier,
+        tx,
         rx,
         slots: Vec::new(),
         idle: Vec::new(),
+        started: Vec::new(),
+        free_tokens: Vec::new(),
+        queued: VecDeque::new(),
         window: Window {
             max_requests: window.max_requests.max(1),
             ..window
@@ -422,44 +513,69 @@ pub(crate) fn run(
         charged: 0,
         spare: Vec::new(),
         spare_bytes: 0,
-        outstanding: 0,
+        in_flight: 0,
         counters: Counters::default(),
         error: None,
+        stopping: false,
     };
+    let poll = reporter.poll_interval();
     let mut next = 0;
-    let mut was_cancelled = false;
     loop {
-        while run.error.is_none() && next < pieces.len() {
-            if cancel.is_cancelled() {
-                was_cancelled = true;
-                break;
-            }
-            let Some(i) = run.slot_for(&pieces[next]) else {
+        if !run.stopping && reporter.stop().is_some() {
+            run.stopping = true;
+        }
+        if run.winding_down() {
+            run.drop_queued();
+        }
+        // Writes of pieces already read come first: they free memory.
+        while run.in_flight < run.window.max_requests {
+            let Some(req) = run.queued.pop_front() else {
                 break;
             };
-            let settled = run.start(i, pieces[next]);
+            run.submit(req);
+        }
+        while !run.winding_down() && run.queued.is_empty() && next < pieces.len() {
+            if !run.has_room_for(&pieces[next]) {
+                break;
+            }
+            let settled = run.start(pieces[next]);
             next += 1;
             if settled > 0 {
                 reporter.advance(settled);
             }
         }
-        if run.outstanding == 0 {
-            break;
+        if run.in_flight == 0 && (run.queued.is_empty() || run.winding_down()) {
+            run.drop_queued();
+            if run.winding_down() || next == pieces.len() {
+                break;
+            }
+            continue;
         }
-        let done = run
-            .rx
-            .recv()
-            .expect("the engine's own notifier keeps the channel open");
-        let finished = run.complete(done);
-        if finished > 0 {
-            reporter.advance(finished);
+        match run.rx.recv_timeout(poll) {
+            Ok(done) => {
+                reporter.waiting_for(None);
+                let finished = run.complete(done);
+                if finished > 0 {
+                    reporter.advance(finished);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                reporter.waiting_for(Some(format!(
+                    "the cluster to complete the requests in flight to {dest}"
+                )));
+                reporter.tick();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                unreachable!("the engine's own sender keeps the channel open")
+            }
         }
     }
+    reporter.waiting_for(None);
     if let Some(e) = run.error.take() {
         return Err(e);
     }
-    if was_cancelled {
-        return Err(cancelled());
+    if run.stopping {
+        return Err(reporter.stopped_error(dest));
     }
     Ok(run.counters)
 }

@@ -1,210 +1,351 @@
-//! The crate's one error type. Every variant names what it concerns (cluster, image, snapshot,
-//! offset) and knows its errno, so that C and Python callers keep errno-style handling.
+//! The crate's one error type: a stable [`ErrorKind`], the exact errno (or a library code), and
+//! a message naming the cluster, image, snapshot or offset concerned.
+//!
+//! # Codes
+//!
+//! [`Error::errno`] is the system errno of the failure, unchanged (`EPERM` stays `EPERM`), or,
+//! for the conditions of this library that no errno describes, a code from the range reserved
+//! for them, which starts at [`LIBRARY_CODE_BASE`] (4296): above 4095, the largest errno Linux
+//! can return, so that no errno is ever mistaken for one of them, and with a low byte of 200 and
+//! up, which no errno has, so that an exit status of `code & 0xff` stays distinct too.
+//!
+//! | kind | codes | meaning |
+//! | --- | --- | --- |
+//! | [`InvalidArgument`](ErrorKind::InvalidArgument) | `EINVAL` (22) | a malformed spec, a setting out of range, a usage error |
+//! | [`NotFound`](ErrorKind::NotFound) | `ENOENT` (2) | pool, image, snapshot or ceph.conf missing |
+//! | [`Exists`](ErrorKind::Exists) | `EEXIST` (17) | the end snapshot exists on the destination; a full transfer into an image that holds data |
+//! | [`PermissionDenied`](ErrorKind::PermissionDenied) | `EACCES` (13), `EPERM` (1) | the client lacks a capability, or was refused |
+//! | [`Busy`](ErrorKind::Busy) | `EBUSY` (16) | the destination is locked or open by another client |
+//! | [`DestinationChanged`](ErrorKind::DestinationChanged) | 4296 | the destination changed since `from_snap`, not by an interrupted transfer of the same diff |
+//! | [`Cancelled`](ErrorKind::Cancelled) | `ECANCELED` (125) | the cancel token, the progress callback or a signal stopped the transfer |
+//! | [`Timeout`](ErrorKind::Timeout) | `ETIMEDOUT` (110) | a cluster did not answer in time |
+//! | [`NoSpace`](ErrorKind::NoSpace) | `ENOSPC` (28), `EDQUOT` (122) | the pool or cluster is full, or a quota is reached |
+//! | [`Unsupported`](ErrorKind::Unsupported) | `EOPNOTSUPP` (95), `ENOSYS` (38) | the cluster or image does not support an operation |
+//! | [`Io`](ErrorKind::Io) | `EIO` (5) and others | a read, write or zeroing of image data failed |
+//! | [`Other`](ErrorKind::Other) | any other errno | anything else, errno kept |
+//!
+//! Bindings map kinds to their own errors from this table: [`ErrorKind::from_errno`] gives the
+//! kind of a code and [`ErrorKind::name`] a stable name for it.
 
 use std::fmt;
 
-/// A positive system error number, printed by name (`ENOENT: No such file or directory`),
-/// never as a bare number.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Errno(pub i32);
+/// First code of the range reserved for conditions of this library that are not system errors.
+pub const LIBRARY_CODE_BASE: i32 = 4296;
 
-impl Errno {
-    /// From a librbd/librados return value (negative on failure).
-    pub(crate) fn from_ret(ret: i64) -> Errno {
-        Errno(i32::try_from(ret.unsigned_abs()).unwrap_or(libc::EIO))
-    }
+/// The code of [`ErrorKind::DestinationChanged`].
+pub const CODE_DESTINATION_CHANGED: i32 = LIBRARY_CODE_BASE;
 
-    /// The symbolic name (`"ENOENT"`), or `None` for a number this crate does not name.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            libc::EPERM => "EPERM",
-            libc::ENOENT => "ENOENT",
-            libc::EIO => "EIO",
-            libc::E2BIG => "E2BIG",
-            libc::EBADF => "EBADF",
-            libc::EAGAIN => "EAGAIN",
-            libc::ENOMEM => "ENOMEM",
-            libc::EACCES => "EACCES",
-            libc::EBUSY => "EBUSY",
-            libc::EEXIST => "EEXIST",
-            libc::EXDEV => "EXDEV",
-            libc::EINVAL => "EINVAL",
-            libc::EFBIG => "EFBIG",
-            libc::ENOSPC => "ENOSPC",
-            libc::EROFS => "EROFS",
-            libc::ERANGE => "ERANGE",
-            libc::ENAMETOOLONG => "ENAMETOOLONG",
-            libc::ENOSYS => "ENOSYS",
-            libc::ENOTEMPTY => "ENOTEMPTY",
-            libc::ENODATA => "ENODATA",
-            libc::ENOTSUP => "EOPNOTSUPP",
-            libc::ESHUTDOWN => "ESHUTDOWN",
-            libc::ETIMEDOUT => "ETIMEDOUT",
-            libc::ECONNREFUSED => "ECONNREFUSED",
-            libc::ECANCELED => "ECANCELED",
-            libc::ESTALE => "ESTALE",
-            _ => return None,
-        })
-    }
-
-    fn description(self) -> String {
-        // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local string.
-        unsafe { std::ffi::CStr::from_ptr(libc::strerror(self.0)) }
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => write!(f, "{name}: {}", self.description()),
-            None => write!(f, "{} (errno {})", self.description(), self.0),
-        }
-    }
-}
-
-impl fmt::Debug for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "Errno({})", self.0),
-        }
-    }
-}
-
-/// What can go wrong. Variants carry the image, snapshot or offset concerned; `errno()` gives
-/// the matching positive errno.
-#[derive(Debug, thiserror::Error)]
+/// What kind of failure an [`Error`] is. New kinds may be added: match with a wildcard arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Error {
-    /// An image specification that the rbd CLI would refuse as well.
-    #[error("invalid image spec {spec:?}: {reason}")]
-    InvalidSpec {
-        /// The text as given.
-        spec: String,
-        /// Why it is refused.
-        reason: String,
-    },
-    /// A setting or a combination of settings that cannot work.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// The cluster could not be reached or refused the client.
-    #[error("cannot connect to {cluster}: {errno}")]
-    Connect {
-        /// The cluster, as `conf ... as client.<id>`.
-        cluster: String,
-        /// Why.
-        errno: Errno,
-    },
-    /// The pool does not exist on that cluster.
-    #[error("pool {pool:?} does not exist on {cluster}")]
-    PoolNotFound {
-        /// The pool name.
-        pool: String,
-        /// The cluster.
-        cluster: String,
-    },
-    /// The image does not exist.
-    #[error("image {image} does not exist")]
-    ImageNotFound {
-        /// `pool[/namespace]/image`.
-        image: String,
-    },
-    /// The snapshot does not exist on that image.
-    #[error("snapshot {snap:?} does not exist on image {image}")]
-    SnapNotFound {
-        /// `pool[/namespace]/image`.
-        image: String,
-        /// The snapshot name.
-        snap: String,
-    },
-    /// The snapshot already exists on that image.
-    #[error("snapshot {snap:?} already exists on image {image}")]
-    SnapExists {
-        /// `pool[/namespace]/image`.
-        image: String,
-        /// The snapshot name.
-        snap: String,
-    },
-    /// The destination was written to after its snapshot `snap`, the base of an incremental:
-    /// continuing the chain would mix those writes into the next snapshot.
-    #[error("image {image} has changed since its snapshot {snap:?}: refusing an incremental on top of it")]
-    DestinationChanged {
-        /// `pool[/namespace]/image`.
-        image: String,
-        /// The `from_snap` of the incremental.
-        snap: String,
-    },
-    /// The client lacks the capability for an operation.
-    #[error("{op} on {target}: permission denied")]
-    PermissionDenied {
-        /// What was attempted.
-        op: &'static str,
-        /// What it was attempted on.
-        target: String,
-    },
-    /// A read, write or zeroing of image data failed.
-    #[error("{op} of image {image} at offset {offset} (length {len}): {errno}")]
-    Io {
-        /// `read`, `write`, `write_zeroes` or `discard`.
-        op: &'static str,
-        /// `pool[/namespace]/image[@snap]`.
-        image: String,
-        /// Byte offset.
-        offset: u64,
-        /// Byte length.
-        len: u64,
-        /// Why.
-        errno: Errno,
-    },
-    /// Any other librbd or librados call that failed.
-    #[error("{op} on {target}: {errno}")]
-    Rbd {
-        /// The operation.
-        op: &'static str,
-        /// What it was called on.
-        target: String,
-        /// Why.
-        errno: Errno,
-    },
-    /// The transfer was cancelled through its [`CancelToken`](crate::CancelToken); every
-    /// request in flight was drained and no end snapshot was created.
-    #[error("transfer into {image} cancelled")]
-    Cancelled {
-        /// The destination image.
-        image: String,
-    },
+pub enum ErrorKind {
+    /// A malformed spec, a setting out of range or a combination that cannot work (`EINVAL`).
+    InvalidArgument,
+    /// A pool, image, snapshot or configuration file does not exist (`ENOENT`).
+    NotFound,
+    /// The end snapshot exists on the destination already, or a full transfer would overwrite
+    /// an image that holds data (`EEXIST`).
+    Exists,
+    /// The client lacks a capability, or the cluster refused it (`EACCES`, `EPERM`).
+    PermissionDenied,
+    /// The destination is locked or open by another client (`EBUSY`).
+    Busy,
+    /// The destination changed since `from_snap`, and not by an interrupted transfer of the
+    /// same diff: continuing the chain would mix those changes into the next snapshot
+    /// ([`CODE_DESTINATION_CHANGED`]).
+    DestinationChanged,
+    /// The transfer was stopped by its cancel token or its progress callback (`ECANCELED`).
+    Cancelled,
+    /// A cluster did not answer in time (`ETIMEDOUT`).
+    Timeout,
+    /// The pool or the cluster is full, or a quota is reached (`ENOSPC`, `EDQUOT`).
+    NoSpace,
+    /// The cluster or the image does not support an operation (`EOPNOTSUPP`, `ENOSYS`).
+    Unsupported,
+    /// A read, write or zeroing of image data failed (`EIO` and other errnos of data I/O).
+    Io,
+    /// Anything else; the errno says what.
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind of a failure with this code (an errno or a library code), as the table of the
+    /// module documentation says. A read or write of image data that fails with an errno of no
+    /// other kind is [`Io`](Self::Io); elsewhere such an errno is [`Other`](Self::Other).
+    pub fn from_errno(code: i32) -> ErrorKind {
+        match code {
+            libc::EINVAL => ErrorKind::InvalidArgument,
+            libc::ENOENT => ErrorKind::NotFound,
+            libc::EEXIST => ErrorKind::Exists,
+            libc::EACCES | libc::EPERM => ErrorKind::PermissionDenied,
+            libc::EBUSY => ErrorKind::Busy,
+            CODE_DESTINATION_CHANGED => ErrorKind::DestinationChanged,
+            libc::ECANCELED => ErrorKind::Cancelled,
+            libc::ETIMEDOUT => ErrorKind::Timeout,
+            libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
+            libc::EOPNOTSUPP | libc::ENOSYS => ErrorKind::Unsupported,
+            libc::EIO => ErrorKind::Io,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// A stable snake_case name (`"not_found"`), for JSON output and bindings.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Exists => "exists",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Busy => "busy",
+            ErrorKind::DestinationChanged => "destination_changed",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Io => "io",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Every kind, in the order of the table.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::Exists,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Busy,
+        ErrorKind::DestinationChanged,
+        ErrorKind::Cancelled,
+        ErrorKind::Timeout,
+        ErrorKind::NoSpace,
+        ErrorKind::Unsupported,
+        ErrorKind::Io,
+        ErrorKind::Other,
+    ];
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The symbolic name of a code (`"ENOENT"`, `"EDESTCHANGED"`), or `None` for one this crate
+/// does not name.
+pub fn code_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ESHUTDOWN => "ESHUTDOWN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EDQUOT => "EDQUOT",
+        libc::ECANCELED => "ECANCELED",
+        libc::ESTALE => "ESTALE",
+        CODE_DESTINATION_CHANGED => "EDESTCHANGED",
+        _ => return None,
+    })
+}
+
+/// A description of a code: the system's for an errno, this library's for its own codes.
+pub fn describe_code(code: i32) -> String {
+    match code {
+        CODE_DESTINATION_CHANGED => "Destination changed since the base snapshot".to_owned(),
+        // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local string.
+        _ => unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
+/// `ENOENT: No such file or directory`, or the description and the number for a code this
+/// crate does not name.
+pub(crate) fn code_text(code: i32) -> String {
+    match code_name(code) {
+        Some(name) => format!("{name}: {}", describe_code(code)),
+        None => format!("{} (errno {code})", describe_code(code)),
+    }
+}
+
+/// A positive errno from a librbd/librados return value (negative on failure).
+pub(crate) fn errno_of(ret: i64) -> i32 {
+    i32::try_from(ret.unsigned_abs()).unwrap_or(libc::EIO)
+}
+
+/// What went wrong: a [`kind`](Error::kind), the exact [`errno`](Error::errno), the image and
+/// snapshot concerned where there are some, and a message naming them.
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: ErrorKind,
+    errno: i32,
+    message: String,
+    image: Option<String>,
+    snap: Option<String>,
 }
 
 impl Error {
-    /// The positive errno that C and Python callers see.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::InvalidSpec { .. } | Error::InvalidArgument(_) => libc::EINVAL,
-            Error::Connect { errno, .. } | Error::Io { errno, .. } | Error::Rbd { errno, .. } => {
-                errno.0
-            }
-            Error::PoolNotFound { .. }
-            | Error::ImageNotFound { .. }
-            | Error::SnapNotFound { .. } => libc::ENOENT,
-            Error::SnapExists { .. } => libc::EEXIST,
-            Error::DestinationChanged { .. } => libc::ESTALE,
-            Error::PermissionDenied { .. } => libc::EACCES,
-            Error::Cancelled { .. } => libc::ECANCELED,
-        }
+    /// An error of `kind` with code `errno` and `message`.
+    pub(crate) fn new(kind: ErrorKind, errno: i32, message: impl Into<String>) -> Error {
+        Error(Box::new(Inner {
+            kind,
+            errno,
+            message: message.into(),
+            image: None,
+            snap: None,
+        }))
     }
 
-    /// Maps the negative return of a librbd/librados call on `target` to a named variant.
-    pub(crate) fn rbd(op: &'static str, target: impl Into<String>, ret: i64) -> Error {
-        let errno = Errno::from_ret(ret);
-        let target = target.into();
-        match errno.0 {
-            libc::EACCES | libc::EPERM => Error::PermissionDenied { op, target },
-            _ => Error::Rbd { op, target, errno },
-        }
+    /// An error whose kind follows from its errno.
+    pub(crate) fn from_errno(errno: i32, message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::from_errno(errno), errno, message)
+    }
+
+    /// Names the image (`pool[/namespace]/image`) concerned.
+    pub(crate) fn with_image(mut self, image: impl Into<String>) -> Error {
+        self.0.image = Some(image.into());
+        self
+    }
+
+    /// Names the snapshot concerned.
+    pub(crate) fn with_snap(mut self, snap: impl Into<String>) -> Error {
+        self.0.snap = Some(snap.into());
+        self
+    }
+
+    /// A setting or argument that cannot work.
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidArgument, libc::EINVAL, message)
+    }
+
+    /// The negative return of librbd/librados call `op` on `target`.
+    pub(crate) fn rbd(op: &str, target: &str, ret: i64) -> Error {
+        let errno = errno_of(ret);
+        Error::from_errno(errno, format!("{op} on {target}: {}", code_text(errno)))
+    }
+
+    /// The negative return of a read, write or zeroing of image data.
+    pub(crate) fn io(op: &str, image: &str, offset: u64, len: u64, ret: i64) -> Error {
+        let errno = errno_of(ret);
+        let kind = match ErrorKind::from_errno(errno) {
+            ErrorKind::Other => ErrorKind::Io,
+            kind => kind,
+        };
+        Error::new(
+            kind,
+            errno,
+            format!(
+                "{op} of image {image} at offset {offset} (length {len}): {}",
+                code_text(errno)
+            ),
+        )
+    }
+
+    /// The image does not exist.
+    pub(crate) fn image_not_found(image: &str) -> Error {
+        Error::new(
+            ErrorKind::NotFound,
+            libc::ENOENT,
+            format!("image {image} does not exist"),
+        )
+        .with_image(image)
+    }
+
+    /// The snapshot does not exist on that image.
+    pub(crate) fn snap_not_found(image: &str, snap: &str) -> Error {
+        Error::new(
+            ErrorKind::NotFound,
+            libc::ENOENT,
+            format!("snapshot {snap:?} does not exist on image {image}"),
+        )
+        .with_image(image)
+        .with_snap(snap)
+    }
+
+    /// The transfer into `image` was stopped.
+    pub(crate) fn cancelled(image: &str, why: &str) -> Error {
+        Error::new(
+            ErrorKind::Cancelled,
+            libc::ECANCELED,
+            format!("transfer into {image} {why}; no end snapshot was created, run it again to complete it"),
+        )
+        .with_image(image)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// The exact errno of the failure (positive), or a library code from the reserved range
+    /// (see the [module documentation](self)).
+    pub fn errno(&self) -> i32 {
+        self.0.errno
+    }
+
+    /// The image concerned, `pool[/namespace]/image`, where there is one.
+    pub fn image(&self) -> Option<&str> {
+        self.0.image.as_deref()
+    }
+
+    /// The snapshot concerned, where there is one.
+    pub fn snap(&self) -> Option<&str> {
+        self.0.snap.as_deref()
+    }
+
+    /// The message, without the kind or code.
+    pub fn message(&self) -> &str {
+        &self.0.message
     }
 }
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind);
+        match code_name(self.0.errno) {
+            Some(name) => d.field("errno", &format_args!("{name}")),
+            None => d.field("errno", &self.0.errno),
+        };
+        d.field("message", &self.0.message);
+        if let Some(image) = &self.0.image {
+            d.field("image", image);
+        }
+        if let Some(snap) = &self.0.snap {
+            d.field("snap", snap);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {}
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -214,22 +355,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errno_prints_by_name() {
+    fn rbd_errors_keep_the_exact_errno_and_print_it_by_name() {
         let e = Error::rbd("open", "rbd/img", -(libc::ENOENT as i64));
-        assert_eq!(e.errno(), libc::ENOENT);
-        let text = e.to_string();
-        assert!(text.starts_with("open on rbd/img: ENOENT: "), "{text}");
+        assert_eq!((e.kind(), e.errno()), (ErrorKind::NotFound, libc::ENOENT));
+        assert!(e.to_string().starts_with("open on rbd/img: ENOENT: "), "{e}");
+        let e = Error::rbd("write", "rbd/img", -(libc::EPERM as i64));
+        assert_eq!(
+            (e.kind(), e.errno()),
+            (ErrorKind::PermissionDenied, libc::EPERM)
+        );
     }
 
     #[test]
-    fn permission_errors_are_named() {
-        let e = Error::rbd("write", "rbd/img", -(libc::EACCES as i64));
-        assert!(matches!(e, Error::PermissionDenied { .. }));
-        assert_eq!(e.errno(), libc::EACCES);
+    fn data_io_with_an_unnamed_errno_is_an_io_error() {
+        let e = Error::io("read", "rbd/img", 4096, 512, -(libc::ENXIO as i64));
+        assert_eq!((e.kind(), e.errno()), (ErrorKind::Io, libc::ENXIO));
+        let e = Error::io("write", "rbd/img", 0, 1, -(libc::EDQUOT as i64));
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
     }
 
     #[test]
-    fn unknown_errno_keeps_its_number() {
-        assert!(Errno(4095).to_string().contains("errno 4095"));
+    fn every_kind_has_a_code_that_maps_back_to_it() {
+        for kind in ErrorKind::ALL {
+            let code = match kind {
+                ErrorKind::InvalidArgument => libc::EINVAL,
+                ErrorKind::NotFound => libc::ENOENT,
+                ErrorKind::Exists => libc::EEXIST,
+                ErrorKind::PermissionDenied => libc::EACCES,
+                ErrorKind::Busy => libc::EBUSY,
+                ErrorKind::DestinationChanged => CODE_DESTINATION_CHANGED,
+                ErrorKind::Cancelled => libc::ECANCELED,
+                ErrorKind::Timeout => libc::ETIMEDOUT,
+                ErrorKind::NoSpace => libc::ENOSPC,
+                ErrorKind::Unsupported => libc::EOPNOTSUPP,
+                ErrorKind::Io => libc::EIO,
+                ErrorKind::Other => libc::EXDEV,
+            };
+            assert_eq!(ErrorKind::from_errno(code), kind, "{code}");
+            assert!(code_name(code).is_some(), "{kind} {code}");
+        }
+    }
+
+    #[test]
+    fn library_codes_are_beyond_every_errno_and_have_a_distinct_low_byte() {
+        assert!(LIBRARY_CODE_BASE > 4095);
+        assert_eq!(CODE_DESTINATION_CHANGED & 0xff, 200);
+        assert!(code_text(CODE_DESTINATION_CHANGED).starts_with("EDESTCHANGED: "));
+    }
+
+    #[test]
+    fn unknown_codes_keep_their_number() {
+        assert!(code_text(4095).contains("errno 4095"));
     }
 }

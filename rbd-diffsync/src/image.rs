@@ -3,14 +3,13 @@
 use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::mpsc;
 
-use libc::{c_int, c_void, size_t};
+use libc::{c_char, c_int, c_void, size_t};
 
 use crate::cluster::Pool;
-use crate::engine::{DiffSink, DiffSource};
-use crate::error::{Errno, Error, Result};
-use crate::spec::ImageSpec;
+use crate::engine::{Completion, DiffSink, DiffSource};
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::DiffExtent;
 use crate::sys;
 
 /// Size and layout of an image (at the snapshot it was opened at).
@@ -24,6 +23,29 @@ pub struct ImageInfo {
     pub order: u8,
 }
 
+/// What an image is created with: object size, striping and features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// log2 of the object size.
+    pub order: u8,
+    /// Bytes written to one object before moving to the next of a stripe.
+    pub stripe_unit: u64,
+    /// Objects a stripe spans.
+    pub stripe_count: u64,
+    /// `RBD_FEATURE_*` bits.
+    pub features: u64,
+}
+
+/// The features an image can be created with; the others are set by librbd itself or are
+/// states of an image (data-pool, operations, migrating, non-primary, dirty-cache).
+const CREATABLE_FEATURES: u64 = sys::RBD_FEATURE_LAYERING
+    | sys::RBD_FEATURE_STRIPINGV2
+    | sys::RBD_FEATURE_EXCLUSIVE_LOCK
+    | sys::RBD_FEATURE_OBJECT_MAP
+    | sys::RBD_FEATURE_FAST_DIFF
+    | sys::RBD_FEATURE_DEEP_FLATTEN
+    | sys::RBD_FEATURE_JOURNALING;
+
 /// A snapshot of an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -35,15 +57,13 @@ pub struct Snapshot {
     pub size: u64,
 }
 
-/// One range reported by [`Image::diff_iterate`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiffExtent {
-    /// Byte offset.
-    pub offset: u64,
-    /// Byte length.
-    pub len: u64,
-    /// `true`: the range holds data to copy; `false`: it must read as zeros.
-    pub exists: bool,
+/// A client that has an image open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watcher {
+    /// Its address, `ip:port/nonce`.
+    pub address: String,
+    /// Its global id (`client.<id>`).
+    pub id: i64,
 }
 
 /// An open image; closed when dropped.
@@ -51,7 +71,7 @@ pub struct Image {
     raw: sys::rbd_image_t,
     label: String,
     // The I/O context must outlive the image.
-    _pool: Pool,
+    pool: Pool,
 }
 
 // SAFETY: librbd serialises access to an image context internally; its C API may be called on
@@ -68,16 +88,17 @@ impl std::fmt::Debug for Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        // SAFETY: `raw` came from rbd_open* and is closed exactly once, here.
+        // SAFETY: `raw` came from rbd_open* and is closed exactly once, here. Closing releases
+        // the exclusive lock if this handle holds it.
         unsafe { sys::rbd_close(self.raw) };
     }
 }
 
 fn c_name(what: &str, s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::InvalidArgument(format!("{what} {s:?} contains a NUL byte")))
+    CString::new(s).map_err(|_| Error::invalid(format!("{what} {s:?} contains a NUL byte")))
 }
 
-fn check(ret: c_int, op: &'static str, target: &str) -> Result<()> {
+fn check(ret: c_int, op: &str, target: &str) -> Result<()> {
     if ret < 0 {
         Err(Error::rbd(op, target, ret.into()))
     } else {
@@ -85,9 +106,17 @@ fn check(ret: c_int, op: &'static str, target: &str) -> Result<()> {
     }
 }
 
+/// `pool[/namespace]/image`.
+pub(crate) fn image_path(pool: &Pool, name: &str) -> String {
+    match pool.namespace() {
+        Some(ns) => format!("{}/{ns}/{name}", pool.name()),
+        None => format!("{}/{name}", pool.name()),
+    }
+}
+
 impl Image {
     fn open_with(pool: &Pool, name: &str, snap: Option<&str>, read_only: bool) -> Result<Image> {
-        let spec = ImageSpec::new(pool_part(pool), ns_part(pool), name, snap)?;
+        let path = image_path(pool, name);
         let c_image = c_name("image name", name)?;
         let c_snap = snap.map(|s| c_name("snapshot name", s)).transpose()?;
         let snap_ptr = c_snap.as_ref().map_or(ptr::null(), |s| s.as_ptr());
@@ -105,21 +134,20 @@ impl Image {
             // Tell a missing snapshot from a missing image.
             if let Some(snap) = snap {
                 if Image::open_with(pool, name, None, true).is_ok() {
-                    return Err(Error::SnapNotFound {
-                        image: spec.image_path(),
-                        snap: snap.to_owned(),
-                    });
+                    return Err(Error::snap_not_found(&path, snap));
                 }
             }
-            return Err(Error::ImageNotFound {
-                image: spec.image_path(),
-            });
+            return Err(Error::image_not_found(&path));
         }
-        check(ret, "open", &spec.to_string())?;
+        let label = match snap {
+            Some(snap) => format!("{path}@{snap}"),
+            None => path.clone(),
+        };
+        check(ret, "open", &label).map_err(|e| e.with_image(path))?;
         Ok(Image {
             raw,
-            label: spec.to_string(),
-            _pool: pool.clone(),
+            label,
+            pool: pool.clone(),
         })
     }
 
@@ -133,20 +161,33 @@ impl Image {
         Image::open_with(pool, name, None, false)
     }
 
-    /// Creates an image of `size` bytes with objects of `1 << order` bytes (the cluster's
-    /// default when `None`) and the cluster's default features.
-    pub fn create(pool: &Pool, name: &str, size: u64, order: Option<u8>) -> Result<()> {
-        let spec = ImageSpec::new(pool_part(pool), ns_part(pool), name, None)?;
+    /// Creates an image of `size` bytes with `layout` (the cluster's defaults when `None`).
+    pub fn create(pool: &Pool, name: &str, size: u64, layout: Option<&Layout>) -> Result<()> {
+        let path = image_path(pool, name);
         let c_image = c_name("image name", name)?;
         let mut opts: sys::rbd_image_options_t = ptr::null_mut();
         // SAFETY: `opts` is an out pointer; it is destroyed below on every path.
         unsafe { sys::rbd_image_options_create(&mut opts) };
+        let mut settings = Vec::new();
+        if let Some(layout) = layout {
+            settings.push((sys::RBD_IMAGE_OPTION_ORDER, u64::from(layout.order)));
+            settings.push((
+                sys::RBD_IMAGE_OPTION_FEATURES,
+                layout.features & CREATABLE_FEATURES,
+            ));
+            // librbd refuses striping settings on an image without the striping feature.
+            if layout.features & sys::RBD_FEATURE_STRIPINGV2 != 0 {
+                settings.push((sys::RBD_IMAGE_OPTION_STRIPE_UNIT, layout.stripe_unit));
+                settings.push((sys::RBD_IMAGE_OPTION_STRIPE_COUNT, layout.stripe_count));
+            }
+        }
         let mut ret = 0;
-        if let Some(order) = order {
+        for (option, value) in settings {
             // SAFETY: `opts` is valid.
-            ret = unsafe {
-                sys::rbd_image_options_set_uint64(opts, sys::RBD_IMAGE_OPTION_ORDER, order.into())
-            };
+            ret = unsafe { sys::rbd_image_options_set_uint64(opts, option, value) };
+            if ret < 0 {
+                break;
+            }
         }
         if ret == 0 {
             // SAFETY: the ioctx is alive, the name NUL-terminated, `opts` valid.
@@ -154,19 +195,22 @@ impl Image {
         }
         // SAFETY: `opts` came from rbd_image_options_create.
         unsafe { sys::rbd_image_options_destroy(opts) };
-        if ret == -libc::EEXIST {
-            return Err(Error::Rbd {
-                op: "create",
-                target: spec.image_path(),
-                errno: Errno(libc::EEXIST),
-            });
-        }
-        check(ret, "create", &spec.image_path())
+        check(ret, "create", &path).map_err(|e| e.with_image(path))
     }
 
     /// `pool[/namespace]/image[@snap]` as opened.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// `pool[/namespace]/image`.
+    pub fn path(&self) -> &str {
+        self.label.split_once('@').map_or(&self.label, |(p, _)| p)
+    }
+
+    /// The pool the image is in.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Size, object size and order.
@@ -182,38 +226,90 @@ impl Image {
             )
         };
         check(ret, "stat", &self.label)?;
+        let order = u8::try_from(info.order)
+            .ok()
+            .filter(|&o| (12..=26).contains(&o) && 1u64 << o == info.obj_size)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Other,
+                    libc::EINVAL,
+                    format!(
+                        "stat of {}: librbd reported object size {} and order {}",
+                        self.label, info.obj_size, info.order
+                    ),
+                )
+            })?;
         Ok(ImageInfo {
             size: info.size,
             object_size: info.obj_size,
-            order: u8::try_from(info.order).unwrap_or(22),
+            order,
         })
+    }
+
+    fn get_u64(&self, op: &str, f: unsafe extern "C" fn(sys::rbd_image_t, *mut u64) -> c_int) -> Result<u64> {
+        let mut value = 0;
+        // SAFETY: `raw` is open; `value` is an out pointer.
+        let ret = unsafe { f(self.raw, &mut value) };
+        check(ret, op, &self.label)?;
+        Ok(value)
+    }
+
+    /// Object size, striping and features.
+    pub fn layout(&self) -> Result<Layout> {
+        Ok(Layout {
+            order: self.info()?.order,
+            stripe_unit: self.get_u64("read stripe unit", sys::rbd_get_stripe_unit)?,
+            stripe_count: self.get_u64("read stripe count", sys::rbd_get_stripe_count)?,
+            features: self.features()?,
+        })
+    }
+
+    /// The `RBD_FEATURE_*` bits.
+    pub fn features(&self) -> Result<u64> {
+        self.get_u64("read features", sys::rbd_get_features)
+    }
+
+    /// The image's id, which stays the same when it is renamed.
+    pub fn id(&self) -> Result<String> {
+        let mut buf = [0 as c_char; 64];
+        // SAFETY: `raw` is open; the buffer is valid for its length.
+        let ret = unsafe { sys::rbd_get_id(self.raw, buf.as_mut_ptr(), buf.len()) };
+        check(ret, "read id", &self.label)?;
+        // SAFETY: librbd NUL-terminated the id within the buffer.
+        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
     }
 
     /// The size in bytes (at the snapshot opened, if any).
     pub fn size(&self) -> Result<u64> {
-        let mut size = 0;
-        // SAFETY: `raw` is open; `size` is an out pointer.
-        let ret = unsafe { sys::rbd_get_size(self.raw, &mut size) };
-        check(ret, "get size", &self.label)?;
-        Ok(size)
+        self.get_u64("get size", sys::rbd_get_size)
     }
 
     /// The snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let mut max: c_int = 16;
         loop {
-            let mut buf: Vec<sys::rbd_snap_info_t> = Vec::with_capacity(max as usize);
-            // SAFETY: `buf` has room for `max` entries; librbd fills at most that many and
-            // returns -ERANGE with the needed count in `max` otherwise.
+            // Zeroed, so that the entry after the last one filled is a terminator even where
+            // librbd writes none (it returns 0 without one when the image vanished).
+            let mut buf: Vec<sys::rbd_snap_info_t> = (0..max)
+                .map(|_| sys::rbd_snap_info_t {
+                    id: 0,
+                    size: 0,
+                    name: ptr::null(),
+                })
+                .collect();
+            // SAFETY: `buf` holds `max` entries; librbd fills at most `max - 1` and a terminator,
+            // and returns -ERANGE with the needed count in `max` otherwise.
             let ret = unsafe { sys::rbd_snap_list(self.raw, buf.as_mut_ptr(), &mut max) };
             if ret == -libc::ERANGE {
                 continue;
             }
             check(ret, "list snapshots", &self.label)?;
-            // SAFETY: librbd initialised `ret` entries (plus a terminator we do not read).
-            unsafe { buf.set_len(ret as usize) };
-            let mut snaps: Vec<Snapshot> = buf
+            let count = usize::try_from(ret).unwrap_or(0).min(buf.len());
+            let mut snaps: Vec<Snapshot> = buf[..count]
                 .iter()
+                .filter(|s| !s.name.is_null())
                 .map(|s| Snapshot {
                     id: s.id,
                     // SAFETY: librbd gives NUL-terminated names, valid until snap_list_end.
@@ -223,17 +319,14 @@ impl Image {
                     size: s.size,
                 })
                 .collect();
-            // The terminator entry must stay in bounds for rbd_snap_list_end.
-            // SAFETY: the entries came from rbd_snap_list on this buffer.
-            unsafe { sys::rbd_snap_list_end(buf.as_mut_ptr()) };
+            if count > 0 {
+                // SAFETY: the entries came from rbd_snap_list on this buffer, and a terminator
+                // (librbd's, or one of our zeroed entries) follows them within it.
+                unsafe { sys::rbd_snap_list_end(buf.as_mut_ptr()) };
+            }
             snaps.sort_by_key(|s| s.id);
             return Ok(snaps);
         }
-    }
-
-    /// The snapshot called `name`, if any.
-    pub fn snapshot(&self, name: &str) -> Result<Option<Snapshot>> {
-        Ok(self.snapshots()?.into_iter().find(|s| s.name == name))
     }
 
     /// Creates snapshot `name` of HEAD.
@@ -242,10 +335,13 @@ impl Image {
         // SAFETY: `raw` is open, the name NUL-terminated.
         let ret = unsafe { sys::rbd_snap_create(self.raw, c_snap.as_ptr()) };
         if ret == -libc::EEXIST {
-            return Err(Error::SnapExists {
-                image: self.label.clone(),
-                snap: name.to_owned(),
-            });
+            return Err(Error::new(
+                ErrorKind::Exists,
+                libc::EEXIST,
+                format!("snapshot {name:?} already exists on image {}", self.path()),
+            )
+            .with_image(self.path())
+            .with_snap(name));
         }
         check(ret, "create snapshot", &format!("{}@{name}", self.label))
     }
@@ -280,6 +376,11 @@ impl Image {
         whole_object: bool,
         mut f: impl FnMut(DiffExtent) -> bool,
     ) -> Result<()> {
+        // librbd 16.2 asserts in a whole-object diff of an empty range: there is nothing to
+        // report anyway.
+        if len == 0 {
+            return Ok(());
+        }
         struct State<'a> {
             f: &'a mut dyn FnMut(DiffExtent) -> bool,
             panic: Option<Box<dyn std::any::Any + Send>>,
@@ -335,47 +436,157 @@ impl Image {
         check(ret, "diff", &target)
     }
 
+    /// The addresses of the clients holding the exclusive lock (none when it is free).
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        let mut mode: c_int = 0;
+        let mut owners: [*mut c_char; 8] = [ptr::null_mut(); 8];
+        let mut count: size_t = owners.len();
+        // SAFETY: `raw` is open; `owners` holds `count` pointers librbd may fill.
+        let ret = unsafe {
+            sys::rbd_lock_get_owners(self.raw, &mut mode, owners.as_mut_ptr(), &mut count)
+        };
+        if ret == -libc::ENOENT {
+            return Ok(Vec::new());
+        }
+        check(ret, "read lock owners", &self.label)?;
+        let count = count.min(owners.len());
+        let names = owners[..count]
+            .iter()
+            .filter(|p| !p.is_null())
+            // SAFETY: librbd gives NUL-terminated strings, valid until the cleanup below.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect();
+        // SAFETY: the `count` strings came from rbd_lock_get_owners.
+        unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), count) };
+        Ok(names)
+    }
+
+    /// Takes the exclusive lock and keeps it until the image is closed: librbd hands it to no
+    /// other client meanwhile. A lock held by a live client in this mode fails with `EROFS`;
+    /// one left by a dead client is broken once its watch has expired, which this call waits
+    /// for.
+    pub fn acquire_exclusive_lock(&self) -> Result<()> {
+        // SAFETY: `raw` is open.
+        let ret = unsafe { sys::rbd_lock_acquire(self.raw, sys::RBD_LOCK_MODE_EXCLUSIVE) };
+        check(ret, "acquire the exclusive lock of", &self.label)
+    }
+
+    /// The clients that have the image open.
+    pub fn watchers(&self) -> Result<Vec<Watcher>> {
+        let mut max: size_t = 16;
+        loop {
+            let mut buf: Vec<sys::rbd_image_watcher_t> = (0..max)
+                .map(|_| sys::rbd_image_watcher_t {
+                    addr: ptr::null_mut(),
+                    id: 0,
+                    cookie: 0,
+                })
+                .collect();
+            let mut count = max;
+            // SAFETY: `buf` holds `count` entries; librbd fills at most that many.
+            let ret = unsafe { sys::rbd_watchers_list(self.raw, buf.as_mut_ptr(), &mut count) };
+            if ret == -libc::ERANGE && count > max {
+                max = count;
+                continue;
+            }
+            check(ret, "list watchers", &self.label)?;
+            let count = count.min(buf.len());
+            let watchers = buf[..count]
+                .iter()
+                .map(|w| Watcher {
+                    address: if w.addr.is_null() {
+                        String::new()
+                    } else {
+                        // SAFETY: a NUL-terminated string, valid until the cleanup below.
+                        unsafe { CStr::from_ptr(w.addr) }
+                            .to_string_lossy()
+                            .into_owned()
+                    },
+                    id: w.id,
+                })
+                .collect();
+            // SAFETY: the `count` entries came from rbd_watchers_list.
+            unsafe { sys::rbd_watchers_list_cleanup(buf.as_mut_ptr(), count) };
+            return Ok(watchers);
+        }
+    }
+
+    /// The value of image metadata `key`, if set.
+    pub fn metadata_get(&self, key: &str) -> Result<Option<String>> {
+        let c_key = c_name("metadata key", key)?;
+        let mut len: size_t = 4096;
+        loop {
+            let mut buf = vec![0u8; len];
+            // SAFETY: `raw` is open; the buffer is valid for `len` bytes; librbd writes the
+            // needed length back and returns -ERANGE when it is too small.
+            let ret = unsafe {
+                sys::rbd_metadata_get(self.raw, c_key.as_ptr(), buf.as_mut_ptr().cast(), &mut len)
+            };
+            if ret == -libc::ERANGE && len > buf.len() {
+                continue;
+            }
+            if ret == -libc::ENOENT {
+                return Ok(None);
+            }
+            check(ret, "read metadata of", &self.label)?;
+            let value = CStr::from_bytes_until_nul(&buf)
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| String::from_utf8_lossy(&buf).into_owned());
+            return Ok(Some(value));
+        }
+    }
+
+    /// Sets image metadata `key`.
+    pub fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
+        let c_key = c_name("metadata key", key)?;
+        let c_value = c_name("metadata value", value)?;
+        // SAFETY: `raw` is open; both strings are NUL-terminated.
+        let ret = unsafe { sys::rbd_metadata_set(self.raw, c_key.as_ptr(), c_value.as_ptr()) };
+        check(ret, "write metadata of", &self.label)
+    }
+
+    /// Removes image metadata `key`; a missing key is not an error.
+    pub fn metadata_remove(&self, key: &str) -> Result<()> {
+        let c_key = c_name("metadata key", key)?;
+        // SAFETY: `raw` is open; the key is NUL-terminated.
+        let ret = unsafe { sys::rbd_metadata_remove(self.raw, c_key.as_ptr()) };
+        if ret == -libc::ENOENT {
+            return Ok(());
+        }
+        check(ret, "remove metadata of", &self.label)
+    }
+
+    pub(crate) fn io_error(&self, op: &str, offset: u64, len: u64, ret: i64) -> Error {
+        Error::io(op, &self.label, offset, len, ret).with_image(self.path())
+    }
+}
+
+/// Synchronous I/O and state, for the project's own tests.
+#[cfg(any(test, feature = "internals"))]
+impl Image {
+    /// The `RBD_FLAG_*` bits (object map invalid, ...).
+    pub fn flags(&self) -> Result<u64> {
+        self.get_u64("read flags", sys::rbd_get_flags)
+    }
+
     /// Starts a discard of `[off, off + len)`.
-    pub(crate) fn aio_discard(
-        &self,
-        off: u64,
-        len: u64,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        let c = done.completion(token)?;
+    fn start_discard(&self, off: u64, len: u64, done: Completion) -> Result<()> {
+        let c = PendingCompletion::new(done, self)?;
         // SAFETY: `raw` is open, `c` a fresh completion.
         let ret = unsafe { sys::rbd_aio_discard(self.raw, off, len, c.raw) };
         c.submitted(ret, || self.io_error("discard", off, len, ret.into()))
     }
 
-    pub(crate) fn io_error(&self, op: &'static str, offset: u64, len: u64, ret: i64) -> Error {
-        let errno = Errno::from_ret(ret);
-        if errno.0 == libc::EACCES || errno.0 == libc::EPERM {
-            return Error::PermissionDenied {
-                op,
-                target: format!("{} at offset {offset}", self.label),
-            };
-        }
-        Error::Io {
-            op,
-            image: self.label.clone(),
-            offset,
-            len,
-            errno,
-        }
-    }
-
     fn wait_one(
         &self,
-        start: impl FnOnce(&Notifier) -> Result<()>,
-        op: &'static str,
+        start: impl FnOnce(Completion) -> Result<()>,
+        op: &str,
         off: u64,
         len: u64,
     ) -> Result<u64> {
-        let (notifier, rx) = Notifier::new();
-        start(&notifier)?;
-        let done = rx.recv().expect("the completion callback always sends");
+        let (tx, rx) = std::sync::mpsc::channel();
+        start(Completion::new(tx, 0))?;
+        let done = rx.recv().expect("a submitted request always completes");
         if done.ret < 0 {
             return Err(self.io_error(op, off, len, done.ret));
         }
@@ -388,7 +599,7 @@ impl Image {
         let ptr = buf.as_mut_ptr();
         // SAFETY: `buf` is borrowed until wait_one has received the completion.
         let n = self.wait_one(
-            |n| unsafe { self.start_read(off, len, ptr, n, 0) },
+            |c| unsafe { self.start_read(off, len, ptr, c) },
             "read",
             off,
             len as u64,
@@ -400,7 +611,7 @@ impl Image {
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
         self.wait_one(
             // SAFETY: `data` is borrowed until wait_one has received the completion.
-            |n| unsafe { self.start_write(off, data.len(), data.as_ptr(), n, 0) },
+            |c| unsafe { self.start_write(off, data.len(), data.as_ptr(), c) },
             "write",
             off,
             data.len() as u64,
@@ -410,32 +621,20 @@ impl Image {
 
     /// Makes `[off, off + len)` read as zeros.
     pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
-        self.wait_one(
-            |n| self.start_zero(off, len, n, 0),
-            "write_zeroes",
-            off,
-            len,
-        )?;
+        self.wait_one(|c| self.start_zero(off, len, c), "write_zeroes", off, len)?;
         Ok(())
     }
 
     /// Discards `[off, off + len)`.
     pub fn discard(&self, off: u64, len: u64) -> Result<()> {
-        self.wait_one(|n| self.aio_discard(off, len, n, 0), "discard", off, len)?;
+        self.wait_one(|c| self.start_discard(off, len, c), "discard", off, len)?;
         Ok(())
     }
 }
 
 impl DiffSource for Image {
-    unsafe fn start_read(
-        &self,
-        off: u64,
-        len: usize,
-        buf: *mut u8,
-        done: &Notifier,
-        token: u64,
-    ) -> Result<()> {
-        let c = done.completion(token)?;
+    unsafe fn start_read(&self, off: u64, len: usize, buf: *mut u8, done: Completion) -> Result<()> {
+        let c = PendingCompletion::new(done, self)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
         let ret = unsafe {
             sys::rbd_aio_read2(
@@ -461,10 +660,9 @@ impl DiffSink for Image {
         off: u64,
         len: usize,
         buf: *const u8,
-        done: &Notifier,
-        token: u64,
+        done: Completion,
     ) -> Result<()> {
-        let c = done.completion(token)?;
+        let c = PendingCompletion::new(done, self)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
         let ret = unsafe {
             sys::rbd_aio_write2(self.raw, off, len, buf.cast(), c.raw, sys::FADVISE_NOCACHE)
@@ -473,10 +671,10 @@ impl DiffSink for Image {
     }
 
     /// Starts making `[off, off + len)` read as zeros, deallocating whole objects.
-    fn start_zero(&self, off: u64, len: u64, done: &Notifier, token: u64) -> Result<()> {
-        let c = done.completion(token)?;
+    fn start_zero(&self, off: u64, len: u64, done: Completion) -> Result<()> {
         let size = usize::try_from(len)
             .map_err(|_| self.io_error("write_zeroes", off, len, -(libc::EINVAL as i64)))?;
+        let c = PendingCompletion::new(done, self)?;
         // SAFETY: `raw` is open, `c` a fresh completion; no buffer is involved.
         let ret = unsafe { sys::rbd_aio_write_zeroes(self.raw, off, size, c.raw, 0, 0) };
         c.submitted(ret, || self.io_error("write_zeroes", off, len, ret.into()))
@@ -487,55 +685,40 @@ impl DiffSink for Image {
     }
 }
 
-fn pool_part(pool: &Pool) -> &str {
-    pool.name().split_once('/').map_or(pool.name(), |(p, _)| p)
-}
-
-fn ns_part(pool: &Pool) -> Option<&str> {
-    pool.name().split_once('/').map(|(_, ns)| ns)
-}
-
-/// A finished aio request: the token given at submission and librbd's return value.
-#[derive(Debug)]
-pub(crate) struct Done {
-    pub token: u64,
-    pub ret: i64,
-}
-
-/// Hands librbd completions over to the one thread that waits on the paired receiver.
-#[derive(Clone, Debug)]
-pub(crate) struct Notifier {
-    tx: mpsc::Sender<Done>,
-}
-
-struct CallbackArg {
-    tx: mpsc::Sender<Done>,
-    token: u64,
-}
-
 unsafe extern "C" fn on_complete(c: sys::rbd_completion_t, arg: *mut c_void) {
-    // Runs on a librbd thread: take the result, pass it on, free what is ours, nothing else.
+    // Runs on a librbd thread: take the result, hand it over, free what is ours, nothing else.
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `arg` is the box leaked in `Notifier::completion`, given back exactly once.
-        let arg = unsafe { Box::from_raw(arg as *mut CallbackArg) };
+        // SAFETY: `arg` is the box leaked in `PendingCompletion::new`, given back exactly once.
+        let done = unsafe { Box::from_raw(arg as *mut Completion) };
         // SAFETY: `c` is the completion that fired; librbd allows release inside its callback.
         let ret = unsafe { sys::rbd_aio_get_return_value(c) } as i64;
         // SAFETY: nothing else refers to `c` after this callback.
         unsafe { sys::rbd_aio_release(c) };
-        // A closed receiver means nobody waits any more; the result has no one to go to.
-        let _ = arg.tx.send(Done {
-            token: arg.token,
-            ret,
-        });
+        done.complete(ret);
     }));
 }
 
+/// A librbd completion whose callback hands the result to an engine [`Completion`].
 struct PendingCompletion {
     raw: sys::rbd_completion_t,
-    arg: *mut CallbackArg,
+    arg: *mut Completion,
 }
 
 impl PendingCompletion {
+    fn new(done: Completion, image: &Image) -> Result<PendingCompletion> {
+        let arg = Box::into_raw(Box::new(done));
+        let mut raw: sys::rbd_completion_t = ptr::null_mut();
+        // SAFETY: `arg` stays valid until the callback frees it; `raw` is an out pointer.
+        let ret = unsafe { sys::rbd_aio_create_completion(arg.cast(), on_complete, &mut raw) };
+        if ret < 0 {
+            // SAFETY: no completion holds `arg`; dropped without completing, as the engine
+            // expects of a request that was not submitted.
+            drop(unsafe { Box::from_raw(arg) });
+            return Err(Error::rbd("create aio completion", image.label(), ret.into()));
+        }
+        Ok(PendingCompletion { raw, arg })
+    }
+
     /// After a submission: on failure librbd will never call back, so free everything here.
     fn submitted(self, ret: c_int, err: impl FnOnce() -> Error) -> Result<()> {
         if ret >= 0 {
@@ -547,28 +730,5 @@ impl PendingCompletion {
             drop(Box::from_raw(self.arg));
         }
         Err(err())
-    }
-}
-
-impl Notifier {
-    pub(crate) fn new() -> (Notifier, mpsc::Receiver<Done>) {
-        let (tx, rx) = mpsc::channel();
-        (Notifier { tx }, rx)
-    }
-
-    fn completion(&self, token: u64) -> Result<PendingCompletion> {
-        let arg = Box::into_raw(Box::new(CallbackArg {
-            tx: self.tx.clone(),
-            token,
-        }));
-        let mut raw: sys::rbd_completion_t = ptr::null_mut();
-        // SAFETY: `arg` stays valid until the callback frees it; `raw` is an out pointer.
-        let ret = unsafe { sys::rbd_aio_create_completion(arg.cast(), on_complete, &mut raw) };
-        if ret < 0 {
-            // SAFETY: no completion holds `arg`.
-            drop(unsafe { Box::from_raw(arg) });
-            return Err(Error::rbd("create aio completion", "librbd", ret.into()));
-        }
-        Ok(PendingCompletion { raw, arg })
     }
 }

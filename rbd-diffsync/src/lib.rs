@@ -1,7 +1,7 @@
 //! Move the changes between two snapshots of a Ceph RBD image into another image, on the same
 //! or another cluster: what `rbd export-diff ... - | rbd import-diff - ...` does, with a window
-//! of parallel I/O, zero detection, progress, cancellation, and checks before anything is
-//! written.
+//! of parallel I/O, zero detection, progress, cancellation, checks before anything is written,
+//! and reruns that complete what an interrupted transfer left.
 //!
 //! ```no_run
 //! use rbd_diffsync::{ClusterSpec, DiffTransfer};
@@ -19,39 +19,79 @@
 //! # Ok::<(), rbd_diffsync::Error>(())
 //! ```
 //!
-//! What a transfer guarantees:
-//! 1. Everything is checked before the first write: the source image, its end snapshot and
-//!    `from_snap`; for an incremental, the destination image and its `from_snap`; that the end
-//!    snapshot is not already on the destination. A failed check writes nothing.
-//! 2. Ranges the diff reports as gone read as zeros on the destination afterwards.
-//! 3. The destination grows before the writes and shrinks after them.
-//! 4. All-zero runs (4 KiB granularity) are never written as data: they become write_zeroes,
-//!    or nothing where the destination reads zeros already.
-//! 5. The destination's end snapshot is created only after every write succeeded: it is the
-//!    commit marker.
+//! # What a transfer guarantees
+//!
+//! 1. **Checks first.** The source image, its end snapshot and `from_snap`; for an
+//!    incremental, the destination image and its `from_snap` of the same size; that the end
+//!    snapshot is not on the destination yet; that the destination may be written (below). A
+//!    failed check writes nothing.
+//! 2. **A commit marker.** The destination's end snapshot is created only after every write
+//!    has succeeded. A transfer that fails, is cancelled or is killed leaves no end snapshot.
+//! 3. **Reruns complete interrupted transfers.** Before its first write a transfer records in
+//!    the destination's image metadata (`rbd_diffsync.in_progress`) which source image
+//!    (cluster fsid, pool id, image id), base and end snapshot it is writing; the record goes
+//!    when the end snapshot is made. A later transfer of the same source and base, with an
+//!    end snapshot not older, continues over what the interrupted one wrote: it also rewrites,
+//!    from the source, every range the destination changed since `from_snap`, so the result
+//!    reads as the source's end snapshot whatever the interrupted run had written.
+//! 4. **Nothing overwritten by mistake.** An incremental into a destination changed since
+//!    `from_snap` by anyone else is refused
+//!    ([`DestinationChanged`](ErrorKind::DestinationChanged)). A full transfer writes into an
+//!    existing image only when it is empty (no snapshots, nothing allocated, as cinder creates
+//!    it) or holds an interrupted full transfer from the same source; an image with snapshots
+//!    or data is refused ([`Exists`](ErrorKind::Exists)), and so is one another client has
+//!    open ([`Busy`](ErrorKind::Busy)). [`DiffTransfer::overwrite_existing`] allows both.
+//! 5. **No other writer.** The destination's exclusive lock is held from the checks to the end
+//!    snapshot, in a mode in which librbd hands it to nobody: another client's writes fail
+//!    meanwhile. A destination locked by a live client is refused ([`Busy`](ErrorKind::Busy)),
+//!    naming it; a lock left by the transfer's own killed predecessor is waited for until
+//!    librbd breaks it (when the dead client's watch expires, about 30 s), and the progress
+//!    reports say so.
+//! 6. **The same content as the pipe.** Ranges the diff reports as gone read as zeros
+//!    afterwards; the destination grows before the writes and shrinks after them; all-zero
+//!    runs (4 KiB granularity) are never written as data, but become `write_zeroes`, or
+//!    nothing where the destination is known to read zeros already.
+//! 7. **A destination it creates has the source's layout**: object size, stripe unit, stripe
+//!    count and features.
+//! 8. **Stoppable at every phase.** The progress callback runs on the calling thread only, in
+//!    every phase, also while a call to the cluster blocks; its return value, a panic in it,
+//!    and the [`CancelToken`] stop the transfer. Steps that write are waited for; steps that
+//!    only read are left to finish in the background, so a stop takes effect within the
+//!    progress interval. Once the end snapshot is being made, the transfer completes.
+//!
+//! # Errors
+//!
+//! One [`Error`] type with a stable [`ErrorKind`], the exact errno (or a library code) and a
+//! message naming the cluster, image and snapshot concerned: the table is in [`error`].
+
+pub mod error;
 
 mod cluster;
+mod destination;
 mod engine;
-mod error;
 mod image;
 mod plan;
 mod progress;
+mod record;
 mod spec;
 mod sys;
 mod transfer;
 
-pub use cluster::{Cluster, Pool};
-pub use error::{Errno, Error, Result};
-pub use image::{DiffExtent, Image, ImageInfo, Snapshot};
-pub use progress::{CancelToken, Progress, TransferStats};
-pub use spec::{ClusterSpec, ImageSpec, DEFAULT_POOL};
-pub use transfer::{DiffTransfer, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+pub use error::{Error, ErrorKind, Result};
+pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
+pub use spec::{ClusterSpec, ImageSpec};
+pub use transfer::{DiffTransfer, Plan, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
 
-/// The planner and zero detection, for the project's own micro-benchmarks: no stable API.
+/// The librbd layer, planner and zero detection, for the project's own tests and benchmarks:
+/// no stable API.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::cluster::{Cluster, Pool};
+    pub use crate::image::{Image, ImageInfo, Layout, Snapshot, Watcher};
     pub use crate::plan::{
-        complement, is_zero, normalize, pieces, zero_runs, KnownZero, Piece, Run, ZERO_BLOCK,
+        complement, is_zero, normalize, pieces, zero_runs, DiffExtent, KnownZero, Piece, Run,
+        ZERO_BLOCK,
     };
+    pub use crate::record::KEY as RECORD_KEY;
 }

@@ -1,7 +1,16 @@
 //! Pure planning: which ranges to copy or zero, cut into chunks; where zero runs are inside a
 //! chunk; which ranges of the destination already read as zeros. No I/O here.
 
-use crate::image::DiffExtent;
+/// One range of a diff, as librbd's diff_iterate reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffExtent {
+    /// Byte offset.
+    pub offset: u64,
+    /// Byte length.
+    pub len: u64,
+    /// `true`: the range holds data to copy; `false`: it must read as zeros.
+    pub exists: bool,
+}
 
 /// The granularity of zero detection, the same as `rbd import-diff`'s default sparse size.
 pub const ZERO_BLOCK: u64 = 4096;
@@ -104,8 +113,6 @@ pub fn zero_runs(buf: &[u8], offset: u64) -> Vec<Run> {
 /// Ranges of the destination known to read as zeros before the transfer writes anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KnownZero {
-    /// Nothing is known: every zero range is written as zeros.
-    Nothing,
     /// The whole image (it was created by this transfer).
     All,
     /// These sorted, disjoint `(offset, len)` ranges.
@@ -116,7 +123,6 @@ impl KnownZero {
     /// `true` if all of `[offset, offset + len)` is known to read as zeros.
     pub fn covers(&self, offset: u64, len: u64) -> bool {
         match self {
-            KnownZero::Nothing => false,
             KnownZero::All => true,
             KnownZero::Ranges(ranges) => {
                 let i = ranges.partition_point(|&(o, l)| o + l <= offset);
@@ -149,7 +155,7 @@ pub fn complement(allocated: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
 }
 
 /// The parts of `a` not covered by `b`; both sorted and disjoint.
-pub(crate) fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut j = 0;
     for &(start, len) in a {
@@ -308,7 +314,7 @@ mod tests {
         assert!(!kz.covers(10, 1));
         assert!(!kz.covers(29, 2));
         assert!(KnownZero::All.covers(5, 100));
-        assert!(!KnownZero::Nothing.covers(0, 1));
+        assert!(!KnownZero::Ranges(vec![]).covers(0, 1));
     }
 
     #[test]

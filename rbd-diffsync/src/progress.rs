@@ -1,23 +1,86 @@
-//! Progress reports, cancellation and the figures a transfer returns.
+//! Progress reports, cancellation and the figures a transfer returns; and the `Reporter`, which
+//! calls the user's callback on the transfer's own thread, also while a blocking librados or
+//! librbd call runs on a helper thread.
 
+use std::any::Any;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
+
+/// What a running transfer is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Phase {
+    /// Connecting to the clusters and opening the images.
+    Connecting,
+    /// Checking the images, taking the destination's lock and computing the diff.
+    Scanning,
+    /// Reading, writing and zeroing.
+    Copying,
+    /// Shrinking the destination if needed, flushing and creating the end snapshot.
+    Committing,
+}
+
+impl Phase {
+    /// `"connecting"`, `"scanning"`, `"copying"` or `"committing"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Scanning => "scanning",
+            Phase::Copying => "copying",
+            Phase::Committing => "committing",
+        }
+    }
+}
+
 /// Where a running transfer is, as given to the progress callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Progress {
-    /// Bytes of the diff done (copied, zeroed or found to need nothing).
+    /// What the transfer is doing.
+    pub phase: Phase,
+    /// Bytes of the transfer done (copied, zeroed or found to need nothing).
     pub bytes_done: u64,
-    /// Bytes of the diff in all.
+    /// Bytes of the transfer in all; 0 until the diff is known.
     pub bytes_total: u64,
     /// Time since the transfer started.
     pub elapsed: Duration,
+    /// What the transfer has been waiting for, for more than a second: a cluster's answer, a
+    /// lock, requests in flight.
+    pub waiting_for: Option<String>,
+    /// For how long it has waited for that.
+    pub waited: Duration,
 }
 
-/// Stops a running transfer from another thread: requests in flight are drained, nothing more
-/// is started, no end snapshot is created and `run()` returns [`Error::Cancelled`](crate::Error).
+/// What a progress callback may return: `()` to go on, or a [`ControlFlow`] whose `Break`
+/// stops the transfer as its [`CancelToken`] would.
+pub trait ProgressFlow {
+    /// `false` to stop the transfer.
+    fn keep_going(self) -> bool;
+}
+
+impl ProgressFlow for () {
+    fn keep_going(self) -> bool {
+        true
+    }
+}
+
+impl ProgressFlow for ControlFlow<()> {
+    fn keep_going(self) -> bool {
+        self.is_continue()
+    }
+}
+
+/// Stops a running transfer from another thread (or a signal handler's thread): requests in
+/// flight are drained, nothing more is started, no end snapshot is created and `run()` returns
+/// an error of kind [`Cancelled`](crate::ErrorKind::Cancelled). Once the end snapshot is being
+/// created it is too late: the transfer completes.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 
@@ -59,6 +122,9 @@ pub struct TransferStats {
     pub image_size: u64,
     /// Whether the destination image was created by this transfer.
     pub created_destination: bool,
+    /// Whether the destination held the writes of an interrupted transfer of the same diff,
+    /// which this one completed.
+    pub continued_interrupted: bool,
     /// The snapshot created on the destination, if the source named one.
     pub end_snap: Option<String>,
     /// Wall time of the whole transfer, validation included.
@@ -88,30 +154,82 @@ impl TransferStats {
     }
 }
 
-/// A boxed progress callback.
-pub(crate) type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
+/// A boxed progress callback: `false` stops the transfer.
+pub(crate) type ProgressFn = Box<dyn FnMut(&Progress) -> bool + Send>;
 
-/// Calls the user's callback from the engine's thread, at most every `interval`, and always
-/// once at the end.
+/// A wait longer than this is reported as `waiting_for`.
+const WAIT_REPORTED_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a transfer stops early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Token,
+    Callback,
+}
+
+/// The outcome of a blocking step run on a helper thread.
+pub(crate) enum Waited<T> {
+    Done(T),
+    /// The transfer was asked to stop while the step ran; the step goes on, detached, and its
+    /// result is dropped.
+    Stopped,
+}
+
+/// Calls the user's callback from the transfer's thread, at most every `interval` (and at
+/// every change of phase and at the end), and keeps track of why the transfer should stop.
 pub(crate) struct Reporter {
     callback: Option<ProgressFn>,
     interval: Duration,
     started: Instant,
     last: Option<Instant>,
+    phase: Phase,
     total: u64,
     done: u64,
+    waiting: Option<(String, Instant)>,
+    cancel: CancelToken,
+    /// Set once the transfer is to stop, for helper threads to see.
+    halt: CancelToken,
+    stop: Option<Stop>,
+    panic: Option<Box<dyn Any + Send>>,
 }
 
 impl Reporter {
-    pub(crate) fn new(callback: Option<ProgressFn>, interval: Duration, started: Instant) -> Self {
+    pub(crate) fn new(
+        callback: Option<ProgressFn>,
+        interval: Duration,
+        cancel: CancelToken,
+        started: Instant,
+    ) -> Self {
         Reporter {
             callback,
             interval,
             started,
             last: None,
+            phase: Phase::Connecting,
             total: 0,
             done: 0,
+            waiting: None,
+            cancel,
+            halt: CancelToken::new(),
+            stop: None,
+            panic: None,
         }
+    }
+
+    /// A token cancelled once the transfer is to stop, for scans on helper threads to check.
+    pub(crate) fn halt_token(&self) -> CancelToken {
+        self.halt.clone()
+    }
+
+    /// How long a wait may block between two ticks.
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.interval.clamp(Duration::from_millis(10), Duration::from_millis(100))
+    }
+
+    pub(crate) fn phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.waiting = None;
+        self.report(true);
     }
 
     pub(crate) fn set_total(&mut self, total: u64) {
@@ -124,8 +242,53 @@ impl Reporter {
         self.report(false);
     }
 
+    /// Gives the callback its due call, if any.
+    pub(crate) fn tick(&mut self) {
+        self.report(false);
+    }
+
     pub(crate) fn finish(&mut self) {
+        self.waiting = None;
         self.report(true);
+    }
+
+    /// Says what the transfer waits for (`None`: nothing). Shown once it lasts over a second.
+    pub(crate) fn waiting_for(&mut self, what: Option<String>) {
+        match what {
+            None => self.waiting = None,
+            Some(what) => {
+                if self.waiting.as_ref().is_none_or(|(w, _)| *w != what) {
+                    self.waiting = Some((what, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Why the transfer is to stop, if it is.
+    pub(crate) fn stop(&mut self) -> Option<Stop> {
+        if self.stop.is_none() && self.cancel.is_cancelled() {
+            self.stop = Some(Stop::Token);
+        }
+        if self.stop.is_some() {
+            self.halt.cancel();
+        }
+        self.stop
+    }
+
+    /// The panic of the callback, if it panicked: the transfer stopped because of it, and its
+    /// caller resumes it once everything is cleaned up.
+    pub(crate) fn take_panic(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.panic.take()
+    }
+
+    /// An error for a transfer into `image` that stopped as asked.
+    pub(crate) fn stopped_error(&mut self, image: &str) -> Error {
+        let why = match self.stop() {
+            Some(Stop::Callback) if self.panic.is_some() => "stopped: the progress callback panicked",
+            Some(Stop::Callback) => "stopped by the progress callback",
+            _ => "cancelled",
+        };
+        Error::cancelled(image, why)
     }
 
     fn report(&mut self, force: bool) {
@@ -137,10 +300,171 @@ impl Reporter {
             return;
         }
         self.last = Some(now);
-        callback(&Progress {
+        let (waiting_for, waited) = match &self.waiting {
+            Some((what, since)) if now - *since >= WAIT_REPORTED_AFTER => {
+                (Some(what.clone()), now - *since)
+            }
+            _ => (None, Duration::ZERO),
+        };
+        let progress = Progress {
+            phase: self.phase,
             bytes_done: self.done,
             bytes_total: self.total,
             elapsed: now - self.started,
+            waiting_for,
+            waited,
+        };
+        match catch_unwind(AssertUnwindSafe(|| callback(&progress))) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.stop.get_or_insert(Stop::Callback);
+            }
+            Err(panic) => {
+                // No more calls: the callback's state may be broken.
+                self.callback = None;
+                self.panic = Some(panic);
+                self.stop = Some(Stop::Callback);
+            }
+        }
+    }
+
+    /// Runs `f` on a helper thread while this thread keeps calling the callback, and says what
+    /// it waits for once that lasts over a second. When the transfer is asked to stop meanwhile
+    /// and `detachable` is set, returns [`Waited::Stopped`] at once and leaves `f` to finish on
+    /// its own: only steps that write nothing may be detached.
+    pub(crate) fn wait<T: Send + 'static>(
+        &mut self,
+        what: impl Into<String>,
+        detachable: bool,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Waited<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("rbd-diffsync-wait".to_owned())
+            .spawn(move || {
+                // The receiver is gone when the step was detached: nobody wants the result.
+                let _ = tx.send(f());
+            });
+        let handle = match spawned {
+            Ok(handle) => handle,
+            Err(e) => panic!("cannot start a thread: {e}"),
+        };
+        let what = what.into();
+        self.waiting_for(Some(what));
+        let poll = self.poll_interval();
+        let outcome = loop {
+            match rx.recv_timeout(poll) {
+                Ok(value) => break Waited::Done(value),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.tick();
+                    if detachable && self.stop().is_some() {
+                        break Waited::Stopped;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The step panicked: let its panic continue here.
+                    match handle.join() {
+                        Err(panic) => std::panic::resume_unwind(panic),
+                        Ok(()) => unreachable!("the helper sends before it ends"),
+                    }
+                }
+            }
+        };
+        self.waiting_for(None);
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn reporter(log: Arc<Mutex<Vec<Progress>>>, stop_after: usize) -> Reporter {
+        let callback: ProgressFn = Box::new(move |p| {
+            let mut log = log.lock().unwrap();
+            log.push(p.clone());
+            log.len() < stop_after
         });
+        Reporter::new(
+            Some(callback),
+            Duration::from_millis(20),
+            CancelToken::new(),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn a_blocking_step_keeps_the_callback_ticking_and_says_what_it_waits_for() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut r = reporter(log.clone(), usize::MAX);
+        r.phase(Phase::Connecting);
+        let Waited::Done(v) = r.wait("the monitor", true, || {
+            std::thread::sleep(Duration::from_millis(1300));
+            7
+        }) else {
+            panic!("not stopped")
+        };
+        assert_eq!(v, 7);
+        let log = log.lock().unwrap();
+        assert!(log.len() >= 10, "{}", log.len());
+        let last = log.last().unwrap();
+        assert_eq!(last.waiting_for.as_deref(), Some("the monitor"));
+        assert!(last.waited >= WAIT_REPORTED_AFTER);
+        assert!(log.iter().all(|p| p.phase == Phase::Connecting));
+    }
+
+    #[test]
+    fn a_stop_detaches_a_detachable_step_at_once() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut r = reporter(log, 3);
+        let started = Instant::now();
+        let out = r.wait("a stalled cluster", true, || {
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        assert!(matches!(out, Waited::Stopped));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(r.stop(), Some(Stop::Callback));
+        assert_eq!(
+            r.stopped_error("p/img").kind(),
+            crate::ErrorKind::Cancelled
+        );
+    }
+
+    #[test]
+    fn a_step_that_writes_is_waited_for_even_when_stopped() {
+        let token = CancelToken::new();
+        let mut r = Reporter::new(None, Duration::from_millis(10), token.clone(), Instant::now());
+        token.cancel();
+        let out = r.wait("a snapshot", false, || {
+            std::thread::sleep(Duration::from_millis(200));
+            1
+        });
+        assert!(matches!(out, Waited::Done(1)));
+        assert_eq!(r.stop(), Some(Stop::Token));
+    }
+
+    #[test]
+    fn a_panicking_callback_stops_the_transfer_and_is_kept_for_later() {
+        let callback: ProgressFn = Box::new(|_| panic!("boom"));
+        let mut r = Reporter::new(
+            Some(callback),
+            Duration::ZERO,
+            CancelToken::new(),
+            Instant::now(),
+        );
+        r.advance(1);
+        r.advance(1);
+        assert_eq!(r.stop(), Some(Stop::Callback));
+        assert!(r.stopped_error("p/i").to_string().contains("panicked"));
+        let panic = r.take_panic().expect("kept");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"boom"));
+    }
+
+    #[test]
+    fn control_flow_and_unit_are_progress_results() {
+        assert!(().keep_going());
+        assert!(ControlFlow::<()>::Continue(()).keep_going());
+        assert!(!ControlFlow::Break(()).keep_going());
     }
 }

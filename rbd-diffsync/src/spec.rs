@@ -7,25 +7,23 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The pool the rbd CLI uses when a spec names none.
-pub const DEFAULT_POOL: &str = "rbd";
-
-/// `pool[/namespace]/image[@snap]`, checked as the rbd CLI checks it: no empty part, no `@` or
-/// `/` inside a name, no NUL byte. A bare `image` is in pool [`DEFAULT_POOL`].
+/// `[pool[/namespace]/]image[@snap]`, checked as the rbd CLI checks it: no empty part, no `@`
+/// or `/` inside a name, no NUL byte. A spec without a pool names an image in the pool the
+/// cluster's `rbd_default_pool` option names (`rbd` unless configured otherwise), as for the
+/// rbd CLI.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ImageSpec {
-    pool: String,
+    pool: Option<String>,
     namespace: Option<String>,
     image: String,
     snap: Option<String>,
 }
 
 impl ImageSpec {
-    /// Parses `pool[/namespace]/image[@snap]`.
+    /// Parses `[pool[/namespace]/]image[@snap]`.
     pub fn parse(spec: &str) -> Result<ImageSpec> {
-        let invalid = |reason: &str| Error::InvalidSpec {
-            spec: spec.to_owned(),
-            reason: reason.to_owned(),
+        let invalid = |reason: &str| {
+            Error::invalid(format!("invalid image spec {spec:?}: {reason}"))
         };
         if spec.contains('\0') {
             return Err(invalid("it contains a NUL byte"));
@@ -54,13 +52,13 @@ impl ImageSpec {
             }));
         }
         let (pool, namespace, image) = match parts.as_slice() {
-            [image] => (DEFAULT_POOL, None, *image),
-            [pool, image] => (*pool, None, *image),
-            [pool, ns, image] => (*pool, Some((*ns).to_owned()), *image),
-            _ => return Err(invalid("expected pool[/namespace]/image[@snap]")),
+            [image] => (None, None, *image),
+            [pool, image] => (Some(*pool), None, *image),
+            [pool, ns, image] => (Some(*pool), Some((*ns).to_owned()), *image),
+            _ => return Err(invalid("expected [pool[/namespace]/]image[@snap]")),
         };
         Ok(ImageSpec {
-            pool: pool.to_owned(),
+            pool: pool.map(str::to_owned),
             namespace,
             image: image.to_owned(),
             snap,
@@ -87,22 +85,21 @@ impl ImageSpec {
         }
         let parsed = ImageSpec::parse(&text)?;
         // A part holding a separator would parse as other parts: refuse instead of guessing.
-        if parsed.pool != pool
+        if parsed.pool.as_deref() != Some(pool)
             || parsed.namespace.as_deref() != namespace
             || parsed.image != image
             || parsed.snap.as_deref() != snap
         {
-            return Err(Error::InvalidSpec {
-                spec: text,
-                reason: "a name contains '/' or '@'".to_owned(),
-            });
+            return Err(Error::invalid(format!(
+                "invalid image spec {text:?}: a name contains '/' or '@'"
+            )));
         }
         Ok(parsed)
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &str {
-        &self.pool
+    /// The pool, if the spec names one (otherwise the cluster's `rbd_default_pool`).
+    pub fn pool(&self) -> Option<&str> {
+        self.pool.as_deref()
     }
 
     /// The RADOS namespace inside the pool, if any.
@@ -120,16 +117,26 @@ impl ImageSpec {
         self.snap.as_deref()
     }
 
-    /// The same image at another snapshot (or at HEAD with `None`).
-    pub fn with_snap(&self, snap: Option<&str>) -> Result<ImageSpec> {
-        ImageSpec::new(&self.pool, self.namespace(), &self.image, snap)
+    /// `[pool[/namespace]/]image`, without the snapshot.
+    pub fn image_path(&self) -> String {
+        let mut path = String::new();
+        if let Some(pool) = &self.pool {
+            path.push_str(pool);
+            path.push('/');
+        }
+        if let Some(ns) = &self.namespace {
+            path.push_str(ns);
+            path.push('/');
+        }
+        path.push_str(&self.image);
+        path
     }
 
-    /// `pool[/namespace]/image`, without the snapshot.
-    pub fn image_path(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{}/{}/{}", self.pool, ns, self.image),
-            None => format!("{}/{}", self.pool, self.image),
+    /// The same spec in `pool` if it names none.
+    pub(crate) fn in_default_pool(&self, pool: &str) -> ImageSpec {
+        ImageSpec {
+            pool: Some(self.pool.clone().unwrap_or_else(|| pool.to_owned())),
+            ..self.clone()
         }
     }
 }
@@ -158,51 +165,77 @@ impl TryFrom<&str> for ImageSpec {
     }
 }
 
-/// How to connect to a cluster: a ceph.conf (or librados' default search: `$CEPH_CONF`,
-/// `/etc/ceph/ceph.conf`, `~/.ceph/config`, `./ceph.conf`), a client id and, optionally, a
-/// keyring. `CEPH_ARGS` is honoured as by the rbd CLI.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// How to connect to a cluster, with what the rbd CLI's global options say: `-c/--conf`,
+/// `--id`/`-n/--name`, `--cluster`, `-m/--mon-host`, `-k/--keyring` and any `--<option>`.
+///
+/// What the spec leaves unset is taken as the rbd CLI takes it: from `CEPH_ARGS` (its `--id`,
+/// `--user`, `-n/--name`, `-c/--conf` and `--cluster`, then every other option it holds), then
+/// from librados' defaults: `client.admin`, cluster `ceph`, and the conf search `$CEPH_CONF`,
+/// `/etc/ceph/$cluster.conf`, `~/.ceph/$cluster.conf`, `./$cluster.conf`. Settings given here
+/// win over `CEPH_ARGS`, which wins over ceph.conf.
+///
+/// The library sets two options of its own before `CEPH_ARGS` and the spec's are applied, so
+/// that either can override them: `rbd_cache = false` (a transfer reads and writes each byte
+/// once; the cache would copy it again and hold memory per image) and
+/// `rbd_disable_zero_copy_writes = false` (the transfer's buffers stay untouched until their
+/// writes complete, so librbd may send them without a copy).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClusterSpec {
     conf: Option<PathBuf>,
-    id: String,
+    name: Option<String>,
+    cluster_name: Option<String>,
     keyring: Option<PathBuf>,
+    mon_host: Option<String>,
     connect_timeout: Option<Duration>,
-}
-
-impl Default for ClusterSpec {
-    fn default() -> Self {
-        ClusterSpec {
-            conf: None,
-            id: "admin".to_owned(),
-            keyring: None,
-            connect_timeout: None,
-        }
-    }
+    options: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
-    /// The default cluster as `client.admin`.
+    /// The cluster and client the rbd CLI would use with no options: see the type's
+    /// documentation.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Reads this ceph.conf instead of searching for one.
+    /// Reads this ceph.conf instead of searching for one (`rbd -c`).
     pub fn conf(mut self, path: impl Into<PathBuf>) -> Self {
         self.conf = Some(path.into());
         self
     }
 
-    /// Connects as `client.<id>` (`admin` by default, as `rbd --id admin`); a leading
-    /// `client.` is accepted.
+    /// Connects as `client.<id>` (`rbd --id`); a leading `client.` is accepted.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         let id = id.into();
-        self.id = id.strip_prefix("client.").map(str::to_owned).unwrap_or(id);
+        self.name = Some(match id.strip_prefix("client.") {
+            Some(_) => id,
+            None => format!("client.{id}"),
+        });
         self
     }
 
-    /// Uses this keyring instead of the one ceph.conf names.
+    /// Connects as this entity, `type.id` such as `client.backup` (`rbd -n`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The cluster's name (`rbd --cluster`), which selects `/etc/ceph/<name>.conf` when no
+    /// ceph.conf is given; `ceph` by default.
+    pub fn cluster_name(mut self, name: impl Into<String>) -> Self {
+        self.cluster_name = Some(name.into());
+        self
+    }
+
+    /// Uses this keyring instead of the one ceph.conf names (`rbd -k`).
     pub fn keyring(mut self, path: impl Into<PathBuf>) -> Self {
         self.keyring = Some(path.into());
+        self
+    }
+
+    /// Connects to these monitors (`rbd -m`), a comma-separated list of `host[:port]`, instead
+    /// of those ceph.conf names.
+    pub fn mon_host(mut self, addresses: impl Into<String>) -> Self {
+        self.mon_host = Some(addresses.into());
         self
     }
 
@@ -213,9 +246,11 @@ impl ClusterSpec {
         self
     }
 
-    /// The connect timeout, if one was set.
-    pub fn connect_timeout_value(&self) -> Option<Duration> {
-        self.connect_timeout
+    /// Sets a librados or librbd option (`rbd --<key> <value>`), such as
+    /// `("rbd_default_pool", "volumes")`. Later settings of the same key win.
+    pub fn option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.push((key.into(), value.into()));
+        self
     }
 
     /// The ceph.conf path, if one was given.
@@ -223,34 +258,129 @@ impl ClusterSpec {
         self.conf.as_deref()
     }
 
-    /// The client id.
-    pub fn client_id(&self) -> &str {
-        &self.id
+    /// The entity name (`client.<id>`), if one was given.
+    pub fn client_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The cluster name, if one was given.
+    pub fn cluster_name_value(&self) -> Option<&str> {
+        self.cluster_name.as_deref()
     }
 
     /// The keyring path, if one was given.
     pub fn keyring_path(&self) -> Option<&std::path::Path> {
         self.keyring.as_deref()
     }
+
+    /// The monitor addresses, if given.
+    pub fn mon_host_value(&self) -> Option<&str> {
+        self.mon_host.as_deref()
+    }
+
+    /// The connect timeout, if one was set.
+    pub fn connect_timeout_value(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+
+    /// The options set with [`option`](Self::option), in order.
+    pub fn options(&self) -> &[(String, String)] {
+        &self.options
+    }
+
+    /// What the spec leaves unset, filled in from `CEPH_ARGS` as the rbd CLI does.
+    pub(crate) fn resolve(&self) -> ResolvedSpec {
+        let env = std::env::var("CEPH_ARGS").unwrap_or_default();
+        let early = EarlyArgs::parse(&env);
+        ResolvedSpec {
+            conf: self.conf.clone().or(early.conf),
+            name: self
+                .name
+                .clone()
+                .or(early.name)
+                .unwrap_or_else(|| "client.admin".to_owned()),
+            cluster_name: self
+                .cluster_name
+                .clone()
+                .or(early.cluster_name)
+                .unwrap_or_else(|| "ceph".to_owned()),
+        }
+    }
+}
+
+/// The identity of a connection once `CEPH_ARGS` and the defaults are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ResolvedSpec {
+    pub conf: Option<PathBuf>,
+    pub name: String,
+    pub cluster_name: String,
+}
+
+impl fmt::Display for ResolvedSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.conf {
+            Some(conf) => write!(f, "cluster {}", conf.display())?,
+            None if self.cluster_name == "ceph" => f.write_str("the default cluster")?,
+            None => write!(f, "cluster {:?}", self.cluster_name)?,
+        }
+        write!(f, " as {}", self.name)
+    }
+}
+
+/// The options of `CEPH_ARGS` that librados does not apply itself: it leaves the client name,
+/// the cluster name and the conf path to the program, as the rbd CLI's `global_init` does.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct EarlyArgs {
+    conf: Option<PathBuf>,
+    name: Option<String>,
+    cluster_name: Option<String>,
+}
+
+impl EarlyArgs {
+    fn parse(args: &str) -> EarlyArgs {
+        let mut out = EarlyArgs::default();
+        let mut words = args.split_whitespace();
+        while let Some(word) = words.next() {
+            let (flag, inline) = match word.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+                _ => (word, None),
+            };
+            let slot = match flag {
+                "--id" | "--user" | "-i" => 0,
+                "--name" | "-n" => 1,
+                "--conf" | "-c" => 2,
+                "--cluster" => 3,
+                _ => continue,
+            };
+            let Some(value) = inline.or_else(|| words.next().map(str::to_owned)) else {
+                break;
+            };
+            match slot {
+                0 => out.name = Some(format!("client.{}", value.trim_start_matches("client."))),
+                1 => out.name = Some(value),
+                2 => out.conf = Some(PathBuf::from(value)),
+                _ => out.cluster_name = Some(value),
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for ClusterSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.conf {
-            Some(conf) => write!(f, "cluster {} as client.{}", conf.display(), self.id),
-            None => write!(f, "default cluster as client.{}", self.id),
-        }
+        self.resolve().fmt(f)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
-    fn parts(s: &str) -> (String, Option<String>, String, Option<String>) {
+    fn parts(s: &str) -> (Option<String>, Option<String>, String, Option<String>) {
         let spec = ImageSpec::parse(s).unwrap();
         (
-            spec.pool().to_owned(),
+            spec.pool().map(str::to_owned),
             spec.namespace().map(str::to_owned),
             spec.image().to_owned(),
             spec.snap().map(str::to_owned),
@@ -259,12 +389,12 @@ mod tests {
 
     #[test]
     fn parses_every_form_the_cli_accepts() {
-        assert_eq!(parts("img"), ("rbd".into(), None, "img".into(), None));
-        assert_eq!(parts("p/img"), ("p".into(), None, "img".into(), None));
+        assert_eq!(parts("img"), (None, None, "img".into(), None));
+        assert_eq!(parts("p/img"), (Some("p".into()), None, "img".into(), None));
         assert_eq!(
             parts("p/ns/img@s1"),
             (
-                "p".into(),
+                Some("p".into()),
                 Some("ns".into()),
                 "img".into(),
                 Some("s1".into())
@@ -273,7 +403,7 @@ mod tests {
         assert_eq!(
             parts("p/img@backup.1.snap.2"),
             (
-                "p".into(),
+                Some("p".into()),
                 None,
                 "img".into(),
                 Some("backup.1.snap.2".into())
@@ -282,11 +412,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_image_takes_the_default_pool_when_resolved() {
+        let spec = ImageSpec::parse("img@s").unwrap();
+        assert_eq!(spec.to_string(), "img@s");
+        assert_eq!(spec.in_default_pool("volumes").to_string(), "volumes/img@s");
+        let spec = ImageSpec::parse("p/img").unwrap();
+        assert_eq!(spec.in_default_pool("volumes").to_string(), "p/img");
+    }
+
+    #[test]
     fn displays_as_it_was_written() {
-        for s in ["p/img", "p/ns/img@s1", "volumes/volume-1.backup.base@x"] {
+        for s in ["p/img", "p/ns/img@s1", "volumes/volume-1.backup.base@x", "img"] {
             assert_eq!(ImageSpec::parse(s).unwrap().to_string(), s);
         }
-        assert_eq!(ImageSpec::parse("img").unwrap().to_string(), "rbd/img");
     }
 
     #[test]
@@ -299,13 +437,13 @@ mod tests {
             ("p/img@", "empty"),
             ("p/img@a@b", "more than one '@'"),
             ("p@s/img", "contains '/'"),
-            ("a/b/c/d", "expected pool"),
+            ("a/b/c/d", "expected [pool"),
             ("p/im\0g", "NUL"),
         ] {
             let err = ImageSpec::parse(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidSpec { .. }), "{bad:?}: {err}");
-            assert!(err.to_string().contains(reason), "{bad:?}: {err}");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:?}: {err}");
             assert_eq!(err.errno(), libc::EINVAL);
+            assert!(err.to_string().contains(reason), "{bad:?}: {err}");
         }
     }
 
@@ -323,7 +461,24 @@ mod tests {
 
     #[test]
     fn cluster_id_accepts_the_client_prefix() {
-        assert_eq!(ClusterSpec::new().id("client.backup").client_id(), "backup");
-        assert_eq!(ClusterSpec::new().client_id(), "admin");
+        assert_eq!(
+            ClusterSpec::new().id("client.backup").client_name(),
+            Some("client.backup")
+        );
+        assert_eq!(ClusterSpec::new().id("backup").client_name(), Some("client.backup"));
+        assert_eq!(ClusterSpec::new().client_name(), None);
+    }
+
+    #[test]
+    fn early_args_of_ceph_args_are_read_as_the_rbd_cli_reads_them() {
+        let e = EarlyArgs::parse("--id cinder --keyring /k -m 1.2.3.4 --cluster=backup");
+        assert_eq!(e.name.as_deref(), Some("client.cinder"));
+        assert_eq!(e.cluster_name.as_deref(), Some("backup"));
+        assert_eq!(e.conf, None);
+        let e = EarlyArgs::parse("-n client.x -c /etc/ceph/x.conf --user y");
+        assert_eq!(e.name.as_deref(), Some("client.y"), "the last one wins");
+        assert_eq!(e.conf, Some(PathBuf::from("/etc/ceph/x.conf")));
+        assert_eq!(EarlyArgs::parse("--id"), EarlyArgs::default());
+        assert_eq!(EarlyArgs::parse(""), EarlyArgs::default());
     }
 }

@@ -1,14 +1,20 @@
-//! `DiffTransfer`: what `rbd export-diff | rbd import-diff` does, checked first and done with a
-//! window of parallel I/O.
+//! `DiffTransfer`: what `rbd export-diff | rbd import-diff` does, checked first, done with a
+//! window of parallel I/O, and safe to interrupt and run again.
 
-use std::time::{Duration, Instant};
+use std::panic::resume_unwind;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::{Cluster, Pool};
+use crate::destination::{self, Checks, Verdict};
 use crate::engine::{self, Window};
-use crate::error::{Error, Result};
-use crate::image::{DiffExtent, Image, Snapshot};
-use crate::plan::{self, KnownZero, Piece};
-use crate::progress::{CancelToken, Progress, ProgressFn, Reporter, TransferStats};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{Image, ImageInfo, Layout, Snapshot};
+use crate::plan::{self, DiffExtent, KnownZero, Piece};
+use crate::progress::{
+    CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, TransferStats, Waited,
+};
+use crate::record::{Record, SnapRef, KEY};
 use crate::spec::{ClusterSpec, ImageSpec};
 
 /// Default size of one data chunk: half the default RBD object size. With the default window
@@ -32,7 +38,7 @@ const ZERO_CHUNK_FACTOR: u64 = 16;
 ///     .from_snap("snap1")
 ///     .cluster(ClusterSpec::new().conf("/etc/ceph/ceph.conf").id("cinder"))
 ///     .dest_cluster(ClusterSpec::new().conf("/etc/ceph/backup.conf").id("cinder-backup"))
-///     .on_progress(|p| eprintln!("{} / {} bytes", p.bytes_done, p.bytes_total))
+///     .on_progress(|p| eprintln!("{:?}: {} / {} bytes", p.phase, p.bytes_done, p.bytes_total))
 ///     .run()?;
 /// println!("{} bytes written in {:?}", stats.bytes_written, stats.elapsed);
 /// # Ok::<(), rbd_diffsync::Error>(())
@@ -46,6 +52,7 @@ pub struct DiffTransfer {
     chunk_size: u64,
     window: usize,
     whole_object: bool,
+    overwrite_existing: bool,
     progress: Option<ProgressFn>,
     progress_interval: Duration,
     cancel: CancelToken,
@@ -62,8 +69,44 @@ impl std::fmt::Debug for DiffTransfer {
             .field("chunk_size", &self.chunk_size)
             .field("window", &self.window)
             .field("whole_object", &self.whole_object)
+            .field("overwrite_existing", &self.overwrite_existing)
             .finish_non_exhaustive()
     }
+}
+
+/// What a transfer would do, found by [`DiffTransfer::plan`] without writing anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Plan {
+    /// The source, `pool[/namespace]/image[@snap]`, its pool resolved.
+    pub source: String,
+    /// The destination image, `pool[/namespace]/image`, its pool resolved.
+    pub dest: String,
+    /// The base of an incremental; `None` for a full transfer.
+    pub from_snap: Option<String>,
+    /// The snapshot the transfer creates on the destination; `None` for a source at HEAD.
+    pub end_snap: Option<String>,
+    /// The source size, which the destination will have.
+    pub source_size: u64,
+    /// The destination's size now; `None` when the transfer creates it.
+    pub dest_size: Option<u64>,
+    /// Whether the transfer creates the destination.
+    pub create_destination: bool,
+    /// Whether the destination holds the writes of an interrupted transfer of the same diff,
+    /// which this one completes.
+    pub continues_interrupted: bool,
+    /// Whether the transfer writes over data or changes that `overwrite_existing` allowed.
+    pub overwrites_destination: bool,
+    /// Ranges of the source's diff (after merging neighbours of the same kind).
+    pub extents: u64,
+    /// Bytes of those ranges.
+    pub diff_bytes: u64,
+    /// Bytes to read from the source: the diff's data ranges, and ranges of the destination
+    /// to rewrite.
+    pub data_bytes: u64,
+    /// Bytes to make read as zeros (some may need no request).
+    pub zero_bytes: u64,
 }
 
 impl DiffTransfer {
@@ -79,6 +122,7 @@ impl DiffTransfer {
             chunk_size: DEFAULT_CHUNK_SIZE,
             window: DEFAULT_WINDOW,
             whole_object: false,
+            overwrite_existing: false,
             progress: None,
             progress_interval: Duration::from_millis(200),
             cancel: CancelToken::new(),
@@ -126,12 +170,26 @@ impl DiffTransfer {
         self
     }
 
-    /// Called on the thread running the transfer, at most every [`progress_interval`]
-    /// (default 200 ms), and once at the start and at the end.
-    ///
-    /// [`progress_interval`]: Self::progress_interval
-    pub fn on_progress(mut self, f: impl FnMut(&Progress) + Send + 'static) -> Self {
-        self.progress = Some(Box::new(f));
+    /// Allows writing over what the destination holds (`--force`): a full transfer into an
+    /// image that has snapshots, holds data or is open by another client, and an incremental
+    /// into an image changed since `from_snap` by someone other than an interrupted transfer
+    /// of the same diff (the changed ranges are then rewritten from the source, so that the
+    /// destination reads as the source's end snapshot). Off by default: those are refused.
+    pub fn overwrite_existing(mut self, on: bool) -> Self {
+        self.overwrite_existing = on;
+        self
+    }
+
+    /// Called on the thread running the transfer (never on another), at most every
+    /// [`progress_interval`](Self::progress_interval) (default 200 ms) in every phase, also
+    /// while a blocking call to the cluster runs, and at every change of phase and at the end.
+    /// Returning `ControlFlow::Break(())` stops the transfer as its cancel token would; a
+    /// panic stops it too, and is resumed once the transfer has stopped.
+    pub fn on_progress<R: ProgressFlow>(
+        mut self,
+        mut f: impl FnMut(&Progress) -> R + Send + 'static,
+    ) -> Self {
+        self.progress = Some(Box::new(move |p| f(p).keep_going()));
         self
     }
 
@@ -149,21 +207,18 @@ impl DiffTransfer {
 
     fn check_settings(&self) -> Result<()> {
         if let Some(snap) = self.dest.snap() {
-            return Err(Error::InvalidSpec {
-                spec: self.dest.to_string(),
-                reason: format!(
-                    "the destination must be an image; its snapshot is named after the source's, not {snap:?}"
-                ),
-            });
+            return Err(Error::invalid(format!(
+                "invalid image spec {:?}: the destination must be an image; its snapshot is \
+                 named after the source's, not {snap:?}",
+                self.dest.to_string()
+            )));
         }
         if let Some(from) = &self.from_snap {
             if from.is_empty() || from.contains(['@', '/', '\0']) {
-                return Err(Error::InvalidArgument(format!(
-                    "invalid from_snap name {from:?}"
-                )));
+                return Err(Error::invalid(format!("invalid from_snap name {from:?}")));
             }
             if Some(from.as_str()) == self.source.snap() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid(format!(
                     "from_snap {from:?} is the end snapshot of {}: there is nothing to transfer",
                     self.source
                 )));
@@ -173,13 +228,13 @@ impl DiffTransfer {
             || self.chunk_size % plan::ZERO_BLOCK != 0
             || self.chunk_size > 1 << 30
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "chunk size {} is not a multiple of 4096 between 4 KiB and 1 GiB",
                 self.chunk_size
             )));
         }
         if self.window == 0 || self.window > 1024 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "window {} is not between 1 and 1024",
                 self.window
             )));
@@ -190,7 +245,7 @@ impl DiffTransfer {
                 .as_ref()
                 .is_none_or(|d| *d == self.source_cluster)
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "source and destination are the same image {}",
                 self.dest.image_path()
             )));
@@ -198,136 +253,435 @@ impl DiffTransfer {
         Ok(())
     }
 
+    /// Runs every check and computes the diff, writing nothing (the destination is opened
+    /// read-only and not locked): what [`run`](Self::run) would do now.
+    pub fn plan(mut self) -> Result<Plan> {
+        let started = Instant::now();
+        self.check_settings()?;
+        let mut reporter = self.reporter(started);
+        let result = self.prepare(&mut reporter, false).map(|p| p.plan);
+        if let Some(panic) = reporter.take_panic() {
+            resume_unwind(panic);
+        }
+        result
+    }
+
     /// Checks everything, then transfers. Nothing is written unless every check passed; the
-    /// destination's end snapshot is created only after every write has succeeded.
+    /// destination's end snapshot is created only after every write has succeeded. An
+    /// interrupted run leaves no end snapshot, and running it again completes it.
     pub fn run(mut self) -> Result<TransferStats> {
         let started = Instant::now();
         self.check_settings()?;
-        let mut reporter = Reporter::new(self.progress.take(), self.progress_interval, started);
+        let mut reporter = self.reporter(started);
+        let result = self
+            .prepare(&mut reporter, true)
+            .and_then(|prepared| self.execute(prepared, &mut reporter, started));
+        if let Some(panic) = reporter.take_panic() {
+            resume_unwind(panic);
+        }
+        result
+    }
 
-        // Source: image, end snapshot, from_snap.
-        let src_cluster = Cluster::connect(&self.source_cluster)?;
-        let src_pool = src_cluster.pool(self.source.pool(), self.source.namespace())?;
-        let source = Image::open_read_only(&src_pool, self.source.image(), self.source.snap())?;
-        let src_info = source.info()?;
-        if let Some(from) = &self.from_snap {
-            let snaps = source.snapshots()?;
-            let Some(from_snap) = snaps.iter().find(|s| &s.name == from) else {
-                return Err(Error::SnapNotFound {
-                    image: self.source.image_path(),
-                    snap: from.clone(),
-                });
+    fn reporter(&mut self, started: Instant) -> Reporter {
+        Reporter::new(
+            self.progress.take(),
+            self.progress_interval,
+            self.cancel.clone(),
+            started,
+        )
+    }
+}
+
+/// The source image, open at its end snapshot.
+struct Source {
+    spec: ImageSpec,
+    image: Arc<Image>,
+    info: ImageInfo,
+    layout: Layout,
+    from: Option<Snapshot>,
+    end: Option<Snapshot>,
+    /// What the in-progress record says of this transfer (client filled in later).
+    record: Record,
+}
+
+/// Everything `run` needs once the checks have passed.
+struct Prepared {
+    plan: Plan,
+    source: Source,
+    dest_pool: Pool,
+    dest_cluster: Cluster,
+    /// `None` when the transfer creates the destination.
+    dest: Option<Arc<Image>>,
+    pieces: Vec<Piece>,
+    known_zero: KnownZero,
+    record: Record,
+}
+
+/// Runs a blocking step that writes nothing on a helper thread, the reporter ticking.
+fn detached<T: Send + 'static>(
+    reporter: &mut Reporter,
+    dest: &str,
+    what: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match reporter.wait(what, true, f) {
+        Waited::Done(result) => result,
+        Waited::Stopped => Err(reporter.stopped_error(dest)),
+    }
+}
+
+/// Runs a blocking step that writes on a helper thread, the reporter ticking; it is waited for
+/// even when the transfer is asked to stop meanwhile.
+fn waited<T: Send + 'static>(
+    reporter: &mut Reporter,
+    what: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match reporter.wait(what, false, f) {
+        Waited::Done(result) => result,
+        Waited::Stopped => unreachable!("a step that writes is not detached"),
+    }
+}
+
+fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
+    let owned = spec.clone();
+    detached(reporter, dest, format!("connecting to {spec}"), move || {
+        Cluster::connect(&owned)
+    })
+}
+
+/// Opens the pool of `spec` on `cluster`, with the cluster's `rbd_default_pool` for a spec that
+/// names none; returns the spec with its pool filled in.
+fn open_pool(cluster: &Cluster, spec: &ImageSpec) -> Result<(ImageSpec, Pool)> {
+    let spec = match spec.pool() {
+        Some(_) => spec.clone(),
+        None => spec.in_default_pool(&cluster.config("rbd_default_pool")?),
+    };
+    let pool = cluster.pool(spec.pool().unwrap_or_default(), spec.namespace())?;
+    Ok((spec, pool))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl DiffTransfer {
+    fn dest_label(&self) -> String {
+        self.dest.image_path()
+    }
+
+    /// Connects, opens the source at its end snapshot and checks its snapshots.
+    fn open_source(&self, reporter: &mut Reporter) -> Result<(Cluster, Source)> {
+        let label = self.dest_label();
+        let cluster = connect(reporter, &label, &self.source_cluster)?;
+        let (spec, from_name) = (self.source.clone(), self.from_snap.clone());
+        let conn = cluster.clone();
+        let source = detached(reporter, &label, format!("opening {spec}"), move || {
+            let (spec, pool) = open_pool(&conn, &spec)?;
+            let image = Image::open_read_only(&pool, spec.image(), spec.snap())?;
+            let path = spec.image_path();
+            let snaps = image.snapshots()?;
+            let find = |name: &str| snaps.iter().find(|s| s.name == name).cloned();
+            let end = spec.snap().and_then(find);
+            let from = match &from_name {
+                Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
+                None => None,
             };
-            if let Some(end) = self.source.snap() {
-                let end_id = snaps.iter().find(|s| s.name == end).map(|s| s.id);
-                if end_id.is_some_and(|id| id < from_snap.id) {
-                    return Err(Error::InvalidArgument(format!(
-                        "from_snap {from:?} is newer than the end snapshot {end:?} of {}",
-                        self.source.image_path()
-                    )));
+            if let (Some(from), Some(end)) = (&from, &end) {
+                if end.id < from.id {
+                    return Err(Error::invalid(format!(
+                        "from_snap {:?} is newer than the end snapshot {:?} of {path}",
+                        from.name, end.name
+                    ))
+                    .with_image(path)
+                    .with_snap(&from.name));
                 }
             }
-        }
+            let snap_ref = |s: &Snapshot| SnapRef {
+                id: s.id,
+                name: s.name.clone(),
+            };
+            let record = Record {
+                fsid: conn.fsid()?,
+                pool_id: pool.id(),
+                namespace: pool.namespace().unwrap_or_default().to_owned(),
+                image_id: image.id()?,
+                source: path,
+                from: from.as_ref().map(snap_ref),
+                end: end.as_ref().map(snap_ref),
+                client: String::new(),
+                started: unix_now(),
+            };
+            Ok(Source {
+                info: image.info()?,
+                layout: image.layout()?,
+                image: Arc::new(image),
+                spec,
+                from,
+                end,
+                record,
+            })
+        })?;
+        Ok((cluster, source))
+    }
 
-        // Destination: pool, image (an incremental needs it), snapshots.
+    /// Every check and the diff; nothing is written. With `lock`, the destination is opened
+    /// for writing and its exclusive lock taken, and held until the transfer ends.
+    fn prepare(&self, reporter: &mut Reporter, lock: bool) -> Result<Prepared> {
+        reporter.phase(Phase::Connecting);
+        let label = self.dest_label();
+        let (src_cluster, source) = self.open_source(reporter)?;
         let dest_cluster = match &self.dest_cluster {
-            Some(spec) if *spec != self.source_cluster => Cluster::connect(spec)?,
-            _ => src_cluster.clone(),
+            Some(spec) if *spec != self.source_cluster => connect(reporter, &label, spec)?,
+            _ => src_cluster,
         };
-        let dest_pool = dest_cluster.pool(self.dest.pool(), self.dest.namespace())?;
-        let existing = match Image::open(&dest_pool, self.dest.image()) {
-            Ok(image) => Some(image),
-            Err(Error::ImageNotFound { .. }) if self.from_snap.is_none() => None,
-            Err(e) => return Err(e),
-        };
-        if let Some(dest) = &existing {
-            let snaps = dest.snapshots()?;
-            if let Some(end) = self.source.snap() {
-                if snaps.iter().any(|s| s.name == end) {
-                    return Err(Error::SnapExists {
-                        image: self.dest.image_path(),
-                        snap: end.to_owned(),
-                    });
-                }
-            }
-            if let Some(from) = &self.from_snap {
-                let Some(from_snap) = snaps.iter().find(|s| &s.name == from) else {
-                    return Err(Error::SnapNotFound {
-                        image: self.dest.image_path(),
-                        snap: from.clone(),
-                    });
+        let conn = dest_cluster.clone();
+        let (dest_spec, incremental) = (self.dest.clone(), self.from_snap.is_some());
+        let (dest_spec, dest_pool, dest) =
+            detached(reporter, &label, format!("opening {dest_spec}"), move || {
+                let (spec, pool) = open_pool(&conn, &dest_spec)?;
+                let opened = if lock {
+                    Image::open(&pool, spec.image())
+                } else {
+                    Image::open_read_only(&pool, spec.image(), None)
                 };
-                self.check_unchanged_since(dest, from_snap)?;
-            }
-        }
+                let image = match opened {
+                    Ok(image) => Some(Arc::new(image)),
+                    Err(e) if e.kind() == ErrorKind::NotFound && !incremental => None,
+                    Err(e) => return Err(e),
+                };
+                Ok((spec, pool, image))
+            })?;
+        let label = dest_spec.image_path();
 
-        // The diff. Nothing has been written so far.
-        let mut extents = Vec::new();
-        source
-            .diff_iterate(
-                self.from_snap.as_deref(),
-                0,
-                src_info.size,
-                true,
+        reporter.phase(Phase::Scanning);
+        let stop = reporter.halt_token();
+        let extents = {
+            let (image, from, whole_object) = (
+                source.image.clone(),
+                self.from_snap.clone(),
                 self.whole_object,
-                |e| {
+            );
+            let size = source.info.size;
+            let what = match &self.from_snap {
+                Some(from) => format!("the diff of {} since {from}", source.spec),
+                None => format!("the allocated ranges of {}", source.spec),
+            };
+            let stop = stop.clone();
+            detached(reporter, &label, what, move || {
+                let mut extents = Vec::new();
+                image.diff_iterate(from.as_deref(), 0, size, true, whole_object, |e| {
                     extents.push(e);
-                    !self.cancel.is_cancelled()
-                },
-            )
-            .map_err(|e| self.cancelled_or(e))?;
-        let extents = plan::normalize(extents);
-        let diff_bytes = extents.iter().map(|e| e.len).sum();
-        let extent_count = extents.len() as u64;
-
-        let known_zero_at_from = match &self.from_snap {
-            Some(from) => Some(known_zero_at(&src_pool, &self.source, from, src_info.size)?),
+                    !stop.is_cancelled()
+                })?;
+                Ok(plan::normalize(extents))
+            })
+            .map_err(|e| self.stopped_or(reporter, e))?
+        };
+        let known_zero_at_from = match &source.from {
+            Some(from) => {
+                let pool = source.image.pool().clone();
+                let (name, from, size) = (source.spec.image().to_owned(), from.clone(), source.info.size);
+                let stop = stop.clone();
+                let what = format!("the allocated ranges of {}@{}", source.spec.image_path(), from.name);
+                Some(
+                    detached(reporter, &label, what, move || {
+                        let at_from = Image::open_read_only(&pool, &name, Some(&from.name))?;
+                        let allocated = destination::allocated_ranges(
+                            &at_from,
+                            from.size,
+                            true,
+                            &|| stop.is_cancelled(),
+                        )?;
+                        Ok(plan::complement(&allocated, size))
+                    })
+                    .map_err(|e| self.stopped_or(reporter, e))?,
+                )
+            }
             None => None,
         };
-        if self.cancel.is_cancelled() {
-            return Err(self.cancelled());
+
+        let me = dest_cluster.address()?;
+        let mut record = source.record.clone();
+        record.client = me.clone();
+        let mut verdict = Verdict::default();
+        let mut dest_size = None;
+        let mut extra_zeroing = Vec::new();
+        let mut known_zero = KnownZero::All;
+        if let Some(dest) = &dest {
+            let previous = destination::read_record(dest)?;
+            if lock {
+                destination::lock(reporter, dest, &me, previous.as_ref())?;
+            }
+            // Under the lock from here on: what is read now stays true until the end.
+            let snaps = dest.snapshots()?;
+            if let Some(end) = source.spec.snap() {
+                if snaps.iter().any(|s| s.name == end) {
+                    return Err(Error::new(
+                        ErrorKind::Exists,
+                        libc::EEXIST,
+                        format!("snapshot {end:?} already exists on image {label}"),
+                    )
+                    .with_image(&label)
+                    .with_snap(end));
+                }
+            }
+            // The record may have changed while the lock was awaited.
+            let previous = destination::read_record(dest)?;
+            let size = dest.size()?;
+            dest_size = Some(size);
+            let stop_fn = || stop.is_cancelled();
+            let checks = Checks {
+                dest,
+                dest_size: size,
+                snaps: &snaps,
+                me: &me,
+                record: &record,
+                previous: previous.as_ref(),
+                force: self.overwrite_existing,
+                stop: &stop_fn,
+            };
+            match (&self.from_snap, &source.from) {
+                (Some(from), Some(source_from)) => {
+                    verdict = checks.incremental(from, source_from)?;
+                    let at_from = known_zero_at_from.unwrap_or_default();
+                    known_zero = KnownZero::Ranges(plan::subtract(&at_from, &verdict.changed));
+                }
+                _ => {
+                    let allocated =
+                        destination::allocated_ranges(dest, size, false, &stop_fn)?;
+                    verdict = checks.full(&allocated)?;
+                    let allocated: Vec<(u64, u64)> = allocated
+                        .into_iter()
+                        .filter(|&(offset, _)| offset < source.info.size)
+                        .map(|(offset, len)| (offset, len.min(source.info.size - offset)))
+                        .collect();
+                    let covered: Vec<(u64, u64)> =
+                        extents.iter().map(|e| (e.offset, e.len)).collect();
+                    extra_zeroing = plan::subtract(&allocated, &covered);
+                    known_zero =
+                        KnownZero::Ranges(plan::complement(&allocated, source.info.size));
+                }
+            }
+            if reporter.stop().is_some() {
+                return Err(reporter.stopped_error(&label));
+            }
         }
 
-        // Writes start here.
-        let created = existing.is_none();
-        let dest = match existing {
-            Some(image) => image,
+        // Ranges the destination changed since from_snap that the diff does not cover are
+        // read from the source too; stale data of a full transfer's destination is zeroed.
+        let covered: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
+        let rewrite = plan::subtract(&clip(&verdict.changed, source.info.size), &covered);
+        let mut work = extents.clone();
+        work.extend(rewrite.iter().map(|&(offset, len)| DiffExtent {
+            offset,
+            len,
+            exists: true,
+        }));
+        work.extend(extra_zeroing.iter().map(|&(offset, len)| DiffExtent {
+            offset,
+            len,
+            exists: false,
+        }));
+        let work = plan::normalize(work);
+        let pieces = plan::pieces(&work, self.chunk_size, self.chunk_size * ZERO_CHUNK_FACTOR);
+        let (data_bytes, zero_bytes) = pieces.iter().fold((0, 0), |(d, z), p| {
+            if p.data {
+                (d + p.len, z)
+            } else {
+                (d, z + p.len)
+            }
+        });
+        let plan = Plan {
+            source: source.spec.to_string(),
+            dest: label,
+            from_snap: self.from_snap.clone(),
+            end_snap: source.spec.snap().map(str::to_owned),
+            source_size: source.info.size,
+            dest_size,
+            create_destination: dest.is_none(),
+            continues_interrupted: verdict.continued,
+            overwrites_destination: verdict.overwrites,
+            extents: extents.len() as u64,
+            diff_bytes: extents.iter().map(|e| e.len).sum(),
+            data_bytes,
+            zero_bytes,
+        };
+        Ok(Prepared {
+            plan,
+            source,
+            dest_pool,
+            dest_cluster,
+            dest,
+            pieces,
+            known_zero,
+            record,
+        })
+    }
+
+    /// A scan stopped by the halt token reports ECANCELED: say why it stopped.
+    fn stopped_or(&self, reporter: &mut Reporter, e: Error) -> Error {
+        if reporter.stop().is_some() {
+            reporter.stopped_error(&self.dest_label())
+        } else {
+            e
+        }
+    }
+
+    fn execute(
+        &self,
+        prepared: Prepared,
+        reporter: &mut Reporter,
+        started: Instant,
+    ) -> Result<TransferStats> {
+        let Prepared {
+            plan,
+            source,
+            dest_pool,
+            dest_cluster,
+            dest,
+            pieces,
+            known_zero,
+            mut record,
+        } = prepared;
+        let label = plan.dest.clone();
+        if reporter.stop().is_some() {
+            return Err(reporter.stopped_error(&label));
+        }
+        let dest = match dest {
+            Some(dest) => dest,
             None => {
-                Image::create(
-                    &dest_pool,
-                    self.dest.image(),
-                    src_info.size,
-                    Some(src_info.order),
-                )?;
-                Image::open(&dest_pool, self.dest.image())?
+                let (pool, name, layout, size) = (
+                    dest_pool.clone(),
+                    self.dest.image().to_owned(),
+                    source.layout,
+                    source.info.size,
+                );
+                let image = waited(reporter, format!("creating {label}"), move || {
+                    Image::create(&pool, &name, size, Some(&layout))?;
+                    Ok(Arc::new(Image::open(&pool, &name)?))
+                })?;
+                let me = dest_cluster.address()?;
+                record.client = me.clone();
+                destination::lock(reporter, &image, &me, None)?;
+                image
             }
         };
-        let dest_size = dest.size()?;
-        let (known_zero, extra_zeroing) = if created {
-            (KnownZero::All, Vec::new())
-        } else if self.from_snap.is_none() {
-            full_over_existing(&dest, dest_size, src_info.size, &extents)?
-        } else {
-            (known_zero_at_from.unwrap_or(KnownZero::Nothing), Vec::new())
-        };
-        let mut pieces: Vec<Piece> = plan::pieces(
-            &extents,
-            self.chunk_size,
-            self.chunk_size * ZERO_CHUNK_FACTOR,
-        );
-        if !extra_zeroing.is_empty() {
-            pieces.extend(plan::pieces(
-                &extra_zeroing,
-                self.chunk_size,
-                self.chunk_size * ZERO_CHUNK_FACTOR,
-            ));
-            pieces.sort_by_key(|p| p.offset);
+        // The first write: from here on a rerun recognises what this transfer wrote.
+        let (image, text) = (dest.clone(), record.encode());
+        waited(reporter, format!("recording the transfer on {label}"), move || {
+            image.metadata_set(KEY, &text)
+        })?;
+        let dest_size = plan.dest_size.unwrap_or(source.info.size);
+        if source.info.size > dest_size {
+            let (image, size) = (dest.clone(), source.info.size);
+            waited(reporter, format!("growing {label}"), move || image.resize(size))?;
         }
-        reporter.set_total(pieces.iter().map(|p| p.len).sum());
 
-        if src_info.size > dest_size {
-            dest.resize(src_info.size)?;
-        }
+        reporter.phase(Phase::Copying);
+        reporter.set_total(pieces.iter().map(|p| p.len).sum());
         let window = Window {
             budget: self.window * self.chunk_size as usize,
             max_requests: MAX_REQUESTS.max(self.window),
@@ -337,121 +691,60 @@ impl DiffTransfer {
             known_zero: &known_zero,
             window,
         };
-        let counters = engine::run(&source, &dest, job, &mut reporter, &self.cancel, || {
-            self.cancelled()
+        let counters = engine::run(&*source.image, &*dest, job, reporter, &label)?;
+        if reporter.stop().is_some() {
+            return Err(reporter.stopped_error(&label));
+        }
+
+        // Too late to stop from here: the end snapshot is as good as made.
+        reporter.phase(Phase::Committing);
+        let image = dest.clone();
+        let (shrink_to, end) = (
+            (source.info.size < dest_size).then_some(source.info.size),
+            source.spec.snap().map(str::to_owned),
+        );
+        let what = match &end {
+            Some(end) => format!("creating the end snapshot {label}@{end}"),
+            None => format!("flushing {label}"),
+        };
+        let snapshot_elapsed = waited(reporter, what, move || {
+            if let Some(size) = shrink_to {
+                image.resize(size)?;
+            }
+            image.flush()?;
+            let snapshot_started = Instant::now();
+            if let Some(end) = &end {
+                image.create_snapshot(end)?;
+            }
+            let elapsed = snapshot_started.elapsed();
+            image.metadata_remove(KEY)?;
+            Ok(elapsed)
         })?;
-        if src_info.size < dest_size {
-            dest.resize(src_info.size)?;
-        }
-        dest.flush()?;
-        let snapshot_started = Instant::now();
-        if let Some(end) = self.source.snap() {
-            dest.create_snapshot(end)?;
-        }
-        let snapshot_elapsed = snapshot_started.elapsed();
         reporter.finish();
         Ok(TransferStats {
             bytes_read: counters.read,
             bytes_written: counters.written,
             bytes_zeroed: counters.zeroed,
             bytes_skipped: counters.skipped,
-            extents: extent_count,
-            diff_bytes,
-            image_size: src_info.size,
-            created_destination: created,
-            end_snap: self.source.snap().map(str::to_owned),
+            extents: plan.extents,
+            diff_bytes: plan.diff_bytes,
+            image_size: source.info.size,
+            created_destination: plan.create_destination,
+            continued_interrupted: plan.continues_interrupted,
+            end_snap: source.end.map(|s| s.name),
             elapsed: started.elapsed(),
             snapshot_elapsed,
         })
     }
 }
 
-impl DiffTransfer {
-    fn cancelled(&self) -> Error {
-        Error::Cancelled {
-            image: self.dest.image_path(),
-        }
-    }
-
-    /// diff_iterate stopped by our callback reports ECANCELED: say it was the token.
-    fn cancelled_or(&self, e: Error) -> Error {
-        if self.cancel.is_cancelled() {
-            self.cancelled()
-        } else {
-            e
-        }
-    }
-
-    /// An incremental continues a chain only if the destination still reads as it did at
-    /// `from_snap`; anything written there since would be silently kept or mixed in.
-    fn check_unchanged_since(&self, dest: &Image, from: &Snapshot) -> Result<()> {
-        let size = dest.size()?;
-        let mut changed = size != from.size;
-        if !changed {
-            dest.diff_iterate(Some(&from.name), 0, size, true, true, |_| {
-                changed = true;
-                false
-            })
-            .or_else(|e| if changed { Ok(()) } else { Err(e) })?;
-        }
-        if changed {
-            return Err(Error::DestinationChanged {
-                image: self.dest.image_path(),
-                snap: from.name.clone(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Where the source read zeros at `from_snap`: an incremental's destination reads the same
-/// there (it equals the source at `from_snap` and has not changed since), so zeros need no
-/// request. Whole objects are asked for: cheap with fast-diff, and only ever too cautious.
-fn known_zero_at(pool: &Pool, source: &ImageSpec, from: &str, size: u64) -> Result<KnownZero> {
-    let at_from = Image::open_read_only(pool, source.image(), Some(from))?;
-    let allocated = allocated_ranges(&at_from, at_from.size()?, true)?;
-    Ok(KnownZero::Ranges(plan::complement(&allocated, size)))
-}
-
-/// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
-/// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
-fn allocated_ranges(image: &Image, size: u64, whole_object: bool) -> Result<Vec<(u64, u64)>> {
-    let mut allocated = Vec::new();
-    image.diff_iterate(None, 0, size, true, whole_object, |e| {
-        if e.exists {
-            allocated.push(e);
-        }
-        true
-    })?;
-    Ok(plan::normalize(allocated)
+/// `ranges` cut to `[0, size)`.
+fn clip(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    ranges
         .iter()
-        .map(|e| (e.offset, e.len))
-        .collect())
-}
-
-/// A full transfer into an image that exists already: its allocated ranges that the source's
-/// diff does not cover must be zeroed, and the rest reads zeros already.
-fn full_over_existing(
-    dest: &Image,
-    dest_size: u64,
-    size: u64,
-    extents: &[DiffExtent],
-) -> Result<(KnownZero, Vec<DiffExtent>)> {
-    let allocated: Vec<(u64, u64)> = allocated_ranges(dest, dest_size, false)?
-        .into_iter()
-        .filter(|&(offset, _)| offset < size)
-        .map(|(offset, len)| (offset, len.min(size - offset)))
-        .collect();
-    let covered: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
-    let stale = plan::subtract(&allocated, &covered)
-        .into_iter()
-        .map(|(offset, len)| DiffExtent {
-            offset,
-            len,
-            exists: false,
-        })
-        .collect();
-    Ok((KnownZero::Ranges(plan::complement(&allocated, size)), stale))
+        .filter(|&&(offset, _)| offset < size)
+        .map(|&(offset, len)| (offset, len.min(size - offset)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -481,10 +774,16 @@ mod tests {
         for t in bad {
             let what = format!("{t:?}");
             let err = t.check_settings().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{what}: {err}");
             assert_eq!(err.errno(), libc::EINVAL, "{what}: {err}");
         }
         let other_cluster = DiffTransfer::new(spec("a/b@s"), spec("a/b"))
             .dest_cluster(ClusterSpec::new().conf("/other/ceph.conf"));
         assert!(other_cluster.check_settings().is_ok());
+    }
+
+    #[test]
+    fn clip_cuts_ranges_at_the_size() {
+        assert_eq!(clip(&[(0, 10), (8, 10), (20, 5)], 12), vec![(0, 10), (8, 4)]);
     }
 }

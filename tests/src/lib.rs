@@ -10,7 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use rbd_diffsync::{Cluster, ClusterSpec, DiffTransfer, Image, ImageSpec, Pool, TransferStats};
+use rbd_diffsync::internals::{Cluster, Image, Pool};
+use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, TransferStats};
 
 pub use rbd_diffsync;
 
@@ -100,7 +101,7 @@ impl TestCluster {
     /// An I/O context on `pool[/ns]`.
     pub fn pool(&self, spec: &ImageSpec) -> Pool {
         self.connection()
-            .pool(spec.pool(), spec.namespace())
+            .pool(spec.pool().unwrap_or("rbd"), spec.namespace())
             .expect("open pool")
     }
 

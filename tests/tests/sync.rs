@@ -3,7 +3,7 @@
 
 use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync};
 
-use rbd_diffsync::{CancelToken, Error};
+use rbd_diffsync::{CancelToken, ErrorKind};
 
 #[test]
 fn full_sync_then_a_chain_of_incrementals() {
@@ -197,7 +197,7 @@ fn source_at_head_creates_no_snapshot() {
 }
 
 #[test]
-fn full_sync_into_an_existing_image_replaces_its_content() {
+fn full_sync_over_an_image_with_data_needs_overwrite_existing() {
     let c = cluster();
     let src = c.new_image("rbd", "over");
     let dst = c.new_image("backups", "over");
@@ -209,7 +209,21 @@ fn full_sync_into_an_existing_image_replaces_its_content() {
     c.write(&dst, 0, mib(6) as usize, 51);
     c.write(&dst, mib(8) + mib(1), 4096, 52);
     c.write(&dst, mib(30), 4096, 53);
-    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    let before = c.md5(&dst);
+    let err = c
+        .transfer(&format!("{src}@s1"), &dst, None)
+        .run()
+        .unwrap_err();
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::Exists, libc::EEXIST), "{err}");
+    assert_eq!(err.image(), Some(dst.as_str()));
+    assert_eq!(c.md5(&dst), before, "refused before writing anything");
+    let stats = c
+        .transfer(&format!("{src}@s1"), &dst, None)
+        .overwrite_existing(true)
+        .run()
+        .unwrap();
+    assert!(!stats.created_destination);
+    assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
     assert_eq!(c.snaps(&dst), ["s1"]);
 }
 
@@ -267,8 +281,7 @@ fn progress_reaches_the_total_and_cancel_leaves_no_snapshot() {
         })
         .run()
         .unwrap_err();
-    assert!(matches!(err, Error::Cancelled { .. }), "{err}");
-    assert_eq!(err.errno(), libc::ECANCELED);
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::Cancelled, libc::ECANCELED), "{err}");
     assert!(err.to_string().contains(&dst), "{err}");
     assert!(
         c.snaps(&dst).is_empty(),

@@ -196,9 +196,7 @@ fn sync(args: SyncArgs) -> Result<(), Error> {
     }
     if let Some(secs) = args.connect_timeout {
         let timeout = Duration::try_from_secs_f64(secs).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "--connect-timeout {secs} is not a number of seconds"
-            ))
+            Error::from(ImageSpec::parse("").unwrap_err())
         })?;
         src_cluster = src_cluster.connect_timeout(timeout);
     }
@@ -255,7 +253,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rbd-diffsync: error: {e}");
-            if matches!(e, Error::Cancelled { .. }) {
+            if e.kind() == rbd_diffsync::ErrorKind::Cancelled {
                 ExitCode::from(130)
             } else {
                 ExitCode::FAILURE

@@ -21,7 +21,20 @@ pub(crate) type rbd_diff_cb_t =
 
 pub(crate) const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
 pub(crate) const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
+pub(crate) const RBD_IMAGE_OPTION_FEATURES: c_int = 1;
 pub(crate) const RBD_IMAGE_OPTION_ORDER: c_int = 2;
+pub(crate) const RBD_IMAGE_OPTION_STRIPE_UNIT: c_int = 3;
+pub(crate) const RBD_IMAGE_OPTION_STRIPE_COUNT: c_int = 4;
+pub(crate) const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
+
+// features.h
+pub(crate) const RBD_FEATURE_LAYERING: u64 = 1 << 0;
+pub(crate) const RBD_FEATURE_STRIPINGV2: u64 = 1 << 1;
+pub(crate) const RBD_FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+pub(crate) const RBD_FEATURE_OBJECT_MAP: u64 = 1 << 3;
+pub(crate) const RBD_FEATURE_FAST_DIFF: u64 = 1 << 4;
+pub(crate) const RBD_FEATURE_DEEP_FLATTEN: u64 = 1 << 5;
+pub(crate) const RBD_FEATURE_JOURNALING: u64 = 1 << 6;
 
 // librados.h op flags, as the rbd CLI passes them: export reads sequentially without filling
 // the OSD's cache, import writes without caching.
@@ -43,10 +56,23 @@ pub(crate) struct rbd_image_info_t {
 }
 
 #[repr(C)]
+pub(crate) struct rbd_image_watcher_t {
+    pub addr: *mut c_char,
+    pub id: i64,
+    pub cookie: u64,
+}
+
+#[repr(C)]
 pub(crate) struct rbd_snap_info_t {
     pub id: u64,
     pub size: u64,
     pub name: *const c_char,
+}
+
+#[link(name = "rados")]
+extern "C" {
+    /// Not in the `ceph` crate's bindings. The string is freed with `rados_buffer_free`.
+    pub(crate) fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
 }
 
 #[link(name = "rbd")]
@@ -85,6 +111,40 @@ extern "C" {
         infosize: size_t,
     ) -> c_int;
     pub(crate) fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;
+    pub(crate) fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn rbd_get_flags(image: rbd_image_t, flags: *mut u64) -> c_int;
+    pub(crate) fn rbd_get_stripe_unit(image: rbd_image_t, stripe_unit: *mut u64) -> c_int;
+    pub(crate) fn rbd_get_stripe_count(image: rbd_image_t, stripe_count: *mut u64) -> c_int;
+    pub(crate) fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: size_t) -> c_int;
+
+    pub(crate) fn rbd_lock_acquire(image: rbd_image_t, lock_mode: c_int) -> c_int;
+    pub(crate) fn rbd_lock_get_owners(
+        image: rbd_image_t,
+        lock_mode: *mut c_int,
+        lock_owners: *mut *mut c_char,
+        max_lock_owners: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rbd_lock_get_owners_cleanup(lock_owners: *mut *mut c_char, count: size_t);
+    pub(crate) fn rbd_watchers_list(
+        image: rbd_image_t,
+        watchers: *mut rbd_image_watcher_t,
+        max_watchers: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, count: size_t);
+
+    pub(crate) fn rbd_metadata_get(
+        image: rbd_image_t,
+        key: *const c_char,
+        value: *mut c_char,
+        val_len: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rbd_metadata_set(
+        image: rbd_image_t,
+        key: *const c_char,
+        value: *const c_char,
+    ) -> c_int;
+    pub(crate) fn rbd_metadata_remove(image: rbd_image_t, key: *const c_char) -> c_int;
     pub(crate) fn rbd_resize2(
         image: rbd_image_t,
         size: u64,
@@ -144,6 +204,7 @@ extern "C" {
         zero_flags: c_int,
         op_flags: c_int,
     ) -> c_int;
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn rbd_aio_discard(
         image: rbd_image_t,
         off: u64,

@@ -1,0 +1,283 @@
+//! The checks that decide whether a transfer may write into an existing destination, and the
+//! destination's exclusive lock, held from those checks to the end snapshot.
+
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result, CODE_DESTINATION_CHANGED};
+use crate::image::{Image, Snapshot};
+use crate::plan::{self, DiffExtent};
+use crate::progress::{Reporter, Waited};
+use crate::record::{Mismatch, Record, KEY};
+use crate::sys;
+
+/// How long librados keeps a dead client's watch, after which librbd breaks its lock.
+pub(crate) const WATCH_TIMEOUT_TEXT: &str = "about 30 s, osd_client_watch_timeout";
+
+/// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
+/// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
+pub(crate) fn allocated_ranges(
+    image: &Image,
+    size: u64,
+    whole_object: bool,
+    stop: &dyn Fn() -> bool,
+) -> Result<Vec<(u64, u64)>> {
+    let mut allocated = Vec::new();
+    image.diff_iterate(None, 0, size, true, whole_object, |e| {
+        if e.exists {
+            allocated.push(e);
+        }
+        !stop()
+    })?;
+    Ok(ranges(plan::normalize(allocated)))
+}
+
+/// The ranges where `image` changed since its snapshot `from` (whole objects), including what
+/// a resize added or cut off.
+pub(crate) fn changed_since(
+    image: &Image,
+    from: &Snapshot,
+    size: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Vec<(u64, u64)>> {
+    let mut changed = Vec::new();
+    image.diff_iterate(Some(&from.name), 0, size, true, true, |e| {
+        changed.push(DiffExtent { exists: true, ..e });
+        !stop()
+    })?;
+    if size != from.size {
+        changed.push(DiffExtent {
+            offset: size.min(from.size),
+            len: size.abs_diff(from.size),
+            exists: true,
+        });
+    }
+    Ok(ranges(plan::normalize(changed)))
+}
+
+fn ranges(extents: Vec<DiffExtent>) -> Vec<(u64, u64)> {
+    extents.iter().map(|e| (e.offset, e.len)).collect()
+}
+
+/// Takes the destination's exclusive lock, unless its image lacks the feature.
+///
+/// A lock held by another client that still has the image open is refused at once, as
+/// [`ErrorKind::Busy`], naming it: taking it would make a live writer hand it over. The one
+/// exception is the transfer's own predecessor, named by the in-progress record: if it was
+/// killed its lock is broken once its watch expires, which this waits for, saying so; if it is
+/// alive librbd refuses, and so does this.
+pub(crate) fn lock(
+    reporter: &mut Reporter,
+    dest: &Arc<Image>,
+    me: &str,
+    record: Option<&Record>,
+) -> Result<()> {
+    if dest.features()? & sys::RBD_FEATURE_EXCLUSIVE_LOCK == 0 {
+        return Ok(());
+    }
+    let path = dest.path().to_owned();
+    let owners: Vec<String> = dest
+        .lock_owners()?
+        .into_iter()
+        .filter(|o| o != me)
+        .collect();
+    let mut waiting_for = format!("the exclusive lock of {path}");
+    if let Some(owner) = owners.first() {
+        let watching = dest.watchers()?.iter().any(|w| w.address == *owner);
+        let predecessor = record.is_some_and(|r| r.client == *owner);
+        if watching && !predecessor {
+            return Err(locked_by(&path, owner));
+        }
+        if watching {
+            waiting_for = format!(
+                "the lock of {path} left by an interrupted transfer (client {owner}); \
+                 librbd breaks it once that client's watch has expired ({WATCH_TIMEOUT_TEXT})"
+            );
+        }
+    }
+    let image = dest.clone();
+    match reporter.wait(waiting_for, true, move || image.acquire_exclusive_lock()) {
+        Waited::Stopped => Err(reporter.stopped_error(&path)),
+        Waited::Done(Ok(())) => Ok(()),
+        Waited::Done(Err(e)) if e.errno() == libc::EROFS => {
+            let owner = dest
+                .lock_owners()
+                .ok()
+                .and_then(|o| o.into_iter().next())
+                .unwrap_or_else(|| "another client".to_owned());
+            Err(locked_by(&path, &owner))
+        }
+        Waited::Done(Err(e)) => Err(e),
+    }
+}
+
+fn locked_by(path: &str, owner: &str) -> Error {
+    Error::new(
+        ErrorKind::Busy,
+        libc::EBUSY,
+        format!(
+            "image {path} is locked by the client at {owner}, which is writing to it: \
+             stop that client or choose another destination (a client that was killed \
+             loses its lock when its watch expires, {WATCH_TIMEOUT_TEXT})"
+        ),
+    )
+    .with_image(path)
+}
+
+/// The in-progress record on `dest`, if there is one this version can read.
+pub(crate) fn read_record(dest: &Image) -> Result<Option<Record>> {
+    Ok(dest.metadata_get(KEY)?.and_then(|text| Record::decode(&text)))
+}
+
+/// What the checks found about an existing destination.
+#[derive(Debug, Default)]
+pub(crate) struct Verdict {
+    /// It holds the writes of an interrupted transfer of the same diff, which this one
+    /// completes.
+    pub continued: bool,
+    /// The caller's `overwrite_existing` let the transfer write over data or changes.
+    pub overwrites: bool,
+    /// Ranges changed since `from_snap` (incrementals): rewritten from the source, and known
+    /// to hold nothing the source's `from_snap` tells about.
+    pub changed: Vec<(u64, u64)>,
+}
+
+/// What the checks need to know about the transfer.
+pub(crate) struct Checks<'a> {
+    pub dest: &'a Image,
+    pub dest_size: u64,
+    pub snaps: &'a [Snapshot],
+    pub me: &'a str,
+    pub record: &'a Record,
+    pub previous: Option<&'a Record>,
+    pub force: bool,
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+impl Checks<'_> {
+    fn path(&self) -> &str {
+        self.dest.path()
+    }
+
+    /// A full transfer writes into an existing image only when it is empty (no snapshots,
+    /// nothing allocated: what cinder creates), holds an interrupted full transfer from the
+    /// same source, or the caller said so; and never while another client has it open, unless
+    /// the caller said so. `allocated` is the image's allocated ranges.
+    pub(crate) fn full(&self, allocated: &[(u64, u64)]) -> Result<Verdict> {
+        let continued = self.previous.is_some_and(|p| {
+            p.from.is_none()
+                && matches!(
+                    self.record.may_continue(p),
+                    Ok(()) | Err(Mismatch::OlderEnd(_))
+                )
+        });
+        let empty = self.snaps.is_empty() && allocated.is_empty();
+        let mut verdict = Verdict {
+            continued,
+            ..Verdict::default()
+        };
+        if !empty && !continued {
+            if !self.force {
+                let holds = if self.snaps.is_empty() {
+                    let bytes: u64 = allocated.iter().map(|r| r.1).sum();
+                    format!("holds data ({bytes} bytes allocated)")
+                } else {
+                    format!("has {} snapshots", self.snaps.len())
+                };
+                return Err(Error::new(
+                    ErrorKind::Exists,
+                    libc::EEXIST,
+                    format!(
+                        "image {} exists and {holds}: a full transfer would overwrite it; \
+                         choose another destination, or pass --force \
+                         (overwrite_existing(true)) to overwrite it",
+                        self.path()
+                    ),
+                )
+                .with_image(self.path()));
+            }
+            verdict.overwrites = true;
+        }
+        let others: Vec<String> = self
+            .dest
+            .watchers()?
+            .into_iter()
+            .filter(|w| w.address != self.me)
+            .map(|w| w.address)
+            .collect();
+        if !others.is_empty() {
+            if !self.force {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    libc::EBUSY,
+                    format!(
+                        "image {} is open by another client ({}): a full transfer would \
+                         overwrite what it sees; close it first, or pass --force \
+                         (overwrite_existing(true))",
+                        self.path(),
+                        others.join(", ")
+                    ),
+                )
+                .with_image(self.path()));
+            }
+            verdict.overwrites = true;
+        }
+        Ok(verdict)
+    }
+
+    /// An incremental continues a chain only if the destination's `from` is the source's (same
+    /// size) and the destination still reads as it did then; a change is accepted when the
+    /// in-progress record shows it was made by an interrupted transfer of the same diff, or
+    /// when the caller said so, and its ranges are then rewritten from the source.
+    pub(crate) fn incremental(&self, from: &str, source_from: &Snapshot) -> Result<Verdict> {
+        let path = self.path();
+        let Some(dest_from) = self.snaps.iter().find(|s| s.name == from) else {
+            return Err(Error::snap_not_found(path, from));
+        };
+        if dest_from.size != source_from.size {
+            return Err(Error::new(
+                ErrorKind::DestinationChanged,
+                CODE_DESTINATION_CHANGED,
+                format!(
+                    "snapshot {from:?} of image {path} is {} bytes, but that of the source is {} \
+                     bytes: they are not the same snapshot, and no incremental can continue \
+                     this chain; start a new one with a full transfer into another image",
+                    dest_from.size, source_from.size
+                ),
+            )
+            .with_image(path)
+            .with_snap(from));
+        }
+        let changed = changed_since(self.dest, dest_from, self.dest_size, self.stop)?;
+        let mut verdict = Verdict::default();
+        if changed.is_empty() {
+            return Ok(verdict);
+        }
+        match self.previous.map(|p| self.record.may_continue(p)) {
+            Some(Ok(())) => verdict.continued = true,
+            _ if self.force => verdict.overwrites = true,
+            found => {
+                let by = match found {
+                    Some(Err(mismatch)) => format!("by {}", mismatch.describe()),
+                    _ => "by another client (no transfer of this diff was interrupted there)"
+                        .to_owned(),
+                };
+                let bytes: u64 = changed.iter().map(|r| r.1).sum();
+                return Err(Error::new(
+                    ErrorKind::DestinationChanged,
+                    CODE_DESTINATION_CHANGED,
+                    format!(
+                        "image {path} has changed since its snapshot {from:?} ({bytes} bytes in \
+                         {} ranges, written {by}): an incremental on top of it would mix those \
+                         changes into the next snapshot; pass --force \
+                         (overwrite_existing(true)) to rewrite them from the source",
+                        changed.len()
+                    ),
+                )
+                .with_image(path)
+                .with_snap(from));
+            }
+        }
+        verdict.changed = changed;
+        Ok(verdict)
+    }
+}
