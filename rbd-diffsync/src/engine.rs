@@ -267,20 +267,21 @@ impl Run<'_> {
             .rposition(|b| b.capacity() >= len && b.capacity() / 2 <= len)
     }
 
-    /// A buffer with room for `len` bytes: a spare one of about that size, or a new one once
-    /// spares that will not be used have made room for it. A spare more than twice too large
-    /// is not used, so that the budget, which counts piece lengths, also bounds the memory.
+    /// A buffer with room for `len` bytes: a spare one of about that size, or a new one. Either
+    /// way, spares that will not be used are freed until the piece's charge fits beside them.
+    /// A spare more than twice too large is not used, so that the budget, which counts piece
+    /// lengths, also bounds the memory.
     fn buffer(&mut self, len: usize) -> Vec<u8> {
-        if let Some(k) = self.spare_fit(len) {
+        let reused = self.spare_fit(len).map(|k| {
             let buf = self.spare.swap_remove(k);
             self.spare_bytes -= buf.capacity();
-            return buf;
-        }
+            buf
+        });
         while self.charged + 2 * len + self.spare_bytes > self.window.budget {
             let Some(buf) = self.spare.pop() else { break };
             self.spare_bytes -= buf.capacity();
         }
-        Vec::with_capacity(len)
+        reused.unwrap_or_else(|| Vec::with_capacity(len))
     }
 
     fn submit(&mut self, req: Request) {
@@ -302,10 +303,7 @@ impl Run<'_> {
                 // completion has been received: the slot keeps a pending request until then,
                 // and `Drop` drains before `slots` goes. The source writes into its spare
                 // capacity, which is never read before then.
-                unsafe {
-                    self.source
-                        .start_read(req.off, req.len as usize, buf, done)
-                }
+                unsafe { self.source.start_read(req.off, req.len as usize, buf, done) }
             }
             Op::Write => {
                 // SAFETY: as above: the buffer stays untouched until the write's completion
@@ -527,8 +525,9 @@ pub(crate) fn run(
         if run.winding_down() {
             run.drop_queued();
         }
-        // Writes of pieces already read come first: they free memory.
-        while run.in_flight < run.window.max_requests {
+        // Writes of pieces already read come first: they free memory. A refused submission
+        // ends this too.
+        while !run.winding_down() && run.in_flight < run.window.max_requests {
             let Some(req) = run.queued.pop_front() else {
                 break;
             };
@@ -542,6 +541,10 @@ pub(crate) fn run(
             next += 1;
             if settled > 0 {
                 reporter.advance(settled);
+                // The callback may have said to stop: start nothing more.
+                if reporter.stop().is_some() {
+                    run.stopping = true;
+                }
             }
         }
         if run.in_flight == 0 && (run.queued.is_empty() || run.winding_down()) {
@@ -579,3 +582,7 @@ pub(crate) fn run(
     }
     Ok(run.counters)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
