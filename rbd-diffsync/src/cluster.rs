@@ -53,10 +53,7 @@ fn cstring(what: &str, s: &[u8]) -> Result<CString> {
 
 /// The options the library sets for itself, before `CEPH_ARGS` and the spec's own: see
 /// [`ClusterSpec`].
-const LIBRARY_DEFAULTS: [(&CStr, &CStr); 2] = [
-    (c"rbd_cache", c"false"),
-    (c"rbd_disable_zero_copy_writes", c"false"),
-];
+const LIBRARY_DEFAULTS: [(&CStr, &CStr); 1] = [(c"rbd_cache", c"false")];
 
 impl Cluster {
     /// Connects as the spec says (see [`ClusterSpec`] for what fills in what it leaves unset).
@@ -107,9 +104,15 @@ impl Cluster {
             .connect_timeout_value()
             .map(|t| format!("{}", t.as_secs_f64()));
         let named = [
-            ("keyring", spec.keyring_path().map(|p| p.as_os_str().as_bytes())),
+            (
+                "keyring",
+                spec.keyring_path().map(|p| p.as_os_str().as_bytes()),
+            ),
             ("mon_host", spec.mon_host_value().map(str::as_bytes)),
-            ("client_mount_timeout", timeout.as_deref().map(str::as_bytes)),
+            (
+                "client_mount_timeout",
+                timeout.as_deref().map(str::as_bytes),
+            ),
         ];
         let options = spec
             .options()
@@ -123,7 +126,10 @@ impl Cluster {
                 let errno = errno_of(ret.into());
                 Error::from_errno(
                     errno,
-                    format!("cannot set option {key:?} for {label}: {}", code_text(errno)),
+                    format!(
+                        "cannot set option {key:?} for {label}: {}",
+                        code_text(errno)
+                    ),
                 )
             })?;
         }
@@ -189,7 +195,11 @@ impl Cluster {
         // SAFETY: the cluster is connected; `addrs` is an out pointer freed below.
         let ret = unsafe { sys::rados_getaddrs(self.handle.rados, &mut addrs) };
         if ret < 0 || addrs.is_null() {
-            return Err(Error::rbd("read client address", self.label(), ret.min(-1).into()));
+            return Err(Error::rbd(
+                "read client address",
+                self.label(),
+                ret.min(-1).into(),
+            ));
         }
         // SAFETY: librados gave a NUL-terminated string, freed exactly once with its own call.
         let addr = unsafe {

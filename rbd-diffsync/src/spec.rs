@@ -22,9 +22,8 @@ pub struct ImageSpec {
 impl ImageSpec {
     /// Parses `[pool[/namespace]/]image[@snap]`.
     pub fn parse(spec: &str) -> Result<ImageSpec> {
-        let invalid = |reason: &str| {
-            Error::invalid(format!("invalid image spec {spec:?}: {reason}"))
-        };
+        let invalid =
+            |reason: &str| Error::invalid(format!("invalid image spec {spec:?}: {reason}"));
         if spec.contains('\0') {
             return Err(invalid("it contains a NUL byte"));
         }
@@ -174,11 +173,12 @@ impl TryFrom<&str> for ImageSpec {
 /// `/etc/ceph/$cluster.conf`, `~/.ceph/$cluster.conf`, `./$cluster.conf`. Settings given here
 /// win over `CEPH_ARGS`, which wins over ceph.conf.
 ///
-/// The library sets two options of its own before `CEPH_ARGS` and the spec's are applied, so
-/// that either can override them: `rbd_cache = false` (a transfer reads and writes each byte
-/// once; the cache would copy it again and hold memory per image) and
-/// `rbd_disable_zero_copy_writes = false` (the transfer's buffers stay untouched until their
-/// writes complete, so librbd may send them without a copy).
+/// The library sets one option of its own before `CEPH_ARGS` and the spec's are applied, so
+/// that either can override it: `rbd_cache = false` (a transfer reads and writes each byte
+/// once; the cache would copy it again and hold memory per image). It leaves librbd's
+/// `rbd_disable_zero_copy_writes = true`: with zero-copy writes, librbd 16.2 never completes
+/// a write whose exclusive-lock acquisition is refused (`EROFS`), which would hang the
+/// transfer if its lock were taken from it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClusterSpec {
     conf: Option<PathBuf>,
@@ -422,7 +422,12 @@ mod tests {
 
     #[test]
     fn displays_as_it_was_written() {
-        for s in ["p/img", "p/ns/img@s1", "volumes/volume-1.backup.base@x", "img"] {
+        for s in [
+            "p/img",
+            "p/ns/img@s1",
+            "volumes/volume-1.backup.base@x",
+            "img",
+        ] {
             assert_eq!(ImageSpec::parse(s).unwrap().to_string(), s);
         }
     }
@@ -465,7 +470,10 @@ mod tests {
             ClusterSpec::new().id("client.backup").client_name(),
             Some("client.backup")
         );
-        assert_eq!(ClusterSpec::new().id("backup").client_name(), Some("client.backup"));
+        assert_eq!(
+            ClusterSpec::new().id("backup").client_name(),
+            Some("client.backup")
+        );
         assert_eq!(ClusterSpec::new().client_name(), None);
     }
 
