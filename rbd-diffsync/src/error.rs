@@ -358,7 +358,10 @@ mod tests {
     fn rbd_errors_keep_the_exact_errno_and_print_it_by_name() {
         let e = Error::rbd("open", "rbd/img", -(libc::ENOENT as i64));
         assert_eq!((e.kind(), e.errno()), (ErrorKind::NotFound, libc::ENOENT));
-        assert!(e.to_string().starts_with("open on rbd/img: ENOENT: "), "{e}");
+        assert!(
+            e.to_string().starts_with("open on rbd/img: ENOENT: "),
+            "{e}"
+        );
         let e = Error::rbd("write", "rbd/img", -(libc::EPERM as i64));
         assert_eq!(
             (e.kind(), e.errno()),
@@ -398,7 +401,7 @@ mod tests {
 
     #[test]
     fn library_codes_are_beyond_every_errno_and_have_a_distinct_low_byte() {
-        assert!(LIBRARY_CODE_BASE > 4095);
+        const { assert!(LIBRARY_CODE_BASE > 4095) };
         assert_eq!(CODE_DESTINATION_CHANGED & 0xff, 200);
         assert!(code_text(CODE_DESTINATION_CHANGED).starts_with("EDESTCHANGED: "));
     }

@@ -106,6 +106,12 @@ impl CancelToken {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct TransferStats {
+    /// The source, `pool[/namespace]/image[@snap]`, its pool resolved.
+    pub source: String,
+    /// The destination image, `pool[/namespace]/image`, its pool resolved.
+    pub dest: String,
+    /// The base snapshot of an incremental; `None` for a full transfer.
+    pub from_snap: Option<String>,
     /// Bytes read from the source.
     pub bytes_read: u64,
     /// Bytes written to the destination as data.
@@ -189,6 +195,8 @@ pub(crate) struct Reporter {
     cancel: CancelToken,
     /// Set once the transfer is to stop, for helper threads to see.
     halt: CancelToken,
+    /// Nothing is to be written: a plan.
+    dry_run: bool,
     stop: Option<Stop>,
     panic: Option<Box<dyn Any + Send>>,
 }
@@ -211,9 +219,15 @@ impl Reporter {
             waiting: None,
             cancel,
             halt: CancelToken::new(),
+            dry_run: false,
             stop: None,
             panic: None,
         }
+    }
+
+    /// Marks a plan: a stop then says nothing was written.
+    pub(crate) fn dry_run(&mut self) {
+        self.dry_run = true;
     }
 
     /// A token cancelled once the transfer is to stop, for scans on helper threads to check.
@@ -223,7 +237,8 @@ impl Reporter {
 
     /// How long a wait may block between two ticks.
     pub(crate) fn poll_interval(&self) -> Duration {
-        self.interval.clamp(Duration::from_millis(10), Duration::from_millis(100))
+        self.interval
+            .clamp(Duration::from_millis(10), Duration::from_millis(100))
     }
 
     pub(crate) fn phase(&mut self, phase: Phase) {
@@ -232,9 +247,9 @@ impl Reporter {
         self.report(true);
     }
 
+    /// Sets the bytes in all, reported with the next call.
     pub(crate) fn set_total(&mut self, total: u64) {
         self.total = total;
-        self.report(true);
     }
 
     pub(crate) fn advance(&mut self, bytes: u64) {
@@ -284,10 +299,20 @@ impl Reporter {
     /// An error for a transfer into `image` that stopped as asked.
     pub(crate) fn stopped_error(&mut self, image: &str) -> Error {
         let why = match self.stop() {
-            Some(Stop::Callback) if self.panic.is_some() => "stopped: the progress callback panicked",
+            Some(Stop::Callback) if self.panic.is_some() => {
+                "stopped: the progress callback panicked"
+            }
             Some(Stop::Callback) => "stopped by the progress callback",
             _ => "cancelled",
         };
+        if self.dry_run {
+            return Error::new(
+                crate::ErrorKind::Cancelled,
+                libc::ECANCELED,
+                format!("planning the transfer into {image} {why}; nothing was written"),
+            )
+            .with_image(image);
+        }
         Error::cancelled(image, why)
     }
 
@@ -425,16 +450,18 @@ mod tests {
         assert!(matches!(out, Waited::Stopped));
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(r.stop(), Some(Stop::Callback));
-        assert_eq!(
-            r.stopped_error("p/img").kind(),
-            crate::ErrorKind::Cancelled
-        );
+        assert_eq!(r.stopped_error("p/img").kind(), crate::ErrorKind::Cancelled);
     }
 
     #[test]
     fn a_step_that_writes_is_waited_for_even_when_stopped() {
         let token = CancelToken::new();
-        let mut r = Reporter::new(None, Duration::from_millis(10), token.clone(), Instant::now());
+        let mut r = Reporter::new(
+            None,
+            Duration::from_millis(10),
+            token.clone(),
+            Instant::now(),
+        );
         token.cancel();
         let out = r.wait("a snapshot", false, || {
             std::thread::sleep(Duration::from_millis(200));

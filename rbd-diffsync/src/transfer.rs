@@ -259,6 +259,7 @@ impl DiffTransfer {
         let started = Instant::now();
         self.check_settings()?;
         let mut reporter = self.reporter(started);
+        reporter.dry_run();
         let result = self.prepare(&mut reporter, false).map(|p| p.plan);
         if let Some(panic) = reporter.take_panic() {
             resume_unwind(panic);
@@ -345,9 +346,12 @@ fn waited<T: Send + 'static>(
 
 fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
     let owned = spec.clone();
-    detached(reporter, dest, format!("connecting to {spec}"), move || {
-        Cluster::connect(&owned)
-    })
+    detached(
+        reporter,
+        dest,
+        format!("the monitors of {spec}"),
+        move || Cluster::connect(&owned),
+    )
 }
 
 /// Opens the pool of `spec` on `cluster`, with the cluster's `rbd_default_pool` for a spec that
@@ -378,7 +382,7 @@ impl DiffTransfer {
         let cluster = connect(reporter, &label, &self.source_cluster)?;
         let (spec, from_name) = (self.source.clone(), self.from_snap.clone());
         let conn = cluster.clone();
-        let source = detached(reporter, &label, format!("opening {spec}"), move || {
+        let source = detached(reporter, &label, format!("{spec} to open"), move || {
             let (spec, pool) = open_pool(&conn, &spec)?;
             let image = Image::open_read_only(&pool, spec.image(), spec.snap())?;
             let path = spec.image_path();
@@ -439,8 +443,11 @@ impl DiffTransfer {
         };
         let conn = dest_cluster.clone();
         let (dest_spec, incremental) = (self.dest.clone(), self.from_snap.is_some());
-        let (dest_spec, dest_pool, dest) =
-            detached(reporter, &label, format!("opening {dest_spec}"), move || {
+        let (dest_spec, dest_pool, dest) = detached(
+            reporter,
+            &label,
+            format!("{dest_spec} to open"),
+            move || {
                 let (spec, pool) = open_pool(&conn, &dest_spec)?;
                 let opened = if lock {
                     Image::open(&pool, spec.image())
@@ -453,7 +460,8 @@ impl DiffTransfer {
                     Err(e) => return Err(e),
                 };
                 Ok((spec, pool, image))
-            })?;
+            },
+        )?;
         let label = dest_spec.image_path();
 
         reporter.phase(Phase::Scanning);
@@ -483,18 +491,24 @@ impl DiffTransfer {
         let known_zero_at_from = match &source.from {
             Some(from) => {
                 let pool = source.image.pool().clone();
-                let (name, from, size) = (source.spec.image().to_owned(), from.clone(), source.info.size);
+                let (name, from, size) = (
+                    source.spec.image().to_owned(),
+                    from.clone(),
+                    source.info.size,
+                );
                 let stop = stop.clone();
-                let what = format!("the allocated ranges of {}@{}", source.spec.image_path(), from.name);
+                let what = format!(
+                    "the allocated ranges of {}@{}",
+                    source.spec.image_path(),
+                    from.name
+                );
                 Some(
                     detached(reporter, &label, what, move || {
                         let at_from = Image::open_read_only(&pool, &name, Some(&from.name))?;
-                        let allocated = destination::allocated_ranges(
-                            &at_from,
-                            from.size,
-                            true,
-                            &|| stop.is_cancelled(),
-                        )?;
+                        let allocated =
+                            destination::allocated_ranges(&at_from, from.size, true, &|| {
+                                stop.is_cancelled()
+                            })?;
                         Ok(plan::complement(&allocated, size))
                     })
                     .map_err(|e| self.stopped_or(reporter, e))?,
@@ -550,8 +564,7 @@ impl DiffTransfer {
                     known_zero = KnownZero::Ranges(plan::subtract(&at_from, &verdict.changed));
                 }
                 _ => {
-                    let allocated =
-                        destination::allocated_ranges(dest, size, false, &stop_fn)?;
+                    let allocated = destination::allocated_ranges(dest, size, false, &stop_fn)?;
                     verdict = checks.full(&allocated)?;
                     let allocated: Vec<(u64, u64)> = allocated
                         .into_iter()
@@ -561,8 +574,7 @@ impl DiffTransfer {
                     let covered: Vec<(u64, u64)> =
                         extents.iter().map(|e| (e.offset, e.len)).collect();
                     extra_zeroing = plan::subtract(&allocated, &covered);
-                    known_zero =
-                        KnownZero::Ranges(plan::complement(&allocated, source.info.size));
+                    known_zero = KnownZero::Ranges(plan::complement(&allocated, source.info.size));
                 }
             }
             if reporter.stop().is_some() {
@@ -659,7 +671,7 @@ impl DiffTransfer {
                     source.layout,
                     source.info.size,
                 );
-                let image = waited(reporter, format!("creating {label}"), move || {
+                let image = waited(reporter, format!("{label} to be created"), move || {
                     Image::create(&pool, &name, size, Some(&layout))?;
                     Ok(Arc::new(Image::open(&pool, &name)?))
                 })?;
@@ -671,17 +683,21 @@ impl DiffTransfer {
         };
         // The first write: from here on a rerun recognises what this transfer wrote.
         let (image, text) = (dest.clone(), record.encode());
-        waited(reporter, format!("recording the transfer on {label}"), move || {
-            image.metadata_set(KEY, &text)
-        })?;
+        waited(
+            reporter,
+            format!("the in-progress record on {label}"),
+            move || image.metadata_set(KEY, &text),
+        )?;
         let dest_size = plan.dest_size.unwrap_or(source.info.size);
         if source.info.size > dest_size {
             let (image, size) = (dest.clone(), source.info.size);
-            waited(reporter, format!("growing {label}"), move || image.resize(size))?;
+            waited(reporter, format!("{label} to grow"), move || {
+                image.resize(size)
+            })?;
         }
 
-        reporter.phase(Phase::Copying);
         reporter.set_total(pieces.iter().map(|p| p.len).sum());
+        reporter.phase(Phase::Copying);
         let window = Window {
             budget: self.window * self.chunk_size as usize,
             max_requests: MAX_REQUESTS.max(self.window),
@@ -704,8 +720,8 @@ impl DiffTransfer {
             source.spec.snap().map(str::to_owned),
         );
         let what = match &end {
-            Some(end) => format!("creating the end snapshot {label}@{end}"),
-            None => format!("flushing {label}"),
+            Some(end) => format!("the end snapshot {label}@{end} to be created"),
+            None => format!("{label} to flush its writes"),
         };
         let snapshot_elapsed = waited(reporter, what, move || {
             if let Some(size) = shrink_to {
@@ -722,6 +738,9 @@ impl DiffTransfer {
         })?;
         reporter.finish();
         Ok(TransferStats {
+            source: plan.source.clone(),
+            dest: plan.dest.clone(),
+            from_snap: plan.from_snap.clone(),
             bytes_read: counters.read,
             bytes_written: counters.written,
             bytes_zeroed: counters.zeroed,
@@ -784,6 +803,9 @@ mod tests {
 
     #[test]
     fn clip_cuts_ranges_at_the_size() {
-        assert_eq!(clip(&[(0, 10), (8, 10), (20, 5)], 12), vec![(0, 10), (8, 4)]);
+        assert_eq!(
+            clip(&[(0, 10), (8, 10), (20, 5)], 12),
+            vec![(0, 10), (8, 4)]
+        );
     }
 }

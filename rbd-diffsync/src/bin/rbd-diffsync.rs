@@ -1,20 +1,55 @@
 //! `rbd-diffsync`: the command line.
+//!
+//! `rbd-diffsync sync [OPTIONS] SRC_IMAGE[@SNAP] DEST_IMAGE` does what
+//! `rbd export-diff [--from-snap F] SRC@SNAP - | rbd import-diff - DEST` does, with the rbd
+//! CLI's cluster options and its exit statuses (the error's code modulo 256).
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rbd_diffsync::error::code_name;
 use rbd_diffsync::{
-    CancelToken, ClusterSpec, DiffTransfer, Error, ImageSpec, Progress, TransferStats,
+    CancelToken, ClusterSpec, DiffTransfer, Error, ErrorKind, ImageSpec, Phase, Plan, Progress,
+    TransferStats,
 };
+use serde_json::json;
+
+/// The exit statuses, for `--help` (README.md's "Command line" section has the same table).
+const EXIT_STATUS: &str = "\
+Exit status (as rbd's: the error's code modulo 256):
+    0  success; also --help, --version and a --dry-run that found nothing wrong
+    1  EPERM      the cluster refused the client
+    2  ENOENT     a pool, image, snapshot, ceph.conf or keyring does not exist
+    5  EIO        a read, write or zeroing of image data failed
+   13  EACCES     the client lacks a capability
+   16  EBUSY      the destination is locked or open by another client
+   17  EEXIST     the end snapshot is on the destination already, or a full transfer would
+                  write into an image that holds data or snapshots (--force allows it)
+   22  EINVAL     a usage error, a malformed image spec, a setting out of range
+   28  ENOSPC     the pool or the cluster is full (122 EDQUOT: a quota is reached)
+   95  EOPNOTSUPP the cluster or the image does not support an operation (38 ENOSYS)
+  110  ETIMEDOUT  a cluster did not answer in time (see --connect-timeout)
+  125  ECANCELED  cancelled by a first SIGINT (Ctrl-C), SIGTERM or SIGHUP: no end snapshot was
+                  created; running the same command again completes the transfer
+  200  EDESTCHANGED (library code 4296) the destination changed since --from-snap
+  any other: the errno of the failure, modulo 256
+
+A second SIGINT, SIGTERM or SIGHUP ends the process at once, killed by that signal (a shell
+shows 130, 143 or 129); nothing is lost: the end snapshot does not exist, and a rerun
+completes the transfer.";
 
 #[derive(Parser)]
 #[command(
     name = "rbd-diffsync",
     version,
-    about = "Fast, checked transfers of RBD snapshot diffs"
+    about = "Fast, checked transfers of RBD snapshot diffs",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,42 +60,28 @@ struct Cli {
 enum Command {
     /// Transfer SRC_IMAGE@SNAP (changes since --from-snap, or everything) into DEST_IMAGE, then
     /// create SNAP on DEST_IMAGE: `rbd export-diff | rbd import-diff` in one process.
-    Sync(SyncArgs),
+    #[command(after_help = EXIT_STATUS)]
+    Sync(Box<SyncArgs>),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Plain,
+    Json,
 }
 
 #[derive(Args)]
 struct SyncArgs {
-    /// Source image, `pool[/namespace]/image@snap` (without `@snap`: HEAD, and no snapshot is
-    /// created on the destination).
-    #[arg(value_name = "SRC_IMAGE@SNAP")]
+    /// Source, `[pool[/namespace]/]image[@snap]` (without a pool: the cluster's
+    /// rbd_default_pool; without `@snap`: HEAD, and no snapshot is created on the destination).
+    #[arg(value_name = "SRC_IMAGE[@SNAP]")]
     source: String,
-    /// Destination image, `pool[/namespace]/image`; a full sync creates it when missing.
+    /// Destination image, `[pool[/namespace]/]image`; a full sync creates it when missing.
     #[arg(value_name = "DEST_IMAGE")]
     dest: String,
     /// Transfer only the changes since this snapshot (present on both images).
     #[arg(long, value_name = "SNAP")]
     from_snap: Option<String>,
-    /// The source cluster's ceph.conf (default: librados' search, $CEPH_CONF first).
-    #[arg(short = 'c', long, value_name = "PATH")]
-    conf: Option<PathBuf>,
-    /// Client id on the source cluster.
-    #[arg(long, value_name = "ID", default_value = "admin")]
-    id: String,
-    /// Keyring for the source cluster (default: as ceph.conf says).
-    #[arg(long, value_name = "PATH")]
-    keyring: Option<PathBuf>,
-    /// The destination cluster's ceph.conf (default: the source's).
-    #[arg(long, value_name = "PATH")]
-    dest_conf: Option<PathBuf>,
-    /// Client id on the destination cluster (default: the source's).
-    #[arg(long, value_name = "ID")]
-    dest_id: Option<String>,
-    /// Keyring for the destination cluster (default: the source's, unless --dest-conf is given).
-    #[arg(long, value_name = "PATH")]
-    dest_keyring: Option<PathBuf>,
-    /// Give up connecting to a cluster after this many seconds (default: librados', 300 s).
-    #[arg(long, value_name = "SECS")]
-    connect_timeout: Option<f64>,
     /// Largest request, in bytes, with an optional K, M or G suffix.
     #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
     chunk_size: u64,
@@ -70,12 +91,220 @@ struct SyncArgs {
     /// Diff by whole objects, as `rbd export-diff --whole-object`.
     #[arg(long)]
     whole_object: bool,
-    /// Print the result as one JSON object on stdout.
+    /// Write over what the destination holds: a full sync into an image with data or
+    /// snapshots, or open by another client; an incremental into an image changed since
+    /// --from-snap (the changed ranges are rewritten from the source).
+    #[arg(long)]
+    force: bool,
+    /// Check everything and print what the sync would do, writing nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format: the result on stdout, progress on stderr (JSON: one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "plain")]
+    format: Format,
+    /// Shorthand for --format json.
     #[arg(long)]
     json: bool,
     /// Print no progress.
     #[arg(long)]
     no_progress: bool,
+    /// Least time between two progress reports, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_interval)]
+    progress_interval: Duration,
+    #[command(flatten)]
+    clusters: ClusterArgs,
+}
+
+/// The rbd CLI's cluster options, for the source (and the destination unless it is another
+/// cluster), and their `--dest-*` forms.
+#[derive(Args)]
+struct ClusterArgs {
+    /// ceph.conf of the source cluster (default as rbd: CEPH_ARGS, $CEPH_CONF,
+    /// /etc/ceph/$cluster.conf, ~/.ceph/$cluster.conf, ./$cluster.conf).
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "PATH",
+        help_heading = "Cluster options"
+    )]
+    conf: Option<PathBuf>,
+    /// Client id on the source cluster (default as rbd: CEPH_ARGS, then admin).
+    #[arg(
+        long,
+        visible_alias = "user",
+        value_name = "ID",
+        conflicts_with = "name",
+        help_heading = "Cluster options"
+    )]
+    id: Option<String>,
+    /// Client name on the source cluster, `type.id` (client.backup).
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "TYPE.ID",
+        help_heading = "Cluster options"
+    )]
+    name: Option<String>,
+    /// Cluster name, which selects /etc/ceph/NAME.conf when no ceph.conf is given (default
+    /// ceph).
+    #[arg(long, value_name = "NAME", help_heading = "Cluster options")]
+    cluster: Option<String>,
+    /// Monitor addresses, `host[:port][,host[:port]...]`, instead of ceph.conf's.
+    #[arg(
+        short = 'm',
+        long,
+        value_name = "ADDRS",
+        help_heading = "Cluster options"
+    )]
+    mon_host: Option<String>,
+    /// Keyring (default: as ceph.conf says).
+    #[arg(
+        short = 'k',
+        long,
+        value_name = "PATH",
+        help_heading = "Cluster options"
+    )]
+    keyring: Option<PathBuf>,
+    /// Give up connecting after this many seconds (default: librados' client_mount_timeout,
+    /// 300 s); applies to the destination too unless --dest-connect-timeout is given.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, help_heading = "Cluster options")]
+    connect_timeout: Option<Duration>,
+    /// Any librados or librbd option, as `rbd --KEY VALUE` sets it (repeatable).
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE", value_parser = parse_option,
+          help_heading = "Cluster options")]
+    options: Vec<(String, String)>,
+
+    /// ceph.conf of the destination cluster. --dest-conf, --dest-cluster or --dest-mon-host
+    /// make the destination another cluster, which starts from its own settings (the source's
+    /// keyring and options are not carried over; its client id is, unless --dest-id or
+    /// --dest-name is given). Without them the destination uses the source's settings.
+    #[arg(
+        long,
+        value_name = "PATH",
+        help_heading = "Destination cluster options"
+    )]
+    dest_conf: Option<PathBuf>,
+    /// Client id on the destination cluster (default: the source's).
+    #[arg(
+        long,
+        visible_alias = "dest-user",
+        value_name = "ID",
+        conflicts_with = "dest_name",
+        help_heading = "Destination cluster options"
+    )]
+    dest_id: Option<String>,
+    /// Client name on the destination cluster, `type.id` (default: the source's).
+    #[arg(
+        long,
+        value_name = "TYPE.ID",
+        help_heading = "Destination cluster options"
+    )]
+    dest_name: Option<String>,
+    /// Cluster name of the destination (another cluster).
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Destination cluster options"
+    )]
+    dest_cluster: Option<String>,
+    /// Monitor addresses of the destination (another cluster).
+    #[arg(
+        long,
+        value_name = "ADDRS",
+        help_heading = "Destination cluster options"
+    )]
+    dest_mon_host: Option<String>,
+    /// Keyring for the destination cluster (default: the source's on the same cluster, as its
+    /// ceph.conf says on another).
+    #[arg(
+        long,
+        value_name = "PATH",
+        help_heading = "Destination cluster options"
+    )]
+    dest_keyring: Option<PathBuf>,
+    /// Connect timeout for the destination cluster (default: --connect-timeout).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout,
+          help_heading = "Destination cluster options")]
+    dest_connect_timeout: Option<Duration>,
+    /// A librados or librbd option for the destination only (repeatable).
+    #[arg(long = "dest-option", value_name = "KEY=VALUE", value_parser = parse_option,
+          help_heading = "Destination cluster options")]
+    dest_options: Vec<(String, String)>,
+}
+
+impl ClusterArgs {
+    fn source(&self) -> ClusterSpec {
+        let mut spec = ClusterSpec::new();
+        if let Some(conf) = &self.conf {
+            spec = spec.conf(conf);
+        }
+        if let Some(id) = &self.id {
+            spec = spec.id(id.clone());
+        }
+        if let Some(name) = &self.name {
+            spec = spec.name(name.clone());
+        }
+        if let Some(cluster) = &self.cluster {
+            spec = spec.cluster_name(cluster.clone());
+        }
+        if let Some(mon_host) = &self.mon_host {
+            spec = spec.mon_host(mon_host.clone());
+        }
+        if let Some(keyring) = &self.keyring {
+            spec = spec.keyring(keyring);
+        }
+        if let Some(timeout) = self.connect_timeout {
+            spec = spec.connect_timeout(timeout);
+        }
+        for (key, value) in &self.options {
+            spec = spec.option(key.clone(), value.clone());
+        }
+        spec
+    }
+
+    /// The source's settings, or, when a --dest-conf, --dest-cluster or --dest-mon-host names
+    /// another cluster, that cluster's own with the source's client; then the --dest-* ones.
+    fn dest(&self, source: &ClusterSpec) -> ClusterSpec {
+        let other_cluster =
+            self.dest_conf.is_some() || self.dest_cluster.is_some() || self.dest_mon_host.is_some();
+        let mut spec = if other_cluster {
+            let mut spec = ClusterSpec::new();
+            if let Some(name) = source.client_name() {
+                spec = spec.name(name);
+            }
+            if let Some(conf) = &self.dest_conf {
+                spec = spec.conf(conf);
+            }
+            if let Some(cluster) = &self.dest_cluster {
+                spec = spec.cluster_name(cluster.clone());
+            }
+            if let Some(mon_host) = &self.dest_mon_host {
+                spec = spec.mon_host(mon_host.clone());
+            }
+            if let Some(timeout) = self.connect_timeout {
+                spec = spec.connect_timeout(timeout);
+            }
+            spec
+        } else {
+            source.clone()
+        };
+        if let Some(timeout) = self.dest_connect_timeout {
+            spec = spec.connect_timeout(timeout);
+        }
+        if let Some(id) = &self.dest_id {
+            spec = spec.id(id.clone());
+        }
+        if let Some(name) = &self.dest_name {
+            spec = spec.name(name.clone());
+        }
+        if let Some(keyring) = &self.dest_keyring {
+            spec = spec.keyring(keyring);
+        }
+        for (key, value) in &self.dest_options {
+            spec = spec.option(key.clone(), value.clone());
+        }
+        spec
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -92,172 +321,555 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size such as 4194304, 512K or 4M"))
 }
 
+fn parse_seconds(s: &str, zero_ok: bool) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 || (secs == 0.0 && !zero_ok) {
+        return Err(format!(
+            "{s:?} is not a number of seconds {}",
+            if zero_ok { "of 0 or more" } else { "above 0" }
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too many seconds"))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, false)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, true)
+}
+
+/// `KEY=VALUE`, the key spelt with `_` or `-` as ceph accepts it on its command line.
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.replace('-', "_"), value.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
-/// A bar redrawn in place on a terminal; a plain line now and then otherwise.
-fn progress_printer() -> impl FnMut(&Progress) + Send + 'static {
-    let tty = std::io::stderr().is_terminal();
+/// The width of the terminal on stderr, if it is one that says.
+fn terminal_width() -> Option<usize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the valid pointer it is given.
+    let ret = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (ret == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// How progress is shown on stderr.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProgressMode {
+    /// A bar redrawn in place (stderr is a terminal).
+    Bar,
+    /// A line at each change of phase, at the start of a wait and every 5 s.
+    Lines,
+    /// One JSON object per report.
+    Json,
+}
+
+/// Whether the bar has a line open on the terminal, which anything else printed must end or
+/// clear first.
+#[derive(Clone, Default)]
+struct OpenLine(Arc<AtomicBool>);
+
+impl OpenLine {
+    /// Ends the bar's line, if one is open, so that what follows starts on a line of its own.
+    /// The bar is drawn and marked open under the lock of stderr, which `err` holds.
+    fn end(&self, err: &mut std::io::StderrLock<'_>) {
+        if self.0.swap(false, Ordering::SeqCst) {
+            let _ = writeln!(err);
+        }
+    }
+}
+
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// The progress callback: see [`ProgressMode`].
+fn progress_printer(mode: ProgressMode, open: OpenLine) -> impl FnMut(&Progress) + Send + 'static {
+    let width = terminal_width().unwrap_or(80).max(20);
     let mut last_line: Option<Instant> = None;
-    let mut last_done: Option<u64> = None;
+    let mut last_phase: Option<Phase> = None;
+    let mut last_wait: Option<String> = None;
+    let mut copy_started: Option<Duration> = None;
     move |p: &Progress| {
+        if p.phase == Phase::Copying && copy_started.is_none() {
+            copy_started = Some(p.elapsed);
+        }
+        let mut err = std::io::stderr().lock();
+        if mode == ProgressMode::Json {
+            // By hand, to keep the order of the fields; the only string is escaped by serde.
+            let waiting_for =
+                serde_json::to_string(&p.waiting_for).unwrap_or_else(|_| "null".to_owned());
+            let _ = writeln!(
+                err,
+                "{{\"phase\":\"{}\",\"bytes_done\":{},\"bytes_total\":{},\"elapsed\":{:.3},\
+                 \"waiting_for\":{waiting_for},\"waited\":{:.3}}}",
+                p.phase.name(),
+                p.bytes_done,
+                p.bytes_total,
+                p.elapsed.as_secs_f64(),
+                p.waited.as_secs_f64(),
+            );
+            return;
+        }
+        let rate = copy_started.map(|start| {
+            let secs = p.elapsed.saturating_sub(start).as_secs_f64().max(1e-3);
+            p.bytes_done as f64 / secs / (1u64 << 20) as f64
+        });
         let pct = if p.bytes_total > 0 {
             p.bytes_done as f64 * 100.0 / p.bytes_total as f64
         } else {
             100.0
         };
-        let rate = p.bytes_done as f64 / p.elapsed.as_secs_f64().max(1e-3) / (1u64 << 20) as f64;
-        let mut err = std::io::stderr().lock();
-        if tty {
-            let width = 30;
-            let filled = ((pct / 100.0) * width as f64) as usize;
-            let _ = write!(
-                err,
-                "\r[{}{}] {pct:5.1}% {} / {} {rate:7.1} MiB/s ",
-                "#".repeat(filled),
-                "-".repeat(width - filled),
+        // The total is known once copying has started.
+        let figures = (p.bytes_total > 0).then(|| {
+            format!(
+                "{pct:5.1}% {} of {}, {:.1} MiB/s",
                 mib(p.bytes_done),
-                mib(p.bytes_total)
-            );
-        } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-            || (p.bytes_done >= p.bytes_total && last_done != Some(p.bytes_done))
-        {
-            last_done = Some(p.bytes_done);
+                mib(p.bytes_total),
+                rate.unwrap_or(0.0)
+            )
+        });
+        let waiting = p
+            .waiting_for
+            .as_ref()
+            .map(|what| format!("waiting for {what} ({} s)", p.waited.as_secs()));
+        if mode == ProgressMode::Bar {
+            let mut line = format!("{:<10}", p.phase.name());
+            if let Some(figures) = &figures {
+                let bar = 24;
+                let filled = ((pct / 100.0) * bar as f64) as usize;
+                line.push_str(&format!(
+                    " [{}{}] {figures}",
+                    "#".repeat(filled.min(bar)),
+                    "-".repeat(bar - filled.min(bar))
+                ));
+            }
+            if let Some(waiting) = &waiting {
+                line.push_str("  ");
+                line.push_str(waiting);
+            }
+            let line: String = line.chars().take(width - 1).collect();
+            let _ = write!(err, "\r{line}\x1b[K");
+            let _ = err.flush();
+            open.0.store(true, Ordering::SeqCst);
+            return;
+        }
+        let new_wait = p.waiting_for.is_some() && p.waiting_for != last_wait;
+        last_wait.clone_from(&p.waiting_for);
+        let due = last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY);
+        if last_phase != Some(p.phase) || new_wait || due {
+            last_phase = Some(p.phase);
             last_line = Some(Instant::now());
-            let _ = writeln!(
-                err,
-                "progress: {pct:.1}% ({} of {}), {rate:.1} MiB/s",
-                mib(p.bytes_done),
-                mib(p.bytes_total)
-            );
+            let mut line = format!("progress: {}", p.phase.name());
+            if let Some(figures) = &figures {
+                line.push(' ');
+                line.push_str(figures.trim_start());
+            }
+            line.push_str(&format!(", {:.1} s", p.elapsed.as_secs_f64()));
+            if let Some(waiting) = &waiting {
+                line.push_str("; ");
+                line.push_str(waiting);
+            }
+            let _ = writeln!(err, "{line}");
         }
     }
 }
 
-fn print_stats(args: &SyncArgs, source: &ImageSpec, dest: &ImageSpec, stats: &TransferStats) {
-    if args.json {
-        let mut value = serde_json::to_value(stats).expect("stats serialise");
-        value["source"] = source.to_string().into();
-        value["dest"] = dest.image_path().into();
-        value["from_snap"] = args.from_snap.clone().into();
-        value["throughput_bytes_per_sec"] = stats.throughput().into();
-        println!("{value}");
-        return;
+/// The first SIGINT, SIGTERM or SIGHUP cancels `token`; a second one kills the process at
+/// once: its handler restores the default disposition and raises the signal again. The
+/// handlers only set flags; the message is printed by a thread of signal-hook's iterator.
+fn handle_signals(token: CancelToken, open: OpenLine) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
+    let received = Arc::new(AtomicBool::new(false));
+    for signal in SIGNALS {
+        // Registered first, so it runs before the flag is set: only a later signal finds it set.
+        signal_hook::flag::register_conditional_default(signal, received.clone())?;
+        signal_hook::flag::register(signal, received.clone())?;
     }
-    let kind = match &args.from_snap {
+    let mut signals = signal_hook::iterator::Signals::new(SIGNALS)?;
+    std::thread::Builder::new()
+        .name("rbd-diffsync-signals".to_owned())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                token.cancel();
+                let name = signal_hook::low_level::signal_name(signal).unwrap_or("a signal");
+                let mut err = std::io::stderr().lock();
+                open.end(&mut err);
+                let _ = writeln!(
+                    err,
+                    "rbd-diffsync: {name} received: cancelling (the requests in flight drain and \
+                     no end snapshot is created, unless it is being created already); send it \
+                     again to stop at once"
+                );
+            }
+        })?;
+    Ok(())
+}
+
+/// The result: the "synced" block, or one JSON object.
+fn stats_text(json: bool, stats: &TransferStats) -> String {
+    if json {
+        let mut value = serde_json::to_value(stats).expect("stats serialise");
+        value["throughput_bytes_per_sec"] = stats.throughput().into();
+        return format!("{value}\n");
+    }
+    let (source, dest) = (&stats.source, &stats.dest);
+    let kind = match &stats.from_snap {
         Some(from) => format!("incremental from {from}"),
         None => "full".to_owned(),
     };
-    println!("synced {source} -> {} ({kind})", dest.image_path());
-    println!(
-        "  diff      {} in {} extents",
-        mib(stats.diff_bytes),
-        stats.extents
-    );
-    println!("  read      {}", mib(stats.bytes_read));
-    println!("  written   {}", mib(stats.bytes_written));
-    println!("  zeroed    {}", mib(stats.bytes_zeroed));
-    println!(
-        "  skipped   {} (destination reads zeros there already)",
-        mib(stats.bytes_skipped)
-    );
-    println!(
-        "  elapsed   {:.2} s ({:.1} MiB/s)",
-        stats.elapsed.as_secs_f64(),
-        stats.throughput() / (1u64 << 20) as f64
-    );
-    if stats.created_destination {
-        println!(
-            "  created   {} ({})",
-            dest.image_path(),
-            mib(stats.image_size)
-        );
+    let mut lines = vec![format!("synced {source} -> {dest} ({kind})")];
+    if stats.continued_interrupted {
+        lines.push("  continued an interrupted transfer of this diff, now complete".to_owned());
     }
-    match &stats.end_snap {
-        Some(snap) => println!(
-            "  snapshot  {}@{snap} ({:.2} s)",
-            dest.image_path(),
+    lines.extend([
+        format!(
+            "  diff      {} in {} extents",
+            mib(stats.diff_bytes),
+            stats.extents
+        ),
+        format!("  read      {}", mib(stats.bytes_read)),
+        format!("  written   {}", mib(stats.bytes_written)),
+        format!("  zeroed    {}", mib(stats.bytes_zeroed)),
+        format!(
+            "  skipped   {} (destination reads zeros there already)",
+            mib(stats.bytes_skipped)
+        ),
+        format!(
+            "  elapsed   {:.2} s ({:.1} MiB/s)",
+            stats.elapsed.as_secs_f64(),
+            stats.throughput() / (1u64 << 20) as f64
+        ),
+    ]);
+    if stats.created_destination {
+        lines.push(format!("  created   {dest} ({})", mib(stats.image_size)));
+    }
+    lines.push(match &stats.end_snap {
+        Some(snap) => format!(
+            "  snapshot  {dest}@{snap} ({:.2} s)",
             stats.snapshot_elapsed.as_secs_f64()
         ),
-        None => println!("  snapshot  none (the source was read at HEAD)"),
+        None => "  snapshot  none (the source was read at HEAD)".to_owned(),
+    });
+    lines.join("\n") + "\n"
+}
+
+/// What a dry run found the sync would do: a block of lines, or one JSON object.
+fn plan_text(plan: &Plan, json: bool) -> String {
+    if json {
+        let mut value = serde_json::to_value(plan).expect("plan serialises");
+        value["dry_run"] = true.into();
+        return format!("{value}\n");
+    }
+    let kind = match &plan.from_snap {
+        Some(from) => format!("incremental from {from}"),
+        None => "full".to_owned(),
+    };
+    let dest = &plan.dest;
+    let mut lines = vec![format!(
+        "would sync {} -> {dest} ({kind}); dry run, nothing written",
+        plan.source
+    )];
+    if plan.continues_interrupted {
+        lines.push("  continues an interrupted transfer of this diff".to_owned());
+    }
+    if plan.overwrites_destination {
+        lines.push("  overwrites what the destination holds (--force)".to_owned());
+    }
+    lines.push(match plan.dest_size {
+        None => format!("  create    {dest} ({})", mib(plan.source_size)),
+        Some(size) => format!("  create    no: {dest} exists ({})", mib(size)),
+    });
+    lines.push(match plan.dest_size {
+        Some(size) if size != plan.source_size => {
+            format!("  resize    {} -> {}", mib(size), mib(plan.source_size))
+        }
+        _ => "  resize    no".to_owned(),
+    });
+    lines.extend([
+        format!(
+            "  diff      {} in {} extents",
+            mib(plan.diff_bytes),
+            plan.extents
+        ),
+        format!("  data      {} to read and write", mib(plan.data_bytes)),
+        format!("  zeros     {} to make read as zeros", mib(plan.zero_bytes)),
+    ]);
+    lines.push(match &plan.end_snap {
+        Some(snap) => format!("  snapshot  {dest}@{snap}"),
+        None => "  snapshot  none (the source is read at HEAD)".to_owned(),
+    });
+    lines.join("\n") + "\n"
+}
+
+/// Writes the result on stdout; a closed stdout is no reason to fail a finished transfer.
+fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The exit status of a failure with this code, as the rbd CLI's (`abs(errno)`, which the
+/// system cuts to its low byte), never 0.
+fn exit_status(code: i32) -> u8 {
+    match (code.unsigned_abs() & 0xff) as u8 {
+        0 => 1,
+        status => status,
     }
 }
 
-fn sync(args: SyncArgs) -> Result<(), Error> {
+fn error_json(
+    kind: ErrorKind,
+    errno: i32,
+    message: &str,
+    image: Option<&str>,
+    snap: Option<&str>,
+) -> serde_json::Value {
+    json!({
+        "error": {
+            "kind": kind.name(),
+            "errno": errno,
+            "code": code_name(errno),
+            "message": message,
+            "image": image,
+            "snap": snap,
+        }
+    })
+}
+
+fn fail(e: &Error, json: bool) -> ExitCode {
+    eprintln!("rbd-diffsync: error: {e}");
+    if json {
+        let value = error_json(e.kind(), e.errno(), e.message(), e.image(), e.snap());
+        print_out(&format!("{value}\n"));
+    }
+    ExitCode::from(exit_status(e.errno()))
+}
+
+fn sync(args: &SyncArgs, json: bool) -> Result<(), Error> {
     let source = ImageSpec::parse(&args.source)?;
     let dest = ImageSpec::parse(&args.dest)?;
-    let mut src_cluster = ClusterSpec::new().id(args.id.clone());
-    if let Some(conf) = &args.conf {
-        src_cluster = src_cluster.conf(conf);
-    }
-    if let Some(keyring) = &args.keyring {
-        src_cluster = src_cluster.keyring(keyring);
-    }
-    if let Some(secs) = args.connect_timeout {
-        let timeout = Duration::try_from_secs_f64(secs).map_err(|_| {
-            Error::from(ImageSpec::parse("").unwrap_err())
-        })?;
-        src_cluster = src_cluster.connect_timeout(timeout);
-    }
-    // Another cluster's ceph.conf names its own keyring: the source's keyring is kept only
-    // when the destination is reached through the same ceph.conf.
-    let mut dest_cluster = src_cluster.clone();
-    if let Some(conf) = &args.dest_conf {
-        dest_cluster = ClusterSpec::new().id(args.id.clone()).conf(conf);
-        if let Some(timeout) = src_cluster.connect_timeout_value() {
-            dest_cluster = dest_cluster.connect_timeout(timeout);
-        }
-    }
-    if let Some(id) = &args.dest_id {
-        dest_cluster = dest_cluster.id(id.clone());
-    }
-    if let Some(keyring) = &args.dest_keyring {
-        dest_cluster = dest_cluster.keyring(keyring);
-    }
-    let cancel = CancelToken::new();
-    let on_signal = cancel.clone();
-    // Without a handler Ctrl-C would kill the process mid-write; with it, the transfer drains
-    // its requests and returns a cancelled error, leaving no end snapshot.
-    let _ = ctrlc::set_handler(move || on_signal.cancel());
-    let mut transfer = DiffTransfer::new(source.clone(), dest.clone())
-        .cluster(src_cluster)
+    let source_cluster = args.clusters.source();
+    let dest_cluster = args.clusters.dest(&source_cluster);
+    let mut transfer = DiffTransfer::new(source, dest)
+        .cluster(source_cluster)
         .dest_cluster(dest_cluster)
         .chunk_size(args.chunk_size)
         .window(args.window)
         .whole_object(args.whole_object)
-        .cancel_token(cancel);
+        .overwrite_existing(args.force)
+        .progress_interval(args.progress_interval);
     if let Some(from) = &args.from_snap {
         transfer = transfer.from_snap(from.clone());
     }
-    let show_progress = !args.no_progress && !args.json;
-    if show_progress {
-        transfer = transfer.on_progress(progress_printer());
+    let open = OpenLine::default();
+    if !args.no_progress {
+        let mode = if json {
+            ProgressMode::Json
+        } else if std::io::stderr().is_terminal() {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Lines
+        };
+        transfer = transfer.on_progress(progress_printer(mode, open.clone()));
     }
-    let result = transfer.run();
-    if show_progress && std::io::stderr().is_terminal() {
-        // The bar is redrawn in place: end its line before anything else is printed.
-        eprintln!();
+    if args.dry_run {
+        // Nothing is written: a signal may end a dry run at once, as it would by default.
+        let plan = transfer.plan();
+        open.end(&mut std::io::stderr().lock());
+        print_out(&plan_text(&plan?, json));
+        return Ok(());
     }
-    let stats = result?;
-    print_stats(&args, &source, &dest, &stats);
+    let cancel = CancelToken::new();
+    if let Err(e) = handle_signals(cancel.clone(), open.clone()) {
+        eprintln!(
+            "rbd-diffsync: warning: cannot handle signals ({e}): a signal ends the process at once"
+        );
+    }
+    let result = transfer.cancel_token(cancel).run();
+    open.end(&mut std::io::stderr().lock());
+    print_out(&stats_text(json, &result?));
     Ok(())
 }
 
+/// Whether a command line that clap refused asked for JSON output.
+fn json_requested(args: impl IntoIterator<Item = OsString>) -> bool {
+    let mut previous = OsString::new();
+    for arg in args.into_iter().skip(1) {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--json" || arg == "--format=json" || (previous == "--format" && arg == "json") {
+            return true;
+        }
+        previous = arg;
+    }
+    false
+}
+
+/// clap's refusal of the command line: its usual message, exit status EINVAL (22), and the
+/// JSON error object when JSON was asked for; `--help` and `--version` exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    if json_requested(std::env::args_os()) {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let value = error_json(
+            ErrorKind::InvalidArgument,
+            libc::EINVAL,
+            message,
+            None,
+            None,
+        );
+        print_out(&format!("{value}\n"));
+    }
+    ExitCode::from(exit_status(libc::EINVAL))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Sync(args) => sync(args),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rbd-diffsync: error: {e}");
-            if e.kind() == rbd_diffsync::ErrorKind::Cancelled {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
+    match cli.command {
+        Command::Sync(args) => {
+            let json = args.json || args.format == Format::Json;
+            match sync(&args, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, json),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn clusters(args: &[&str]) -> (ClusterSpec, ClusterSpec) {
+        let argv = ["rbd-diffsync", "sync"]
+            .iter()
+            .chain(args)
+            .chain(&["rbd/a@s", "b"]);
+        let Command::Sync(sync) = Cli::try_parse_from(argv).unwrap().command;
+        let source = sync.clusters.source();
+        let dest = sync.clusters.dest(&source);
+        (source, dest)
+    }
+
+    #[test]
+    fn the_destination_shares_the_source_cluster_unless_told_otherwise() {
+        let (source, dest) = clusters(&[
+            "-c",
+            "/a.conf",
+            "--user",
+            "x",
+            "-k",
+            "/x.keyring",
+            "-o",
+            "rbd-default-pool=v",
+            "--connect-timeout",
+            "7",
+        ]);
+        assert_eq!(source, dest);
+        assert_eq!(source.client_name(), Some("client.x"));
+        assert_eq!(source.options(), [("rbd_default_pool".into(), "v".into())]);
+
+        let (_, dest) = clusters(&["-c", "/a.conf", "--id", "x", "--dest-id", "y"]);
+        assert_eq!(dest.conf_path(), Some(Path::new("/a.conf")));
+        assert_eq!(dest.client_name(), Some("client.y"));
+    }
+
+    #[test]
+    fn another_cluster_starts_from_its_own_settings_with_the_source_client() {
+        for other in [
+            ["--dest-conf", "/b.conf"],
+            ["--dest-cluster", "b"],
+            ["--dest-mon-host", "h:3300"],
+        ] {
+            let mut args = vec!["-c", "/a.conf", "-n", "client.x", "-k", "/x.keyring"];
+            args.extend(["-o", "k=v", "--connect-timeout", "7", "-m", "a:3300"]);
+            args.extend(other);
+            let (_, dest) = clusters(&args);
+            assert_eq!(dest.client_name(), Some("client.x"), "{other:?}");
+            assert_eq!(dest.keyring_path(), None, "{other:?}");
+            assert!(dest.options().is_empty(), "{other:?}");
+            assert_eq!(dest.connect_timeout_value(), Some(Duration::from_secs(7)));
+            assert_eq!(
+                dest.conf_path(),
+                (other[0] == "--dest-conf").then(|| Path::new("/b.conf"))
+            );
+            assert_eq!(
+                dest.mon_host_value(),
+                (other[0] == "--dest-mon-host").then_some("h:3300")
+            );
+        }
+        let (_, dest) = clusters(&[
+            "--dest-conf",
+            "/b.conf",
+            "--dest-name",
+            "client.y",
+            "--dest-keyring",
+            "/y.keyring",
+            "--dest-option",
+            "k=v",
+            "--dest-connect-timeout",
+            "3",
+        ]);
+        assert_eq!(dest.client_name(), Some("client.y"));
+        assert_eq!(dest.keyring_path(), Some(Path::new("/y.keyring")));
+        assert_eq!(dest.options(), [("k".into(), "v".into())]);
+        assert_eq!(dest.connect_timeout_value(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn exit_statuses_are_codes_modulo_256() {
+        assert_eq!(exit_status(libc::ENOENT), 2);
+        assert_eq!(exit_status(libc::ECANCELED), 125);
+        assert_eq!(
+            exit_status(rbd_diffsync::error::CODE_DESTINATION_CHANGED),
+            200
+        );
+        assert_eq!(exit_status(256), 1, "never 0 for a failure");
+    }
+
+    #[test]
+    fn usage_errors_and_their_json_request_are_recognised() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(json_requested(args(&["x", "sync", "--format", "json"])));
+        assert!(json_requested(args(&["x", "sync", "--json", "--bad"])));
+        assert!(!json_requested(args(&["x", "sync", "--", "--json"])));
+        assert!(!json_requested(args(&["x", "sync", "--format", "plain"])));
+        for bad in [
+            &["sync", "--id", "a", "--name", "client.b", "a", "b"][..],
+            &["sync", "-o", "novalue", "a", "b"],
+            &["sync", "--chunk-size", "4X", "a", "b"],
+            &["sync", "--connect-timeout", "-1", "a", "b"],
+            &["sync", "a"],
+        ] {
+            let argv = std::iter::once("rbd-diffsync").chain(bad.iter().copied());
+            let e = Cli::try_parse_from(argv).err().expect("refused");
+            assert!(e.use_stderr(), "{bad:?}");
+        }
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
     }
 }
