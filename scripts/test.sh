@@ -40,8 +40,8 @@ stop_clusters() {
   bash scripts/cluster.sh stop "$base-2" || true
 }
 trap stop_clusters EXIT
-conf1=$(bash scripts/cluster.sh start "$base-1" "$port" | tail -n 1)
-conf2=$(bash scripts/cluster.sh start "$base-2" "$((port + 1))" | tail -n 1)
+conf1=$(CEPH_QUICK=1 bash scripts/cluster.sh start "$base-1" "$port" | tail -n 1)
+conf2=$(CEPH_QUICK=1 bash scripts/cluster.sh start "$base-2" "$((port + 1))" | tail -n 1)
 export RBD_DIFFSYNC_CONF=$conf1 RBD_DIFFSYNC_CONF2=$conf2
 echo "clusters: $conf1 $conf2"
 

@@ -125,7 +125,9 @@ fn locked_by(path: &str, owner: &str) -> Error {
 
 /// The in-progress record on `dest`, if there is one this version can read.
 pub(crate) fn read_record(dest: &Image) -> Result<Option<Record>> {
-    Ok(dest.metadata_get(KEY)?.and_then(|text| Record::decode(&text)))
+    Ok(dest
+        .metadata_get(KEY)?
+        .and_then(|text| Record::decode(&text)))
 }
 
 /// What the checks found about an existing destination.

@@ -246,7 +246,11 @@ impl Image {
         })
     }
 
-    fn get_u64(&self, op: &str, f: unsafe extern "C" fn(sys::rbd_image_t, *mut u64) -> c_int) -> Result<u64> {
+    fn get_u64(
+        &self,
+        op: &str,
+        f: unsafe extern "C" fn(sys::rbd_image_t, *mut u64) -> c_int,
+    ) -> Result<u64> {
         let mut value = 0;
         // SAFETY: `raw` is open; `value` is an out pointer.
         let ret = unsafe { f(self.raw, &mut value) };
@@ -562,7 +566,7 @@ impl Image {
 }
 
 /// Synchronous I/O and state, for the project's own tests.
-#[cfg(any(test, feature = "internals"))]
+#[cfg(feature = "internals")]
 impl Image {
     /// The `RBD_FLAG_*` bits (object map invalid, ...).
     pub fn flags(&self) -> Result<u64> {
@@ -633,7 +637,13 @@ impl Image {
 }
 
 impl DiffSource for Image {
-    unsafe fn start_read(&self, off: u64, len: usize, buf: *mut u8, done: Completion) -> Result<()> {
+    unsafe fn start_read(
+        &self,
+        off: u64,
+        len: usize,
+        buf: *mut u8,
+        done: Completion,
+    ) -> Result<()> {
         let c = PendingCompletion::new(done, self)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
         let ret = unsafe {
@@ -714,7 +724,11 @@ impl PendingCompletion {
             // SAFETY: no completion holds `arg`; dropped without completing, as the engine
             // expects of a request that was not submitted.
             drop(unsafe { Box::from_raw(arg) });
-            return Err(Error::rbd("create aio completion", image.label(), ret.into()));
+            return Err(Error::rbd(
+                "create aio completion",
+                image.label(),
+                ret.into(),
+            ));
         }
         Ok(PendingCompletion { raw, arg })
     }

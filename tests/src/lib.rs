@@ -204,6 +204,24 @@ impl TestCluster {
         snaps.into_iter().map(|(_, n)| n).collect()
     }
 
+    /// `rbd info --format json image`.
+    pub fn info(&self, image: &str) -> serde_json::Value {
+        serde_json::from_str(&self.rbd(&["info", "--format", "json", image])).unwrap()
+    }
+
+    /// The value of image metadata `key`, as `rbd image-meta get` reads it.
+    pub fn meta(&self, image: &str, key: &str) -> Option<String> {
+        let out = self.rbd_output(&["image-meta", "get", image, key]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Asserts that `a` and `b` read the same (`rbd export | md5sum`).
+    pub fn assert_same(&self, a: &str, b: &str) {
+        assert_eq!(self.md5(a), self.md5(b), "{a} and {b} differ");
+    }
+
     /// Whether the image exists.
     pub fn exists(&self, image: &str) -> bool {
         self.rbd_output(&["info", image]).status.success()

@@ -59,7 +59,11 @@ impl Setup {
 
 /// A "does not exist" error naming exactly this image and snapshot.
 fn assert_not_found(err: &Error, image: &str, snap: Option<&str>) {
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::NotFound, libc::ENOENT), "{err}");
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::NotFound, libc::ENOENT),
+        "{err}"
+    );
     assert_eq!((err.image(), err.snap()), (Some(image), snap), "{err}");
     assert!(err.to_string().contains(image), "{err}");
 }
@@ -68,7 +72,11 @@ fn assert_not_found(err: &Error, image: &str, snap: Option<&str>) {
 fn missing_source_pool() {
     let s = setup("bad-pool");
     let err = s.run("no-such-pool/img@s2", &s.dst, Some("s1"));
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::NotFound, libc::ENOENT), "{err}");
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::NotFound, libc::ENOENT),
+        "{err}"
+    );
     assert!(err.to_string().contains("\"no-such-pool\""), "{err}");
     s.assert_untouched();
 }
@@ -77,7 +85,11 @@ fn missing_source_pool() {
 fn missing_destination_pool() {
     let s = setup("bad-dpool");
     let err = s.run(&format!("{}@s2", s.src), "no-such-pool/copy", Some("s1"));
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::NotFound, libc::ENOENT), "{err}");
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::NotFound, libc::ENOENT),
+        "{err}"
+    );
     assert!(err.to_string().contains("\"no-such-pool\""), "{err}");
     let err = s.run(&format!("{}@s2", s.src), "no-such-pool/copy", None);
     assert_eq!(
@@ -129,8 +141,15 @@ fn from_snap_missing_on_the_destination() {
 fn end_snapshot_already_on_the_destination() {
     let s = setup("bad-exists");
     let err = s.run(&format!("{}@s1", s.src), &s.dst, None);
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::Exists, libc::EEXIST), "{err}");
-    assert_eq!((err.image(), err.snap()), (Some(s.dst.as_str()), Some("s1")));
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::Exists, libc::EEXIST),
+        "{err}"
+    );
+    assert_eq!(
+        (err.image(), err.snap()),
+        (Some(s.dst.as_str()), Some("s1"))
+    );
     s.assert_untouched();
 }
 
@@ -138,8 +157,15 @@ fn end_snapshot_already_on_the_destination() {
 fn from_snap_newer_than_the_end_snapshot() {
     let s = setup("bad-order");
     let err = s.run(&format!("{}@s1b", s.src), &s.dst, Some("s2"));
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::InvalidArgument, libc::EINVAL), "{err}");
-    assert_eq!((err.image(), err.snap()), (Some(s.src.as_str()), Some("s2")));
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::InvalidArgument, libc::EINVAL),
+        "{err}"
+    );
+    assert_eq!(
+        (err.image(), err.snap()),
+        (Some(s.src.as_str()), Some("s2"))
+    );
     s.assert_untouched();
 }
 
@@ -166,7 +192,11 @@ fn malformed_image_specs() {
         "rbd/im\0g@s1",
     ] {
         let err = ImageSpec::parse(bad).unwrap_err();
-        assert_eq!((err.kind(), err.errno()), (ErrorKind::InvalidArgument, libc::EINVAL), "{bad:?}: {err}");
+        assert_eq!(
+            (err.kind(), err.errno()),
+            (ErrorKind::InvalidArgument, libc::EINVAL),
+            "{bad:?}: {err}"
+        );
         assert!(
             err.to_string().contains(&format!("{bad:?}")),
             "names the spec: {err}"
@@ -194,10 +224,16 @@ fn destination_written_since_from_snap() {
     let err = s.run(&format!("{}@s2", s.src), &s.dst, Some("s1"));
     assert_eq!(
         (err.kind(), err.errno()),
-        (ErrorKind::DestinationChanged, rbd_diffsync::error::CODE_DESTINATION_CHANGED),
+        (
+            ErrorKind::DestinationChanged,
+            rbd_diffsync::error::CODE_DESTINATION_CHANGED
+        ),
         "{err}"
     );
-    assert_eq!((err.image(), err.snap()), (Some(s.dst.as_str()), Some("s1")));
+    assert_eq!(
+        (err.image(), err.snap()),
+        (Some(s.dst.as_str()), Some("s1"))
+    );
     assert!(err.to_string().contains(&s.dst), "{err}");
     assert_eq!(s.c.snaps(&s.dst), ["s1"], "no snapshot was added");
     // Nothing but the foreign write: rbd diff reports nothing past its end.

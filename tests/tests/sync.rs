@@ -214,7 +214,11 @@ fn full_sync_over_an_image_with_data_needs_overwrite_existing() {
         .transfer(&format!("{src}@s1"), &dst, None)
         .run()
         .unwrap_err();
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::Exists, libc::EEXIST), "{err}");
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::Exists, libc::EEXIST),
+        "{err}"
+    );
     assert_eq!(err.image(), Some(dst.as_str()));
     assert_eq!(c.md5(&dst), before, "refused before writing anything");
     let stats = c
@@ -281,7 +285,11 @@ fn progress_reaches_the_total_and_cancel_leaves_no_snapshot() {
         })
         .run()
         .unwrap_err();
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::Cancelled, libc::ECANCELED), "{err}");
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::Cancelled, libc::ECANCELED),
+        "{err}"
+    );
     assert!(err.to_string().contains(&dst), "{err}");
     assert!(
         c.snaps(&dst).is_empty(),
