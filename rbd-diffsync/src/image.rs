@@ -119,36 +119,38 @@ impl Image {
         let path = image_path(pool, name);
         let c_image = c_name("image name", name)?;
         let c_snap = snap.map(|s| c_name("snapshot name", s)).transpose()?;
-        let snap_ptr = c_snap.as_ref().map_or(ptr::null(), |s| s.as_ptr());
         let mut raw: sys::rbd_image_t = ptr::null_mut();
-        // SAFETY: the ioctx is alive (held by `pool`), names are NUL-terminated, `raw` is an out
-        // pointer.
+        // Opened at HEAD, then moved to the snapshot, as the rbd CLI does: librbd refuses to
+        // open an image at a snapshot whose object map is missing (ENOENT), but moves to it.
+        // SAFETY: the ioctx is alive (held by `pool`), the name is NUL-terminated, `raw` is an
+        // out pointer.
         let ret = unsafe {
             if read_only {
-                sys::rbd_open_read_only(pool.raw(), c_image.as_ptr(), &mut raw, snap_ptr)
+                sys::rbd_open_read_only(pool.raw(), c_image.as_ptr(), &mut raw, ptr::null())
             } else {
-                sys::rbd_open(pool.raw(), c_image.as_ptr(), &mut raw, snap_ptr)
+                sys::rbd_open(pool.raw(), c_image.as_ptr(), &mut raw, ptr::null())
             }
         };
         if ret == -libc::ENOENT {
-            // Tell a missing snapshot from a missing image.
-            if let Some(snap) = snap {
-                if Image::open_with(pool, name, None, true).is_ok() {
-                    return Err(Error::snap_not_found(&path, snap));
-                }
-            }
             return Err(Error::image_not_found(&path));
         }
-        let label = match snap {
-            Some(snap) => format!("{path}@{snap}"),
-            None => path.clone(),
-        };
-        check(ret, "open", &label).map_err(|e| e.with_image(path))?;
-        Ok(Image {
+        check(ret, "open", &path).map_err(|e| e.with_image(&path))?;
+        let mut image = Image {
             raw,
-            label,
+            label: path.clone(),
             pool: pool.clone(),
-        })
+        };
+        if let (Some(snap), Some(c_snap)) = (snap, c_snap) {
+            // SAFETY: `raw` is open; the name is NUL-terminated.
+            let ret = unsafe { sys::rbd_snap_set(image.raw, c_snap.as_ptr()) };
+            if ret == -libc::ENOENT {
+                return Err(Error::snap_not_found(&path, snap));
+            }
+            check(ret, "open", &format!("{path}@{snap}"))
+                .map_err(|e| e.with_image(&path).with_snap(snap))?;
+            image.label = format!("{path}@{snap}");
+        }
+        Ok(image)
     }
 
     /// Opens `name` for reading, at `snap` or at HEAD.

@@ -161,6 +161,7 @@ extern "C" {
     ) -> c_int;
     pub(crate) fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
     pub(crate) fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    pub(crate) fn rbd_snap_set(image: rbd_image_t, snapname: *const c_char) -> c_int;
 
     pub(crate) fn rbd_diff_iterate2(
         image: rbd_image_t,
