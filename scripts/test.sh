@@ -30,6 +30,7 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc -q -p rbd-diffsync --no-deps
 
 step "build"
 cargo build --workspace --all-targets --all-features

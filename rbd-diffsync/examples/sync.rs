@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sync: {e} (errno {})", e.errno());
+            eprintln!("sync: {e} ({}, errno {})", e.kind(), e.errno());
             ExitCode::FAILURE
         }
     }
@@ -46,11 +46,15 @@ fn run(conf: &str, source: &str, dest: &str, from_snap: Option<&str>) -> Result<
                 100.0
             };
             eprintln!(
-                "{pct:5.1}%  {} of {} bytes  {:.2} s",
+                "{:<10} {pct:5.1}%  {} of {} bytes  {:.2} s",
+                p.phase.name(),
                 p.bytes_done,
                 p.bytes_total,
                 p.elapsed.as_secs_f64()
             );
+            if let Some(what) = &p.waiting_for {
+                eprintln!("  waiting for {what}");
+            }
         });
     if let Some(from) = from_snap {
         transfer = transfer.from_snap(from);

@@ -64,6 +64,8 @@
 //! One [`Error`] type with a stable [`ErrorKind`], the exact errno (or a library code) and a
 //! message naming the cluster, image and snapshot concerned: the table is in [`error`].
 
+#![warn(missing_docs)]
+
 pub mod error;
 
 mod cluster;

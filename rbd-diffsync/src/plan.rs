@@ -19,8 +19,11 @@ pub const ZERO_BLOCK: u64 = 4096;
 /// must read as zeros on the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Piece {
+    /// Byte offset in the image.
     pub offset: u64,
+    /// Byte length.
     pub len: u64,
+    /// `true`: read from the source and write; `false`: make read as zeros.
     pub data: bool,
 }
 
@@ -82,8 +85,11 @@ pub fn is_zero(buf: &[u8]) -> bool {
 /// A run inside a chunk buffer: `[start, start + len)` relative to the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
+    /// Offset in the buffer.
     pub start: usize,
+    /// Length.
     pub len: usize,
+    /// Whether every byte of it is zero.
     pub zero: bool,
 }
 

@@ -345,23 +345,67 @@ pub const fn mib(n: u64) -> u64 {
 /// The command-line binary, built once per test run.
 pub fn cli() -> Command {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    let bin = BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["build", "-q", "-p", "rbd-diffsync", "--features", "cli"])
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "building the rbd-diffsync command line failed"
-        );
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-        target.join("debug").join("rbd-diffsync")
-    });
+    Command::new(BIN.get_or_init(|| built(&["--features", "cli"], "rbd-diffsync")))
+}
+
+/// The library's example `name` (`rbd-diffsync/examples/NAME.rs`), built once per test run.
+pub fn example(name: &str) -> Command {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BIN.get_or_init(|| built(&["--example", name], &format!("examples/{name}")));
     Command::new(bin)
+}
+
+/// Builds a target of the core crate (debug); returns the path of `binary` under the target
+/// directory's `debug`.
+fn built(args: &[&str], binary: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["build", "-q", "-p", "rbd-diffsync"])
+        .args(args)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {binary} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
+    target.join("debug").join(binary)
+}
+
+/// A source whose snapshot `s1` is on a new destination, and two later snapshots:
+/// - `s2` writes 24 MiB into objects that did not exist at `s1` and overwrites some old data;
+/// - `s3` discards a third of that (whole objects, gone again since `s1`), writes zeros as
+///   data over another third, and adds data elsewhere.
+///
+/// An interrupted `s1..s2` leaves data on the destination where `s3` reads zeros, in ranges
+/// that read zeros at `s1` on both images: a rerun up to `s3` must not trust them to.
+#[derive(Debug)]
+pub struct Chain {
+    /// The cluster.
+    pub c: TestCluster,
+    /// The source image.
+    pub src: String,
+    /// The destination image, holding `s1`.
+    pub dst: String,
+}
+
+pub fn chain(name: &str) -> Chain {
+    let c = cluster();
+    let src = c.new_image("rbd", name);
+    let dst = c.new_image("backups", name);
+    c.create(&src, mib(96), None);
+    c.write(&src, 0, mib(16) as usize, 1);
+    c.snap(&src, "s1");
+    c.sync_and_check(&format!("{src}@s1"), &dst, None);
+    c.write(&src, mib(32), mib(24) as usize, 2);
+    c.write(&src, mib(4) + 4096, 300_000, 3);
+    c.snap(&src, "s2");
+    let img = c.open(&src);
+    img.discard(mib(32), mib(8)).unwrap();
+    img.write(mib(40), &vec![0u8; mib(8) as usize]).unwrap();
+    img.write(mib(80), &pattern(4, mib(4) as usize)).unwrap();
+    drop(img);
+    c.snap(&src, "s3");
+    Chain { c, src, dst }
 }

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use rbd_diffsync_tests::{cli, cluster, mib, unique, TestCluster};
+use rbd_diffsync_tests::{cli, cluster, example, mib, unique, TestCluster};
 use serde_json::Value;
 
 /// `rbd-diffsync sync -c CONF --no-progress ARGS...`, CEPH_ARGS cleared.
@@ -435,4 +435,36 @@ fn a_second_sigterm_kills_at_once() {
     let out = running.wait();
     assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{}", stderr(&out));
     assert!(c.snaps(&dst).is_empty(), "no end snapshot");
+}
+
+#[test]
+fn the_library_example_syncs_full_then_incremental() {
+    let c = cluster();
+    let src = c.new_image("rbd", "example");
+    let dst = c.new_image("backups", "example");
+    c.create(&src, mib(8), None);
+    c.write(&src, 4096, 100_000, 130);
+    c.snap(&src, "s1");
+    c.write(&src, mib(5), 5000, 131);
+    c.snap(&src, "s2");
+    let conf = c.conf.display().to_string();
+    for (snap, from) in [("s1", None), ("s2", Some("s1"))] {
+        let mut args = vec![conf.clone(), format!("{src}@{snap}"), dst.clone()];
+        args.extend(from.map(str::to_owned));
+        let out = example("sync").args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("copying") && stderr.contains("committing"),
+            "{stderr}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("bytes_written"));
+        c.assert_same(&format!("{src}@{snap}"), &format!("{dst}@{snap}"));
+    }
+    let out = example("sync")
+        .args([&conf, &format!("{src}@nope"), &dst])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found, errno 2"));
 }

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync, TestCluster};
+use rbd_diffsync_tests::{chain, cluster, mib, pattern, rbd_diffsync, Chain};
 
 use rbd_diffsync::error::CODE_DESTINATION_CHANGED;
 use rbd_diffsync::internals::RECORD_KEY;
@@ -15,125 +15,79 @@ fn assert_kind(err: &Error, kind: ErrorKind, errno: i32) {
     assert_eq!((err.kind(), err.errno()), (kind, errno), "{err}");
 }
 
-/// A source whose snapshot `s1` is on a new destination, and two later snapshots:
-/// - `s2` writes 24 MiB into objects that did not exist at `s1` and overwrites some old data;
-/// - `s3` discards a third of that (whole objects, gone again since `s1`), writes zeros as
-///   data over another third, and adds data elsewhere.
-///
-/// An interrupted `s1..s2` leaves data on the destination where `s3` reads zeros, in ranges
-/// that read zeros at `s1` on both images: a rerun up to `s3` must not trust them to.
-struct Chain {
-    c: TestCluster,
-    src: String,
-    dst: String,
+/// A slow transfer (one 64 KiB request at a time) from `s1` to `end`.
+fn slow(ch: &Chain, end: &str) -> DiffTransfer {
+    ch.c.transfer(&format!("{}@{end}", ch.src), &ch.dst, Some("s1"))
+        .window(1)
+        .chunk_size(65536)
+        .progress_interval(Duration::ZERO)
 }
 
-fn chain(name: &str) -> Chain {
-    let c = cluster();
-    let src = c.new_image("rbd", name);
-    let dst = c.new_image("backups", name);
-    c.create(&src, mib(96), None);
-    c.write(&src, 0, mib(16) as usize, 1);
-    c.snap(&src, "s1");
-    c.sync_and_check(&format!("{src}@s1"), &dst, None);
-    c.write(&src, mib(32), mib(24) as usize, 2);
-    c.write(&src, mib(4) + 4096, 300_000, 3);
-    c.snap(&src, "s2");
-    let img = c.open(&src);
-    img.discard(mib(32), mib(8)).unwrap();
-    img.write(mib(40), &vec![0u8; mib(8) as usize]).unwrap();
-    img.write(mib(80), &pattern(4, mib(4) as usize)).unwrap();
-    drop(img);
-    c.snap(&src, "s3");
-    Chain { c, src, dst }
+/// Runs it, stopped from its progress callback once `stop_at` of the copy is done (or in
+/// the scan, with `None`); checks that it was cancelled and left no end snapshot.
+fn interrupt(ch: &Chain, end: &str, stop_at: Option<f64>) {
+    let err = slow(ch, end)
+        .on_progress(move |p| match stop_at {
+            None if p.phase == Phase::Scanning => ControlFlow::Break(()),
+            Some(f)
+                if p.phase == Phase::Copying && p.bytes_done as f64 >= f * p.bytes_total as f64 =>
+            {
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        })
+        .run()
+        .unwrap_err();
+    assert_kind(&err, ErrorKind::Cancelled, libc::ECANCELED);
+    assert_eq!(err.image(), Some(ch.dst.as_str()));
+    assert_eq!(
+        ch.c.snaps(&ch.dst),
+        ["s1"],
+        "no end snapshot after {stop_at:?}"
+    );
 }
 
-impl Chain {
-    /// A slow transfer (one 64 KiB request at a time) from `s1` to `end`.
-    fn slow(&self, end: &str) -> DiffTransfer {
-        self.c
-            .transfer(&format!("{}@{end}", self.src), &self.dst, Some("s1"))
-            .window(1)
-            .chunk_size(65536)
-            .progress_interval(Duration::ZERO)
-    }
-
-    /// Runs it, stopped from its progress callback once `stop_at` of the copy is done (or in
-    /// the scan, with `None`); checks that it was cancelled and left no end snapshot.
-    fn interrupt(&self, end: &str, stop_at: Option<f64>) {
-        let err = self
-            .slow(end)
-            .on_progress(move |p| match stop_at {
-                None if p.phase == Phase::Scanning => ControlFlow::Break(()),
-                Some(f)
-                    if p.phase == Phase::Copying
-                        && p.bytes_done as f64 >= f * p.bytes_total as f64 =>
-                {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            })
-            .run()
-            .unwrap_err();
-        assert_kind(&err, ErrorKind::Cancelled, libc::ECANCELED);
-        assert_eq!(err.image(), Some(self.dst.as_str()));
-        assert_eq!(
-            self.c.snaps(&self.dst),
-            ["s1"],
-            "no end snapshot after {stop_at:?}"
-        );
-    }
-
-    fn finish(&self, end: &str, continued: bool) {
-        let stats = self
-            .c
-            .transfer(&format!("{}@{end}", self.src), &self.dst, Some("s1"))
+fn finish(ch: &Chain, end: &str, continued: bool) {
+    let stats =
+        ch.c.transfer(&format!("{}@{end}", ch.src), &ch.dst, Some("s1"))
             .run()
             .unwrap_or_else(|e| panic!("rerun up to {end}: {e}"));
-        assert_eq!(stats.continued_interrupted, continued, "{stats:?}");
-        self.c.assert_same(
-            &format!("{}@{end}", self.src),
-            &format!("{}@{end}", self.dst),
-        );
-        assert_eq!(self.c.snaps(&self.dst), ["s1", end]);
-        assert_eq!(
-            self.c.meta(&self.dst, RECORD_KEY),
-            None,
-            "the record is gone"
-        );
-    }
+    assert_eq!(stats.continued_interrupted, continued, "{stats:?}");
+    ch.c.assert_same(&format!("{}@{end}", ch.src), &format!("{}@{end}", ch.dst));
+    assert_eq!(ch.c.snaps(&ch.dst), ["s1", end]);
+    assert_eq!(ch.c.meta(&ch.dst, RECORD_KEY), None, "the record is gone");
 }
 
 #[test]
 fn cancelled_incrementals_are_completed_by_a_rerun_with_a_later_end_snapshot() {
     let ch = chain("cancel-later");
-    ch.interrupt("s2", None);
+    interrupt(&ch, "s2", None);
     assert_eq!(
         ch.c.diff(&ch.dst, Some("s1")),
         [],
         "stopped in the scan: nothing written"
     );
-    ch.interrupt("s2", Some(0.3));
+    interrupt(&ch, "s2", Some(0.3));
     let record =
         ch.c.meta(&ch.dst, RECORD_KEY)
             .expect("an in-progress record");
     assert!(record.contains("end=") && record.contains("s2"), "{record}");
-    ch.interrupt("s2", Some(0.8));
+    interrupt(&ch, "s2", Some(0.8));
     // cinder retries with a new snapshot: s3 zeroes much of what the interrupted runs wrote.
-    ch.finish("s3", true);
+    finish(&ch, "s3", true);
 }
 
 #[test]
 fn a_cancelled_incremental_is_completed_by_a_rerun_of_the_same_diff() {
     let ch = chain("cancel-same");
-    ch.interrupt("s3", Some(0.5));
-    ch.finish("s3", true);
+    interrupt(&ch, "s3", Some(0.5));
+    finish(&ch, "s3", true);
 }
 
 #[test]
 fn an_interrupted_incremental_is_not_continued_with_an_older_end_snapshot() {
     let ch = chain("cancel-older");
-    ch.interrupt("s3", Some(0.5));
+    interrupt(&ch, "s3", Some(0.5));
     let err =
         ch.c.transfer(&format!("{}@s2", ch.src), &ch.dst, Some("s1"))
             .run()
@@ -152,7 +106,7 @@ fn an_interrupted_incremental_is_not_continued_with_an_older_end_snapshot() {
         "names the interrupted end: {err}"
     );
     assert_eq!(ch.c.snaps(&ch.dst), ["s1"]);
-    ch.finish("s3", true);
+    finish(&ch, "s3", true);
 }
 
 #[test]
@@ -335,7 +289,7 @@ fn a_destination_locked_by_a_live_client_is_refused_naming_it() {
 fn no_other_client_writes_while_a_transfer_holds_the_lock() {
     let ch = chain("second-writer");
     let (copying_tx, copying) = mpsc::channel();
-    let transfer = ch.slow("s2").on_progress(move |p| {
+    let transfer = slow(&ch, "s2").on_progress(move |p| {
         if p.phase == Phase::Copying && p.bytes_done > 0 {
             let _ = copying_tx.send(());
         }
@@ -355,7 +309,7 @@ fn of_two_incrementals_started_at_once_into_one_destination_one_is_refused() {
     let ch = chain("twice");
     let runs: Vec<_> = (0..2)
         .map(|_| {
-            let t = ch.slow("s2");
+            let t = slow(&ch, "s2");
             std::thread::spawn(move || t.run())
         })
         .collect();
