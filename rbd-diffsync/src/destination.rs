@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result, CODE_DESTINATION_CHANGED};
 use crate::image::{Image, Snapshot};
 use crate::plan::{self, DiffExtent};
-use crate::progress::{Reporter, Waited};
+use crate::progress::{Reporter, StopCheck, Waited};
 use crate::record::{Mismatch, Record, KEY};
 use crate::sys;
 
@@ -19,14 +19,14 @@ pub(crate) fn allocated_ranges(
     image: &Image,
     size: u64,
     whole_object: bool,
-    stop: &dyn Fn() -> bool,
+    stop: &StopCheck,
 ) -> Result<Vec<(u64, u64)>> {
     let mut allocated = Vec::new();
     image.diff_iterate(None, 0, size, true, whole_object, |e| {
         if e.exists {
             allocated.push(e);
         }
-        !stop()
+        !stop.stopped()
     })?;
     Ok(ranges(plan::normalize(allocated)))
 }
@@ -37,12 +37,12 @@ pub(crate) fn changed_since(
     image: &Image,
     from: &Snapshot,
     size: u64,
-    stop: &dyn Fn() -> bool,
+    stop: &StopCheck,
 ) -> Result<Vec<(u64, u64)>> {
     let mut changed = Vec::new();
     image.diff_iterate(Some(&from.name), 0, size, true, true, |e| {
         changed.push(DiffExtent { exists: true, ..e });
-        !stop()
+        !stop.stopped()
     })?;
     if size != from.size {
         changed.push(DiffExtent {
@@ -152,7 +152,7 @@ pub(crate) struct Checks<'a> {
     pub record: &'a Record,
     pub previous: Option<&'a Record>,
     pub force: bool,
-    pub stop: &'a dyn Fn() -> bool,
+    pub stop: &'a StopCheck,
 }
 
 impl Checks<'_> {

@@ -173,6 +173,19 @@ pub(crate) enum Stop {
     Callback,
 }
 
+/// Whether a transfer is to stop, as a helper thread can tell.
+#[derive(Clone, Debug)]
+pub(crate) struct StopCheck {
+    cancel: CancelToken,
+    halt: CancelToken,
+}
+
+impl StopCheck {
+    pub(crate) fn stopped(&self) -> bool {
+        self.cancel.is_cancelled() || self.halt.is_cancelled()
+    }
+}
+
 /// The outcome of a blocking step run on a helper thread.
 pub(crate) enum Waited<T> {
     Done(T),
@@ -230,9 +243,13 @@ impl Reporter {
         self.dry_run = true;
     }
 
-    /// A token cancelled once the transfer is to stop, for scans on helper threads to check.
-    pub(crate) fn halt_token(&self) -> CancelToken {
-        self.halt.clone()
+    /// What scans on helper threads check between two extents: whether the caller's token
+    /// is cancelled or the transfer is to stop for another reason.
+    pub(crate) fn stop_check(&self) -> StopCheck {
+        StopCheck {
+            cancel: self.cancel.clone(),
+            halt: self.halt.clone(),
+        }
     }
 
     /// How long a wait may block between two ticks.

@@ -9,10 +9,11 @@ use crate::cluster::{Cluster, Pool};
 use crate::destination::{self, Checks, Verdict};
 use crate::engine::{self, Window};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{Image, ImageInfo, Layout, Snapshot};
+use crate::image::{image_path, Image, ImageInfo, Layout, Snapshot};
 use crate::plan::{self, DiffExtent, KnownZero, Piece};
 use crate::progress::{
-    CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, TransferStats, Waited,
+    CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck, TransferStats,
+    Waited,
 };
 use crate::record::{Record, SnapRef, KEY};
 use crate::spec::{ClusterSpec, ImageSpec};
@@ -318,6 +319,77 @@ struct Prepared {
     record: Record,
 }
 
+/// What the source's scan found.
+struct Scan {
+    /// The diff, normalised.
+    extents: Vec<DiffExtent>,
+    /// For an incremental, the ranges the source read as zeros at `from_snap` (whole
+    /// objects: only ever too few).
+    zero_at_from: Vec<(u64, u64)>,
+}
+
+/// What the checks found about the destination; the default is one to be created.
+#[derive(Default)]
+struct Found {
+    /// Its size, if it exists.
+    size: Option<u64>,
+    verdict: Verdict,
+    /// For a full transfer into it, its allocated ranges.
+    allocated: Option<Vec<(u64, u64)>>,
+}
+
+/// The checks of an existing destination (see [`Checks`]): its snapshots, its changes since
+/// `from`, or for a full transfer its allocated ranges. Reads only.
+fn check_destination(
+    dest: &Image,
+    end: Option<String>,
+    from: Option<Snapshot>,
+    record: &Record,
+    me: &str,
+    force: bool,
+    stop: &StopCheck,
+) -> Result<Found> {
+    let label = dest.path();
+    let snaps = dest.snapshots()?;
+    if let Some(end) = end.filter(|end| snaps.iter().any(|s| s.name == *end)) {
+        return Err(Error::new(
+            ErrorKind::Exists,
+            libc::EEXIST,
+            format!("snapshot {end:?} already exists on image {label}"),
+        )
+        .with_image(label)
+        .with_snap(end));
+    }
+    // Read again: it may have changed while the lock was awaited.
+    let previous = destination::read_record(dest)?;
+    let size = dest.size()?;
+    let checks = Checks {
+        dest,
+        dest_size: size,
+        snaps: &snaps,
+        me,
+        record,
+        previous: previous.as_ref(),
+        force,
+        stop,
+    };
+    Ok(match &from {
+        Some(from) => Found {
+            size: Some(size),
+            verdict: checks.incremental(&from.name, from)?,
+            allocated: None,
+        },
+        None => {
+            let allocated = destination::allocated_ranges(dest, size, false, stop)?;
+            Found {
+                size: Some(size),
+                verdict: checks.full(&allocated)?,
+                allocated: Some(allocated),
+            }
+        }
+    })
+}
+
 /// Runs a blocking step that writes nothing on a helper thread, the reporter ticking.
 fn detached<T: Send + 'static>(
     reporter: &mut Reporter,
@@ -435,170 +507,171 @@ impl DiffTransfer {
     /// for writing and its exclusive lock taken, and held until the transfer ends.
     fn prepare(&self, reporter: &mut Reporter, lock: bool) -> Result<Prepared> {
         reporter.phase(Phase::Connecting);
-        let label = self.dest_label();
         let (src_cluster, source) = self.open_source(reporter)?;
-        let dest_cluster = match &self.dest_cluster {
-            Some(spec) if *spec != self.source_cluster => connect(reporter, &label, spec)?,
-            _ => src_cluster,
-        };
-        let conn = dest_cluster.clone();
-        let (dest_spec, incremental) = (self.dest.clone(), self.from_snap.is_some());
-        let (dest_spec, dest_pool, dest) = detached(
-            reporter,
-            &label,
-            format!("{dest_spec} to open"),
-            move || {
-                let (spec, pool) = open_pool(&conn, &dest_spec)?;
-                let opened = if lock {
-                    Image::open(&pool, spec.image())
-                } else {
-                    Image::open_read_only(&pool, spec.image(), None)
-                };
-                let image = match opened {
-                    Ok(image) => Some(Arc::new(image)),
-                    Err(e) if e.kind() == ErrorKind::NotFound && !incremental => None,
-                    Err(e) => return Err(e),
-                };
-                Ok((spec, pool, image))
-            },
-        )?;
-        let label = dest_spec.image_path();
+        let (dest_cluster, dest_pool, dest) = self.open_destination(reporter, src_cluster, lock)?;
+        let label = image_path(&dest_pool, self.dest.image());
 
         reporter.phase(Phase::Scanning);
-        let stop = reporter.halt_token();
-        let extents = {
-            let (image, from, whole_object) = (
-                source.image.clone(),
-                self.from_snap.clone(),
-                self.whole_object,
-            );
-            let size = source.info.size;
-            let what = match &self.from_snap {
-                Some(from) => format!("the diff of {} since {from}", source.spec),
-                None => format!("the allocated ranges of {}", source.spec),
-            };
-            let stop = stop.clone();
-            detached(reporter, &label, what, move || {
-                let mut extents = Vec::new();
-                image.diff_iterate(from.as_deref(), 0, size, true, whole_object, |e| {
-                    extents.push(e);
-                    !stop.is_cancelled()
-                })?;
-                Ok(plan::normalize(extents))
-            })
-            .map_err(|e| self.stopped_or(reporter, e))?
-        };
-        let known_zero_at_from = match &source.from {
-            Some(from) => {
-                let pool = source.image.pool().clone();
-                let (name, from, size) = (
-                    source.spec.image().to_owned(),
-                    from.clone(),
-                    source.info.size,
-                );
-                let stop = stop.clone();
-                let what = format!(
-                    "the allocated ranges of {}@{}",
-                    source.spec.image_path(),
-                    from.name
-                );
-                Some(
-                    detached(reporter, &label, what, move || {
-                        let at_from = Image::open_read_only(&pool, &name, Some(&from.name))?;
-                        let allocated =
-                            destination::allocated_ranges(&at_from, from.size, true, &|| {
-                                stop.is_cancelled()
-                            })?;
-                        Ok(plan::complement(&allocated, size))
-                    })
-                    .map_err(|e| self.stopped_or(reporter, e))?,
-                )
-            }
-            None => None,
-        };
-
+        let scan = self.scan_source(reporter, &source, &label)?;
         let me = dest_cluster.address()?;
         let mut record = source.record.clone();
         record.client = me.clone();
-        let mut verdict = Verdict::default();
-        let mut dest_size = None;
-        let mut extra_zeroing = Vec::new();
-        let mut known_zero = KnownZero::All;
-        if let Some(dest) = &dest {
-            let previous = destination::read_record(dest)?;
-            if lock {
-                destination::lock(reporter, dest, &me, previous.as_ref())?;
-            }
-            // Under the lock from here on: what is read now stays true until the end.
-            let snaps = dest.snapshots()?;
-            if let Some(end) = source.spec.snap() {
-                if snaps.iter().any(|s| s.name == end) {
-                    return Err(Error::new(
-                        ErrorKind::Exists,
-                        libc::EEXIST,
-                        format!("snapshot {end:?} already exists on image {label}"),
-                    )
-                    .with_image(&label)
-                    .with_snap(end));
+        let found = match &dest {
+            Some(dest) => {
+                if lock {
+                    let previous = destination::read_record(dest)?;
+                    destination::lock(reporter, dest, &me, previous.as_ref())?;
                 }
+                // Under the lock from here on: what is read now stays true until the end.
+                let (dest, record, me) = (dest.clone(), record.clone(), me.clone());
+                let (end, from) = (source.spec.snap().map(str::to_owned), source.from.clone());
+                let force = self.overwrite_existing;
+                let stop = reporter.stop_check();
+                let what = format!("the checks of {label}");
+                detached(reporter, &label, what, move || {
+                    check_destination(&dest, end, from, &record, &me, force, &stop)
+                })
+                .map_err(|e| self.stopped_or(reporter, e))?
             }
-            // The record may have changed while the lock was awaited.
-            let previous = destination::read_record(dest)?;
-            let size = dest.size()?;
-            dest_size = Some(size);
-            let stop_fn = || stop.is_cancelled();
-            let checks = Checks {
-                dest,
-                dest_size: size,
-                snaps: &snaps,
-                me: &me,
-                record: &record,
-                previous: previous.as_ref(),
-                force: self.overwrite_existing,
-                stop: &stop_fn,
-            };
-            match (&self.from_snap, &source.from) {
-                (Some(from), Some(source_from)) => {
-                    verdict = checks.incremental(from, source_from)?;
-                    let at_from = known_zero_at_from.unwrap_or_default();
-                    known_zero = KnownZero::Ranges(plan::subtract(&at_from, &verdict.changed));
-                }
-                _ => {
-                    let allocated = destination::allocated_ranges(dest, size, false, &stop_fn)?;
-                    verdict = checks.full(&allocated)?;
-                    let allocated: Vec<(u64, u64)> = allocated
-                        .into_iter()
-                        .filter(|&(offset, _)| offset < source.info.size)
-                        .map(|(offset, len)| (offset, len.min(source.info.size - offset)))
-                        .collect();
-                    let covered: Vec<(u64, u64)> =
-                        extents.iter().map(|e| (e.offset, e.len)).collect();
-                    extra_zeroing = plan::subtract(&allocated, &covered);
-                    known_zero = KnownZero::Ranges(plan::complement(&allocated, source.info.size));
-                }
-            }
-            if reporter.stop().is_some() {
-                return Err(reporter.stopped_error(&label));
-            }
-        }
+            None => Found::default(),
+        };
+        let (pieces, known_zero, plan) = self.work(&source, scan, found, label);
+        Ok(Prepared {
+            plan,
+            source,
+            dest_pool,
+            dest_cluster,
+            dest,
+            pieces,
+            known_zero,
+            record,
+        })
+    }
 
-        // Ranges the destination changed since from_snap that the diff does not cover are
-        // read from the source too; stale data of a full transfer's destination is zeroed.
+    /// Connects to the destination's cluster (unless it is the source's) and opens the
+    /// destination, for writing with `lock`; `None` for a full transfer's missing one.
+    fn open_destination(
+        &self,
+        reporter: &mut Reporter,
+        src_cluster: Cluster,
+        lock: bool,
+    ) -> Result<(Cluster, Pool, Option<Arc<Image>>)> {
+        let label = self.dest_label();
+        let cluster = match &self.dest_cluster {
+            Some(spec) if *spec != self.source_cluster => connect(reporter, &label, spec)?,
+            _ => src_cluster,
+        };
+        let conn = cluster.clone();
+        let (spec, incremental) = (self.dest.clone(), self.from_snap.is_some());
+        let what = format!("{spec} to open");
+        let (pool, image) = detached(reporter, &label, what, move || {
+            let (spec, pool) = open_pool(&conn, &spec)?;
+            let opened = if lock {
+                Image::open(&pool, spec.image())
+            } else {
+                Image::open_read_only(&pool, spec.image(), None)
+            };
+            match opened {
+                Ok(image) => Ok((pool, Some(Arc::new(image)))),
+                Err(e) if e.kind() == ErrorKind::NotFound && !incremental => Ok((pool, None)),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok((cluster, pool, image))
+    }
+
+    /// The source's diff, and for an incremental the ranges it read as zeros at `from_snap`.
+    fn scan_source(&self, reporter: &mut Reporter, source: &Source, label: &str) -> Result<Scan> {
+        let (image, from, whole_object) = (
+            source.image.clone(),
+            self.from_snap.clone(),
+            self.whole_object,
+        );
+        let size = source.info.size;
+        let what = match &self.from_snap {
+            Some(from) => format!("the diff of {} since {from}", source.spec),
+            None => format!("the allocated ranges of {}", source.spec),
+        };
+        let stop = reporter.stop_check();
+        let extents = detached(reporter, label, what, move || {
+            let mut extents = Vec::new();
+            image.diff_iterate(from.as_deref(), 0, size, true, whole_object, |e| {
+                extents.push(e);
+                !stop.stopped()
+            })?;
+            Ok(plan::normalize(extents))
+        })
+        .map_err(|e| self.stopped_or(reporter, e))?;
+        let Some(from) = source.from.clone() else {
+            return Ok(Scan {
+                extents,
+                zero_at_from: Vec::new(),
+            });
+        };
+        let pool = source.image.pool().clone();
+        let name = source.spec.image().to_owned();
+        let what = format!(
+            "the allocated ranges of {}@{}",
+            source.spec.image_path(),
+            from.name
+        );
+        let stop = reporter.stop_check();
+        let zero_at_from = detached(reporter, label, what, move || {
+            let at_from = Image::open_read_only(&pool, &name, Some(&from.name))?;
+            let allocated = destination::allocated_ranges(&at_from, from.size, true, &stop)?;
+            Ok(plan::complement(&allocated, size))
+        })
+        .map_err(|e| self.stopped_or(reporter, e))?;
+        Ok(Scan {
+            extents,
+            zero_at_from,
+        })
+    }
+
+    /// What to do: the source's diff, plus the ranges the destination changed since
+    /// `from_snap` that the diff does not cover (read from the source), plus, for a full
+    /// transfer into an existing image, what it holds outside the diff (zeroed); and where
+    /// the destination reads zeros already.
+    fn work(
+        &self,
+        source: &Source,
+        scan: Scan,
+        found: Found,
+        label: String,
+    ) -> (Vec<Piece>, KnownZero, Plan) {
+        let size = source.info.size;
+        let extents = scan.extents;
         let covered: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
-        let rewrite = plan::subtract(&clip(&verdict.changed, source.info.size), &covered);
+        let rewrite = plan::subtract(&clip(&found.verdict.changed, size), &covered);
+        let (stale, known_zero) = match (&found.allocated, found.size) {
+            (Some(allocated), _) => {
+                let allocated = clip(allocated, size);
+                (
+                    plan::subtract(&allocated, &covered),
+                    KnownZero::Ranges(plan::complement(&allocated, size)),
+                )
+            }
+            (None, Some(_)) => (
+                Vec::new(),
+                KnownZero::Ranges(plan::subtract(&scan.zero_at_from, &found.verdict.changed)),
+            ),
+            (None, None) => (Vec::new(), KnownZero::All),
+        };
+        let extra = |ranges: Vec<(u64, u64)>, exists| {
+            ranges.into_iter().map(move |(offset, len)| DiffExtent {
+                offset,
+                len,
+                exists,
+            })
+        };
         let mut work = extents.clone();
-        work.extend(rewrite.iter().map(|&(offset, len)| DiffExtent {
-            offset,
-            len,
-            exists: true,
-        }));
-        work.extend(extra_zeroing.iter().map(|&(offset, len)| DiffExtent {
-            offset,
-            len,
-            exists: false,
-        }));
-        let work = plan::normalize(work);
-        let pieces = plan::pieces(&work, self.chunk_size, self.chunk_size * ZERO_CHUNK_FACTOR);
+        work.extend(extra(rewrite, true));
+        work.extend(extra(stale, false));
+        let pieces = plan::pieces(
+            &plan::normalize(work),
+            self.chunk_size,
+            self.chunk_size * ZERO_CHUNK_FACTOR,
+        );
         let (data_bytes, zero_bytes) = pieces.iter().fold((0, 0), |(d, z), p| {
             if p.data {
                 (d + p.len, z)
@@ -611,26 +684,17 @@ impl DiffTransfer {
             dest: label,
             from_snap: self.from_snap.clone(),
             end_snap: source.spec.snap().map(str::to_owned),
-            source_size: source.info.size,
-            dest_size,
-            create_destination: dest.is_none(),
-            continues_interrupted: verdict.continued,
-            overwrites_destination: verdict.overwrites,
+            source_size: size,
+            dest_size: found.size,
+            create_destination: found.size.is_none(),
+            continues_interrupted: found.verdict.continued,
+            overwrites_destination: found.verdict.overwrites,
             extents: extents.len() as u64,
             diff_bytes: extents.iter().map(|e| e.len).sum(),
             data_bytes,
             zero_bytes,
         };
-        Ok(Prepared {
-            plan,
-            source,
-            dest_pool,
-            dest_cluster,
-            dest,
-            pieces,
-            known_zero,
-            record,
-        })
+        (pieces, known_zero, plan)
     }
 
     /// A scan stopped by the halt token reports ECANCELED: say why it stopped.
