@@ -11,7 +11,7 @@ use crate::record::{Mismatch, Record, KEY};
 use crate::sys;
 
 /// How long librados keeps a dead client's watch, after which librbd breaks its lock.
-pub(crate) const WATCH_TIMEOUT_TEXT: &str = "about 30 s, osd_client_watch_timeout";
+pub(crate) const WATCH_TIMEOUT_TEXT: &str = "osd_client_watch_timeout, 30 s by default";
 
 /// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
 /// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
