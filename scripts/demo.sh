@@ -98,6 +98,7 @@ Try the CLI by hand:
   export CEPH_CONF=$CONF
   rbd bench --io-type write --io-size 64K --io-total 16M --io-pattern rand $SRC
   rbd snap create $SRC@s3
+  $BIN sync --dry-run --from-snap s2 $SRC@s3 $DEST
   $BIN sync --from-snap s2 $SRC@s3 $DEST
   $BIN sync --help
 EOF
