@@ -15,6 +15,12 @@ fn assert_kind(err: &Error, kind: ErrorKind, errno: i32) {
     assert_eq!((err.kind(), err.errno()), (kind, errno), "{err}");
 }
 
+/// Refused as changed since its snapshot `s1`: the library's own code, naming both.
+fn assert_changed_since_s1(err: &Error, dst: &str) {
+    assert_kind(err, ErrorKind::DestinationChanged, CODE_DESTINATION_CHANGED);
+    assert_eq!((err.image(), err.snap()), (Some(dst), Some("s1")), "{err}");
+}
+
 /// A slow transfer (one 64 KiB request at a time) from `s1` to `end`.
 fn slow(ch: &Chain, end: &str) -> DiffTransfer {
     ch.c.transfer(&format!("{}@{end}", ch.src), &ch.dst, Some("s1"))
@@ -92,15 +98,7 @@ fn an_interrupted_incremental_is_not_continued_with_an_older_end_snapshot() {
         ch.c.transfer(&format!("{}@s2", ch.src), &ch.dst, Some("s1"))
             .run()
             .unwrap_err();
-    assert_kind(
-        &err,
-        ErrorKind::DestinationChanged,
-        CODE_DESTINATION_CHANGED,
-    );
-    assert_eq!(
-        (err.image(), err.snap()),
-        (Some(ch.dst.as_str()), Some("s1"))
-    );
+    assert_changed_since_s1(&err, &ch.dst);
     assert!(
         err.to_string().contains("\"s3\""),
         "names the interrupted end: {err}"
@@ -117,11 +115,7 @@ fn a_destination_changed_by_another_client_is_refused_unless_forced() {
         ch.c.transfer(&format!("{}@s2", ch.src), &ch.dst, Some("s1"))
             .run()
             .unwrap_err();
-    assert_kind(
-        &err,
-        ErrorKind::DestinationChanged,
-        CODE_DESTINATION_CHANGED,
-    );
+    assert_changed_since_s1(&err, &ch.dst);
     assert!(
         err.to_string().contains("--force"),
         "says how to override: {err}"
@@ -154,12 +148,7 @@ fn base_snapshots_of_different_sizes_are_not_the_same_snapshot() {
             .overwrite_existing(force)
             .run()
             .unwrap_err();
-        assert_kind(
-            &err,
-            ErrorKind::DestinationChanged,
-            CODE_DESTINATION_CHANGED,
-        );
-        assert_eq!((err.image(), err.snap()), (Some(dst.as_str()), Some("s1")));
+        assert_changed_since_s1(&err, &dst);
         assert!(err.to_string().contains(&mib(12).to_string()), "{err}");
     }
     assert_eq!(c.snaps(&dst), ["s1"]);
@@ -278,11 +267,7 @@ fn a_destination_locked_by_a_live_client_is_refused_naming_it() {
         ch.c.transfer(&format!("{}@s2", ch.src), &ch.dst, Some("s1"))
             .run()
             .unwrap_err();
-    assert_kind(
-        &err,
-        ErrorKind::DestinationChanged,
-        CODE_DESTINATION_CHANGED,
-    );
+    assert_changed_since_s1(&err, &ch.dst);
 }
 
 #[test]
