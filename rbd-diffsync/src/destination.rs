@@ -11,7 +11,7 @@ use crate::record::{Mismatch, Record, KEY};
 use crate::sys;
 
 /// How long librados keeps a dead client's watch, after which librbd breaks its lock.
-pub(crate) const WATCH_TIMEOUT_TEXT: &str = "osd_client_watch_timeout, 30 s by default";
+const WATCH_TIMEOUT_TEXT: &str = "osd_client_watch_timeout, 30 s by default";
 
 /// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
 /// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
@@ -230,8 +230,8 @@ impl Checks<'_> {
     /// size) and the destination still reads as it did then; a change is accepted when the
     /// in-progress record shows it was made by an interrupted transfer of the same diff, or
     /// when the caller said so, and its ranges are then rewritten from the source.
-    pub(crate) fn incremental(&self, from: &str, source_from: &Snapshot) -> Result<Verdict> {
-        let path = self.path();
+    pub(crate) fn incremental(&self, source_from: &Snapshot) -> Result<Verdict> {
+        let (path, from) = (self.path(), source_from.name.as_str());
         let Some(dest_from) = self.snaps.iter().find(|s| s.name == from) else {
             return Err(Error::snap_not_found(path, from));
         };

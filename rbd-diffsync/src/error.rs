@@ -283,14 +283,28 @@ impl Error {
         .with_snap(snap)
     }
 
-    /// The transfer into `image` was stopped.
-    pub(crate) fn cancelled(image: &str, why: &str) -> Error {
+    /// The snapshot exists on that image already.
+    pub(crate) fn snap_exists(image: &str, snap: &str) -> Error {
         Error::new(
-            ErrorKind::Cancelled,
-            libc::ECANCELED,
-            format!("transfer into {image} {why}; no end snapshot was created, run it again to complete it"),
+            ErrorKind::Exists,
+            libc::EEXIST,
+            format!("snapshot {snap:?} already exists on image {image}"),
         )
         .with_image(image)
+        .with_snap(snap)
+    }
+
+    /// The transfer into `image`, or only its plan (`dry_run`), was stopped.
+    pub(crate) fn cancelled(image: &str, why: &str, dry_run: bool) -> Error {
+        let message = if dry_run {
+            format!("planning the transfer into {image} {why}; nothing was written")
+        } else {
+            format!(
+                "transfer into {image} {why}; no end snapshot was created, run it again to \
+                 complete it"
+            )
+        };
+        Error::new(ErrorKind::Cancelled, libc::ECANCELED, message).with_image(image)
     }
 
     /// What kind of failure this is.

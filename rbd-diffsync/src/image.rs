@@ -341,13 +341,7 @@ impl Image {
         // SAFETY: `raw` is open, the name NUL-terminated.
         let ret = unsafe { sys::rbd_snap_create(self.raw, c_snap.as_ptr()) };
         if ret == -libc::EEXIST {
-            return Err(Error::new(
-                ErrorKind::Exists,
-                libc::EEXIST,
-                format!("snapshot {name:?} already exists on image {}", self.path()),
-            )
-            .with_image(self.path())
-            .with_snap(name));
+            return Err(Error::snap_exists(self.path(), name));
         }
         check(ret, "create snapshot", &format!("{}@{name}", self.label))
     }

@@ -322,15 +322,7 @@ impl Reporter {
             Some(Stop::Callback) => "stopped by the progress callback",
             _ => "cancelled",
         };
-        if self.dry_run {
-            return Error::new(
-                crate::ErrorKind::Cancelled,
-                libc::ECANCELED,
-                format!("planning the transfer into {image} {why}; nothing was written"),
-            )
-            .with_image(image);
-        }
-        Error::cancelled(image, why)
+        Error::cancelled(image, why, self.dry_run)
     }
 
     fn report(&mut self, force: bool) {

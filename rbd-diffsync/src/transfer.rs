@@ -301,7 +301,6 @@ struct Source {
     info: ImageInfo,
     layout: Layout,
     from: Option<Snapshot>,
-    end: Option<Snapshot>,
     /// What the in-progress record says of this transfer (client filled in later).
     record: Record,
 }
@@ -352,13 +351,7 @@ fn check_destination(
     let label = dest.path();
     let snaps = dest.snapshots()?;
     if let Some(end) = end.filter(|end| snaps.iter().any(|s| s.name == *end)) {
-        return Err(Error::new(
-            ErrorKind::Exists,
-            libc::EEXIST,
-            format!("snapshot {end:?} already exists on image {label}"),
-        )
-        .with_image(label)
-        .with_snap(end));
+        return Err(Error::snap_exists(label, &end));
     }
     // Read again: it may have changed while the lock was awaited.
     let previous = destination::read_record(dest)?;
@@ -376,7 +369,7 @@ fn check_destination(
     Ok(match &from {
         Some(from) => Found {
             size: Some(size),
-            verdict: checks.incremental(&from.name, from)?,
+            verdict: checks.incremental(from)?,
             allocated: None,
         },
         None => {
@@ -496,7 +489,6 @@ impl DiffTransfer {
                 image: Arc::new(image),
                 spec,
                 from,
-                end,
                 record,
             })
         })?;
@@ -817,7 +809,7 @@ impl DiffTransfer {
             image_size: source.info.size,
             created_destination: plan.create_destination,
             continued_interrupted: plan.continues_interrupted,
-            end_snap: source.end.map(|s| s.name),
+            end_snap: plan.end_snap.clone(),
             elapsed: started.elapsed(),
             snapshot_elapsed,
         })

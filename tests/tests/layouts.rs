@@ -6,24 +6,24 @@ use std::thread;
 
 use rbd_diffsync_tests::{cluster, mib, pattern, TestCluster};
 
-fn features(c: &TestCluster, image: &str) -> Vec<String> {
-    let mut features: Vec<String> = c.info(image)["features"]
+/// The strings of `rbd info`'s list `key` (`features`, `flags`), sorted.
+fn info_list(c: &TestCluster, image: &str, key: &str) -> Vec<String> {
+    let mut list: Vec<String> = c.info(image)[key]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f.as_str().unwrap().to_owned())
         .collect();
-    features.sort();
-    features
+    list.sort();
+    list
+}
+
+fn features(c: &TestCluster, image: &str) -> Vec<String> {
+    info_list(c, image, "features")
 }
 
 fn flags(c: &TestCluster, image: &str) -> Vec<String> {
-    c.info(image)["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap().to_owned())
-        .collect()
+    info_list(c, image, "flags")
 }
 
 /// `rados -p POOL rm OBJECT`.
