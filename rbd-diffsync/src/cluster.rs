@@ -8,6 +8,7 @@ use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ceph::rados as raw;
 use libc::c_char;
@@ -312,5 +313,63 @@ impl Pool {
     pub fn id(&self) -> i64 {
         // SAFETY: the ioctx is alive.
         unsafe { raw::rados_ioctx_get_id(self.handle.io) }
+    }
+
+    /// Sends an empty notification to the watchers of `object` and returns those that did not
+    /// acknowledge it within `timeout`, as (client id, watch cookie).
+    pub(crate) fn unanswered(&self, object: &str, timeout: Duration) -> Result<Vec<(u64, u64)>> {
+        let c_object = cstring("object name", object.as_bytes())?;
+        let (mut reply, mut reply_len): (*mut c_char, usize) = (ptr::null_mut(), 0);
+        let empty = [0 as c_char; 1];
+        let timeout_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+        // SAFETY: the ioctx is alive; the name is NUL-terminated; an empty payload; `reply`
+        // receives a buffer freed below.
+        let ret = unsafe {
+            raw::rados_notify2(
+                self.handle.io,
+                c_object.as_ptr(),
+                empty.as_ptr(),
+                0,
+                timeout_ms,
+                &mut reply,
+                &mut reply_len,
+            )
+        };
+        // ETIMEDOUT: some watcher did not answer, which the reply tells.
+        if ret < 0 && ret != -libc::ETIMEDOUT {
+            return Err(Error::rbd("notify", object, ret.into()));
+        }
+        if reply.is_null() {
+            return Err(Error::rbd("notify", object, (-libc::EIO).into()));
+        }
+        let (mut acks, mut nr_acks) = (ptr::null_mut(), 0);
+        let (mut timeouts, mut nr_timeouts) = (ptr::null_mut(), 0);
+        // SAFETY: `reply` holds `reply_len` bytes from librados; the out pointers are valid,
+        // and what they receive is freed with the matching call below.
+        let unanswered = unsafe {
+            let ret = sys::rados_decode_notify_response(
+                reply,
+                reply_len,
+                &mut acks,
+                &mut nr_acks,
+                &mut timeouts,
+                &mut nr_timeouts,
+            );
+            raw::rados_buffer_free(reply);
+            if ret < 0 {
+                return Err(Error::rbd("decode the notify reply of", object, ret.into()));
+            }
+            let list: Vec<(u64, u64)> = if timeouts.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(timeouts, nr_timeouts)
+                    .iter()
+                    .map(|t| (t.notifier_id, t.cookie))
+                    .collect()
+            };
+            sys::rados_free_notify_response(acks, nr_acks, timeouts);
+            list
+        };
+        Ok(unanswered)
     }
 }

@@ -2,12 +2,13 @@
 //! destination's exclusive lock, held from those checks to the end snapshot.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result, CODE_DESTINATION_CHANGED};
 use crate::image::{Image, Snapshot};
 use crate::plan::{self, DiffExtent};
 use crate::progress::{Reporter, StopCheck, Waited};
-use crate::record::{Mismatch, Record, KEY};
+use crate::record::{Mismatch, Record, HOLDER_KEY, KEY};
 use crate::sys;
 
 /// How long librados keeps a dead client's watch, after which librbd breaks its lock.
@@ -58,21 +59,27 @@ fn ranges(extents: Vec<DiffExtent>) -> Vec<(u64, u64)> {
     extents.iter().map(|e| (e.offset, e.len)).collect()
 }
 
-/// Takes the destination's exclusive lock, unless its image lacks the feature.
+/// How long a predecessor that still holds the lock has to answer a notification before it
+/// counts as dead: a live librbd client answers within milliseconds.
+const PREDECESSOR_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Takes the destination's exclusive lock, unless its image lacks the feature. Returns the
+/// client whose lock it broke, if any.
 ///
 /// A lock held by another client that still has the image open is refused at once, as
 /// [`ErrorKind::Busy`], naming it: taking it would make a live writer hand it over. The one
-/// exception is the transfer's own predecessor, named by the in-progress record: if it was
-/// killed its lock is broken once its watch expires, which this waits for, saying so; if it is
-/// alive librbd refuses, and so does this.
+/// exception is the transfer's own predecessor, named (address and nonce) by the in-progress
+/// record or the lock holder's key: if it does not answer a notification it was killed, and its lock is broken at once
+/// (librbd blocklists it) instead of when its watch expires; if it answers, it is still
+/// running, and that is refused.
 pub(crate) fn lock(
     reporter: &mut Reporter,
     dest: &Arc<Image>,
     me: &str,
     record: Option<&Record>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     if dest.features()? & sys::RBD_FEATURE_EXCLUSIVE_LOCK == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let path = dest.path().to_owned();
     let owners: Vec<String> = dest
@@ -80,24 +87,29 @@ pub(crate) fn lock(
         .into_iter()
         .filter(|o| o != me)
         .collect();
-    let mut waiting_for = format!("the exclusive lock of {path}");
+    let mut broken = None;
     if let Some(owner) = owners.first() {
         let watching = dest.watchers()?.iter().any(|w| w.address == *owner);
-        let predecessor = record.is_some_and(|r| r.client == *owner);
+        let holder = dest.metadata_get(HOLDER_KEY)?;
+        let predecessor =
+            record.is_some_and(|r| r.client == *owner) || holder.as_deref() == Some(owner);
         if watching && !predecessor {
             return Err(locked_by(&path, owner));
         }
-        if watching {
-            waiting_for = format!(
-                "the lock of {path} left by an interrupted transfer (client {owner}); \
-                 librbd breaks it once that client's watch has expired ({WATCH_TIMEOUT_TEXT})"
-            );
+        if watching && break_if_dead(reporter, dest, owner)? {
+            broken = Some(owner.clone());
         }
     }
     let image = dest.clone();
+    let waiting_for = format!("the exclusive lock of {path}");
     match reporter.wait(waiting_for, true, move || image.acquire_exclusive_lock()) {
         Waited::Stopped => Err(reporter.stopped_error(&path)),
-        Waited::Done(Ok(())) => Ok(()),
+        Waited::Done(Ok(())) => {
+            // Best effort: without it a rerun waits for this lock if this run is killed
+            // before its record is written, as it would have anyway.
+            let _ = dest.metadata_set(HOLDER_KEY, me);
+            Ok(broken)
+        }
         Waited::Done(Err(e)) if e.errno() == libc::EROFS => {
             let owner = dest
                 .lock_owners()
@@ -107,6 +119,47 @@ pub(crate) fn lock(
             Err(locked_by(&path, &owner))
         }
         Waited::Done(Err(e)) => Err(e),
+    }
+}
+
+/// Breaks the lock of the transfer's predecessor at `owner` if it does not answer; refuses if
+/// it does. Returns whether the lock was broken.
+fn break_if_dead(reporter: &mut Reporter, dest: &Arc<Image>, owner: &str) -> Result<bool> {
+    let path = dest.path().to_owned();
+    let (image, address) = (dest.clone(), owner.to_owned());
+    let asked = format!(
+        "an answer from the client at {owner}, whose interrupted transfer left the lock of {path}"
+    );
+    let answers = match reporter.wait(asked, true, move || {
+        image.answers(&address, PREDECESSOR_ANSWER_TIMEOUT)
+    }) {
+        Waited::Stopped => return Err(reporter.stopped_error(&path)),
+        Waited::Done(answers) => answers?,
+    };
+    match answers {
+        Some(true) => Err(Error::new(
+            ErrorKind::Busy,
+            libc::EBUSY,
+            format!(
+                "image {path} is being written by an earlier transfer that is still running \
+                 (client {owner}, which holds its lock and answers): wait for it to end, or \
+                 stop it and run this again"
+            ),
+        )
+        .with_image(&path)),
+        // Its watch is gone: librbd breaks the lock itself.
+        None => Ok(false),
+        Some(false) => {
+            let (image, address) = (dest.clone(), owner.to_owned());
+            let what = format!("the lock of {path} left by the killed client {owner} to break");
+            match reporter.wait(what, false, move || image.break_lock(&address)) {
+                Waited::Done(Ok(())) => Ok(true),
+                // Gone meanwhile (its watch expired): nothing to break.
+                Waited::Done(Err(e)) if e.errno() == libc::ENOENT => Ok(false),
+                Waited::Done(Err(e)) => Err(e),
+                Waited::Stopped => unreachable!("a step that writes is not detached"),
+            }
+        }
     }
 }
 
@@ -141,6 +194,9 @@ pub(crate) struct Verdict {
     /// Ranges changed since `from_snap` (incrementals): rewritten from the source, and known
     /// to hold nothing the source's `from_snap` tells about.
     pub changed: Vec<(u64, u64)>,
+    /// The interrupted transfer of the very same diff had written everything below this
+    /// offset (its checkpoint): the work there is not done again.
+    pub resume_from: u64,
 }
 
 /// What the checks need to know about the transfer.
@@ -160,6 +216,13 @@ impl Checks<'_> {
         self.dest.path()
     }
 
+    fn resume_from(&self, continued: bool) -> u64 {
+        match self.previous {
+            Some(previous) if continued => self.record.resume_offset(previous),
+            _ => 0,
+        }
+    }
+
     /// A full transfer writes into an existing image only when it is empty (no snapshots,
     /// nothing allocated: what cinder creates), holds an interrupted full transfer from the
     /// same source, or the caller said so; and never while another client has it open, unless
@@ -175,6 +238,7 @@ impl Checks<'_> {
         let empty = self.snaps.is_empty() && allocated.is_empty();
         let mut verdict = Verdict {
             continued,
+            resume_from: self.resume_from(continued),
             ..Verdict::default()
         };
         if !empty && !continued {
@@ -255,7 +319,10 @@ impl Checks<'_> {
             return Ok(verdict);
         }
         match self.previous.map(|p| self.record.may_continue(p)) {
-            Some(Ok(())) => verdict.continued = true,
+            Some(Ok(())) => {
+                verdict.continued = true;
+                verdict.resume_from = self.resume_from(true);
+            }
             _ if self.force => verdict.overwrites = true,
             found => {
                 let by = match found {

@@ -137,6 +137,8 @@ struct Slot {
     /// The piece's data; uninitialised until the read has filled it.
     buf: Vec<u8>,
     piece: Piece,
+    /// The piece's index in the job.
+    index: usize,
     /// Bytes of the budget it holds: twice its length while read (our buffer and librados's),
     /// its length while written, nothing for a zeroing piece.
     charge: usize,
@@ -175,6 +177,12 @@ struct Run<'a> {
     error: Option<Error>,
     /// The transfer was asked to stop: nothing more is started.
     stopping: bool,
+    /// The job's pieces, and which of them are done.
+    pieces: &'a [Piece],
+    finished: Vec<bool>,
+    /// The first piece not done: everything below its offset is.
+    open: usize,
+    marks: Option<&'a dyn Fn(u64)>,
 }
 
 impl Drop for Run<'_> {
@@ -223,10 +231,12 @@ impl Run<'_> {
                 && self.charged + read_charge(piece) <= self.window.budget)
     }
 
-    fn new_slot(&mut self, piece: Piece, buf: Vec<u8>) -> usize {
+    fn new_slot(&mut self, index: usize, buf: Vec<u8>) -> usize {
+        let piece = self.pieces[index];
         let slot = Slot {
             buf,
             piece,
+            index,
             charge: read_charge(&piece),
             pending: 0,
             failed: false,
@@ -340,21 +350,43 @@ impl Run<'_> {
         if slot.pending > 0 {
             return 0;
         }
-        let (failed, piece, skipped) = (slot.failed, slot.piece, slot.skipped);
+        let (failed, piece, skipped, index) = (slot.failed, slot.piece, slot.skipped, slot.index);
         self.retire(i);
         if failed {
             return 0;
         }
         self.counters.skipped += skipped;
+        self.piece_done(index);
         piece.len
+    }
+
+    /// Piece `index` has been written: moves the watermark (the offset below which every
+    /// piece is done) past it and the pieces done before it, and reports it.
+    fn piece_done(&mut self, index: usize) {
+        self.finished[index] = true;
+        let before = self.open;
+        while self.open < self.pieces.len() && self.finished[self.open] {
+            self.open += 1;
+        }
+        if self.open == before {
+            return;
+        }
+        let mark = match self.pieces.get(self.open) {
+            Some(next) => next.offset,
+            None => self.pieces.last().map_or(0, |p| p.offset + p.len),
+        };
+        if let Some(marks) = self.marks {
+            marks(mark);
+        }
     }
 
     /// Starts `piece`, or settles it at once when it needs no request. Returns the bytes
     /// settled at once.
-    fn start(&mut self, piece: Piece) -> u64 {
+    fn start(&mut self, index: usize) -> u64 {
+        let piece = self.pieces[index];
         if piece.data {
             let buf = self.buffer(piece.len as usize);
-            let i = self.new_slot(piece, buf);
+            let i = self.new_slot(index, buf);
             self.slots[i].pending = 1;
             self.submit(Request {
                 slot: i,
@@ -366,9 +398,10 @@ impl Run<'_> {
             0
         } else if self.known_zero.covers(piece.offset, piece.len) {
             self.counters.skipped += piece.len;
+            self.piece_done(index);
             piece.len
         } else {
-            let i = self.new_slot(piece, Vec::new());
+            let i = self.new_slot(index, Vec::new());
             self.slots[i].pending = 1;
             self.submit(Request {
                 slot: i,
@@ -469,11 +502,13 @@ impl Run<'_> {
 }
 
 /// What the engine is to do.
-#[derive(Debug)]
 pub(crate) struct Job<'a> {
     pub pieces: &'a [Piece],
     pub known_zero: &'a KnownZero,
     pub window: Window,
+    /// Receives the watermark each time it moves: the offset below which every piece is
+    /// done (written and acknowledged).
+    pub marks: Option<&'a dyn Fn(u64)>,
 }
 
 /// Copies the job's pieces from `source` to `sink`, as many at a time as the window allows,
@@ -491,6 +526,7 @@ pub(crate) fn run(
         pieces,
         known_zero,
         window,
+        marks,
     } = job;
     let (tx, rx) = mpsc::channel();
     let mut run = Run {
@@ -515,6 +551,10 @@ pub(crate) fn run(
         counters: Counters::default(),
         error: None,
         stopping: false,
+        pieces,
+        finished: vec![false; pieces.len()],
+        open: 0,
+        marks,
     };
     let poll = reporter.poll_interval();
     let mut next = 0;
@@ -537,7 +577,7 @@ pub(crate) fn run(
             if !run.has_room_for(&pieces[next]) {
                 break;
             }
-            let settled = run.start(pieces[next]);
+            let settled = run.start(next);
             next += 1;
             if settled > 0 {
                 reporter.advance(settled);

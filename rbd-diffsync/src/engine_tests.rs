@@ -2,6 +2,7 @@
 //! requests in random order, sleep a random short time, perform them and complete them, so
 //! that completions arrive out of order, as librbd's do.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -753,13 +754,35 @@ fn copy(
 ) -> Result<Counters> {
     reporter.phase(Phase::Copying);
     reporter.set_total(pieces.iter().map(|p| p.len).sum());
+    // Whenever the watermark moves, the destination below it is final already.
+    let want = Model::new(dev.src(), pieces, known_zero).dst;
+    let last = Cell::new(0);
+    let marks = |mark: u64| {
+        assert!(
+            mark > last.get(),
+            "the watermark went from {} to {mark}",
+            last.get()
+        );
+        let got = dev.dst();
+        assert_same_image(
+            &got[range(last.get(), mark - last.get())],
+            &want[range(last.get(), mark - last.get())],
+            "below the watermark",
+        );
+        last.set(mark);
+    };
     let job = Job {
         pieces,
         known_zero,
         window,
+        marks: Some(&marks),
     };
     let result = run(dev, dev, job, reporter, DST);
     assert_eq!(dev.in_flight(), 0, "run returned with requests in flight");
+    if result.is_ok() {
+        let end = pieces.last().map_or(0, |p| p.offset + p.len);
+        assert_eq!(last.get(), end, "the watermark of a finished run");
+    }
     result
 }
 

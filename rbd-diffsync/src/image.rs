@@ -3,6 +3,7 @@
 use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::time::Duration;
 
 use libc::{c_char, c_int, c_void, size_t};
 
@@ -64,6 +65,8 @@ pub struct Watcher {
     pub address: String,
     /// Its global id (`client.<id>`).
     pub id: i64,
+    /// Its watch's cookie.
+    pub cookie: u64,
 }
 
 /// An open image; closed when dropped.
@@ -471,6 +474,37 @@ impl Image {
         check(ret, "acquire the exclusive lock of", &self.label)
     }
 
+    /// Breaks the exclusive lock held by the client at `owner`; librbd blocklists that
+    /// client first, so that it can write nothing more even if it was alive after all.
+    pub fn break_lock(&self, owner: &str) -> Result<()> {
+        let c_owner = c_name("lock owner", owner)?;
+        // SAFETY: `raw` is open; the owner is NUL-terminated.
+        let ret = unsafe {
+            sys::rbd_lock_break(self.raw, sys::RBD_LOCK_MODE_EXCLUSIVE, c_owner.as_ptr())
+        };
+        check(ret, "break the exclusive lock of", &self.label)
+    }
+
+    /// Whether the client at `address`, which has the image open, answers: a notification
+    /// to the image's watchers (the empty one librbd takes for "the header changed", which
+    /// costs a live client a refresh) is acknowledged by a live client within milliseconds,
+    /// and never by one that was killed but whose watch has not expired yet. `None` when no
+    /// watch of that client is left.
+    pub fn answers(&self, address: &str, timeout: Duration) -> Result<Option<bool>> {
+        let watches: Vec<(u64, u64)> = self
+            .watchers()?
+            .into_iter()
+            .filter(|w| w.address == address)
+            .map(|w| (w.id as u64, w.cookie))
+            .collect();
+        if watches.is_empty() {
+            return Ok(None);
+        }
+        let header = format!("rbd_header.{}", self.id()?);
+        let unanswered = self.pool.unanswered(&header, timeout)?;
+        Ok(Some(!watches.iter().any(|w| unanswered.contains(w))))
+    }
+
     /// The clients that have the image open.
     pub fn watchers(&self) -> Result<Vec<Watcher>> {
         let mut max: size_t = 16;
@@ -503,6 +537,7 @@ impl Image {
                             .into_owned()
                     },
                     id: w.id,
+                    cookie: w.cookie,
                 })
                 .collect();
             // SAFETY: the `count` entries came from rbd_watchers_list.

@@ -68,6 +68,7 @@
 
 pub mod error;
 
+mod checkpoint;
 mod cluster;
 mod destination;
 mod engine;

@@ -66,6 +66,29 @@ pub fn pieces(extents: &[DiffExtent], chunk: u64, zero_chunk: u64) -> Vec<Piece>
     out
 }
 
+/// `extents` without what lies below `offset`, and the bytes cut off.
+pub fn from_offset(extents: Vec<DiffExtent>, offset: u64) -> (Vec<DiffExtent>, u64) {
+    let mut cut = 0;
+    let kept = extents
+        .into_iter()
+        .filter_map(|e| {
+            let end = e.offset + e.len;
+            if end <= offset {
+                cut += e.len;
+                return None;
+            }
+            let start = e.offset.max(offset);
+            cut += start - e.offset;
+            Some(DiffExtent {
+                offset: start,
+                len: end - start,
+                exists: e.exists,
+            })
+        })
+        .collect();
+    (kept, cut)
+}
+
 /// `true` when every byte is zero; reads whole 16-byte words so that it runs at memory speed.
 pub fn is_zero(buf: &[u8]) -> bool {
     // SAFETY: any bit pattern is a valid u128.
@@ -200,6 +223,17 @@ mod tests {
             len,
             exists,
         }
+    }
+
+    #[test]
+    fn from_offset_cuts_what_lies_below() {
+        let extents = vec![ext(0, 10, true), ext(10, 10, false), ext(30, 10, true)];
+        assert_eq!(
+            from_offset(extents.clone(), 15),
+            (vec![ext(15, 5, false), ext(30, 10, true)], 15)
+        );
+        assert_eq!(from_offset(extents.clone(), 0), (extents.clone(), 0));
+        assert_eq!(from_offset(extents, 40), (Vec::new(), 30));
     }
 
     #[test]

@@ -131,6 +131,13 @@ pub struct TransferStats {
     /// Whether the destination held the writes of an interrupted transfer of the same diff,
     /// which this one completed.
     pub continued_interrupted: bool,
+    /// Bytes of the diff that the interrupted transfer of the very same diff had completed
+    /// (below its checkpoint), and that this one did not do again.
+    pub bytes_resumed: u64,
+    /// The address of the killed client of an interrupted transfer into the destination,
+    /// whose exclusive lock this transfer broke (librbd blocklisted it) instead of waiting
+    /// for its watch to expire.
+    pub broke_lock_of: Option<String>,
     /// The snapshot created on the destination, if the source named one.
     pub end_snap: Option<String>,
     /// Wall time of the whole transfer, validation included.

@@ -8,6 +8,12 @@ use std::fmt::Write as _;
 /// The metadata key (`rbd image-meta get IMAGE rbd_diffsync.in_progress`).
 pub const KEY: &str = "rbd_diffsync.in_progress";
 
+/// The metadata key naming the client that holds the destination's lock for a transfer, set as
+/// soon as the lock is taken: before the checks, when there is no in-progress record yet, a
+/// rerun still recognises the lock of its killed predecessor. It names a lock holder, nothing
+/// about the data, and goes with the record.
+pub const HOLDER_KEY: &str = "rbd_diffsync.lock_holder";
+
 /// A snapshot of the source, by id (what stays true) and name (what messages show).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SnapRef {
@@ -29,10 +35,14 @@ pub(crate) struct Record {
     pub from: Option<SnapRef>,
     /// The end snapshot; `None` when the source was read at HEAD.
     pub end: Option<SnapRef>,
-    /// The destination client's address, which names it as the lock owner.
+    /// The destination client's address (with its nonce, unique to the process), which
+    /// names it as the lock owner.
     pub client: String,
     /// When the transfer started, in seconds since the epoch.
     pub started: u64,
+    /// The checkpoint: every piece of the transfer below this offset has been written (and
+    /// flushed). Only ever behind the writes; 0 until the first checkpoint.
+    pub done: u64,
 }
 
 /// Why a recorded transfer is not one the new transfer may continue.
@@ -112,7 +122,8 @@ impl Record {
     /// One line of `key=value` fields, values percent-escaped.
     pub(crate) fn encode(&self) -> String {
         format!(
-            "v=1 fsid={} pool={} ns={} image={} source={} from={} end={} client={} started={}",
+            "v=1 fsid={} pool={} ns={} image={} source={} from={} end={} client={} started={} \
+             done={}",
             escape(&self.fsid),
             self.pool_id,
             escape(&self.namespace),
@@ -122,6 +133,7 @@ impl Record {
             snap_field(&self.end),
             escape(&self.client),
             self.started,
+            self.done,
         )
     }
 
@@ -147,6 +159,11 @@ impl Record {
             end: parse_snap(get("end")?)?,
             client: unescape(get("client")?)?,
             started: get("started")?.parse().ok()?,
+            // Records written before checkpoints existed have none: nothing is known done.
+            done: match get("done") {
+                Some(done) => done.parse().ok()?,
+                None => 0,
+            },
         })
     }
 
@@ -174,6 +191,20 @@ impl Record {
             _ => Ok(()),
         }
     }
+
+    /// Where this transfer may resume `earlier`'s work: its checkpoint, when both move the
+    /// same diff (the same source image, base and end snapshot, by id); 0 otherwise. A source
+    /// read at HEAD may have changed since, so its checkpoints are never used.
+    pub(crate) fn resume_offset(&self, earlier: &Record) -> u64 {
+        let same_diff = self.may_continue(earlier).is_ok()
+            && self.end.is_some()
+            && self.end.as_ref().map(|s| s.id) == earlier.end.as_ref().map(|s| s.id);
+        if same_diff {
+            earlier.done
+        } else {
+            0
+        }
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +228,7 @@ mod tests {
             }),
             client: "127.0.0.1:0/4242".into(),
             started: 1_700_000_000,
+            done: 48 << 20,
         }
     }
 
@@ -212,6 +244,40 @@ mod tests {
             ..r
         };
         assert_eq!(Record::decode(&full.encode()), Some(full));
+    }
+
+    #[test]
+    fn a_record_without_a_checkpoint_has_nothing_done() {
+        let text = record().encode().replace(" done=50331648", "");
+        assert_eq!(Record::decode(&text).map(|r| r.done), Some(0));
+        let bad = record().encode().replace("done=50331648", "done=x");
+        assert_eq!(Record::decode(&bad), None);
+    }
+
+    #[test]
+    fn a_checkpoint_is_used_only_for_the_same_diff() {
+        let earlier = record();
+        let mut same = record();
+        same.client = "127.0.0.1:0/9".into();
+        same.done = 0;
+        assert_eq!(same.resume_offset(&earlier), 48 << 20);
+        let mut later = record();
+        later.end = Some(SnapRef {
+            id: 12,
+            name: "s12".into(),
+        });
+        assert_eq!(later.resume_offset(&earlier), 0);
+        let mut other_base = record();
+        other_base.from = None;
+        assert_eq!(other_base.resume_offset(&earlier), 0);
+        let mut other_image = record();
+        other_image.image_id = "99".into();
+        assert_eq!(other_image.resume_offset(&earlier), 0);
+        let head = Record {
+            end: None,
+            ..record()
+        };
+        assert_eq!(head.resume_offset(&head.clone()), 0);
     }
 
     #[test]

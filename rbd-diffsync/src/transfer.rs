@@ -5,6 +5,7 @@ use std::panic::resume_unwind;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::cluster::{Cluster, Pool};
 use crate::destination::{self, Checks, Verdict};
 use crate::engine::{self, Window};
@@ -15,7 +16,7 @@ use crate::progress::{
     CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck, TransferStats,
     Waited,
 };
-use crate::record::{Record, SnapRef, KEY};
+use crate::record::{Record, SnapRef, HOLDER_KEY, KEY};
 use crate::spec::{ClusterSpec, ImageSpec};
 
 /// Default size of one data chunk: half the default RBD object size. With the default window
@@ -97,6 +98,12 @@ pub struct Plan {
     /// Whether the destination holds the writes of an interrupted transfer of the same diff,
     /// which this one completes.
     pub continues_interrupted: bool,
+    /// Where the transfer resumes: the checkpoint of the interrupted transfer of the very same
+    /// diff (source image, base and end snapshot), below which it had written everything; 0
+    /// when it starts from the beginning.
+    pub resume_from: u64,
+    /// Bytes of the diff below `resume_from`, done by the interrupted transfer and not again.
+    pub bytes_resumed: u64,
     /// Whether the transfer writes over data or changes that `overwrite_existing` allowed.
     pub overwrites_destination: bool,
     /// Ranges of the source's diff (after merging neighbours of the same kind).
@@ -104,7 +111,7 @@ pub struct Plan {
     /// Bytes of those ranges.
     pub diff_bytes: u64,
     /// Bytes to read from the source: the diff's data ranges, and ranges of the destination
-    /// to rewrite.
+    /// to rewrite (from `resume_from` on).
     pub data_bytes: u64,
     /// Bytes to make read as zeros (some may need no request).
     pub zero_bytes: u64,
@@ -316,6 +323,8 @@ struct Prepared {
     pieces: Vec<Piece>,
     known_zero: KnownZero,
     record: Record,
+    /// The killed predecessor whose lock was broken.
+    broke_lock_of: Option<String>,
 }
 
 /// What the source's scan found.
@@ -482,6 +491,7 @@ impl DiffTransfer {
                 end: end.as_ref().map(snap_ref),
                 client: String::new(),
                 started: unix_now(),
+                done: 0,
             };
             Ok(Source {
                 info: image.info()?,
@@ -508,22 +518,27 @@ impl DiffTransfer {
         let me = dest_cluster.address()?;
         let mut record = source.record.clone();
         record.client = me.clone();
+        let mut broke_lock_of = None;
         let found = match &dest {
             Some(dest) => {
                 if lock {
                     let previous = destination::read_record(dest)?;
-                    destination::lock(reporter, dest, &me, previous.as_ref())?;
+                    broke_lock_of = destination::lock(reporter, dest, &me, previous.as_ref())?;
                 }
                 // Under the lock from here on: what is read now stays true until the end.
-                let (dest, record, me) = (dest.clone(), record.clone(), me.clone());
+                let (image, record, me) = (dest.clone(), record.clone(), me.clone());
                 let (end, from) = (source.spec.snap().map(str::to_owned), source.from.clone());
                 let force = self.overwrite_existing;
                 let stop = reporter.stop_check();
                 let what = format!("the checks of {label}");
-                detached(reporter, &label, what, move || {
-                    check_destination(&dest, end, from, &record, &me, force, &stop)
-                })
-                .map_err(|e| self.stopped_or(reporter, e))?
+                let checked = detached(reporter, &label, what, move || {
+                    check_destination(&image, end, from, &record, &me, force, &stop)
+                });
+                if checked.is_err() && lock {
+                    // Refused: nothing of this transfer stays on the destination.
+                    let _ = dest.metadata_remove(HOLDER_KEY);
+                }
+                checked.map_err(|e| self.stopped_or(reporter, e))?
             }
             None => Found::default(),
         };
@@ -537,6 +552,7 @@ impl DiffTransfer {
             pieces,
             known_zero,
             record,
+            broke_lock_of,
         })
     }
 
@@ -659,11 +675,10 @@ impl DiffTransfer {
         let mut work = extents.clone();
         work.extend(extra(rewrite, true));
         work.extend(extra(stale, false));
-        let pieces = plan::pieces(
-            &plan::normalize(work),
-            self.chunk_size,
-            self.chunk_size * ZERO_CHUNK_FACTOR,
-        );
+        let resume_from = found.verdict.resume_from;
+        let (work, _) = plan::from_offset(plan::normalize(work), resume_from);
+        let (_, bytes_resumed) = plan::from_offset(extents.clone(), resume_from);
+        let pieces = plan::pieces(&work, self.chunk_size, self.chunk_size * ZERO_CHUNK_FACTOR);
         let (data_bytes, zero_bytes) = pieces.iter().fold((0, 0), |(d, z), p| {
             if p.data {
                 (d + p.len, z)
@@ -680,6 +695,8 @@ impl DiffTransfer {
             dest_size: found.size,
             create_destination: found.size.is_none(),
             continues_interrupted: found.verdict.continued,
+            resume_from,
+            bytes_resumed,
             overwrites_destination: found.verdict.overwrites,
             extents: extents.len() as u64,
             diff_bytes: extents.iter().map(|e| e.len).sum(),
@@ -713,6 +730,7 @@ impl DiffTransfer {
             pieces,
             known_zero,
             mut record,
+            broke_lock_of,
         } = prepared;
         let label = plan.dest.clone();
         if reporter.stop().is_some() {
@@ -737,7 +755,9 @@ impl DiffTransfer {
                 image
             }
         };
-        // The first write: from here on a rerun recognises what this transfer wrote.
+        // The first write: from here on a rerun recognises what this transfer wrote. What the
+        // interrupted transfer did stays recorded as done until this one gets further.
+        record.done = plan.resume_from;
         let (image, text) = (dest.clone(), record.encode());
         waited(
             reporter,
@@ -758,12 +778,28 @@ impl DiffTransfer {
             budget: self.window * self.chunk_size as usize,
             max_requests: MAX_REQUESTS.max(self.window),
         };
+        // Checkpoints are of use only to a rerun of the same diff, which a source read at
+        // HEAD never has.
+        let checkpoints = source
+            .spec
+            .snap()
+            .map(|_| Checkpointer::start(dest.clone(), record.clone(), checkpoint::INTERVAL));
+        let marks = |mark: u64| {
+            if let Some(checkpoints) = &checkpoints {
+                checkpoints.mark(mark);
+            }
+        };
         let job = engine::Job {
             pieces: &pieces,
             known_zero: &known_zero,
             window,
+            marks: Some(&marks),
         };
-        let counters = engine::run(&*source.image, &*dest, job, reporter, &label)?;
+        let copied = engine::run(&*source.image, &*dest, job, reporter, &label);
+        if let Some(checkpoints) = checkpoints {
+            checkpoints.finish(copied.is_err());
+        }
+        let counters = copied?;
         if reporter.stop().is_some() {
             return Err(reporter.stopped_error(&label));
         }
@@ -793,6 +829,7 @@ impl DiffTransfer {
             // here is harmless (the next transfer starts from that unchanged snapshot, and
             // replaces the record), so it does not fail the transfer.
             let _ = image.metadata_remove(KEY);
+            let _ = image.metadata_remove(HOLDER_KEY);
             Ok(elapsed)
         })?;
         reporter.finish();
@@ -809,6 +846,8 @@ impl DiffTransfer {
             image_size: source.info.size,
             created_destination: plan.create_destination,
             continued_interrupted: plan.continues_interrupted,
+            bytes_resumed: plan.bytes_resumed,
+            broke_lock_of,
             end_snap: plan.end_snap.clone(),
             elapsed: started.elapsed(),
             snapshot_elapsed,

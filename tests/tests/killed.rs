@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
 
+use rbd_diffsync::internals::RECORD_KEY;
 use rbd_diffsync_tests::{chain, cli, cluster, mib, Chain, TestCluster};
 
 fn copying(fraction: f64) -> impl Fn(&serde_json::Value) -> bool {
@@ -14,6 +15,23 @@ fn copying(fraction: f64) -> impl Fn(&serde_json::Value) -> bool {
         p["phase"] == "copying"
             && total.is_some_and(|t| t > 0 && done.unwrap_or(0) as f64 >= fraction * t as f64)
     }
+}
+
+/// Once the copy has recorded a checkpoint in the destination's in-progress record.
+fn checkpointed<'a>(c: &'a TestCluster, dest: &'a str) -> impl Fn(&serde_json::Value) -> bool + 'a {
+    let copying = copying(0.0);
+    move |p| copying(p) && done_in_record(c, dest) > 0
+}
+
+/// The checkpoint of the in-progress record on `dest`, 0 without one.
+fn done_in_record(c: &TestCluster, dest: &str) -> u64 {
+    c.meta(dest, RECORD_KEY)
+        .and_then(|r| {
+            r.split_whitespace()
+                .find_map(|f| f.strip_prefix("done=").map(str::to_owned))
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 fn phase(name: &'static str) -> impl Fn(&serde_json::Value) -> bool {
@@ -85,12 +103,21 @@ fn source(ch: &Chain, snap: &str) -> String {
     format!("{}@{snap}", ch.src)
 }
 
-/// A rerun after a kill under the lock waits for the dead client's lock and says so.
-fn assert_waited_for_the_lock(stderr: &str) {
-    assert!(
-        stderr.contains("left by an interrupted transfer"),
-        "the rerun says what it waits for: {stderr}"
-    );
+/// A rerun after a kill under the lock breaks the dead client's lock at once (instead of
+/// waiting for its watch to expire) and says so.
+fn assert_broke_the_lock(stats: &serde_json::Value) {
+    let client = stats["broke_lock_of"].as_str().unwrap_or_default();
+    assert!(client.contains('/'), "the dead client's address: {stats}");
+}
+
+/// A rerun after a kill in the copy resumes from the checkpoint: it did not do again what
+/// the killed run had recorded as done.
+fn assert_resumed(stats: &serde_json::Value) {
+    let resumed = stats["bytes_resumed"].as_u64().unwrap();
+    assert!(resumed > 0, "{stats}");
+    let diff = stats["diff_bytes"].as_u64().unwrap();
+    let read = stats["bytes_read"].as_u64().unwrap();
+    assert!(read + resumed <= diff + (4 << 20), "{stats}");
 }
 
 #[test]
@@ -99,11 +126,12 @@ fn killed_in_the_scan_then_in_the_copy_then_rerun_with_the_same_end() {
     let args = sync_args(&ch.c, &source(&ch, "s2"), &ch.dst, Some("s1"));
     kill_at(&args, phase("scanning"));
     assert_eq!(ch.c.snaps(&ch.dst), ["s1"]);
-    kill_at(&args, copying(0.3));
+    kill_at(&args, checkpointed(&ch.c, &ch.dst));
     assert_eq!(ch.c.snaps(&ch.dst), ["s1"]);
-    let (stats, stderr) = rerun(&args);
+    let (stats, _) = rerun(&args);
     assert_eq!(stats["continued_interrupted"], true, "{stats}");
-    assert_waited_for_the_lock(&stderr);
+    assert_broke_the_lock(&stats);
+    assert_resumed(&stats);
     ch.c.assert_same(&source(&ch, "s2"), &format!("{}@s2", ch.dst));
     assert_eq!(ch.c.snaps(&ch.dst), ["s1", "s2"]);
 }
@@ -115,9 +143,11 @@ fn killed_in_the_copy_then_rerun_with_a_later_end_that_zeroes_what_it_wrote() {
     kill_at(&args, copying(0.7));
     assert_eq!(ch.c.snaps(&ch.dst), ["s1"]);
     let later = sync_args(&ch.c, &source(&ch, "s3"), &ch.dst, Some("s1"));
-    let (stats, stderr) = rerun(&later);
+    let (stats, _) = rerun(&later);
     assert_eq!(stats["continued_interrupted"], true, "{stats}");
-    assert_waited_for_the_lock(&stderr);
+    assert_broke_the_lock(&stats);
+    // Another end snapshot: the checkpoint of the diff up to s2 is not used.
+    assert_eq!(stats["bytes_resumed"], 0, "{stats}");
     ch.c.assert_same(&source(&ch, "s3"), &format!("{}@s3", ch.dst));
     assert_eq!(ch.c.snaps(&ch.dst), ["s1", "s3"]);
 }
@@ -151,11 +181,158 @@ fn a_killed_full_sync_is_completed_by_a_rerun() {
     c.write(&src, mib(2), mib(30) as usize, 40);
     c.snap(&src, "s1");
     let args = sync_args(&c, &format!("{src}@s1"), &dst, None);
-    kill_at(&args, copying(0.5));
+    kill_at(&args, checkpointed(&c, &dst));
     assert!(c.exists(&dst) && c.snaps(&dst).is_empty());
-    let (stats, stderr) = rerun(&args);
+    let (stats, _) = rerun(&args);
     assert_eq!(stats["continued_interrupted"], true, "{stats}");
     assert_eq!(stats["created_destination"], false, "{stats}");
-    assert_waited_for_the_lock(&stderr);
+    assert_broke_the_lock(&stats);
+    assert_resumed(&stats);
     c.assert_same(&format!("{src}@s1"), &format!("{dst}@s1"));
+}
+
+/// A small deterministic generator, so that a failing kill point can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Runs the command line and SIGKILLs it at the first progress report at or after `at`
+/// seconds, or in its commit if `in_commit`; returns whether it was killed (it may have
+/// finished first).
+fn kill_after(args: &[String], at: f64, in_commit: bool) -> bool {
+    let mut child = cli()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        let Ok(p) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+            continue;
+        };
+        let elapsed = p["elapsed"].as_f64().unwrap_or(0.0);
+        if (in_commit && p["phase"] == "committing") || (!in_commit && elapsed >= at) {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap().signal() == Some(libc::SIGKILL)
+}
+
+/// The longest wait for the destination's lock in a run's progress reports, in seconds.
+fn lock_wait(stderr: &str) -> f64 {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|p| {
+            p["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.contains("lock"))
+        })
+        .filter_map(|p| p["waited"].as_f64())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn killed_at_ten_seeded_points_then_rerun_resumes_without_waiting_for_the_lock() {
+    // How long each kind takes uninterrupted, on the same inputs.
+    let base = chain("kill-point-base");
+    let full_dest = base.c.new_image("backups", "kill-point-base-full");
+    let baseline_of = |args: Vec<String>| rerun(&args).0["elapsed"].as_f64().unwrap();
+    let baseline = [
+        baseline_of(sync_args(&base.c, &source(&base, "s2"), &full_dest, None)),
+        baseline_of(sync_args(
+            &base.c,
+            &source(&base, "s2"),
+            &base.dst,
+            Some("s1"),
+        )),
+    ];
+    let mut rng = Rng(0x5eed_2026);
+    let mut finished_first = 0;
+    for point in 0..10u64 {
+        let incremental = point % 2 == 1;
+        let ch = chain(&format!("kill-point-{point}"));
+        let (source, dest, from, end) = if incremental {
+            (source(&ch, "s2"), ch.dst.clone(), Some("s1"), "s2")
+        } else {
+            let dest =
+                ch.c.new_image("backups", &format!("kill-point-full-{point}"));
+            (source(&ch, "s2"), dest, None, "s2")
+        };
+        let args = sync_args(&ch.c, &source, &dest, from);
+        // Points anywhere in the uninterrupted run's time, and one in the commit.
+        let uninterrupted = baseline[usize::from(incremental)];
+        let at = uninterrupted * (20 + rng.next() % 830) as f64 / 1000.0;
+        let in_commit = point == 9;
+        let what = format!("point {point}: killed at {at:.2} s (commit: {in_commit}) of {args:?}");
+        let killed = kill_after(&args, at, in_commit);
+        let before: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+        let snaps = if ch.c.exists(&dest) {
+            ch.c.snaps(&dest)
+        } else {
+            Vec::new()
+        };
+        if snaps.last().map(String::as_str) == Some(end) {
+            // The commit marker made it before the kill (or the run ended before the point,
+            // on a machine faster than when the baseline ran): it marks a complete copy.
+            assert!(
+                in_commit || !killed,
+                "{what}: end snapshot after a kill outside the commit"
+            );
+            finished_first += u32::from(!killed);
+            ch.c.assert_same(&source, &format!("{dest}@{end}"));
+            continue;
+        }
+        assert_eq!(snaps, before, "{what}: snapshots after the kill");
+        let checkpoint = if ch.c.exists(&dest) {
+            done_in_record(&ch.c, &dest)
+        } else {
+            0
+        };
+        let (stats, stderr) = rerun(&args);
+        ch.c.assert_same(&source, &format!("{dest}@{end}"));
+        let mut want = before.clone();
+        want.push(end.to_owned());
+        assert_eq!(ch.c.snaps(&dest), want, "{what}");
+        assert!(
+            ch.c.meta(&dest, RECORD_KEY).is_none(),
+            "{what}: record left"
+        );
+        // No wait for the dead client's lock (its watch lasts 10 s on the test clusters).
+        assert!(
+            lock_wait(&stderr) < 2.0,
+            "{what}: waited for the lock: {stderr}"
+        );
+        // Within a few seconds of an uninterrupted run: at most the 2 s that the dead client
+        // is given to answer (a lock wait would add up to 10 s here, 30 s by default).
+        let elapsed = stats["elapsed"].as_f64().unwrap();
+        assert!(
+            elapsed < uninterrupted + 4.0,
+            "{what}: rerun {elapsed} s, uninterrupted {uninterrupted} s"
+        );
+        // What the checkpoint recorded was not done again.
+        let resumed = stats["bytes_resumed"].as_u64().unwrap();
+        assert_eq!(
+            resumed > 0,
+            checkpoint > 0,
+            "{what}: checkpoint {checkpoint}: {stats}"
+        );
+        eprintln!(
+            "{what}: rerun {:.2} s, resumed {resumed} bytes, broke lock: {}",
+            stats["elapsed"], stats["broke_lock_of"]
+        );
+    }
+    assert!(
+        finished_first <= 2,
+        "{finished_first} of 10 runs ended before their kill point"
+    );
 }

@@ -290,6 +290,30 @@ fn no_other_client_writes_while_a_transfer_holds_the_lock() {
 }
 
 #[test]
+fn a_rerun_while_the_first_run_is_alive_is_refused_and_its_lock_left_alone() {
+    let ch = chain("alive");
+    let (copying_tx, copying) = mpsc::channel();
+    let transfer = slow(&ch, "s2").on_progress(move |p| {
+        if p.phase == Phase::Copying && p.bytes_done > 0 {
+            let _ = copying_tx.send(());
+        }
+    });
+    let running = std::thread::spawn(move || transfer.run());
+    copying.recv().expect("the transfer reaches the copy");
+    // The same transfer again: its predecessor by the record, but it answers.
+    let err =
+        ch.c.transfer(&format!("{}@s2", ch.src), &ch.dst, Some("s1"))
+            .run()
+            .unwrap_err();
+    assert_kind(&err, ErrorKind::Busy, libc::EBUSY);
+    assert!(err.to_string().contains("still running"), "{err}");
+    let stats = running.join().unwrap().expect("the first run completes");
+    assert_eq!(stats.broke_lock_of, None);
+    ch.c.assert_same(&format!("{}@s2", ch.src), &format!("{}@s2", ch.dst));
+    assert_eq!(ch.c.snaps(&ch.dst), ["s1", "s2"]);
+}
+
+#[test]
 fn of_two_incrementals_started_at_once_into_one_destination_one_is_refused() {
     let ch = chain("twice");
     let runs: Vec<_> = (0..2)

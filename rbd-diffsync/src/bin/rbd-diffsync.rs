@@ -535,6 +535,17 @@ fn stats_text(json: bool, stats: &TransferStats) -> String {
     if stats.continued_interrupted {
         lines.push("  continued an interrupted transfer of this diff, now complete".to_owned());
     }
+    if let Some(client) = &stats.broke_lock_of {
+        lines.push(format!(
+            "  lock      broke the lock left by the killed client {client} (now blocklisted)"
+        ));
+    }
+    if stats.bytes_resumed > 0 {
+        lines.push(format!(
+            "  resumed   {} done by the interrupted transfer, not done again",
+            mib(stats.bytes_resumed)
+        ));
+    }
     lines.extend([
         format!(
             "  diff      {} in {} extents",
@@ -585,6 +596,13 @@ fn plan_text(plan: &Plan, json: bool) -> String {
     )];
     if plan.continues_interrupted {
         lines.push("  continues an interrupted transfer of this diff".to_owned());
+    }
+    if plan.bytes_resumed > 0 {
+        lines.push(format!(
+            "  resumes   at offset {}: {} done by the interrupted transfer",
+            plan.resume_from,
+            mib(plan.bytes_resumed)
+        ));
     }
     if plan.overwrites_destination {
         lines.push("  overwrites what the destination holds (--force)".to_owned());

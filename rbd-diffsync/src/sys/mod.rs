@@ -69,10 +69,38 @@ pub(crate) struct rbd_snap_info_t {
     pub name: *const c_char,
 }
 
+#[repr(C)]
+pub(crate) struct notify_ack_t {
+    pub notifier_id: u64,
+    pub cookie: u64,
+    pub payload: *mut c_char,
+    pub payload_len: u64,
+}
+
+#[repr(C)]
+pub(crate) struct notify_timeout_t {
+    pub notifier_id: u64,
+    pub cookie: u64,
+}
+
+// Not in the `ceph` crate's bindings.
 #[link(name = "rados")]
 extern "C" {
-    /// Not in the `ceph` crate's bindings. The string is freed with `rados_buffer_free`.
+    /// The string is freed with `rados_buffer_free`.
     pub(crate) fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
+    pub(crate) fn rados_decode_notify_response(
+        reply_buffer: *mut c_char,
+        reply_buffer_len: size_t,
+        acks: *mut *mut notify_ack_t,
+        nr_acks: *mut size_t,
+        timeouts: *mut *mut notify_timeout_t,
+        nr_timeouts: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rados_free_notify_response(
+        acks: *mut notify_ack_t,
+        nr_acks: size_t,
+        timeouts: *mut notify_timeout_t,
+    );
 }
 
 #[link(name = "rbd")]
@@ -119,6 +147,11 @@ extern "C" {
     pub(crate) fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: size_t) -> c_int;
 
     pub(crate) fn rbd_lock_acquire(image: rbd_image_t, lock_mode: c_int) -> c_int;
+    pub(crate) fn rbd_lock_break(
+        image: rbd_image_t,
+        lock_mode: c_int,
+        lock_owner: *const c_char,
+    ) -> c_int;
     pub(crate) fn rbd_lock_get_owners(
         image: rbd_image_t,
         lock_mode: *mut c_int,
