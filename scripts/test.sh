@@ -49,6 +49,8 @@ echo "clusters: $conf1 $conf2"
 step "tests"
 # Two test threads: the OSDs share the machine's cores with the tests.
 cargo test --workspace --all-features -- --test-threads "${TEST_THREADS:-2}"
+# The fault tests that stop the first cluster's OSD, alone: they would stall every other test.
+cargo test -p rbd-diffsync-tests --all-features --test faults -- --ignored --test-threads 1
 
 stop_clusters
 trap - EXIT

@@ -6,15 +6,18 @@
 
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::ptr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use ceph::rados as raw;
 use libc::c_char;
 
-use crate::error::{code_text, errno_of, Error, Result};
-use crate::spec::ClusterSpec;
+use crate::error::{code_text, errno_of, Error, ErrorKind, Result};
+use crate::spec::{ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use crate::sys::{self, rados_ioctx_t, rados_t};
 
 struct Handle {
@@ -32,6 +35,85 @@ impl Drop for Handle {
         // SAFETY: `rados` came from rados_create2 and is shut down exactly once, here.
         unsafe { raw::rados_shutdown(self.rados) }
     }
+}
+
+/// How long a connection may take before a probe looks for a refused key.
+const AUTH_PROBE_AFTER: Duration = Duration::from_secs(2);
+
+/// What librados logs when the monitors refuse a client's key.
+const AUTH_REFUSED: &str = "handle_auth_bad_method";
+
+/// A second connection with the same settings as a slow one, logging to a file of its own,
+/// in which a refusal of its key shows. Its thread removes the file when it gives up.
+struct AuthProbe {
+    log: PathBuf,
+}
+
+impl AuthProbe {
+    fn start(spec: &ClusterSpec) -> Option<AuthProbe> {
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "rbd-diffsync-connect-{}-{n}.log",
+            std::process::id()
+        ));
+        let c_log = CString::new(log.as_os_str().as_bytes()).ok()?;
+        let extra: [(&CStr, &CStr); 4] = [
+            (c"log_file", &c_log),
+            (c"log_to_file", c"true"),
+            (c"log_to_stderr", c"false"),
+            (c"err_to_stderr", c"false"),
+        ];
+        let handle = Cluster::configure(spec, &extra).ok()?;
+        let path = log.clone();
+        thread::Builder::new()
+            .name("rbd-diffsync-probe".into())
+            .spawn(move || {
+                // SAFETY: the handle is configured and not yet connected.
+                unsafe { raw::rados_connect(handle.rados) };
+                drop(handle);
+                let _ = std::fs::remove_file(path);
+            })
+            .ok()?;
+        Some(AuthProbe { log })
+    }
+
+    fn refused(&self) -> bool {
+        std::fs::read(&self.log)
+            .map(|log| {
+                log.windows(AUTH_REFUSED.len())
+                    .any(|w| w == AUTH_REFUSED.as_bytes())
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for AuthProbe {
+    fn drop(&mut self) {
+        // The probe's thread may still write to it; it ends with its connection.
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Why a connection failed; for a timeout, which monitors did not answer.
+fn connect_error(label: &str, mon_host: &str, timeout: &str, ret: i32) -> Error {
+    let errno = errno_of(ret.into());
+    let why = if errno == libc::ETIMEDOUT {
+        let monitors = if mon_host.is_empty() {
+            "its monitors".to_owned()
+        } else {
+            format!("its monitors ({mon_host})")
+        };
+        format!(
+            "{}: {monitors} did not answer within the connect timeout ({} s): check that \
+             they run and that the addresses are right",
+            code_text(errno),
+            seconds(timeout).map_or_else(|| timeout.to_owned(), |s| s.to_string())
+        )
+    } else {
+        code_text(errno)
+    };
+    Error::from_errno(errno, format!("cannot connect to {label}: {why}"))
 }
 
 /// A connection to one cluster, shared by the images opened through it. Cloning is cheap.
@@ -56,9 +138,24 @@ fn cstring(what: &str, s: &[u8]) -> Result<CString> {
 /// [`ClusterSpec`].
 const LIBRARY_DEFAULTS: [(&CStr, &CStr); 1] = [(c"rbd_cache", c"false")];
 
+/// Timeouts the library sets where ceph.conf leaves librados' default: (option, librados'
+/// default in seconds, ours).
+fn timeout_defaults() -> [(&'static CStr, f64, Duration); 3] {
+    [
+        (c"client_mount_timeout", 300.0, DEFAULT_CONNECT_TIMEOUT),
+        (c"rados_osd_op_timeout", 0.0, DEFAULT_OP_TIMEOUT),
+        (c"rados_mon_op_timeout", 0.0, DEFAULT_OP_TIMEOUT),
+    ]
+}
+
+/// A duration option's value in seconds (librados prints them as `300` or `0.000000`).
+fn seconds(value: &str) -> Option<f64> {
+    value.trim().trim_end_matches('s').parse().ok()
+}
+
 impl Cluster {
-    /// Connects as the spec says (see [`ClusterSpec`] for what fills in what it leaves unset).
-    pub fn connect(spec: &ClusterSpec) -> Result<Cluster> {
+    /// A handle configured as the spec says, with `extra` options set last, not connected.
+    fn configure(spec: &ClusterSpec, extra: &[(&CStr, &CStr)]) -> Result<Handle> {
         let resolved = spec.resolve();
         let label = resolved.to_string();
         let fail = |what: &str, ret: i32| {
@@ -96,14 +193,20 @@ impl Cluster {
         for (key, value) in LIBRARY_DEFAULTS {
             set(&handle, key, value).map_err(|ret| fail("", ret))?;
         }
+        for (key, librados_default, ours) in timeout_defaults() {
+            if get(&handle, key).is_some_and(|v| seconds(&v) == Some(librados_default)) {
+                let value = cstring("option value", ours.as_secs_f64().to_string().as_bytes())?;
+                set(&handle, key, &value).map_err(|ret| fail("", ret))?;
+            }
+        }
         // SAFETY: as above; NULL means the CEPH_ARGS variable.
         let ret = unsafe { raw::rados_conf_parse_env(handle.rados, ptr::null()) };
         if ret < 0 {
             return Err(fail("CEPH_ARGS: ", ret));
         }
-        let timeout = spec
-            .connect_timeout_value()
-            .map(|t| format!("{}", t.as_secs_f64()));
+        let secs = |t: Duration| t.as_secs_f64().to_string();
+        let timeout = spec.connect_timeout_value().map(secs);
+        let op_timeout = spec.op_timeout_value().map(secs);
         let named = [
             (
                 "keyring",
@@ -113,6 +216,14 @@ impl Cluster {
             (
                 "client_mount_timeout",
                 timeout.as_deref().map(str::as_bytes),
+            ),
+            (
+                "rados_osd_op_timeout",
+                op_timeout.as_deref().map(str::as_bytes),
+            ),
+            (
+                "rados_mon_op_timeout",
+                op_timeout.as_deref().map(str::as_bytes),
             ),
         ];
         let options = spec
@@ -134,14 +245,69 @@ impl Cluster {
                 )
             })?;
         }
-        // SAFETY: the handle is configured and not yet connected.
-        let ret = unsafe { raw::rados_connect(handle.rados) };
-        if ret < 0 {
-            return Err(fail("", ret));
+        for (key, value) in extra {
+            set(&handle, key, value).map_err(|ret| fail("", ret))?;
         }
-        Ok(Cluster {
-            handle: Arc::new(handle),
-        })
+        Ok(handle)
+    }
+
+    /// Connects as the spec says (see [`ClusterSpec`] for what fills in what it leaves unset).
+    ///
+    /// librados takes a key the monitors refuse (a wrong key, an unknown client) for a
+    /// connection problem and retries until the connect timeout, then reports `ETIMEDOUT`;
+    /// only its log says why. So a connection that takes longer than [`AUTH_PROBE_AFTER`] is
+    /// probed by a second one with the same settings logging to a file of ours, and a refusal
+    /// found there ends the wait at once as [`ErrorKind::PermissionDenied`] (`EACCES`).
+    pub fn connect(spec: &ClusterSpec) -> Result<Cluster> {
+        let handle = Cluster::configure(spec, &[])?;
+        let label = handle.label.clone();
+        let mon_host = get(&handle, c"mon_host").unwrap_or_default();
+        let timeout = get(&handle, c"client_mount_timeout").unwrap_or_default();
+        let (tx, rx) = mpsc::channel();
+        let connecting = thread::Builder::new()
+            .name("rbd-diffsync-connect".into())
+            .spawn(move || {
+                // SAFETY: the handle is configured and not yet connected.
+                let ret = unsafe { raw::rados_connect(handle.rados) };
+                // A connection given up on is shut down when its handle drops here.
+                let _ = tx.send((ret, handle));
+            })
+            .map_err(|e| {
+                Error::from_errno(libc::EAGAIN, format!("cannot connect to {label}: {e}"))
+            })?;
+        drop(connecting);
+        let mut probe: Option<AuthProbe> = None;
+        let started = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((ret, handle)) => {
+                    if ret < 0 {
+                        return Err(connect_error(&label, &mon_host, &timeout, ret));
+                    }
+                    return Ok(Cluster {
+                        handle: Arc::new(handle),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(connect_error(&label, &mon_host, &timeout, -libc::EIO));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if probe.is_none() && started.elapsed() >= AUTH_PROBE_AFTER {
+                probe = AuthProbe::start(spec);
+            }
+            if probe.as_ref().is_some_and(AuthProbe::refused) {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    libc::EACCES,
+                    format!(
+                        "cannot connect to {label}: the monitors refuse its key (a wrong key, \
+                         or no such client on that cluster); check the client name and its \
+                         keyring"
+                    ),
+                ));
+            }
+        }
     }
 
     /// `cluster <conf> as client.<id>`, for messages.
@@ -172,6 +338,85 @@ impl Cluster {
         Ok(CStr::from_bytes_until_nul(&buf)
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default())
+    }
+
+    /// Runs a monitor command (JSON) and returns its output.
+    pub(crate) fn mon_command(&self, command: &str) -> Result<Vec<u8>> {
+        let c_command = cstring("monitor command", command.as_bytes())?;
+        let mut commands = [c_command.as_ptr()];
+        let (mut out, mut out_len) = (ptr::null_mut(), 0);
+        let (mut status, mut status_len) = (ptr::null_mut(), 0);
+        // SAFETY: the cluster is connected; one NUL-terminated command; no input; the out
+        // buffers are freed below with librados' own call.
+        let ret = unsafe {
+            raw::rados_mon_command(
+                self.handle.rados,
+                commands.as_mut_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut out,
+                &mut out_len,
+                &mut status,
+                &mut status_len,
+            )
+        };
+        // SAFETY: `out` holds `out_len` bytes when not NULL; both buffers are librados's.
+        let output = unsafe {
+            let output = if out.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(out.cast::<u8>(), out_len).to_vec()
+            };
+            if !out.is_null() {
+                raw::rados_buffer_free(out);
+            }
+            if !status.is_null() {
+                raw::rados_buffer_free(status);
+            }
+            output
+        };
+        if ret < 0 {
+            return Err(Error::rbd("monitor command", self.label(), ret.into()));
+        }
+        Ok(output)
+    }
+
+    /// Why `pool` takes no writes, if it is marked full: its quota, or the cluster's space.
+    pub(crate) fn pool_full(&self, pool: &str) -> Option<String> {
+        let json = |command: serde_json::Value| -> Option<serde_json::Value> {
+            serde_json::from_slice(&self.mon_command(&command.to_string()).ok()?).ok()
+        };
+        let pools = json(serde_json::json!({
+            "prefix": "osd pool ls", "detail": "detail", "format": "json"
+        }))?;
+        let flags = pools.as_array()?.iter().find(|p| p["pool_name"] == pool)?["flags_names"]
+            .as_str()?
+            .to_owned();
+        let flags: Vec<&str> = flags.split(',').collect();
+        if flags.contains(&"full_quota") {
+            let quota = json(serde_json::json!({
+                "prefix": "osd pool get-quota", "pool": pool, "format": "json"
+            }));
+            let field = |key: &str| quota.as_ref().and_then(|q| q[key].as_u64()).unwrap_or(0);
+            let limit = match (field("quota_max_bytes"), field("quota_max_objects")) {
+                (0, objects) => format!("{objects} objects"),
+                (bytes, _) => format!("{bytes} bytes"),
+            };
+            Some(format!(
+                "pool {pool} has reached its quota ({limit}; it holds {} bytes in {} objects): \
+                 raise it (`ceph osd pool set-quota {pool} max_bytes N`) or free space",
+                field("current_num_bytes"),
+                field("current_num_objects")
+            ))
+        } else if flags.contains(&"full") {
+            Some(format!(
+                "pool {pool} is full (its OSDs have reached their full ratio): free space or \
+                 add capacity"
+            ))
+        } else {
+            None
+        }
     }
 
     /// The cluster's fsid.
@@ -255,6 +500,26 @@ fn set(handle: &Handle, key: &CStr, value: &CStr) -> std::result::Result<(), i32
     } else {
         Ok(())
     }
+}
+
+/// An option's value on a handle being configured, `None` if librados has no such option.
+fn get(handle: &Handle, key: &CStr) -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the key is NUL-terminated; the buffer is valid for its length and librados
+    // NUL-terminates within it.
+    let ret = unsafe {
+        raw::rados_conf_get(
+            handle.rados,
+            key.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (ret >= 0).then(|| {
+        CStr::from_bytes_until_nul(&buf)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
 }
 
 struct PoolHandle {

@@ -193,6 +193,23 @@ pub(crate) fn errno_of(ret: i64) -> i32 {
     i32::try_from(ret.unsigned_abs()).unwrap_or(libc::EIO)
 }
 
+/// What to do about a failed read or write of `image` (`pool[/namespace]/image`).
+fn io_hint(errno: i32, image: &str) -> String {
+    let pool = image.split('/').next().unwrap_or(image);
+    match errno {
+        libc::ETIMEDOUT => " (the OSDs did not answer within the operation timeout: a stalled \
+             or unreachable OSD; no end snapshot was created, and running the transfer again \
+             once the cluster answers resumes it)"
+            .to_owned(),
+        libc::EDQUOT | libc::ENOSPC => format!(
+            " (pool {pool} is full or has reached its quota, see `ceph osd pool get-quota \
+             {pool}` and `ceph df`; free space or raise the quota, then run the transfer again: \
+             it resumes)"
+        ),
+        _ => String::new(),
+    }
+}
+
 /// What went wrong: a [`kind`](Error::kind), the exact [`errno`](Error::errno), the image and
 /// snapshot concerned where there are some, and a message naming them.
 pub struct Error(Box<Inner>);
@@ -256,8 +273,9 @@ impl Error {
             kind,
             errno,
             format!(
-                "{op} of image {image} at offset {offset} (length {len}): {}",
-                code_text(errno)
+                "{op} of image {image} at offset {offset} (length {len}): {}{}",
+                code_text(errno),
+                io_hint(errno, image)
             ),
         )
     }

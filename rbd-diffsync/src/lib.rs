@@ -82,7 +82,7 @@ mod transfer;
 
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
-pub use spec::{ClusterSpec, ImageSpec};
+pub use spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use transfer::{DiffTransfer, Plan, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
 
 /// The librbd layer, planner and zero detection, for the project's own tests and benchmarks:

@@ -150,6 +150,14 @@ impl fmt::Display for ImageSpec {
     }
 }
 
+/// How long a connection may take by default: see [`ClusterSpec::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an operation may go unanswered by default: see [`ClusterSpec::op_timeout`]. Long
+/// enough for an OSD restart or a short peering, short enough that a stalled cluster or a full
+/// pool gives an error within a minute.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl FromStr for ImageSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -173,9 +181,12 @@ impl TryFrom<&str> for ImageSpec {
 /// `/etc/ceph/$cluster.conf`, `~/.ceph/$cluster.conf`, `./$cluster.conf`. Settings given here
 /// win over `CEPH_ARGS`, which wins over ceph.conf.
 ///
-/// The library sets one option of its own before `CEPH_ARGS` and the spec's are applied, so
-/// that either can override it: `rbd_cache = false` (a transfer reads and writes each byte
-/// once; the cache would copy it again and hold memory per image). It leaves librbd's
+/// The library sets options of its own before `CEPH_ARGS` and the spec's are applied, so
+/// that either can override them: `rbd_cache = false` (a transfer reads and writes each byte
+/// once; the cache would copy it again and hold memory per image), and, where ceph.conf
+/// leaves librados' defaults, timeouts that end a wait for a cluster that does not answer:
+/// [`DEFAULT_CONNECT_TIMEOUT`] and [`DEFAULT_OP_TIMEOUT`] (librados waits 300 s to connect,
+/// and for ever for an operation). It leaves librbd's
 /// `rbd_disable_zero_copy_writes = true`: with zero-copy writes, librbd 16.2 never completes
 /// a write whose exclusive-lock acquisition is refused (`EROFS`), which would hang the
 /// transfer if its lock were taken from it.
@@ -187,6 +198,7 @@ pub struct ClusterSpec {
     keyring: Option<PathBuf>,
     mon_host: Option<String>,
     connect_timeout: Option<Duration>,
+    op_timeout: Option<Duration>,
     options: Vec<(String, String)>,
 }
 
@@ -239,10 +251,23 @@ impl ClusterSpec {
         self
     }
 
-    /// Gives up connecting after this long (librados' `client_mount_timeout`, 300 s unless
-    /// ceph.conf says otherwise). A wrong key or an unreachable monitor fails only then.
+    /// Gives up connecting after this long (librados' `client_mount_timeout`):
+    /// [`DEFAULT_CONNECT_TIMEOUT`] unless ceph.conf sets another value than librados' own
+    /// default (300 s). An unreachable monitor fails then; a key the monitors refuse fails
+    /// within seconds.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Fails an operation that the cluster has not answered after this long, with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (`ETIMEDOUT`), instead of waiting for
+    /// a stalled OSD or monitor for ever: librados' `rados_osd_op_timeout` and
+    /// `rados_mon_op_timeout`. [`DEFAULT_OP_TIMEOUT`] unless ceph.conf sets them (librados'
+    /// own default, 0, waits for ever); `Duration::ZERO` waits for ever. A transfer that
+    /// times out leaves no end snapshot, and its rerun resumes from its checkpoint.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = Some(timeout);
         self
     }
 
@@ -281,6 +306,11 @@ impl ClusterSpec {
     /// The connect timeout, if one was set.
     pub fn connect_timeout_value(&self) -> Option<Duration> {
         self.connect_timeout
+    }
+
+    /// The operation timeout, if one was set.
+    pub fn op_timeout_value(&self) -> Option<Duration> {
+        self.op_timeout
     }
 
     /// The options set with [`option`](Self::option), in order.

@@ -282,9 +282,11 @@ impl DiffTransfer {
         let started = Instant::now();
         self.check_settings()?;
         let mut reporter = self.reporter(started);
-        let result = self
-            .prepare(&mut reporter, true)
-            .and_then(|prepared| self.execute(prepared, &mut reporter, started));
+        let result = self.prepare(&mut reporter, true).and_then(|prepared| {
+            let (cluster, pool) = (prepared.dest_cluster.clone(), prepared.dest_pool.clone());
+            self.execute(prepared, &mut reporter, started)
+                .map_err(|e| explain_full_pool(&mut reporter, e, cluster, pool))
+        });
         if let Some(panic) = reporter.take_panic() {
             resume_unwind(panic);
         }
@@ -852,6 +854,39 @@ impl DiffTransfer {
             elapsed: started.elapsed(),
             snapshot_elapsed,
         })
+    }
+}
+
+/// A write that timed out or was refused for space: if the destination's pool is marked full,
+/// an error that says so (the OSDs hold writes to a full pool until they time out).
+fn explain_full_pool(reporter: &mut Reporter, e: Error, cluster: Cluster, pool: Pool) -> Error {
+    if ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno()) {
+        return e;
+    }
+    let name = pool.name().to_owned();
+    let what = format!("the monitors to tell whether pool {name} is full");
+    let full = match reporter.wait(what, true, move || cluster.pool_full(&name)) {
+        Waited::Done(Some(full)) => full,
+        _ => return e,
+    };
+    let errno = if full.contains("quota") {
+        libc::EDQUOT
+    } else {
+        libc::ENOSPC
+    };
+    let image = e.image().map(str::to_owned);
+    let error = Error::new(
+        ErrorKind::NoSpace,
+        errno,
+        format!(
+            "{full}; then run the transfer again: it resumes where this one stopped, and no end \
+             snapshot was created ({})",
+            e.message()
+        ),
+    );
+    match image {
+        Some(image) => error.with_image(image),
+        None => error,
     }
 }
 

@@ -222,6 +222,33 @@ impl TestCluster {
         assert_eq!(self.md5(a), self.md5(b), "{a} and {b} differ");
     }
 
+    /// `ceph -c <conf> args...`, which must succeed; its stdout.
+    pub fn ceph(&self, args: &[&str]) -> String {
+        let out = Command::new("ceph")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .expect("run ceph");
+        assert!(
+            out.status.success(),
+            "ceph {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("ceph prints UTF-8")
+    }
+
+    /// The pid of the cluster's OSD (`scripts/cluster.sh` keeps it beside its ceph.conf).
+    pub fn osd_pid(&self) -> i32 {
+        let file = self.conf.with_file_name("run").join("osd.0.pid");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
     /// Whether the image exists.
     pub fn exists(&self, image: &str) -> bool {
         self.rbd_output(&["info", image]).status.success()

@@ -48,12 +48,17 @@ fn a_wrong_keyring_is_refused_before_anything_is_written() {
     let wrong = b
         .spec()
         .keyring(a.conf.with_file_name("client.admin.keyring"))
-        .connect_timeout(std::time::Duration::from_secs(5));
+        .connect_timeout(std::time::Duration::from_secs(30));
     let err = DiffTransfer::new(format!("{src}@s1").parse().unwrap(), dst.parse().unwrap())
         .cluster(a.spec())
         .dest_cluster(wrong)
         .run()
         .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (rbd_diffsync::ErrorKind::PermissionDenied, libc::EACCES),
+        "a refused key, not a timeout: {err}"
+    );
     assert!(
         err.to_string().contains(&b.conf.display().to_string()),
         "names the cluster: {err}"

@@ -34,7 +34,7 @@ Exit status (as rbd's: the error's code modulo 256):
    22  EINVAL     a usage error, a malformed image spec, a setting out of range
    28  ENOSPC     the pool or the cluster is full (122 EDQUOT: a quota is reached)
    95  EOPNOTSUPP the cluster or the image does not support an operation (38 ENOSYS)
-  110  ETIMEDOUT  a cluster did not answer in time (see --connect-timeout)
+  110  ETIMEDOUT  a cluster did not answer in time (see --connect-timeout, --op-timeout)
   125  ECANCELED  cancelled by a first SIGINT (Ctrl-C), SIGTERM or SIGHUP: no end snapshot was
                   created; running the same command again completes the transfer
   200  EDESTCHANGED (library code 4296) the destination changed since --from-snap
@@ -165,10 +165,17 @@ struct ClusterArgs {
         help_heading = "Cluster options"
     )]
     keyring: Option<PathBuf>,
-    /// Give up connecting after this many seconds (default: librados' client_mount_timeout,
-    /// 300 s); applies to the destination too unless --dest-connect-timeout is given.
+    /// Give up connecting after this many seconds (default: 30, unless ceph.conf sets
+    /// client_mount_timeout); applies to the destination too unless --dest-connect-timeout is
+    /// given. A key the monitors refuse fails within seconds whatever this says.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, help_heading = "Cluster options")]
     connect_timeout: Option<Duration>,
+    /// Fail an operation the cluster has not answered after this many seconds (default: 60,
+    /// unless ceph.conf sets rados_osd_op_timeout / rados_mon_op_timeout; 0: wait for ever);
+    /// applies to the destination too unless --dest-op-timeout is given. A rerun of a
+    /// transfer that timed out resumes it.
+    #[arg(long, value_name = "SECS", value_parser = parse_op_timeout, help_heading = "Cluster options")]
+    op_timeout: Option<Duration>,
     /// Any librados or librbd option, as `rbd --KEY VALUE` sets it (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE", value_parser = parse_option,
           help_heading = "Cluster options")]
@@ -226,6 +233,10 @@ struct ClusterArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_timeout,
           help_heading = "Destination cluster options")]
     dest_connect_timeout: Option<Duration>,
+    /// Operation timeout for the destination cluster (default: --op-timeout).
+    #[arg(long, value_name = "SECS", value_parser = parse_op_timeout,
+          help_heading = "Destination cluster options")]
+    dest_op_timeout: Option<Duration>,
     /// A librados or librbd option for the destination only (repeatable).
     #[arg(long = "dest-option", value_name = "KEY=VALUE", value_parser = parse_option,
           help_heading = "Destination cluster options")]
@@ -256,6 +267,9 @@ impl ClusterArgs {
         if let Some(timeout) = self.connect_timeout {
             spec = spec.connect_timeout(timeout);
         }
+        if let Some(timeout) = self.op_timeout {
+            spec = spec.op_timeout(timeout);
+        }
         for (key, value) in &self.options {
             spec = spec.option(key.clone(), value.clone());
         }
@@ -284,12 +298,18 @@ impl ClusterArgs {
             if let Some(timeout) = self.connect_timeout {
                 spec = spec.connect_timeout(timeout);
             }
+            if let Some(timeout) = self.op_timeout {
+                spec = spec.op_timeout(timeout);
+            }
             spec
         } else {
             source.clone()
         };
         if let Some(timeout) = self.dest_connect_timeout {
             spec = spec.connect_timeout(timeout);
+        }
+        if let Some(timeout) = self.dest_op_timeout {
+            spec = spec.op_timeout(timeout);
         }
         if let Some(id) = &self.dest_id {
             spec = spec.id(id.clone());
@@ -336,6 +356,11 @@ fn parse_seconds(s: &str, zero_ok: bool) -> Result<Duration, String> {
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     parse_seconds(s, false)
+}
+
+/// 0 waits for ever.
+fn parse_op_timeout(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, true)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
