@@ -78,11 +78,13 @@ mod record;
 mod spec;
 mod sys;
 mod transfer;
+mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 pub use spec::{ClusterSpec, ImageSpec};
 pub use transfer::{DiffTransfer, Plan, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+pub use verify::{Verify, VerifyStats};
 
 /// The librbd layer, planner and zero detection, for the project's own tests and benchmarks:
 /// no stable API.
