@@ -157,12 +157,17 @@ pub(crate) fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok,
 impl TransferStats {
     /// Diff bytes handled per second of wall time.
     pub fn throughput(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.diff_bytes as f64 / secs
-        } else {
-            0.0
-        }
+        per_second(self.diff_bytes, self.elapsed)
+    }
+}
+
+/// `bytes` per second of `elapsed`; 0 for no time.
+pub(crate) fn per_second(bytes: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        bytes as f64 / secs
+    } else {
+        0.0
     }
 }
 

@@ -2,17 +2,19 @@
 //! byte; ranges that neither image has allocated read as zeros on both, and are not read.
 
 use std::panic::resume_unwind;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
 use crate::destination;
-use crate::engine::{Completion, DiffSource, Done, Window};
+use crate::engine::{self, Completion, DiffSource, Done, Window};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::plan::{self, DiffExtent, Piece};
-use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter};
+use crate::progress::{
+    per_second, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter,
+};
 use crate::spec::{ClusterSpec, ImageSpec};
 use crate::transfer::{self, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
 
@@ -83,12 +85,7 @@ pub struct VerifyStats {
 impl VerifyStats {
     /// Image bytes verified per second of wall time.
     pub fn throughput(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.image_size as f64 / secs
-        } else {
-            0.0
-        }
+        per_second(self.image_size, self.elapsed)
     }
 }
 
@@ -329,13 +326,7 @@ struct Comparison<'a> {
 
 impl Drop for Comparison<'_> {
     fn drop(&mut self) {
-        while self.in_flight > 0 {
-            // Our own sender keeps the channel open, so recv only returns on a completion.
-            if self.rx.recv().is_err() {
-                break;
-            }
-            self.in_flight -= 1;
-        }
+        engine::drain(&self.rx, &mut self.in_flight);
     }
 }
 
@@ -529,7 +520,6 @@ pub(crate) fn compare(
         first_difference: None,
         error: None,
     };
-    let poll = reporter.poll_interval();
     let mut stopping = false;
     let mut next = 0;
     loop {
@@ -543,22 +533,11 @@ pub(crate) fn compare(
         if c.in_flight == 0 {
             break;
         }
-        match c.rx.recv_timeout(poll) {
-            Ok(done) => {
-                reporter.waiting_for(None);
-                let bytes = c.complete(done);
-                if bytes > 0 {
-                    reporter.advance(bytes);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                reporter.waiting_for(Some(format!(
-                    "the cluster to complete the reads in flight of {label}"
-                )));
-                reporter.tick();
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                unreachable!("the comparison's own sender keeps the channel open")
+        let what = || format!("the cluster to complete the reads in flight of {label}");
+        if let Some(done) = engine::next_completion(&c.rx, reporter, what) {
+            let bytes = c.complete(done);
+            if bytes > 0 {
+                reporter.advance(bytes);
             }
         }
     }

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use rbd_diffsync_tests::{cli, cluster, example, mib, unique, TestCluster};
+use rbd_diffsync_tests::{cli, cluster, example, json_exit, mib, stderr, unique, TestCluster};
 use serde_json::Value;
 
 /// `rbd-diffsync sync -c CONF --no-progress ARGS...`, CEPH_ARGS cleared.
@@ -23,21 +23,6 @@ fn sync(c: &TestCluster, args: &[&str]) -> Command {
 
 fn run(mut cmd: impl BorrowMut<Command>) -> Output {
     cmd.borrow_mut().output().expect("rbd-diffsync runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the exit status, and returns the one JSON object on stdout.
-fn json_exit(out: &Output, status: i32) -> Value {
-    assert_eq!(out.status.code(), Some(status), "{}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// Asserts the exit status and the JSON error object; returns it.

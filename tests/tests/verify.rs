@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rbd_diffsync::error::CODE_MISMATCH;
 use rbd_diffsync::{ErrorKind, Phase, Progress, Verify};
-use rbd_diffsync_tests::{cli, cluster, mib, pattern, TestCluster};
-use serde_json::Value;
+use rbd_diffsync_tests::{cli, cluster, json_exit, mib, pattern, stderr, TestCluster};
 
 /// `rbd-diffsync SUBCOMMAND --no-progress -c CONF ARGS...`, CEPH_ARGS cleared.
 fn command(c: &TestCluster, subcommand: &str, args: &[&str]) -> Output {
@@ -21,21 +20,6 @@ fn command(c: &TestCluster, subcommand: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("rbd-diffsync runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the exit status; returns the one JSON object on stdout.
-fn json_exit(out: &Output, status: i32) -> Value {
-    assert_eq!(out.status.code(), Some(status), "{}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 fn verify(c: &TestCluster, a: &str, b: &str) -> Verify {
