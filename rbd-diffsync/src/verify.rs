@@ -156,7 +156,8 @@ impl Verify {
         self
     }
 
-    /// Compares the images. `Ok` when they are equal; an error of kind
+    /// Compares the images. An image read at HEAD while another client writes it may of
+    /// course differ. `Ok` when they are equal; an error of kind
     /// [`Mismatch`](crate::ErrorKind::Mismatch) naming the first byte that differs
     /// ([`Error::offset`]), or saying that their sizes differ, when they are not.
     pub fn run(mut self) -> Result<VerifyStats> {
@@ -343,10 +344,11 @@ impl Comparison<'_> {
     }
 
     /// Whether a chunk of `len` may start now; with nothing in flight there is always room.
+    /// Spare buffers do not count: they are reused, or freed to make room (see `buffer`).
     fn has_room(&self, len: usize) -> bool {
         self.in_flight == 0
             || (self.in_flight + 2 <= self.window.max_requests
-                && self.charged + self.spare_bytes + charge(len) <= self.window.budget)
+                && self.charged + charge(len) <= self.window.budget)
     }
 
     /// A buffer with room for `len` bytes: a spare one of about that size, or a new one.
