@@ -136,6 +136,12 @@ fn equal_images_verify_with_figures() {
     assert_eq!(v["bytes_skipped"], mib(52));
     assert_eq!(v["source"], format!("{src}@s1"));
     assert_eq!(v["dest"], format!("{dst}@s1"));
+    // The second image through a connection of its own, as on another cluster.
+    let conf = c.conf.to_str().unwrap();
+    let (a, b) = (format!("{src}@s1"), format!("{dst}@s1"));
+    let args = ["--dest-conf", conf, "--dest-id", "admin", "--json", &a, &b];
+    let out = command(&c, "verify", &args);
+    assert_eq!(json_exit(&out, 0)["bytes_compared"], mib(12));
     let out = command(&c, "verify", &[&format!("{src}@s1"), &format!("{dst}@s1")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
