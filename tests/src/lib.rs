@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use rbd_diffsync::internals::{Cluster, Image, Pool};
-use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, TransferStats};
+use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, TransferStats, Verify};
 
 pub use rbd_diffsync;
 
@@ -271,7 +271,8 @@ impl TestCluster {
         t
     }
 
-    /// Runs our transfer and checks the result against the source with the oracle.
+    /// Runs our transfer and checks the result against the source with the oracle, and with
+    /// `Verify`.
     pub fn sync_and_check(
         &self,
         source: &str,
@@ -290,6 +291,15 @@ impl TestCluster {
             self.md5(&format!("{dest}@{snap}")),
             self.md5(source),
             "{dest}@{snap} differs from {source}"
+        );
+        // The oracle agrees: so must Verify, on every layout the tests make.
+        let copy = format!("{dest}@{snap}");
+        let verified = Verify::new(source.parse().unwrap(), copy.parse().unwrap())
+            .cluster(self.spec())
+            .run();
+        assert!(
+            verified.is_ok(),
+            "verify {source} against {copy}: {verified:?}"
         );
         stats
     }
