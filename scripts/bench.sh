@@ -4,7 +4,8 @@
 #      BENCH_DIR (default /tmp/rbd-diffsync-bench) with its monitor on BENCH_PORT (default 6795);
 #   2. builds and runs rbd-diffsync-bench on it: DiffTransfer against `rbd export-diff |
 #      rbd import-diff` and `rbd deep cp`, next to the copy ceiling, every result checked by
-#      md5; prints the table;
+#      md5, and `rbd-diffsync verify` against `rbd export | md5sum` of both images; prints the
+#      table;
 #   3. runs the micro-benchmarks of the hot paths (zero detection, planner);
 #   4. stops the cluster.
 # Arguments go to rbd-diffsync-bench: `--small --reps 1` is the short form CI runs, `--sweep`

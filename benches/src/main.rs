@@ -1,6 +1,7 @@
 //! `rbd-diffsync-bench`: times `DiffTransfer` against `rbd export-diff | rbd import-diff` and
 //! `rbd deep cp` on a live cluster, in one run and in alternating order, next to the copy
-//! ceiling of the same machine, and prints one table (see BENCHMARKS.md).
+//! ceiling of the same machine, and `Verify` against `rbd export | md5sum` of both images;
+//! prints one table (see BENCHMARKS.md).
 //!
 //! Every result is compared by md5 with its source snapshot before it counts.
 
@@ -12,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec};
+use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, Verify};
 use rbd_diffsync_tests::{pattern, TestCluster};
 
 use measure::{Contender, Sample};
@@ -96,8 +97,10 @@ impl Sizes {
 
 fn main() {
     let mut raw = std::env::args();
-    if raw.nth(1).as_deref() == Some(measure::TRANSFER_CMD) {
-        std::process::exit(transfer_child(raw.collect()));
+    match raw.nth(1).as_deref() {
+        Some(measure::TRANSFER_CMD) => std::process::exit(transfer_child(raw.collect())),
+        Some(measure::VERIFY_CMD) => std::process::exit(verify_child(raw.collect())),
+        _ => {}
     }
     let args = Args::parse();
     let conf = args
@@ -150,12 +153,23 @@ fn main() {
     let dense = bench.make_dense(&sizes);
     let mut table = Table::default();
     bench.dense_case(&dense, &sizes, reps, ours, &mut table);
+    let case = format!("verify, {} MiB image against its copy", sizes.image / MIB);
+    bench.verify_case(&dense, &case, reps, &mut table);
     if !args.no_sparse {
         let sparse = bench.make_sparse(&sizes);
         bench.sparse_case(&sparse, &sizes, reps, ours, &mut table);
+        let case = format!(
+            "verify, sparse {} GiB image against its copy",
+            sizes.sparse_image / GIB
+        );
+        bench.verify_case(&sparse, &case, reps, &mut table);
         bench.remove(&sparse.image);
     }
     println!("{}", table.render());
+    println!(
+        "Verify rows: MiB/s of the image size (each image is read), × pipe is against \
+         `rbd export | md5sum` of both images."
+    );
     if args.sweep {
         let mut sweep = Table::default();
         for chunk in [MIB, 2 * MIB, 4 * MIB] {
@@ -209,6 +223,35 @@ fn transfer_child(args: Vec<String>) -> i32 {
         }
         Err(e) => {
             eprintln!("transfer failed: {e}");
+            1
+        }
+    }
+}
+
+/// The child process that runs one Verify: `VERIFY_CMD CONF A B`; exits 0 when A equals B.
+fn verify_child(args: Vec<String>) -> i32 {
+    let [conf, a, b] = &args[..] else {
+        eprintln!("usage: {} CONF A B", measure::VERIFY_CMD);
+        return 2;
+    };
+    let parse = |s: &str| -> Option<ImageSpec> { s.parse().ok() };
+    let (Some(a), Some(b)) = (parse(a), parse(b)) else {
+        eprintln!("bad image spec");
+        return 2;
+    };
+    match Verify::new(a, b)
+        .cluster(ClusterSpec::new().conf(conf))
+        .run()
+    {
+        Ok(stats) => {
+            println!(
+                "{}",
+                serde_json::to_string(&stats).expect("stats serialise")
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("verify failed: {e}");
             1
         }
     }
@@ -448,6 +491,30 @@ impl Bench {
                 t.add(&case, who, input.full_bytes, f);
             }
         }
+    }
+
+    /// Copies `input` at s1 with DiffTransfer, then times `rbd export | md5sum` of both
+    /// against `Verify`, alternating their order.
+    fn verify_case(&self, input: &Input, case: &str, reps: usize, t: &mut Table) {
+        let copy = self.dest("verify");
+        self.remove(&copy);
+        let source = format!("{}@s1", input.image);
+        let ours = Contender::Ours {
+            window: None,
+            chunk_size: None,
+        };
+        ours.full(&self.cluster, &source, &copy, input.size);
+        let copy_s1 = format!("{copy}@s1");
+        let contenders = [Contender::ExportMd5, Contender::Verify];
+        for rep in 0..reps {
+            for k in 0..contenders.len() {
+                let who = contenders[(k + rep) % contenders.len()];
+                eprintln!("rep {}/{reps}: {} ({case})", rep + 1, who.name());
+                let s = who.compare(&self.cluster, &source, &copy_s1, &input.md5_s1);
+                t.add(case, who, input.size, s);
+            }
+        }
+        self.remove(&copy);
     }
 
     fn ours_full_and_incremental(&self, input: &Input, reps: usize, who: Contender, t: &mut Table) {

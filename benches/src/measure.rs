@@ -12,6 +12,8 @@ use crate::settle;
 
 /// First argument that makes the benchmark binary run one transfer itself.
 pub const TRANSFER_CMD: &str = "__transfer";
+/// First argument that makes the benchmark binary run one verification itself.
+pub const VERIFY_CMD: &str = "__verify";
 
 /// One timed run.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +42,10 @@ pub enum Contender {
     /// The ceiling followed by `rbd snap create` of the image written: the commit marker
     /// every contender creates too.
     CeilingSnap,
+    /// `rbd export IMAGE - | md5sum` of both images, at once.
+    ExportMd5,
+    /// `Verify` (what `rbd-diffsync verify` runs), in a child process.
+    Verify,
 }
 
 impl Contender {
@@ -58,6 +64,8 @@ impl Contender {
             ),
             Contender::Ceiling => "copy ceiling".into(),
             Contender::CeilingSnap => "copy ceiling + snapshot".into(),
+            Contender::ExportMd5 => "rbd export | md5sum, both images at once".into(),
+            Contender::Verify => "rbd-diffsync verify".into(),
         }
     }
 
@@ -68,6 +76,7 @@ impl Contender {
             Contender::DeepCp => "deepcp",
             Contender::Ours { .. } => "ours",
             Contender::Ceiling | Contender::CeilingSnap => "ceiling",
+            Contender::ExportMd5 | Contender::Verify => "verify",
         }
     }
 
@@ -95,9 +104,7 @@ impl Contender {
                 settle(cluster);
                 ours(cluster, source, dest, None, *window, *chunk_size)
             }
-            Contender::Ceiling | Contender::CeilingSnap => {
-                unreachable!("the ceiling is measured on its own")
-            }
+            _ => unreachable!("only copies are full"),
         }
     }
 
@@ -116,6 +123,47 @@ impl Contender {
                 ours(cluster, source, dest, Some(from), *window, *chunk_size)
             }
             _ => unreachable!("only the pipe and DiffTransfer do incrementals"),
+        }
+    }
+
+    /// Times a comparison of `a` with `b`, both at a snapshot whose `rbd export | md5sum` is
+    /// `md5`; panics unless the contender finds them equal.
+    pub fn compare(&self, cluster: &TestCluster, a: &str, b: &str, md5: &str) -> Sample {
+        settle(cluster);
+        match self {
+            Contender::ExportMd5 => {
+                let started = Instant::now();
+                let sums: Vec<(Child, Child)> = [a, b]
+                    .into_iter()
+                    .map(|image| cluster.spawn_md5(image))
+                    .collect();
+                let mut rss = 0;
+                for (export, mut sum) in sums {
+                    let mut out = String::new();
+                    sum.stdout
+                        .take()
+                        .expect("piped")
+                        .read_to_string(&mut out)
+                        .expect("read md5sum");
+                    rss += wait_ok(export, "rbd export") + wait_ok(sum, "md5sum");
+                    assert!(out.starts_with(md5), "md5 {out} is not {md5}");
+                }
+                sample(started, rss)
+            }
+            Contender::Verify => {
+                let exe = std::env::current_exe().expect("own path");
+                let started = Instant::now();
+                let child = Command::new(exe)
+                    .arg(VERIFY_CMD)
+                    .arg(&cluster.conf)
+                    .args([a, b])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("the benchmark binary runs itself");
+                sample(started, wait_ok(child, "Verify"))
+            }
+            _ => unreachable!("only verifiers compare"),
         }
     }
 }

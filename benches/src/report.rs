@@ -101,7 +101,10 @@ impl Table {
             .flat_map(|c| self.rows.iter().filter(move |r| r.case == *c));
         for row in grouped {
             let m = row.median();
-            let pipe = self.reference(&row.case, Contender::Pipe);
+            // A verification's reference is the rbd CLI's way to compare: export and md5sum.
+            let pipe = self
+                .reference(&row.case, Contender::Pipe)
+                .or_else(|| self.reference(&row.case, Contender::ExportMd5));
             let ceiling = self.reference(&row.case, Contender::Ceiling);
             let ceiling_snap = self.reference(&row.case, Contender::CeilingSnap);
             let snapshot = row.median_snapshot();
@@ -227,6 +230,22 @@ mod tests {
         assert!(
             text.contains("| rbd export-diff \\| rbd import-diff |"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_verification_is_compared_with_export_and_md5sum() {
+        let mut t = Table::default();
+        t.add("verify", Contender::ExportMd5, 1 << 30, s(4.0));
+        t.add("verify", Contender::Verify, 1 << 30, s(1.0));
+        let text = t.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("| verify | rbd-diffsync verify |"))
+            .unwrap();
+        assert_eq!(
+            line,
+            "| verify | rbd-diffsync verify | 1.00 | 1.00 | 1024 | 4.00 | – | – | 0.10 | 2 |"
         );
     }
 

@@ -187,12 +187,42 @@ struct Run<'a> {
 
 impl Drop for Run<'_> {
     fn drop(&mut self) {
-        while self.in_flight > 0 {
-            // Our own sender keeps the channel open, so recv only returns on a completion.
-            if self.rx.recv().is_err() {
-                break;
-            }
-            self.in_flight -= 1;
+        drain(&self.rx, &mut self.in_flight);
+    }
+}
+
+/// Waits for the `in_flight` requests whose completions `rx` receives: what a loop over
+/// requests does before the buffers they use may go.
+pub(crate) fn drain(rx: &Receiver<Done>, in_flight: &mut usize) {
+    while *in_flight > 0 {
+        // The loop's own sender keeps the channel open, so recv only returns on a completion.
+        if rx.recv().is_err() {
+            break;
+        }
+        *in_flight -= 1;
+    }
+}
+
+/// The next completion, waited for up to the reporter's poll interval: `None` after a wait
+/// that timed out, which is reported as waiting for `what` and gives the callback its due
+/// call.
+pub(crate) fn next_completion(
+    rx: &Receiver<Done>,
+    reporter: &mut Reporter,
+    what: impl FnOnce() -> String,
+) -> Option<Done> {
+    match rx.recv_timeout(reporter.poll_interval()) {
+        Ok(done) => {
+            reporter.waiting_for(None);
+            Some(done)
+        }
+        Err(RecvTimeoutError::Timeout) => {
+            reporter.waiting_for(Some(what()));
+            reporter.tick();
+            None
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            unreachable!("the loop's own sender keeps the channel open")
         }
     }
 }
@@ -556,7 +586,6 @@ pub(crate) fn run(
         open: 0,
         marks,
     };
-    let poll = reporter.poll_interval();
     let mut next = 0;
     loop {
         if !run.stopping && reporter.stop().is_some() {
@@ -594,22 +623,11 @@ pub(crate) fn run(
             }
             continue;
         }
-        match run.rx.recv_timeout(poll) {
-            Ok(done) => {
-                reporter.waiting_for(None);
-                let finished = run.complete(done);
-                if finished > 0 {
-                    reporter.advance(finished);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                reporter.waiting_for(Some(format!(
-                    "the cluster to complete the requests in flight to {dest}"
-                )));
-                reporter.tick();
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                unreachable!("the engine's own sender keeps the channel open")
+        let what = || format!("the cluster to complete the requests in flight to {dest}");
+        if let Some(done) = next_completion(&run.rx, reporter, what) {
+            let finished = run.complete(done);
+            if finished > 0 {
+                reporter.advance(finished);
             }
         }
     }

@@ -17,6 +17,7 @@
 //! | [`PermissionDenied`](ErrorKind::PermissionDenied) | `EACCES` (13), `EPERM` (1) | the client lacks a capability, or was refused |
 //! | [`Busy`](ErrorKind::Busy) | `EBUSY` (16) | the destination is locked or open by another client |
 //! | [`DestinationChanged`](ErrorKind::DestinationChanged) | 4296 | the destination changed since `from_snap`, not by an interrupted transfer of the same diff |
+//! | [`Mismatch`](ErrorKind::Mismatch) | 4297 | a verification found the two images different: their content at [`Error::offset`], or their sizes |
 //! | [`Cancelled`](ErrorKind::Cancelled) | `ECANCELED` (125) | the cancel token, the progress callback or a signal stopped the transfer |
 //! | [`Timeout`](ErrorKind::Timeout) | `ETIMEDOUT` (110) | a cluster did not answer in time |
 //! | [`NoSpace`](ErrorKind::NoSpace) | `ENOSPC` (28), `EDQUOT` (122) | the pool or cluster is full, or a quota is reached |
@@ -34,6 +35,9 @@ pub const LIBRARY_CODE_BASE: i32 = 4296;
 
 /// The code of [`ErrorKind::DestinationChanged`].
 pub const CODE_DESTINATION_CHANGED: i32 = LIBRARY_CODE_BASE;
+
+/// The code of [`ErrorKind::Mismatch`].
+pub const CODE_MISMATCH: i32 = LIBRARY_CODE_BASE + 1;
 
 /// What kind of failure an [`Error`] is. New kinds may be added: match with a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,6 +58,9 @@ pub enum ErrorKind {
     /// same diff: continuing the chain would mix those changes into the next snapshot
     /// ([`CODE_DESTINATION_CHANGED`]).
     DestinationChanged,
+    /// A verification found the images different: their content from [`Error::offset`] on,
+    /// or their sizes ([`CODE_MISMATCH`]).
+    Mismatch,
     /// The transfer was stopped by its cancel token or its progress callback (`ECANCELED`).
     Cancelled,
     /// A cluster did not answer in time (`ETIMEDOUT`).
@@ -80,6 +87,7 @@ impl ErrorKind {
             libc::EACCES | libc::EPERM => ErrorKind::PermissionDenied,
             libc::EBUSY => ErrorKind::Busy,
             CODE_DESTINATION_CHANGED => ErrorKind::DestinationChanged,
+            CODE_MISMATCH => ErrorKind::Mismatch,
             libc::ECANCELED => ErrorKind::Cancelled,
             libc::ETIMEDOUT => ErrorKind::Timeout,
             libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
@@ -98,6 +106,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Busy => "busy",
             ErrorKind::DestinationChanged => "destination_changed",
+            ErrorKind::Mismatch => "mismatch",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Timeout => "timeout",
             ErrorKind::NoSpace => "no_space",
@@ -108,13 +117,14 @@ impl ErrorKind {
     }
 
     /// Every kind, in the order of the table.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::Exists,
         ErrorKind::PermissionDenied,
         ErrorKind::Busy,
         ErrorKind::DestinationChanged,
+        ErrorKind::Mismatch,
         ErrorKind::Cancelled,
         ErrorKind::Timeout,
         ErrorKind::NoSpace,
@@ -164,6 +174,7 @@ pub fn code_name(code: i32) -> Option<&'static str> {
         libc::ECANCELED => "ECANCELED",
         libc::ESTALE => "ESTALE",
         CODE_DESTINATION_CHANGED => "EDESTCHANGED",
+        CODE_MISMATCH => "EMISMATCH",
         _ => return None,
     })
 }
@@ -172,6 +183,7 @@ pub fn code_name(code: i32) -> Option<&'static str> {
 pub fn describe_code(code: i32) -> String {
     match code {
         CODE_DESTINATION_CHANGED => "Destination changed since the base snapshot".to_owned(),
+        CODE_MISMATCH => "Images differ".to_owned(),
         // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local string.
         _ => unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
             .to_string_lossy()
@@ -186,6 +198,14 @@ pub(crate) fn code_text(code: i32) -> String {
         Some(name) => format!("{name}: {}", describe_code(code)),
         None => format!("{} (errno {code})", describe_code(code)),
     }
+}
+
+/// What was stopped, for the message of [`Error::cancelled`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Task {
+    Transfer,
+    Plan,
+    Verify,
 }
 
 /// A positive errno from a librbd/librados return value (negative on failure).
@@ -220,6 +240,7 @@ struct Inner {
     message: String,
     image: Option<String>,
     snap: Option<String>,
+    offset: Option<u64>,
 }
 
 impl Error {
@@ -231,6 +252,7 @@ impl Error {
             message: message.into(),
             image: None,
             snap: None,
+            offset: None,
         }))
     }
 
@@ -249,6 +271,13 @@ impl Error {
     pub(crate) fn with_snap(mut self, snap: impl Into<String>) -> Error {
         self.0.snap = Some(snap.into());
         self
+    }
+
+    /// The images compared differ from byte `offset` on; `message` says how.
+    pub(crate) fn mismatch(image: &str, offset: u64, message: impl Into<String>) -> Error {
+        let mut e = Error::new(ErrorKind::Mismatch, CODE_MISMATCH, message).with_image(image);
+        e.0.offset = Some(offset);
+        e
     }
 
     /// A setting or argument that cannot work.
@@ -312,15 +341,15 @@ impl Error {
         .with_snap(snap)
     }
 
-    /// The transfer into `image`, or only its plan (`dry_run`), was stopped.
-    pub(crate) fn cancelled(image: &str, why: &str, dry_run: bool) -> Error {
-        let message = if dry_run {
-            format!("planning the transfer into {image} {why}; nothing was written")
-        } else {
-            format!(
+    /// The transfer into `image`, only its plan, or a verification of `image` was stopped.
+    pub(crate) fn cancelled(image: &str, why: &str, task: Task) -> Error {
+        let message = match task {
+            Task::Plan => format!("planning the transfer into {image} {why}; nothing was written"),
+            Task::Transfer => format!(
                 "transfer into {image} {why}; no end snapshot was created, run it again to \
                  complete it"
-            )
+            ),
+            Task::Verify => format!("verification of {image} {why}"),
         };
         Error::new(ErrorKind::Cancelled, libc::ECANCELED, message).with_image(image)
     }
@@ -344,6 +373,12 @@ impl Error {
     /// The snapshot concerned, where there is one.
     pub fn snap(&self) -> Option<&str> {
         self.0.snap.as_deref()
+    }
+
+    /// For a [`Mismatch`](ErrorKind::Mismatch), the first byte at which the images differ (for
+    /// images of different sizes, the smaller size, unless their content differs before it).
+    pub fn offset(&self) -> Option<u64> {
+        self.0.offset
     }
 
     /// The message, without the kind or code.
@@ -372,6 +407,9 @@ impl fmt::Debug for Error {
         }
         if let Some(snap) = &self.0.snap {
             d.field("snap", snap);
+        }
+        if let Some(offset) = &self.0.offset {
+            d.field("offset", offset);
         }
         d.finish()
     }
@@ -419,6 +457,7 @@ mod tests {
                 ErrorKind::PermissionDenied => libc::EACCES,
                 ErrorKind::Busy => libc::EBUSY,
                 ErrorKind::DestinationChanged => CODE_DESTINATION_CHANGED,
+                ErrorKind::Mismatch => CODE_MISMATCH,
                 ErrorKind::Cancelled => libc::ECANCELED,
                 ErrorKind::Timeout => libc::ETIMEDOUT,
                 ErrorKind::NoSpace => libc::ENOSPC,
@@ -435,7 +474,9 @@ mod tests {
     fn library_codes_are_beyond_every_errno_and_have_a_distinct_low_byte() {
         const { assert!(LIBRARY_CODE_BASE > 4095) };
         assert_eq!(CODE_DESTINATION_CHANGED & 0xff, 200);
+        assert_eq!(CODE_MISMATCH & 0xff, 201);
         assert!(code_text(CODE_DESTINATION_CHANGED).starts_with("EDESTCHANGED: "));
+        assert!(code_text(CODE_MISMATCH).starts_with("EMISMATCH: "));
     }
 
     #[test]

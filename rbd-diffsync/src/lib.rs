@@ -59,6 +59,26 @@
 //!    only read are left to finish in the background, so a stop takes effect within the
 //!    progress interval. Once the end snapshot is being made, the transfer completes.
 //!
+//! # Verification
+//!
+//! [`DiffTransfer::verify`] reads back, after the writes and before the end snapshot, every
+//! range the transfer wrote or zeroed, from the source at its end snapshot and from the
+//! destination, and compares them: a difference fails the transfer with an error of kind
+//! [`Mismatch`](ErrorKind::Mismatch) naming the first differing offset, and no end snapshot is
+//! made. [`Verify`] compares two whole images, on one cluster or two, with a window of reads in
+//! flight; what neither image has allocated reads as zeros on both and is not read.
+//!
+//! ```no_run
+//! use rbd_diffsync::{ClusterSpec, Verify};
+//!
+//! let stats = Verify::new("rbd/vol@s2".parse()?, "backups/vol.backup@s2".parse()?)
+//!     .cluster(ClusterSpec::new().conf("/etc/ceph/ceph.conf"))
+//!     .run()?;
+//! println!("equal: {} bytes compared, {} unallocated on both", stats.bytes_compared,
+//!     stats.bytes_skipped);
+//! # Ok::<(), rbd_diffsync::Error>(())
+//! ```
+//!
 //! # Errors
 //!
 //! One [`Error`] type with a stable [`ErrorKind`], the exact errno (or a library code) and a
@@ -79,11 +99,13 @@ mod record;
 mod spec;
 mod sys;
 mod transfer;
+mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 pub use spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use transfer::{DiffTransfer, Plan, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+pub use verify::{Verify, VerifyStats};
 
 /// The librbd layer, planner and zero detection, for the project's own tests and benchmarks:
 /// no stable API.

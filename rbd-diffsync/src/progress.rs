@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{Error, Task};
 
 /// What a running transfer is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,17 +23,21 @@ pub enum Phase {
     Scanning,
     /// Reading, writing and zeroing.
     Copying,
+    /// Reading both images and comparing them: a verification, or a transfer's check of what
+    /// it wrote (`verify`), whose `bytes_done` and `bytes_total` count the bytes compared.
+    Verifying,
     /// Shrinking the destination if needed, flushing and creating the end snapshot.
     Committing,
 }
 
 impl Phase {
-    /// `"connecting"`, `"scanning"`, `"copying"` or `"committing"`.
+    /// `"connecting"`, `"scanning"`, `"copying"`, `"verifying"` or `"committing"`.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Connecting => "connecting",
             Phase::Scanning => "scanning",
             Phase::Copying => "copying",
+            Phase::Verifying => "verifying",
             Phase::Committing => "committing",
         }
     }
@@ -120,6 +124,8 @@ pub struct TransferStats {
     pub bytes_zeroed: u64,
     /// Zero bytes that needed no request because the destination read zeros there already.
     pub bytes_skipped: u64,
+    /// Bytes read back from both images and compared after the writes (`verify`); 0 without.
+    pub bytes_verified: u64,
     /// Ranges reported by the source's diff (after merging neighbours of the same kind).
     pub extents: u64,
     /// Size of the diff: the bytes of all those ranges.
@@ -151,19 +157,24 @@ pub struct TransferStats {
 }
 
 #[cfg(feature = "serde")]
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
 impl TransferStats {
     /// Diff bytes handled per second of wall time.
     pub fn throughput(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.diff_bytes as f64 / secs
-        } else {
-            0.0
-        }
+        per_second(self.diff_bytes, self.elapsed)
+    }
+}
+
+/// `bytes` per second of `elapsed`; 0 for no time.
+pub(crate) fn per_second(bytes: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        bytes as f64 / secs
+    } else {
+        0.0
     }
 }
 
@@ -215,8 +226,8 @@ pub(crate) struct Reporter {
     cancel: CancelToken,
     /// Set once the transfer is to stop, for helper threads to see.
     halt: CancelToken,
-    /// Nothing is to be written: a plan.
-    dry_run: bool,
+    /// What runs: a transfer, its plan, or a verification.
+    task: Task,
     stop: Option<Stop>,
     panic: Option<Box<dyn Any + Send>>,
 }
@@ -239,7 +250,7 @@ impl Reporter {
             waiting: None,
             cancel,
             halt: CancelToken::new(),
-            dry_run: false,
+            task: Task::Transfer,
             stop: None,
             panic: None,
         }
@@ -247,7 +258,12 @@ impl Reporter {
 
     /// Marks a plan: a stop then says nothing was written.
     pub(crate) fn dry_run(&mut self) {
-        self.dry_run = true;
+        self.task = Task::Plan;
+    }
+
+    /// Marks a verification, which writes nothing either.
+    pub(crate) fn verification(&mut self) {
+        self.task = Task::Verify;
     }
 
     /// What scans on helper threads check between two extents: whether the caller's token
@@ -269,6 +285,13 @@ impl Reporter {
         self.phase = phase;
         self.waiting = None;
         self.report(true);
+    }
+
+    /// Enters `phase`, which counts `total` bytes of its own from 0.
+    pub(crate) fn restart(&mut self, phase: Phase, total: u64) {
+        self.done = 0;
+        self.total = total;
+        self.phase(phase);
     }
 
     /// Sets the bytes in all, reported with the next call.
@@ -329,7 +352,7 @@ impl Reporter {
             Some(Stop::Callback) => "stopped by the progress callback",
             _ => "cancelled",
         };
-        Error::cancelled(image, why, self.dry_run)
+        Error::cancelled(image, why, self.task)
     }
 
     fn report(&mut self, force: bool) {

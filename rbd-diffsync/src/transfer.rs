@@ -18,6 +18,7 @@ use crate::progress::{
 };
 use crate::record::{Record, SnapRef, HOLDER_KEY, KEY};
 use crate::spec::{ClusterSpec, ImageSpec};
+use crate::verify;
 
 /// Default size of one data chunk: half the default RBD object size. With the default window
 /// it is as fast as 4 MiB chunks and holds half the memory (the sweep in BENCHMARKS.md).
@@ -55,6 +56,7 @@ pub struct DiffTransfer {
     window: usize,
     whole_object: bool,
     overwrite_existing: bool,
+    verify: bool,
     progress: Option<ProgressFn>,
     progress_interval: Duration,
     cancel: CancelToken,
@@ -72,6 +74,7 @@ impl std::fmt::Debug for DiffTransfer {
             .field("window", &self.window)
             .field("whole_object", &self.whole_object)
             .field("overwrite_existing", &self.overwrite_existing)
+            .field("verify", &self.verify)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +134,7 @@ impl DiffTransfer {
             window: DEFAULT_WINDOW,
             whole_object: false,
             overwrite_existing: false,
+            verify: false,
             progress: None,
             progress_interval: Duration::from_millis(200),
             cancel: CancelToken::new(),
@@ -188,6 +192,16 @@ impl DiffTransfer {
         self
     }
 
+    /// After the writes, before the end snapshot, reads back every range the transfer wrote or
+    /// zeroed from both images (the source at its end snapshot, the destination at HEAD) and
+    /// compares them (`--verify`). A difference fails the transfer with an error of kind
+    /// [`Mismatch`](ErrorKind::Mismatch) naming the first differing offset, and no end
+    /// snapshot is created: running the transfer again rewrites those ranges. Off by default.
+    pub fn verify(mut self, on: bool) -> Self {
+        self.verify = on;
+        self
+    }
+
     /// Called on the thread running the transfer (never on another), at most every
     /// [`progress_interval`](Self::progress_interval) (default 200 ms) in every phase, also
     /// while a blocking call to the cluster runs, and at every change of phase and at the end.
@@ -232,21 +246,7 @@ impl DiffTransfer {
                 )));
             }
         }
-        if self.chunk_size < plan::ZERO_BLOCK
-            || self.chunk_size % plan::ZERO_BLOCK != 0
-            || self.chunk_size > 1 << 30
-        {
-            return Err(Error::invalid(format!(
-                "chunk size {} is not a multiple of 4096 between 4 KiB and 1 GiB",
-                self.chunk_size
-            )));
-        }
-        if self.window == 0 || self.window > 1024 {
-            return Err(Error::invalid(format!(
-                "window {} is not between 1 and 1024",
-                self.window
-            )));
-        }
+        check_io_settings(self.chunk_size, self.window)?;
         if self.source.image_path() == self.dest.image_path()
             && self
                 .dest_cluster
@@ -394,8 +394,31 @@ fn check_destination(
     })
 }
 
+/// Checks a chunk size and a window (in chunks).
+pub(crate) fn check_io_settings(chunk_size: u64, window: usize) -> Result<()> {
+    if chunk_size < plan::ZERO_BLOCK || chunk_size % plan::ZERO_BLOCK != 0 || chunk_size > 1 << 30 {
+        return Err(Error::invalid(format!(
+            "chunk size {chunk_size} is not a multiple of 4096 between 4 KiB and 1 GiB"
+        )));
+    }
+    if window == 0 || window > 1024 {
+        return Err(Error::invalid(format!(
+            "window {window} is not between 1 and 1024"
+        )));
+    }
+    Ok(())
+}
+
+/// The engine's window for `window` chunks of `chunk_size` bytes.
+pub(crate) fn io_window(chunk_size: u64, window: usize) -> Window {
+    Window {
+        budget: window * chunk_size as usize,
+        max_requests: MAX_REQUESTS.max(window),
+    }
+}
+
 /// Runs a blocking step that writes nothing on a helper thread, the reporter ticking.
-fn detached<T: Send + 'static>(
+pub(crate) fn detached<T: Send + 'static>(
     reporter: &mut Reporter,
     dest: &str,
     what: String,
@@ -420,7 +443,7 @@ fn waited<T: Send + 'static>(
     }
 }
 
-fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
+pub(crate) fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
     let owned = spec.clone();
     detached(
         reporter,
@@ -432,7 +455,7 @@ fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cl
 
 /// Opens the pool of `spec` on `cluster`, with the cluster's `rbd_default_pool` for a spec that
 /// names none; returns the spec with its pool filled in.
-fn open_pool(cluster: &Cluster, spec: &ImageSpec) -> Result<(ImageSpec, Pool)> {
+pub(crate) fn open_pool(cluster: &Cluster, spec: &ImageSpec) -> Result<(ImageSpec, Pool)> {
     let spec = match spec.pool() {
         Some(_) => spec.clone(),
         None => spec.in_default_pool(&cluster.config("rbd_default_pool")?),
@@ -776,10 +799,7 @@ impl DiffTransfer {
 
         reporter.set_total(pieces.iter().map(|p| p.len).sum());
         reporter.phase(Phase::Copying);
-        let window = Window {
-            budget: self.window * self.chunk_size as usize,
-            max_requests: MAX_REQUESTS.max(self.window),
-        };
+        let window = io_window(self.chunk_size, self.window);
         // Checkpoints are of use only to a rerun of the same diff, which a source read at
         // HEAD never has.
         let checkpoints = source
@@ -805,6 +825,20 @@ impl DiffTransfer {
         if reporter.stop().is_some() {
             return Err(reporter.stopped_error(&label));
         }
+        let bytes_verified = if self.verify {
+            let chunk = self.chunk_size;
+            verify::written(
+                &source.image,
+                &dest,
+                &pieces,
+                chunk,
+                window,
+                reporter,
+                &label,
+            )?
+        } else {
+            0
+        };
 
         // Too late to stop from here: the end snapshot is as good as made.
         reporter.phase(Phase::Committing);
@@ -843,6 +877,7 @@ impl DiffTransfer {
             bytes_written: counters.written,
             bytes_zeroed: counters.zeroed,
             bytes_skipped: counters.skipped,
+            bytes_verified,
             extents: plan.extents,
             diff_bytes: plan.diff_bytes,
             image_size: source.info.size,

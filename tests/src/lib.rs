@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use rbd_diffsync::internals::{Cluster, Image, Pool};
-use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, TransferStats};
+use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, TransferStats, Verify};
 
 pub use rbd_diffsync;
 
@@ -163,8 +163,8 @@ impl TestCluster {
         self.rbd(&["snap", "create", &format!("{spec}@{snap}"), "--no-progress"]);
     }
 
-    /// `rbd export spec - | md5sum`: the oracle every result is compared with.
-    pub fn md5(&self, spec: &str) -> String {
+    /// `rbd export spec - | md5sum`, started: the two processes, md5sum's stdout piped.
+    pub fn spawn_md5(&self, spec: &str) -> (Child, Child) {
         let mut export = self
             .rbd_command()
             .args(["export", "--no-progress", spec, "-"])
@@ -173,8 +173,16 @@ impl TestCluster {
             .expect("the rbd CLI runs");
         let sum = Command::new("md5sum")
             .stdin(export.stdout.take().unwrap())
-            .output()
+            .stdout(Stdio::piped())
+            .spawn()
             .expect("md5sum runs");
+        (export, sum)
+    }
+
+    /// `rbd export spec - | md5sum`: the oracle every result is compared with.
+    pub fn md5(&self, spec: &str) -> String {
+        let (mut export, sum) = self.spawn_md5(spec);
+        let sum = sum.wait_with_output().expect("md5sum runs");
         let status = export.wait().unwrap();
         assert!(status.success(), "rbd export {spec} failed");
         assert!(sum.status.success(), "md5sum failed");
@@ -290,7 +298,8 @@ impl TestCluster {
         t
     }
 
-    /// Runs our transfer and checks the result against the source with the oracle.
+    /// Runs our transfer and checks the result against the source with the oracle, and with
+    /// `Verify`.
     pub fn sync_and_check(
         &self,
         source: &str,
@@ -309,6 +318,15 @@ impl TestCluster {
             self.md5(&format!("{dest}@{snap}")),
             self.md5(source),
             "{dest}@{snap} differs from {source}"
+        );
+        // The oracle agrees: so must Verify, on every layout the tests make.
+        let copy = format!("{dest}@{snap}");
+        let verified = Verify::new(source.parse().unwrap(), copy.parse().unwrap())
+            .cluster(self.spec())
+            .run();
+        assert!(
+            verified.is_ok(),
+            "verify {source} against {copy}: {verified:?}"
         );
         stats
     }
@@ -362,6 +380,22 @@ impl TestCluster {
             .expect("the rbd CLI runs");
         (export, import)
     }
+}
+
+/// A command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a command's exit status, and returns the one JSON object on its stdout.
+pub fn json_exit(out: &Output, status: i32) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(status), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// `n` MiB.

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use rbd_diffsync_tests::{cli, cluster, example, mib, unique, TestCluster};
+use rbd_diffsync_tests::{cli, cluster, example, json_exit, mib, stderr, unique, TestCluster};
 use serde_json::Value;
 
 /// `rbd-diffsync sync -c CONF --no-progress ARGS...`, CEPH_ARGS cleared.
@@ -23,21 +23,6 @@ fn sync(c: &TestCluster, args: &[&str]) -> Command {
 
 fn run(mut cmd: impl BorrowMut<Command>) -> Output {
     cmd.borrow_mut().output().expect("rbd-diffsync runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the exit status, and returns the one JSON object on stdout.
-fn json_exit(out: &Output, status: i32) -> Value {
-    assert_eq!(out.status.code(), Some(status), "{}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// Asserts the exit status and the JSON error object; returns it.
@@ -323,8 +308,9 @@ fn signal_source(c: &TestCluster) -> &'static str {
     })
 }
 
-/// A sync started and seen copying: the child, and a thread collecting all it printed on
-/// stderr (it keeps reading, so that the child never blocks on a full pipe).
+/// A sync (or verification) started and seen copying (or comparing): the child, and a thread
+/// collecting all it printed on stderr (it keeps reading, so that the child never blocks on a
+/// full pipe).
 struct Running {
     child: Child,
     stderr: std::thread::JoinHandle<String>,
@@ -334,13 +320,18 @@ impl Running {
     /// Starts a slow JSON sync of `src@s1` into `dest` and returns once its progress says it
     /// has copied something.
     fn start(c: &TestCluster, src: &str, dest: &str) -> Running {
-        let args = ["--window", "1", "--chunk-size", "64K", "--format", "json"];
+        let args = ["--chunk-size", "64K", &format!("{src}@s1"), dest];
+        Running::run(c, "sync", &args, "copying")
+    }
+
+    /// Starts a slow JSON `rbd-diffsync COMMAND ARGS` and returns once its progress says it
+    /// has done something in `phase`.
+    fn run(c: &TestCluster, command: &str, args: &[&str], phase: &str) -> Running {
         let mut child = cli()
             .env_remove("CEPH_ARGS")
-            .args(["sync", "-c"])
+            .args([command, "--window", "1", "--format", "json", "-c"])
             .arg(&c.conf)
             .args(args)
-            .args([&format!("{src}@s1"), dest])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -351,12 +342,12 @@ impl Running {
         loop {
             let mut line = String::new();
             let n = lines.read_line(&mut line).unwrap();
-            assert!(n > 0, "the sync ended before copying: {seen}");
+            assert!(n > 0, "{command} ended before {phase}: {seen}");
             seen.push_str(&line);
             let Ok(p) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if p["phase"] == "copying" && p["bytes_done"].as_u64() > Some(0) {
+            if p["phase"] == phase && p["bytes_done"].as_u64() > Some(0) {
                 break;
             }
         }
@@ -416,6 +407,34 @@ fn sigterm_cancels_and_a_rerun_completes() {
     let stats = json_exit(&out, 0);
     assert_eq!(stats["continued_interrupted"], true, "{stats}");
     assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
+}
+
+#[test]
+fn sigint_cancels_a_verification() {
+    let c = cluster();
+    let src = format!("{}@s1", signal_source(&c));
+    let running = Running::run(
+        &c,
+        "verify",
+        &["--chunk-size", "4K", &src, &src],
+        "verifying",
+    );
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(running.pid(), libc::SIGINT) }, 0);
+    let out = running.wait();
+    let e = json_error(&out, 125, "cancelled", 125, "ECANCELED");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("verification of"),
+        "{e}"
+    );
+    assert!(
+        stderr(&out).contains("SIGINT received: cancelling (the reads in flight drain)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! `rbd-diffsync sync [OPTIONS] SRC_IMAGE[@SNAP] DEST_IMAGE` does what
 //! `rbd export-diff [--from-snap F] SRC@SNAP - | rbd import-diff - DEST` does, with the rbd
 //! CLI's cluster options and its exit statuses (the error's code modulo 256).
+//! `rbd-diffsync verify [OPTIONS] IMAGE[@SNAP] IMAGE[@SNAP]` compares two images.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -16,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rbd_diffsync::error::code_name;
 use rbd_diffsync::{
     CancelToken, ClusterSpec, DiffTransfer, Error, ErrorKind, ImageSpec, Phase, Plan, Progress,
-    TransferStats,
+    TransferStats, Verify, VerifyStats,
 };
 use serde_json::json;
 
@@ -38,6 +39,8 @@ Exit status (as rbd's: the error's code modulo 256):
   125  ECANCELED  cancelled by a first SIGINT (Ctrl-C), SIGTERM or SIGHUP: no end snapshot was
                   created; running the same command again completes the transfer
   200  EDESTCHANGED (library code 4296) the destination changed since --from-snap
+  201  EMISMATCH  (library code 4297) the images differ: verify, or sync --verify (then no end
+                  snapshot was created; running the sync again rewrites what it wrote)
   any other: the errno of the failure, modulo 256
 
 A second SIGINT, SIGTERM or SIGHUP ends the process at once, killed by that signal (a shell
@@ -62,6 +65,11 @@ enum Command {
     /// create SNAP on DEST_IMAGE: `rbd export-diff | rbd import-diff` in one process.
     #[command(after_help = EXIT_STATUS)]
     Sync(Box<SyncArgs>),
+    /// Compare two images, each at a snapshot (or HEAD), on one cluster or two: what
+    /// `rbd export IMAGE@SNAP - | md5sum` on both tells, with parallel reads, skipping what
+    /// neither has allocated, and naming the first byte that differs.
+    #[command(after_help = EXIT_STATUS)]
+    Verify(Box<VerifyArgs>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +107,40 @@ struct SyncArgs {
     /// Check everything and print what the sync would do, writing nothing.
     #[arg(long)]
     dry_run: bool,
+    /// After the writes, before the end snapshot, read back what the sync wrote or zeroed from
+    /// both images and compare; a difference fails the sync (exit status 201) and creates no
+    /// end snapshot.
+    #[arg(long)]
+    verify: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    clusters: ClusterArgs,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// First image, `[pool[/namespace]/]image[@snap]` (without `@snap`: HEAD).
+    #[arg(value_name = "SRC_IMAGE[@SNAP]")]
+    source: String,
+    /// Second image, on the --dest-* cluster when one is given.
+    #[arg(value_name = "DEST_IMAGE[@SNAP]")]
+    dest: String,
+    /// Largest read, in bytes, with an optional K, M or G suffix.
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Window of reads in flight, in chunks: memory is at most window × chunk size.
+    #[arg(long, value_name = "N", default_value_t = rbd_diffsync::DEFAULT_WINDOW)]
+    window: usize,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    clusters: ClusterArgs,
+}
+
+/// Output and progress options.
+#[derive(Args)]
+struct OutputArgs {
     /// Output format: the result on stdout, progress on stderr (JSON: one object per line).
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "plain")]
     format: Format,
@@ -111,8 +153,25 @@ struct SyncArgs {
     /// Least time between two progress reports, in seconds.
     #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_interval)]
     progress_interval: Duration,
-    #[command(flatten)]
-    clusters: ClusterArgs,
+}
+
+impl OutputArgs {
+    fn json(&self) -> bool {
+        self.json || self.format == Format::Json
+    }
+
+    /// How progress is shown, if at all.
+    fn progress(&self) -> Option<ProgressMode> {
+        if self.no_progress {
+            None
+        } else if self.json() {
+            Some(ProgressMode::Json)
+        } else if std::io::stderr().is_terminal() {
+            Some(ProgressMode::Bar)
+        } else {
+            Some(ProgressMode::Lines)
+        }
+    }
 }
 
 /// The rbd CLI's cluster options, for the source (and the destination unless it is another
@@ -426,10 +485,11 @@ fn progress_printer(mode: ProgressMode, open: OpenLine) -> impl FnMut(&Progress)
     let mut last_line: Option<Instant> = None;
     let mut last_phase: Option<Phase> = None;
     let mut last_wait: Option<String> = None;
-    let mut copy_started: Option<Duration> = None;
+    let mut copy_started: Option<(Phase, Duration)> = None;
     move |p: &Progress| {
-        if p.phase == Phase::Copying && copy_started.is_none() {
-            copy_started = Some(p.elapsed);
+        let counting = matches!(p.phase, Phase::Copying | Phase::Verifying);
+        if counting && copy_started.is_none_or(|(phase, _)| phase != p.phase) {
+            copy_started = Some((p.phase, p.elapsed));
         }
         let mut err = std::io::stderr().lock();
         if mode == ProgressMode::Json {
@@ -448,7 +508,7 @@ fn progress_printer(mode: ProgressMode, open: OpenLine) -> impl FnMut(&Progress)
             );
             return;
         }
-        let rate = copy_started.map(|start| {
+        let rate = copy_started.map(|(_, start)| {
             let secs = p.elapsed.saturating_sub(start).as_secs_f64().max(1e-3);
             p.bytes_done as f64 / secs / (1u64 << 20) as f64
         });
@@ -515,7 +575,7 @@ fn progress_printer(mode: ProgressMode, open: OpenLine) -> impl FnMut(&Progress)
 /// The first SIGINT, SIGTERM or SIGHUP cancels `token`; a second one kills the process at
 /// once: its handler restores the default disposition and raises the signal again. The
 /// handlers only set flags; the message is printed by a thread of signal-hook's iterator.
-fn handle_signals(token: CancelToken, open: OpenLine) -> std::io::Result<()> {
+fn handle_signals(token: CancelToken, open: OpenLine, effect: &'static str) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
     let received = Arc::new(AtomicBool::new(false));
@@ -535,9 +595,8 @@ fn handle_signals(token: CancelToken, open: OpenLine) -> std::io::Result<()> {
                 open.end(&mut err);
                 let _ = writeln!(
                     err,
-                    "rbd-diffsync: {name} received: cancelling (the requests in flight drain and \
-                     no end snapshot is created, unless it is being created already); send it \
-                     again to stop at once"
+                    "rbd-diffsync: {name} received: cancelling ({effect}); send it again to stop \
+                     at once"
                 );
             }
         })?;
@@ -584,12 +643,18 @@ fn stats_text(json: bool, stats: &TransferStats) -> String {
             "  skipped   {} (destination reads zeros there already)",
             mib(stats.bytes_skipped)
         ),
-        format!(
-            "  elapsed   {:.2} s ({:.1} MiB/s)",
-            stats.elapsed.as_secs_f64(),
-            stats.throughput() / (1u64 << 20) as f64
-        ),
     ]);
+    if stats.bytes_verified > 0 {
+        lines.push(format!(
+            "  verified  {} read back from both images, equal",
+            mib(stats.bytes_verified)
+        ));
+    }
+    lines.push(format!(
+        "  elapsed   {:.2} s ({:.1} MiB/s)",
+        stats.elapsed.as_secs_f64(),
+        stats.throughput() / (1u64 << 20) as f64
+    ));
     if stats.created_destination {
         lines.push(format!("  created   {dest} ({})", mib(stats.image_size)));
     }
@@ -601,6 +666,33 @@ fn stats_text(json: bool, stats: &TransferStats) -> String {
         None => "  snapshot  none (the source was read at HEAD)".to_owned(),
     });
     lines.join("\n") + "\n"
+}
+
+/// The result of a verification that found the images equal: a block of lines, or one JSON
+/// object.
+fn verify_text(json: bool, stats: &VerifyStats) -> String {
+    if json {
+        let mut value = serde_json::to_value(stats).expect("stats serialise");
+        value["equal"] = true.into();
+        value["throughput_bytes_per_sec"] = stats.throughput().into();
+        return format!("{value}\n");
+    }
+    [
+        format!("equal: {} and {}", stats.source, stats.dest),
+        format!("  size      {}", mib(stats.image_size)),
+        format!("  compared  {}", mib(stats.bytes_compared)),
+        format!(
+            "  skipped   {} (allocated on neither image)",
+            mib(stats.bytes_skipped)
+        ),
+        format!(
+            "  elapsed   {:.2} s ({:.1} MiB/s)",
+            stats.elapsed.as_secs_f64(),
+            stats.throughput() / (1u64 << 20) as f64
+        ),
+    ]
+    .join("\n")
+        + "\n"
 }
 
 /// What a dry run found the sync would do: a block of lines, or one JSON object.
@@ -674,14 +766,16 @@ fn exit_status(code: i32) -> u8 {
     }
 }
 
+/// The error object; `offset` only for a mismatch.
 fn error_json(
     kind: ErrorKind,
     errno: i32,
     message: &str,
     image: Option<&str>,
     snap: Option<&str>,
+    offset: Option<u64>,
 ) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "error": {
             "kind": kind.name(),
             "errno": errno,
@@ -690,13 +784,24 @@ fn error_json(
             "image": image,
             "snap": snap,
         }
-    })
+    });
+    if let Some(offset) = offset {
+        value["error"]["offset"] = offset.into();
+    }
+    value
 }
 
 fn fail(e: &Error, json: bool) -> ExitCode {
     eprintln!("rbd-diffsync: error: {e}");
     if json {
-        let value = error_json(e.kind(), e.errno(), e.message(), e.image(), e.snap());
+        let value = error_json(
+            e.kind(),
+            e.errno(),
+            e.message(),
+            e.image(),
+            e.snap(),
+            e.offset(),
+        );
         print_out(&format!("{value}\n"));
     }
     ExitCode::from(exit_status(e.errno()))
@@ -714,19 +819,13 @@ fn sync(args: &SyncArgs, json: bool) -> Result<(), Error> {
         .window(args.window)
         .whole_object(args.whole_object)
         .overwrite_existing(args.force)
-        .progress_interval(args.progress_interval);
+        .verify(args.verify)
+        .progress_interval(args.output.progress_interval);
     if let Some(from) = &args.from_snap {
         transfer = transfer.from_snap(from.clone());
     }
     let open = OpenLine::default();
-    if !args.no_progress {
-        let mode = if json {
-            ProgressMode::Json
-        } else if std::io::stderr().is_terminal() {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Lines
-        };
+    if let Some(mode) = args.output.progress() {
         transfer = transfer.on_progress(progress_printer(mode, open.clone()));
     }
     if args.dry_run {
@@ -736,15 +835,45 @@ fn sync(args: &SyncArgs, json: bool) -> Result<(), Error> {
         print_out(&plan_text(&plan?, json));
         return Ok(());
     }
+    let effect = "the requests in flight drain and no end snapshot is created, unless it is \
+                  being created already";
+    let cancel = cancel_on_signals(&open, effect);
+    let result = transfer.cancel_token(cancel).run();
+    open.end(&mut std::io::stderr().lock());
+    print_out(&stats_text(json, &result?));
+    Ok(())
+}
+
+/// A token that the first SIGINT, SIGTERM or SIGHUP cancels (see [`handle_signals`]).
+fn cancel_on_signals(open: &OpenLine, effect: &'static str) -> CancelToken {
     let cancel = CancelToken::new();
-    if let Err(e) = handle_signals(cancel.clone(), open.clone()) {
+    if let Err(e) = handle_signals(cancel.clone(), open.clone(), effect) {
         eprintln!(
             "rbd-diffsync: warning: cannot handle signals ({e}): a signal ends the process at once"
         );
     }
-    let result = transfer.cancel_token(cancel).run();
+    cancel
+}
+
+fn verify(args: &VerifyArgs, json: bool) -> Result<(), Error> {
+    let source = ImageSpec::parse(&args.source)?;
+    let dest = ImageSpec::parse(&args.dest)?;
+    let source_cluster = args.clusters.source();
+    let dest_cluster = args.clusters.dest(&source_cluster);
+    let mut verify = Verify::new(source, dest)
+        .cluster(source_cluster)
+        .dest_cluster(dest_cluster)
+        .chunk_size(args.chunk_size)
+        .window(args.window)
+        .progress_interval(args.output.progress_interval);
+    let open = OpenLine::default();
+    if let Some(mode) = args.output.progress() {
+        verify = verify.on_progress(progress_printer(mode, open.clone()));
+    }
+    let cancel = cancel_on_signals(&open, "the reads in flight drain");
+    let result = verify.cancel_token(cancel).run();
     open.end(&mut std::io::stderr().lock());
-    print_out(&stats_text(json, &result?));
+    print_out(&verify_text(json, &result?));
     Ok(())
 }
 
@@ -780,6 +909,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             message,
             None,
             None,
+            None,
         );
         print_out(&format!("{value}\n"));
     }
@@ -793,8 +923,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Sync(args) => {
-            let json = args.json || args.format == Format::Json;
+            let json = args.output.json();
             match sync(&args, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, json),
+            }
+        }
+        Command::Verify(args) => {
+            let json = args.output.json();
+            match verify(&args, json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e, json),
             }
@@ -812,7 +949,9 @@ mod tests {
             .iter()
             .chain(args)
             .chain(&["rbd/a@s", "b"]);
-        let Command::Sync(sync) = Cli::try_parse_from(argv).unwrap().command;
+        let Command::Sync(sync) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("a sync")
+        };
         let source = sync.clusters.source();
         let dest = sync.clusters.dest(&source);
         (source, dest)
@@ -891,6 +1030,7 @@ mod tests {
             exit_status(rbd_diffsync::error::CODE_DESTINATION_CHANGED),
             200
         );
+        assert_eq!(exit_status(rbd_diffsync::error::CODE_MISMATCH), 201);
         assert_eq!(exit_status(256), 1, "never 0 for a failure");
     }
 
@@ -907,6 +1047,8 @@ mod tests {
             &["sync", "--chunk-size", "4X", "a", "b"],
             &["sync", "--connect-timeout", "-1", "a", "b"],
             &["sync", "a"],
+            &["verify", "a"],
+            &["verify", "--window", "x", "a", "b"],
         ] {
             let argv = std::iter::once("rbd-diffsync").chain(bad.iter().copied());
             let e = Cli::try_parse_from(argv).err().expect("refused");
