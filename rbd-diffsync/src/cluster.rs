@@ -580,6 +580,35 @@ impl Pool {
         unsafe { raw::rados_ioctx_get_id(self.handle.io) }
     }
 
+    /// Sets `key` to `value` in the omap of the existing `object`.
+    pub(crate) fn omap_set(&self, object: &str, key: &str, value: &str) -> Result<()> {
+        let c_object = cstring("object name", object.as_bytes())?;
+        let c_key = cstring("omap key", key.as_bytes())?;
+        let keys = [c_key.as_ptr()];
+        let values = [value.as_ptr().cast::<c_char>()];
+        let lens = [value.len()];
+        // SAFETY: the op is created, filled with pointers that outlive `operate`, run on the
+        // live ioctx, and released exactly once.
+        let ret = unsafe {
+            let op = raw::rados_create_write_op();
+            raw::rados_write_op_assert_exists(op);
+            raw::rados_write_op_omap_set(op, keys.as_ptr(), values.as_ptr(), lens.as_ptr(), 1);
+            let ret = raw::rados_write_op_operate(
+                op,
+                self.handle.io,
+                c_object.as_ptr(),
+                ptr::null_mut(),
+                0,
+            );
+            raw::rados_release_write_op(op);
+            ret
+        };
+        if ret < 0 {
+            return Err(Error::rbd("set omap key of", object, ret.into()));
+        }
+        Ok(())
+    }
+
     /// Sends an empty notification to the watchers of `object` and returns those that did not
     /// acknowledge it within `timeout`, as (client id, watch cookie).
     pub(crate) fn unanswered(&self, object: &str, timeout: Duration) -> Result<Vec<(u64, u64)>> {

@@ -100,16 +100,15 @@ pub(crate) fn lock(
             broken = Some(owner.clone());
         }
     }
+    // Named before the lock is taken, so that a kill at any point after it leaves the lock
+    // recognisable. Best effort: without it a rerun waits for the lock of a run killed before
+    // its record was written, as it would have anyway.
+    let _ = dest.metadata_set_unlocked(HOLDER_KEY, me);
     let image = dest.clone();
     let waiting_for = format!("the exclusive lock of {path}");
     match reporter.wait(waiting_for, true, move || image.acquire_exclusive_lock()) {
         Waited::Stopped => Err(reporter.stopped_error(&path)),
-        Waited::Done(Ok(())) => {
-            // Best effort: without it a rerun waits for this lock if this run is killed
-            // before its record is written, as it would have anyway.
-            let _ = dest.metadata_set(HOLDER_KEY, me);
-            Ok(broken)
-        }
+        Waited::Done(Ok(())) => Ok(broken),
         Waited::Done(Err(e)) if e.errno() == libc::EROFS => {
             let owner = dest
                 .lock_owners()

@@ -474,6 +474,14 @@ impl Image {
         check(ret, "acquire the exclusive lock of", &self.label)
     }
 
+    /// Sets image metadata without the exclusive lock, which librbd's own call would take
+    /// first: straight in the header object's omap, where librbd keeps it.
+    pub fn metadata_set_unlocked(&self, key: &str, value: &str) -> Result<()> {
+        let header = format!("rbd_header.{}", self.id()?);
+        self.pool
+            .omap_set(&header, &format!("metadata_{key}"), value)
+    }
+
     /// Breaks the exclusive lock held by the client at `owner`; librbd blocklists that
     /// client first, so that it can write nothing more even if it was alive after all.
     pub fn break_lock(&self, owner: &str) -> Result<()> {

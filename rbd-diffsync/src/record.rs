@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 /// The metadata key (`rbd image-meta get IMAGE rbd_diffsync.in_progress`).
 pub const KEY: &str = "rbd_diffsync.in_progress";
 
-/// The metadata key naming the client that holds the destination's lock for a transfer, set as
-/// soon as the lock is taken: before the checks, when there is no in-progress record yet, a
+/// The metadata key naming the client that takes the destination's lock for a transfer, set
+/// just before it takes it: before the checks, when there is no in-progress record yet, a
 /// rerun still recognises the lock of its killed predecessor. It names a lock holder, nothing
 /// about the data, and goes with the record.
 pub const HOLDER_KEY: &str = "rbd_diffsync.lock_holder";

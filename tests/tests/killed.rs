@@ -235,7 +235,7 @@ fn lock_wait(stderr: &str) -> f64 {
         .filter(|p| {
             p["waiting_for"]
                 .as_str()
-                .is_some_and(|w| w.contains("lock"))
+                .is_some_and(|w| w.starts_with("the exclusive lock"))
         })
         .filter_map(|p| p["waited"].as_f64())
         .fold(0.0, f64::max)
@@ -317,7 +317,7 @@ fn killed_at_ten_seeded_points_then_rerun_resumes_without_waiting_for_the_lock()
         let elapsed = stats["elapsed"].as_f64().unwrap();
         assert!(
             elapsed < uninterrupted + 4.0,
-            "{what}: rerun {elapsed} s, uninterrupted {uninterrupted} s"
+            "{what}: rerun {elapsed} s, uninterrupted {uninterrupted} s: {stderr}"
         );
         // What the checkpoint recorded was not done again.
         let resumed = stats["bytes_resumed"].as_u64().unwrap();
