@@ -198,7 +198,8 @@ typedef struct rbd_diffsync_progress {
  * A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
  * `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
  * the transfer as `rbd_diffsync_transfer_cancel` would (the call then fails with
- * `-ECANCELED`). It must not unwind (C++ exceptions, longjmp) out of the call.
+ * `-ECANCELED`); the transfer's end may still be reported after that. It must not unwind
+ * (C++ exceptions, longjmp) out of the call.
  */
 typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
                                         void *user_data);

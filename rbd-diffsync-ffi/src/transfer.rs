@@ -143,7 +143,8 @@ const PLAN_V1_SIZE: usize = size_of::<rbd_diffsync_plan>();
 /// A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
 /// `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
 /// the transfer as `rbd_diffsync_transfer_cancel` would (the call then fails with
-/// `-ECANCELED`). It must not unwind (C++ exceptions, longjmp) out of the call.
+/// `-ECANCELED`); the transfer's end may still be reported after that. It must not unwind
+/// (C++ exceptions, longjmp) out of the call.
 pub type rbd_diffsync_progress_cb = Option<
     unsafe extern "C" fn(progress: *const rbd_diffsync_progress, user_data: *mut c_void) -> c_int,
 >;
