@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::ops::ControlFlow;
 use std::ptr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rbd_diffsync::{
@@ -305,17 +305,6 @@ impl rbd_diffsync_transfer {
         }
         Ok(result?)
     }
-
-    /// Keeps `s` in the handle for the caller to read: NULL for `None`.
-    fn keep(&self, strings: &mut Vec<CString>, s: Option<&str>) -> *const c_char {
-        match s {
-            Some(s) => {
-                strings.push(c_string(s));
-                strings.last().expect("just pushed").as_ptr()
-            }
-            None => ptr::null(),
-        }
-    }
 }
 
 /// Makes an empty transfer into `*out`, to free with `rbd_diffsync_transfer_free`. Set at
@@ -578,6 +567,51 @@ unsafe fn fill<T>(out: *mut T, size: usize, mut value: T) {
     }
 }
 
+/// The strings of a plan or stats, kept in the transfer for the caller to read.
+struct Kept<'a>(MutexGuard<'a, Vec<CString>>);
+
+impl Kept<'_> {
+    /// `s` as a C string the transfer owns; NULL for `None`.
+    fn keep(&mut self, s: Option<&str>) -> *const c_char {
+        match s {
+            Some(s) => {
+                self.0.push(c_string(s));
+                self.0.last().expect("just pushed").as_ptr()
+            }
+            None => ptr::null(),
+        }
+    }
+}
+
+/// Plans or runs `transfer` with `op`, then fills in `*out` (unless NULL, and after checking
+/// its `struct_size` against `least`) with what `build` makes of the result, its strings kept
+/// in the transfer in place of the last ones.
+///
+/// # Safety
+///
+/// `transfer` is NULL or a live handle; `out` is NULL or points to a struct whose first field
+/// is its size, of at least that size.
+unsafe fn go_and_fill<T, R>(
+    transfer: *mut rbd_diffsync_transfer,
+    out: *mut R,
+    least: usize,
+    what: &str,
+    op: impl FnOnce(DiffTransfer) -> rbd_diffsync::Result<T>,
+    build: impl FnOnce(T, &mut Kept) -> R,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe {
+        with_handle(transfer, |t| {
+            let size = out_size(out.cast(), least, what)?;
+            let result = t.go(op)?;
+            let mut kept = Kept(lock(&t.strings));
+            kept.0.clear();
+            fill(out, size, build(result, &mut kept));
+            Ok(())
+        })
+    }
+}
+
 /// Runs every check and computes the diff, writing nothing (the destination is opened
 /// read-only and not locked): what a run would do now. Fills in `*plan` unless it is NULL;
 /// set `plan->struct_size` first.
@@ -586,32 +620,32 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_plan(
     transfer: *mut rbd_diffsync_transfer,
     plan: *mut rbd_diffsync_plan,
 ) -> c_int {
+    let build = |p: Plan, kept: &mut Kept| rbd_diffsync_plan {
+        struct_size: 0,
+        source: kept.keep(Some(&p.source)),
+        dest: kept.keep(Some(&p.dest)),
+        from_snap: kept.keep(p.from_snap.as_deref()),
+        end_snap: kept.keep(p.end_snap.as_deref()),
+        source_size: p.source_size,
+        dest_size: p.dest_size.unwrap_or(0),
+        extents: p.extents,
+        diff_bytes: p.diff_bytes,
+        data_bytes: p.data_bytes,
+        zero_bytes: p.zero_bytes,
+        create_destination: p.create_destination,
+        continues_interrupted: p.continues_interrupted,
+        overwrites_destination: p.overwrites_destination,
+    };
     // SAFETY: the caller passes NULL or live pointers (conventions in the header).
     unsafe {
-        with_handle(transfer, |t| {
-            let size = out_size(plan.cast(), PLAN_V1_SIZE, "rbd_diffsync_plan")?;
-            let p: Plan = t.go(DiffTransfer::plan)?;
-            let mut strings = lock(&t.strings);
-            strings.clear();
-            let value = rbd_diffsync_plan {
-                struct_size: 0,
-                source: t.keep(&mut strings, Some(&p.source)),
-                dest: t.keep(&mut strings, Some(&p.dest)),
-                from_snap: t.keep(&mut strings, p.from_snap.as_deref()),
-                end_snap: t.keep(&mut strings, p.end_snap.as_deref()),
-                source_size: p.source_size,
-                dest_size: p.dest_size.unwrap_or(0),
-                extents: p.extents,
-                diff_bytes: p.diff_bytes,
-                data_bytes: p.data_bytes,
-                zero_bytes: p.zero_bytes,
-                create_destination: p.create_destination,
-                continues_interrupted: p.continues_interrupted,
-                overwrites_destination: p.overwrites_destination,
-            };
-            fill(plan, size, value);
-            Ok(())
-        })
+        go_and_fill(
+            transfer,
+            plan,
+            PLAN_V1_SIZE,
+            "rbd_diffsync_plan",
+            DiffTransfer::plan,
+            build,
+        )
     }
 }
 
@@ -624,35 +658,35 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_run(
     transfer: *mut rbd_diffsync_transfer,
     stats: *mut rbd_diffsync_stats,
 ) -> c_int {
+    let build = |s: TransferStats, kept: &mut Kept| rbd_diffsync_stats {
+        struct_size: 0,
+        source: kept.keep(Some(&s.source)),
+        dest: kept.keep(Some(&s.dest)),
+        from_snap: kept.keep(s.from_snap.as_deref()),
+        end_snap: kept.keep(s.end_snap.as_deref()),
+        bytes_read: s.bytes_read,
+        bytes_written: s.bytes_written,
+        bytes_zeroed: s.bytes_zeroed,
+        bytes_skipped: s.bytes_skipped,
+        extents: s.extents,
+        diff_bytes: s.diff_bytes,
+        image_size: s.image_size,
+        elapsed_ns: nanos(s.elapsed),
+        snapshot_elapsed_ns: nanos(s.snapshot_elapsed),
+        throughput: s.throughput(),
+        created_destination: s.created_destination,
+        continued_interrupted: s.continued_interrupted,
+    };
     // SAFETY: the caller passes NULL or live pointers (conventions in the header).
     unsafe {
-        with_handle(transfer, |t| {
-            let size = out_size(stats.cast(), STATS_V1_SIZE, "rbd_diffsync_stats")?;
-            let s: TransferStats = t.go(DiffTransfer::run)?;
-            let mut strings = lock(&t.strings);
-            strings.clear();
-            let value = rbd_diffsync_stats {
-                struct_size: 0,
-                source: t.keep(&mut strings, Some(&s.source)),
-                dest: t.keep(&mut strings, Some(&s.dest)),
-                from_snap: t.keep(&mut strings, s.from_snap.as_deref()),
-                end_snap: t.keep(&mut strings, s.end_snap.as_deref()),
-                bytes_read: s.bytes_read,
-                bytes_written: s.bytes_written,
-                bytes_zeroed: s.bytes_zeroed,
-                bytes_skipped: s.bytes_skipped,
-                extents: s.extents,
-                diff_bytes: s.diff_bytes,
-                image_size: s.image_size,
-                elapsed_ns: nanos(s.elapsed),
-                snapshot_elapsed_ns: nanos(s.snapshot_elapsed),
-                throughput: s.throughput(),
-                created_destination: s.created_destination,
-                continued_interrupted: s.continued_interrupted,
-            };
-            fill(stats, size, value);
-            Ok(())
-        })
+        go_and_fill(
+            transfer,
+            stats,
+            STATS_V1_SIZE,
+            "rbd_diffsync_stats",
+            DiffTransfer::run,
+            build,
+        )
     }
 }
 

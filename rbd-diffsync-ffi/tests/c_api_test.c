@@ -405,6 +405,10 @@ static void test_missing_conf_image_and_snapshot(void)
 static void test_plan_writes_nothing(void)
 {
     rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    struct {
+        rbd_diffsync_plan plan;
+        char later_fields[32];
+    } newer;
     rbd_diffsync_transfer *t;
     char dest[128], source[128];
 
@@ -423,6 +427,14 @@ static void test_plan_writes_nothing(void)
     CHECK(!plan.continues_interrupted && !plan.overwrites_destination);
     CHECK(plan.diff_bytes > 0 && plan.data_bytes > 0);
     CHECK(rbd("info %s >/dev/null 2>&1", dest) != 0); /* not created */
+
+    /* a caller's struct from a newer header, with fields this library does not know */
+    memset(&newer, 0xa5, sizeof newer);
+    newer.plan.struct_size = sizeof newer;
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &newer.plan), 0);
+    CHECK_INT(newer.plan.struct_size, sizeof(rbd_diffsync_plan));
+    CHECK_INT(newer.plan.source_size, 32 << 20);
+    CHECK_INT((unsigned char)newer.later_fields[0], 0xa5); /* left alone */
     rbd_diffsync_transfer_free(t);
 }
 
