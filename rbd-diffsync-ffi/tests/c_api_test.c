@@ -438,6 +438,54 @@ static void test_plan_writes_nothing(void)
     rbd_diffsync_transfer_free(t);
 }
 
+/* client.diffsync (rbd profiles; keyring beside ceph.conf, not named in it) and an option. */
+static void test_cluster_settings_apply(void)
+{
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    char keyring[512], source[128], dest[128];
+    const char *slash = strrchr(conf, '/');
+
+    snprintf(keyring, sizeof keyring, "%.*s/client.diffsync.keyring",
+             slash ? (int)(slash - conf) : 1, slash ? conf : ".");
+    snprintf(source, sizeof source, "%s@s1", src + strlen("rbd/")); /* no pool */
+    dest_name(dest, sizeof dest, "plan");
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_cluster_name(c, "ceph"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_name(c, "client.admin"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0); /* the later one wins */
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, keyring), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 30000), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "backups"), 0);
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, dest), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ENOENT); /* looked for in backups */
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "backups/");
+
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "rbd"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0); /* a copy: set it again */
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), 0);
+    CHECK_CONTAINS(plan.source, src); /* its pool resolved */
+    rbd_diffsync_cluster_free(c);
+
+    /* without its keyring, client.diffsync cannot authenticate: the connect timeout ends it */
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ETIMEDOUT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
+    rbd_diffsync_transfer_free(t);
+    rbd_diffsync_cluster_free(c);
+}
+
 struct progress_log {
     int calls, copying, last_phase;
     uint64_t last_total;
@@ -669,6 +717,7 @@ int main(int argc, char **argv)
         }
         run_test("missing_conf_image_and_snapshot", test_missing_conf_image_and_snapshot);
         run_test("plan_writes_nothing", test_plan_writes_nothing);
+        run_test("cluster_settings_apply", test_cluster_settings_apply);
         run_test("full_then_incremental", test_full_then_incremental);
         run_test("destination_changed", test_destination_changed);
         run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
