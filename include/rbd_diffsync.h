@@ -4,7 +4,8 @@
  * does, checked before anything is written, with a window of parallel I/O, progress and
  * cancellation, and reruns that complete an interrupted transfer.
  *
- * Link with `pkg-config --cflags --libs rbd_diffsync` (add `--static` for librbd_diffsync.a).
+ * Build with `cc prog.c $(pkg-config --cflags --libs rbd_diffsync)`. To link librbd_diffsync.a
+ * instead, name it in place of -lrbd_diffsync and add what `pkg-config --static --libs` adds.
  *
  * USE
  *   rbd_diffsync_cluster holds how to reach a cluster (ceph.conf, client, keyring, options);
@@ -44,10 +45,11 @@
  *   -ECANCELED, -ETIMEDOUT, -ENOSPC, -EDQUOT, -EOPNOTSUPP, -EIO and others as librbd returns
  *   them), or the negation of one of the library's own codes, which start at
  *   RBD_DIFFSYNC_LIBRARY_CODE_BASE (4296, beyond every errno): -RBD_DIFFSYNC_EDESTCHANGED,
- *   the destination changed since from_snap. New codes may be added. rbd_diffsync_strerror(code) describes any code and
- *   rbd_diffsync_code_name(code) names it ("ENOENT", "EDESTCHANGED"). The full message of the
- *   last failed call on a handle, naming the cluster, image and snapshot concerned, is
- *   rbd_diffsync_cluster_last_error / rbd_diffsync_transfer_last_error; successes leave it.
+ *   the destination changed since from_snap. New codes may be added.
+ *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
+ *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
+ *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
+ *   rbd_diffsync_transfer_last_error; successes leave it.
  *   Every pointer argument is checked: a NULL handle fails with -EINVAL (no message is kept,
  *   there is no handle to keep it), another NULL argument fails with -EINVAL and a message,
  *   unless the function says what NULL means. No panic crosses into C: a bug caught inside the
