@@ -35,10 +35,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# cbindgen at the pinned version: on PATH, or installed once into the target directory.
 tools=${CARGO_TARGET_DIR:-$root/target}/tools
-cbindgen=$tools/bin/cbindgen
-if ! "$cbindgen" --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
-  cargo install -q cbindgen --version "$CBINDGEN_VERSION" --locked --root "$tools"
+cbindgen=$(command -v cbindgen || true)
+if ! "${cbindgen:-false}" --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
+  cbindgen=$tools/bin/cbindgen
+  if ! "$cbindgen" --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
+    cargo install -q cbindgen --version "$CBINDGEN_VERSION" --locked --root "$tools"
+  fi
 fi
 
 tmp=$(mktemp -d /tmp/rbd-diffsync-c.XXXXXX)
