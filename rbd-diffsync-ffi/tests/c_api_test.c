@@ -14,12 +14,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *conf;
@@ -572,6 +574,36 @@ static void test_destination_changed(void)
     rbd_diffsync_transfer_free(t);
 }
 
+/* A full transfer into an empty image that another client has open: -EBUSY, nothing written. */
+static void test_destination_open_elsewhere(void)
+{
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+    struct timespec tenth = {0, 100 * 1000 * 1000};
+    int pid, tries;
+
+    dest_name(dest, sizeof dest, "busy");
+    snprintf(source, sizeof source, "%s@s1", src);
+    CHECK_INT(rbd("create --size 32M %s", dest), 0);
+    /* a reader that keeps the image open until killed */
+    pid = atoi(rbd_out("bench --io-type read --io-size 4096 --io-threads 1 --io-total 1T %s "
+                       ">/dev/null 2>&1 & echo $!",
+                       dest));
+    CHECK(pid > 0);
+    for (tries = 0; tries < 100 && atoi(rbd_out("status %s | grep -c watcher=", dest)) == 0;
+         tries++)
+        nanosleep(&tenth, NULL);
+    CHECK(tries < 100);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -EBUSY);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), dest);
+    CHECK_STR(rbd_diffsync_code_name(-EBUSY), "EBUSY");
+    CHECK_STR(snaps(dest), "");
+    if (pid > 0)
+        kill(pid, SIGINT);
+    rbd_diffsync_transfer_free(t);
+}
+
 static int stop_at_once(const rbd_diffsync_progress *p, void *user_data)
 {
     (void)p;
@@ -680,7 +712,8 @@ static int setup(void)
 
 static void cleanup(void)
 {
-    static const char *dests[] = {"missing", "plan", "chain", "changed", "stopped", "cancelled"};
+    static const char *dests[] = {"missing", "plan",    "chain",    "changed",
+                                  "busy",    "stopped", "cancelled"};
     char dest[128];
     size_t i;
 
@@ -720,6 +753,7 @@ int main(int argc, char **argv)
         run_test("cluster_settings_apply", test_cluster_settings_apply);
         run_test("full_then_incremental", test_full_then_incremental);
         run_test("destination_changed", test_destination_changed);
+        run_test("destination_open_elsewhere", test_destination_open_elsewhere);
         run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
         run_test("cancel_from_another_thread", test_cancel_from_another_thread);
         cleanup();
