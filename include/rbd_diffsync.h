@@ -29,7 +29,8 @@
  *     cluster handle may be changed or freed afterwards.
  *   - user_data of a progress callback stays the caller's; the optional finalizer given with it
  *     is called exactly once, with user_data, when the callback is replaced or the transfer is
- *     freed (after any run using it returned), on the thread doing that.
+ *     freed (after any run using it returned), on the thread doing that; never if
+ *     rbd_diffsync_transfer_set_progress() failed or was given a NULL callback.
  *
  * STRUCTS THAT GROW
  *   rbd_diffsync_stats and rbd_diffsync_plan start with `size_t struct_size`: set it to the
@@ -537,7 +538,8 @@ int rbd_diffsync_transfer_set_force(struct rbd_diffsync_transfer *transfer,
  * every progress interval (default 200 ms) in every phase, also while a call to the cluster
  * blocks, and at every change of phase and at the end. A nonzero return stops the transfer.
  * `finalizer` (may be NULL) is called with `user_data` once the callback is replaced or the
- * transfer freed. A NULL `callback` removes the callback.
+ * transfer freed. A NULL `callback` removes the callback; `finalizer` is then not called, nor
+ * when this call fails: `user_data` stays the caller's.
  */
 int rbd_diffsync_transfer_set_progress(struct rbd_diffsync_transfer *transfer,
                                        rbd_diffsync_progress_cb callback,

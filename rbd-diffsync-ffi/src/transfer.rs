@@ -498,7 +498,8 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_force(
 /// every progress interval (default 200 ms) in every phase, also while a call to the cluster
 /// blocks, and at every change of phase and at the end. A nonzero return stops the transfer.
 /// `finalizer` (may be NULL) is called with `user_data` once the callback is replaced or the
-/// transfer freed. A NULL `callback` removes the callback.
+/// transfer freed. A NULL `callback` removes the callback; `finalizer` is then not called, nor
+/// when this call fails: `user_data` stays the caller's.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_transfer_set_progress(
     transfer: *mut rbd_diffsync_transfer,
@@ -506,15 +507,20 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_progress(
     user_data: *mut c_void,
     finalizer: rbd_diffsync_finalizer,
 ) -> c_int {
-    let callback = callback.map(|call| {
-        Arc::new(Callback {
-            call,
-            user_data,
-            finalizer,
-        })
-    });
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe { set_value(transfer, |s| s.progress = callback) }
+    unsafe {
+        // The callback is made only once the handle is known good, so that a failed call
+        // finalizes nothing.
+        set_value(transfer, |s| {
+            s.progress = callback.map(|call| {
+                Arc::new(Callback {
+                    call,
+                    user_data,
+                    finalizer,
+                })
+            })
+        })
+    }
 }
 
 /// The least time between two progress calls, in milliseconds (default 200).

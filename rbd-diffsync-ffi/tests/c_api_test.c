@@ -365,6 +365,10 @@ static void test_finalizer_once(void)
     CHECK_INT(finalized, 1); /* replaced */
     rbd_diffsync_transfer_free(t);
     CHECK_INT(finalized, 2); /* freed */
+    /* nor on a failed call */
+    CHECK_INT(rbd_diffsync_transfer_set_progress(NULL, never_called, &finalized, count_finalize),
+              -EINVAL);
+    CHECK_INT(finalized, 2);
     /* a NULL callback's finalizer is not kept */
     CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
     CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, &finalized, count_finalize), 0);
