@@ -1,0 +1,591 @@
+/*
+ * rbd_diffsync.h: the C API of rbd-diffsync, which moves the changes between two snapshots of a
+ * Ceph RBD image into another image through librbd: what `rbd export-diff | rbd import-diff`
+ * does, checked before anything is written, with a window of parallel I/O, progress and
+ * cancellation, and reruns that complete an interrupted transfer.
+ *
+ * Build with `cc prog.c $(pkg-config --cflags --libs rbd_diffsync)`. To link librbd_diffsync.a
+ * instead, name it in place of -lrbd_diffsync and add what `pkg-config --static --libs` adds.
+ *
+ * USE
+ *   rbd_diffsync_cluster holds how to reach a cluster (ceph.conf, client, keyring, options);
+ *   rbd_diffsync_transfer holds a transfer: source `pool[/ns]/image@snap`, destination image,
+ *   optional base snapshot (`from_snap`, for an incremental), clusters and tuning, all set with
+ *   setters. rbd_diffsync_transfer_plan() checks it and says what it would do, writing nothing;
+ *   rbd_diffsync_transfer_run() does it, creating the end snapshot on the destination only
+ *   after every write succeeded. A transfer may be planned and run any number of times.
+ *
+ * OWNERSHIP
+ *   - Handles are opaque. Each `*_new(&out)` makes one the caller owns and frees with the
+ *     matching `*_free`; every `*_free` accepts NULL and does nothing then.
+ *   - Strings passed in are borrowed for the call only (the library copies what it keeps); they
+ *     are NUL-terminated UTF-8 (paths may be any bytes).
+ *   - Strings returned (last_error, strings in rbd_diffsync_stats and rbd_diffsync_plan) are
+ *     owned by the handle they came from: valid until the next call on that handle that
+ *     replaces them (a failing call for last_error, a plan or run for the structs) or its
+ *     free. Never free them. rbd_diffsync_version, rbd_diffsync_strerror and
+ *     rbd_diffsync_code_name return static strings.
+ *   - rbd_diffsync_transfer_set_cluster and _set_dest_cluster copy the cluster settings: the
+ *     cluster handle may be changed or freed afterwards.
+ *   - user_data of a progress callback stays the caller's; the optional finalizer given with it
+ *     is called exactly once, with user_data, when the callback is replaced or the transfer is
+ *     freed (after any run using it returned), on the thread doing that; never if
+ *     rbd_diffsync_transfer_set_progress() failed or was given a NULL callback.
+ *
+ * STRUCTS THAT GROW
+ *   rbd_diffsync_stats and rbd_diffsync_plan start with `size_t struct_size`: set it to the
+ *   struct's sizeof before the call. The library fills in the fields that both its and your
+ *   version of the struct have and writes that length back; fields are only ever added at the
+ *   end. rbd_diffsync_progress, which the library hands to you, says its own size likewise.
+ *   A NULL stats or plan pointer means the caller does not want them.
+ *
+ * ERRORS
+ *   Functions return 0 on success, or a negative code: `-errno` with the exact errno of the
+ *   failure (-ENOENT: a pool, image, snapshot or ceph.conf is missing; -EINVAL: a malformed
+ *   spec, a setting out of range, a NULL argument; -EEXIST, -EBUSY, -EACCES, -EPERM,
+ *   -ECANCELED, -ETIMEDOUT, -ENOSPC, -EDQUOT, -EOPNOTSUPP, -EIO and others as librbd returns
+ *   them), or the negation of one of the library's own codes, which start at
+ *   RBD_DIFFSYNC_LIBRARY_CODE_BASE (4296, beyond every errno): -RBD_DIFFSYNC_EDESTCHANGED,
+ *   the destination changed since from_snap. New codes may be added.
+ *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
+ *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
+ *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
+ *   rbd_diffsync_transfer_last_error; successes leave it.
+ *   Every pointer argument is checked: a NULL handle fails with -EINVAL (no message is kept,
+ *   there is no handle to keep it), another NULL argument fails with -EINVAL and a message,
+ *   unless the function says what NULL means. No panic crosses into C: a bug caught inside the
+ *   library fails the call with -ENOTRECOVERABLE and a message.
+ *
+ * THREADS
+ *   - Different handles may be used on different threads at the same time; a handle may move
+ *     between threads.
+ *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel(), which may be
+ *     called from any thread at any time while the transfer lives, also while another thread is
+ *     in rbd_diffsync_transfer_run() or _plan() on it. No call may overlap a handle's `*_free`.
+ *   - rbd_diffsync_version, _abi_version, _strerror and _code_name are thread-safe.
+ *   - rbd_diffsync_transfer_run() and _plan() block until done. The progress callback runs on
+ *     the thread that called them, never on another, before they return; it is called at most
+ *     every progress interval (default 200 ms), in every phase, also while a call to a cluster
+ *     blocks. It returns 0 to go on; nonzero stops the transfer, which then fails with
+ *     -ECANCELED. It must not unwind out of the call (no C++ exception, no longjmp), nor call
+ *     the library on the same transfer except rbd_diffsync_transfer_cancel().
+ *
+ * VERSIONS
+ *   The shared library's soname carries the ABI version (librbd_diffsync.so.1 for
+ *   RBD_DIFFSYNC_ABI_VERSION 1). Within one ABI version functions, constants and struct fields
+ *   are only added, never changed or removed; the structs grow as said above. A program may
+ *   check rbd_diffsync_abi_version() == RBD_DIFFSYNC_ABI_VERSION at start;
+ *   rbd_diffsync_version() gives the release ("0.1.0").
+ */
+
+
+#ifndef RBD_DIFFSYNC_H
+#define RBD_DIFFSYNC_H
+
+/* Generated by cbindgen 0.29.4 from rbd-diffsync-ffi: do not edit (see its cbindgen.toml). */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/**
+ * The ABI version, in the shared library's soname (`librbd_diffsync.so.1`). It changes only
+ * when a function or struct changes incompatibly; additions keep it.
+ */
+#define RBD_DIFFSYNC_ABI_VERSION 1
+
+/**
+ * The library's code for a destination changed since `from_snap`, and not by an interrupted
+ * transfer of the same diff. Returned negated, as errnos are: `ret == -RBD_DIFFSYNC_EDESTCHANGED`.
+ */
+#define RBD_DIFFSYNC_EDESTCHANGED 4296
+
+/**
+ * The first of the library's own codes: a failed call's code `ret` is one of them when
+ * `-ret >= RBD_DIFFSYNC_LIBRARY_CODE_BASE`, and `-errno` otherwise. Beyond every errno.
+ */
+#define RBD_DIFFSYNC_LIBRARY_CODE_BASE 4296
+
+/**
+ * Default window of a transfer, in chunks.
+ */
+#define RBD_DIFFSYNC_DEFAULT_WINDOW 16
+
+/**
+ * Default chunk size of a transfer, in bytes (2 MiB).
+ */
+#define RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE 2097152
+
+/**
+ * Phase of a transfer in `rbd_diffsync_progress.phase`: connecting to the clusters and
+ * opening the images.
+ */
+#define RBD_DIFFSYNC_PHASE_CONNECTING 0
+
+/**
+ * Checking the images, taking the destination's lock and computing the diff.
+ */
+#define RBD_DIFFSYNC_PHASE_SCANNING 1
+
+/**
+ * Reading, writing and zeroing.
+ */
+#define RBD_DIFFSYNC_PHASE_COPYING 2
+
+/**
+ * Shrinking the destination if needed, flushing and creating the end snapshot.
+ */
+#define RBD_DIFFSYNC_PHASE_COMMITTING 3
+
+/**
+ * A phase added after this header: `phase_name` names it.
+ */
+#define RBD_DIFFSYNC_PHASE_UNKNOWN 4294967295
+
+/**
+ * How to reach a cluster: what the rbd CLI's `-c`, `--id`, `-n`, `--cluster`, `-k`, `-m` and
+ * `--<option> <value>` say. Unset, as the rbd CLI with no options: `CEPH_ARGS`, then
+ * /etc/ceph/ceph.conf, as `client.admin`. Only settings: nothing connects until a transfer
+ * runs.
+ */
+typedef struct rbd_diffsync_cluster rbd_diffsync_cluster;
+
+/**
+ * A transfer of the changes of a source image (at its snapshot, or HEAD) since `from_snap`
+ * (or since it was empty) into a destination image: set it up, then plan or run it, as
+ * often as wanted.
+ */
+typedef struct rbd_diffsync_transfer rbd_diffsync_transfer;
+
+/**
+ * Where a running transfer is, as given to the progress callback. Valid only during the
+ * call. Fields may be added at the end: `struct_size` is the size the library filled in.
+ */
+typedef struct rbd_diffsync_progress {
+    /**
+     * `sizeof` the struct as this library knows it.
+     */
+    size_t struct_size;
+    /**
+     * One of the `RBD_DIFFSYNC_PHASE_*` values.
+     */
+    uint32_t phase;
+    /**
+     * `"connecting"`, `"scanning"`, `"copying"` or `"committing"`.
+     */
+    const char *phase_name;
+    /**
+     * Bytes of the transfer done (copied, zeroed or found to need nothing).
+     */
+    uint64_t bytes_done;
+    /**
+     * Bytes of the transfer in all; 0 until the diff is known.
+     */
+    uint64_t bytes_total;
+    /**
+     * Nanoseconds since the transfer started.
+     */
+    uint64_t elapsed_ns;
+    /**
+     * What the transfer has been waiting for, for more than a second (a cluster's answer, a
+     * lock, requests in flight), or NULL.
+     */
+    const char *waiting_for;
+    /**
+     * For how many nanoseconds it has waited for that.
+     */
+    uint64_t waited_ns;
+} rbd_diffsync_progress;
+
+/**
+ * A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
+ * `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
+ * the transfer as `rbd_diffsync_transfer_cancel` would (the call then fails with
+ * `-ECANCELED`); the transfer's end may still be reported after that. It must not unwind
+ * (C++ exceptions, longjmp) out of the call.
+ */
+typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
+                                        void *user_data);
+
+/**
+ * Releases a callback's `user_data`: called once, when the callback is replaced or the
+ * transfer freed, and after any run using it has returned, on the thread doing that.
+ */
+typedef void (*rbd_diffsync_finalizer)(void *user_data);
+
+/**
+ * What a transfer would do, filled in by `rbd_diffsync_transfer_plan`; sized and owned as
+ * `rbd_diffsync_stats` is.
+ */
+typedef struct rbd_diffsync_plan {
+    /**
+     * In: `sizeof(rbd_diffsync_plan)`; out: the bytes filled in.
+     */
+    size_t struct_size;
+    /**
+     * The source, `pool[/namespace]/image[@snap]`, its pool resolved.
+     */
+    const char *source;
+    /**
+     * The destination image, `pool[/namespace]/image`, its pool resolved.
+     */
+    const char *dest;
+    /**
+     * The base of an incremental; NULL for a full transfer.
+     */
+    const char *from_snap;
+    /**
+     * The snapshot the transfer would create on the destination; NULL for a source at HEAD.
+     */
+    const char *end_snap;
+    /**
+     * The source size, which the destination will have.
+     */
+    uint64_t source_size;
+    /**
+     * The destination's size now; 0 when the transfer creates it.
+     */
+    uint64_t dest_size;
+    /**
+     * Ranges of the source's diff (after merging neighbours of the same kind).
+     */
+    uint64_t extents;
+    /**
+     * Bytes of those ranges.
+     */
+    uint64_t diff_bytes;
+    /**
+     * Bytes to read from the source: the diff's data ranges and ranges of the destination to
+     * rewrite.
+     */
+    uint64_t data_bytes;
+    /**
+     * Bytes to make read as zeros (some may need no request).
+     */
+    uint64_t zero_bytes;
+    /**
+     * Whether the transfer would create the destination.
+     */
+    bool create_destination;
+    /**
+     * Whether the destination holds the writes of an interrupted transfer of the same diff,
+     * which the transfer would complete.
+     */
+    bool continues_interrupted;
+    /**
+     * Whether the transfer would write over data or changes that `set_force` allowed.
+     */
+    bool overwrites_destination;
+} rbd_diffsync_plan;
+
+/**
+ * What a finished transfer did, filled in by `rbd_diffsync_transfer_run`. Set `struct_size`
+ * to `sizeof(rbd_diffsync_stats)` before the call; the library fills in the fields that fit
+ * in both its version of the struct and yours, and sets `struct_size` to the bytes it
+ * filled. Its strings are owned by the transfer: valid until its next run or plan, or its
+ * free.
+ */
+typedef struct rbd_diffsync_stats {
+    /**
+     * In: `sizeof(rbd_diffsync_stats)`; out: the bytes filled in.
+     */
+    size_t struct_size;
+    /**
+     * The source, `pool[/namespace]/image[@snap]`, its pool resolved.
+     */
+    const char *source;
+    /**
+     * The destination image, `pool[/namespace]/image`, its pool resolved.
+     */
+    const char *dest;
+    /**
+     * The base snapshot of an incremental; NULL for a full transfer.
+     */
+    const char *from_snap;
+    /**
+     * The snapshot created on the destination; NULL for a source at HEAD.
+     */
+    const char *end_snap;
+    /**
+     * Bytes read from the source.
+     */
+    uint64_t bytes_read;
+    /**
+     * Bytes written to the destination as data.
+     */
+    uint64_t bytes_written;
+    /**
+     * Bytes made to read as zeros on the destination with write_zeroes.
+     */
+    uint64_t bytes_zeroed;
+    /**
+     * Zero bytes that needed no request because the destination read zeros there already.
+     */
+    uint64_t bytes_skipped;
+    /**
+     * Ranges reported by the source's diff (after merging neighbours of the same kind).
+     */
+    uint64_t extents;
+    /**
+     * Size of the diff: the bytes of all those ranges.
+     */
+    uint64_t diff_bytes;
+    /**
+     * The source size at the end snapshot, which the destination now has.
+     */
+    uint64_t image_size;
+    /**
+     * Wall time of the whole transfer in nanoseconds, checks included.
+     */
+    uint64_t elapsed_ns;
+    /**
+     * Of that, the time spent creating the end snapshot (the commit marker).
+     */
+    uint64_t snapshot_elapsed_ns;
+    /**
+     * Diff bytes handled per second of wall time.
+     */
+    double throughput;
+    /**
+     * Whether the transfer created the destination image.
+     */
+    bool created_destination;
+    /**
+     * Whether the destination held the writes of an interrupted transfer of the same diff,
+     * which this one completed.
+     */
+    bool continued_interrupted;
+} rbd_diffsync_stats;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * The library's version, such as `"0.1.0"`. Static.
+ */
+const char *rbd_diffsync_version(void);
+
+/**
+ * The ABI version of the library loaded, to compare with `RBD_DIFFSYNC_ABI_VERSION`.
+ */
+uint32_t rbd_diffsync_abi_version(void);
+
+/**
+ * A description of `code` (as returned, negative; a positive errno is taken as well): the
+ * system's for an errno (`"No such file or directory"`), the library's for its own codes.
+ * Static; thread-safe.
+ */
+const char *rbd_diffsync_strerror(int code);
+
+/**
+ * The symbolic name of `code` (negative or positive), such as `"ENOENT"` or
+ * `"EDESTCHANGED"`, or NULL for one the library does not name. Static; thread-safe.
+ */
+const char *rbd_diffsync_code_name(int code);
+
+/**
+ * Makes cluster settings with nothing set into `*out`, to free with
+ * `rbd_diffsync_cluster_free`.
+ */
+int rbd_diffsync_cluster_new(struct rbd_diffsync_cluster **out);
+
+/**
+ * Frees cluster settings. NULL is a no-op. Transfers given them keep their own copy.
+ */
+void rbd_diffsync_cluster_free(struct rbd_diffsync_cluster *cluster);
+
+/**
+ * Reads this ceph.conf instead of searching for one (`rbd -c`).
+ */
+int rbd_diffsync_cluster_set_conf(struct rbd_diffsync_cluster *cluster,
+                                  const char *path);
+
+/**
+ * Connects as `client.<id>` (`rbd --id`); a leading `client.` is accepted.
+ */
+int rbd_diffsync_cluster_set_id(struct rbd_diffsync_cluster *cluster,
+                                const char *id);
+
+/**
+ * Connects as this entity, `type.id` such as `client.backup` (`rbd -n`).
+ */
+int rbd_diffsync_cluster_set_name(struct rbd_diffsync_cluster *cluster,
+                                  const char *name);
+
+/**
+ * The cluster's name (`rbd --cluster`), which selects /etc/ceph/<name>.conf when no
+ * ceph.conf is set; `ceph` by default.
+ */
+int rbd_diffsync_cluster_set_cluster_name(struct rbd_diffsync_cluster *cluster,
+                                          const char *cluster_name);
+
+/**
+ * Uses this keyring instead of the one ceph.conf names (`rbd -k`).
+ */
+int rbd_diffsync_cluster_set_keyring(struct rbd_diffsync_cluster *cluster,
+                                     const char *path);
+
+/**
+ * Connects to these monitors (`rbd -m`), a comma-separated list of `host[:port]`, instead of
+ * those ceph.conf names.
+ */
+int rbd_diffsync_cluster_set_mon_host(struct rbd_diffsync_cluster *cluster,
+                                      const char *addresses);
+
+/**
+ * Gives up connecting after this many milliseconds (librados' `client_mount_timeout`, 300 s
+ * unless ceph.conf says otherwise). A wrong key or an unreachable monitor fails only then.
+ */
+int rbd_diffsync_cluster_set_connect_timeout_ms(struct rbd_diffsync_cluster *cluster,
+                                                uint64_t milliseconds);
+
+/**
+ * Sets a librados or librbd option (`rbd --<key> <value>`), such as `rbd_default_pool` to
+ * `volumes`. Later settings of the same key win.
+ */
+int rbd_diffsync_cluster_set_option(struct rbd_diffsync_cluster *cluster,
+                                    const char *key,
+                                    const char *value);
+
+/**
+ * The message of the last call on `cluster` that failed (other than with a NULL handle), or
+ * "" if none did. Owned by `cluster`: valid until its next failing call or its free.
+ */
+const char *rbd_diffsync_cluster_last_error(const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * Makes an empty transfer into `*out`, to free with `rbd_diffsync_transfer_free`. Set at
+ * least its source and destination before planning or running it.
+ */
+int rbd_diffsync_transfer_new(struct rbd_diffsync_transfer **out);
+
+/**
+ * Frees a transfer, and finalizes its callback's `user_data`. NULL is a no-op. Not while a
+ * call on it runs.
+ */
+void rbd_diffsync_transfer_free(struct rbd_diffsync_transfer *transfer);
+
+/**
+ * The source, `[pool[/namespace]/]image[@snap]`. Without `@snap` the transfer reads HEAD and
+ * creates no snapshot on the destination. `-EINVAL` for a malformed spec.
+ */
+int rbd_diffsync_transfer_set_source(struct rbd_diffsync_transfer *transfer,
+                                     const char *spec);
+
+/**
+ * The destination image, `[pool[/namespace]/]image` (no snapshot: the one created is named
+ * after the source's). `-EINVAL` for a malformed spec.
+ */
+int rbd_diffsync_transfer_set_dest(struct rbd_diffsync_transfer *transfer,
+                                   const char *spec);
+
+/**
+ * Transfers only what changed since this snapshot, which must exist on both images: an
+ * incremental. NULL makes the transfer full again (the default).
+ */
+int rbd_diffsync_transfer_set_from_snap(struct rbd_diffsync_transfer *transfer,
+                                        const char *snap);
+
+/**
+ * The source's cluster, and the destination's unless `rbd_diffsync_transfer_set_dest_cluster`
+ * says otherwise. The settings are copied: `cluster` may be changed or freed afterwards.
+ */
+int rbd_diffsync_transfer_set_cluster(struct rbd_diffsync_transfer *transfer,
+                                      const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * The destination's cluster, when it is not the source's; NULL for the source's again. The
+ * settings are copied.
+ */
+int rbd_diffsync_transfer_set_dest_cluster(struct rbd_diffsync_transfer *transfer,
+                                           const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * The window of I/O in flight, in chunks (default `RBD_DIFFSYNC_DEFAULT_WINDOW`, at most
+ * 1024): the transfer holds at most window × chunk size bytes of data at once. Checked when
+ * the transfer is planned or run (`-EINVAL`).
+ */
+int rbd_diffsync_transfer_set_window(struct rbd_diffsync_transfer *transfer,
+                                     uint32_t chunks);
+
+/**
+ * The largest data request in bytes (default `RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE`): a multiple
+ * of 4 KiB between 4 KiB and 1 GiB. Checked when the transfer is planned or run (`-EINVAL`).
+ */
+int rbd_diffsync_transfer_set_chunk_size(struct rbd_diffsync_transfer *transfer,
+                                         uint64_t bytes);
+
+/**
+ * Diffs by whole objects, as `rbd export-diff --whole-object`: cheaper to compute with
+ * fast-diff, more data to read. Off by default.
+ */
+int rbd_diffsync_transfer_set_whole_object(struct rbd_diffsync_transfer *transfer,
+                                           bool on);
+
+/**
+ * Allows writing over what the destination holds (the command line's `--force`): a full
+ * transfer into an image that has snapshots, holds data or is open by another client, and an
+ * incremental into an image changed since `from_snap` (the changed ranges are rewritten from
+ * the source). Off by default: those are refused with `-EEXIST`, `-EBUSY` or
+ * `-RBD_DIFFSYNC_EDESTCHANGED`.
+ */
+int rbd_diffsync_transfer_set_force(struct rbd_diffsync_transfer *transfer,
+                                    bool on);
+
+/**
+ * Calls `callback` with `user_data` during plans and runs: on their thread only, at most
+ * every progress interval (default 200 ms) in every phase, also while a call to the cluster
+ * blocks, and at every change of phase and at the end. A nonzero return stops the transfer.
+ * `finalizer` (may be NULL) is called with `user_data` once the callback is replaced or the
+ * transfer freed. A NULL `callback` removes the callback; `finalizer` is then not called, nor
+ * when this call fails: `user_data` stays the caller's.
+ */
+int rbd_diffsync_transfer_set_progress(struct rbd_diffsync_transfer *transfer,
+                                       rbd_diffsync_progress_cb callback,
+                                       void *user_data,
+                                       rbd_diffsync_finalizer finalizer);
+
+/**
+ * The least time between two progress calls, in milliseconds (default 200).
+ */
+int rbd_diffsync_transfer_set_progress_interval_ms(struct rbd_diffsync_transfer *transfer,
+                                                   uint64_t milliseconds);
+
+/**
+ * Runs every check and computes the diff, writing nothing (the destination is opened
+ * read-only and not locked): what a run would do now. Fills in `*plan` unless it is NULL;
+ * set `plan->struct_size` first.
+ */
+int rbd_diffsync_transfer_plan(struct rbd_diffsync_transfer *transfer,
+                               struct rbd_diffsync_plan *plan);
+
+/**
+ * Checks everything, then transfers. Nothing is written unless every check passed; the
+ * destination's end snapshot is created only after every write succeeded, so a failed,
+ * cancelled or killed run leaves none, and running it again completes it. Blocks until done.
+ * Fills in `*stats` unless it is NULL; set `stats->struct_size` first.
+ */
+int rbd_diffsync_transfer_run(struct rbd_diffsync_transfer *transfer,
+                              struct rbd_diffsync_stats *stats);
+
+/**
+ * Stops the run or plan in progress on `transfer`, or if none is, the next one to start: it
+ * then fails with `-ECANCELED`, requests in flight drained, no end snapshot created. Once the
+ * end snapshot is being created it is too late: the run completes. Returns at once; callable
+ * from any thread, also while another thread runs the transfer.
+ */
+int rbd_diffsync_transfer_cancel(const struct rbd_diffsync_transfer *transfer);
+
+/**
+ * The message of the last call on `transfer` that failed (other than with a NULL handle),
+ * naming the cluster, image and snapshot concerned, or "" if none did. Owned by `transfer`:
+ * valid until its next failing call or its free.
+ */
+const char *rbd_diffsync_transfer_last_error(const struct rbd_diffsync_transfer *transfer);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* RBD_DIFFSYNC_H */

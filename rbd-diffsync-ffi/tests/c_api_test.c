@@ -1,0 +1,767 @@
+/*
+ * Tests of the C API as a C program uses it, run under AddressSanitizer, UndefinedBehaviorSanitizer
+ * and LeakSanitizer by scripts/test-c.sh.
+ *
+ *   c_api_test CEPH_CONF   every test, against the cluster of CEPH_CONF
+ *   c_api_test --offline   only those that need no cluster
+ *
+ * The live tests make their own images (rbd CLI) named after the process id, and remove them.
+ * Closes with "N passed, M failed"; exits nonzero if any failed.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <rbd_diffsync.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *conf;
+static char src[64];
+static const char *current;
+static int passed, failed, test_ok;
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "%s:%d: in %s: CHECK(%s) failed\n", __FILE__, __LINE__, current,  \
+                    #cond);                                                                    \
+            test_ok = 0;                                                                       \
+        }                                                                                      \
+    } while (0)
+
+#define CHECK_INT(actual, expected)                                                            \
+    do {                                                                                       \
+        long long a_ = (actual), e_ = (expected);                                              \
+        if (a_ != e_) {                                                                        \
+            fprintf(stderr, "%s:%d: in %s: %s is %lld, expected %lld\n", __FILE__, __LINE__,  \
+                    current, #actual, a_, e_);                                                 \
+            test_ok = 0;                                                                       \
+        }                                                                                      \
+    } while (0)
+
+#define CHECK_STR(actual, expected)                                                            \
+    do {                                                                                       \
+        const char *a_ = (actual), *e_ = (expected);                                           \
+        if (!a_ || strcmp(a_, e_) != 0) {                                                      \
+            fprintf(stderr, "%s:%d: in %s: %s is \"%s\", expected \"%s\"\n", __FILE__,        \
+                    __LINE__, current, #actual, a_ ? a_ : "(null)", e_);                      \
+            test_ok = 0;                                                                       \
+        }                                                                                      \
+    } while (0)
+
+#define CHECK_CONTAINS(actual, part)                                                           \
+    do {                                                                                       \
+        const char *a_ = (actual);                                                             \
+        if (!a_ || !strstr(a_, (part))) {                                                      \
+            fprintf(stderr, "%s:%d: in %s: %s is \"%s\", which lacks \"%s\"\n", __FILE__,     \
+                    __LINE__, current, #actual, a_ ? a_ : "(null)", (part));                  \
+            test_ok = 0;                                                                       \
+        }                                                                                      \
+    } while (0)
+
+static void run_test(const char *name, void (*test)(void))
+{
+    current = name;
+    test_ok = 1;
+    test();
+    if (test_ok)
+        passed++;
+    else
+        failed++;
+    printf("%s %s\n", test_ok ? "ok  " : "FAIL", name);
+    fflush(stdout);
+}
+
+/* Runs an rbd CLI command against the test cluster; returns its exit status. */
+static int rbd(const char *fmt, ...)
+{
+    char args[512], cmd[1024];
+    va_list ap;
+    int status;
+
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "rbd -c '%s' %s", conf, args);
+    status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The first line an rbd CLI pipeline prints (trailing newline removed), in a static buffer. */
+static const char *rbd_out(const char *fmt, ...)
+{
+    static char out[256];
+    char args[512], cmd[1024];
+    va_list ap;
+    FILE *f;
+
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "rbd -c '%s' %s", conf, args);
+    out[0] = '\0';
+    if ((f = popen(cmd, "r")) != NULL) {
+        if (!fgets(out, sizeof out, f))
+            out[0] = '\0';
+        pclose(f);
+    }
+    out[strcspn(out, "\n")] = '\0';
+    return out;
+}
+
+static char *md5(const char *image_at_snap)
+{
+    return strdup(rbd_out("export %s - 2>/dev/null | md5sum | cut -d' ' -f1", image_at_snap));
+}
+
+/* Whether `image@snap` reads as `src@snap`, by md5 of `rbd export`. */
+static int same_content(const char *image, const char *snap)
+{
+    char a[128], b[128];
+    char *x, *y;
+    int same;
+
+    snprintf(a, sizeof a, "%s@%s", src, snap);
+    snprintf(b, sizeof b, "%s@%s", image, snap);
+    x = md5(a);
+    y = md5(b);
+    same = strlen(x) == 32 && strcmp(x, y) == 0;
+    if (!same)
+        fprintf(stderr, "md5 of %s is %s, of %s %s\n", a, x, b, y);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* The destination's snapshot names, space-separated. */
+static const char *snaps(const char *image)
+{
+    return rbd_out("snap ls %s 2>/dev/null | awk 'NR > 1 { printf \"%%s \", $2 }'", image);
+}
+
+/* A transfer of `source` into `dest` on the test cluster (`dest` may be NULL). */
+static rbd_diffsync_transfer *transfer_of(const char *source, const char *dest)
+{
+    rbd_diffsync_cluster *cluster = NULL;
+    rbd_diffsync_transfer *t = NULL;
+
+    CHECK_INT(rbd_diffsync_cluster_new(&cluster), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(cluster, conf ? conf : "/nonexistent/ceph.conf"), 0);
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, cluster), 0);
+    rbd_diffsync_cluster_free(cluster); /* the transfer keeps a copy */
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    if (dest)
+        CHECK_INT(rbd_diffsync_transfer_set_dest(t, dest), 0);
+    return t;
+}
+
+static void dest_name(char *buf, size_t size, const char *what)
+{
+    snprintf(buf, size, "backups/%s-%s", src + strlen("rbd/"), what);
+}
+
+/* ---- no cluster needed ---- */
+
+static void test_version(void)
+{
+    CHECK_INT(rbd_diffsync_abi_version(), RBD_DIFFSYNC_ABI_VERSION);
+    CHECK(rbd_diffsync_version() != NULL && strchr(rbd_diffsync_version(), '.') != NULL);
+}
+
+static void test_free_null(void)
+{
+    rbd_diffsync_cluster_free(NULL);
+    rbd_diffsync_transfer_free(NULL);
+}
+
+static void test_null_arguments(void)
+{
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+
+    /* NULL out-pointers and handles */
+    CHECK_INT(rbd_diffsync_cluster_new(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_new(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(NULL, "x"), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_id(NULL, "x"), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_name(NULL, "x"), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_cluster_name(NULL, "x"), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(NULL, "x"), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_mon_host(NULL, "x"), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(NULL, 1), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_option(NULL, "k", "v"), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_source(NULL, "rbd/a@s"), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(NULL, "rbd/b"), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(NULL, "s"), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_window(NULL, 4), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_chunk_size(NULL, 4096), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_whole_object(NULL, true), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_force(NULL, true), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(NULL, NULL, NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_progress_interval_ms(NULL, 10), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_plan(NULL, &plan), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_run(NULL, &stats), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_cancel(NULL), -EINVAL);
+    CHECK(rbd_diffsync_cluster_last_error(NULL) != NULL);
+    CHECK(rbd_diffsync_transfer_last_error(NULL) != NULL);
+
+    /* NULL arguments of live handles: -EINVAL, and a message naming the argument */
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_STR(rbd_diffsync_cluster_last_error(c), "");
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_cluster_last_error(c), "path is NULL");
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_name(c, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_cluster_name(c, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_mon_host(c, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "k", NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_cluster_last_error(c), "value is NULL");
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "rbd"), 0);
+    CHECK_STR(rbd_diffsync_cluster_last_error(c), "value is NULL"); /* successes keep it */
+
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_transfer_last_error(t), "spec is NULL");
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_transfer_last_error(t), "cluster is NULL");
+    /* documented NULLs: a full transfer, the source's cluster, no callback */
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, NULL, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_cancel(t), 0);
+    rbd_diffsync_transfer_free(t);
+    rbd_diffsync_cluster_free(c);
+}
+
+static void test_malformed_specs(void)
+{
+    static const char *bad[] = {"", "@s", "rbd/", "/img", "rbd/img@", "rbd/a/b/c", "img@s@t",
+                                "rbd//img", "a\xff"};
+    rbd_diffsync_transfer *t = NULL;
+    size_t i;
+
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    for (i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK_INT(rbd_diffsync_transfer_set_source(t, bad[i]), -EINVAL);
+        CHECK(strlen(rbd_diffsync_transfer_last_error(t)) > 0);
+        CHECK_INT(rbd_diffsync_transfer_set_dest(t, bad[i]), -EINVAL);
+    }
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, "rbd/img@"), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "rbd/img@");
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, "rbd/ns/img@snap"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, "img"), 0);
+    rbd_diffsync_transfer_free(t);
+}
+
+/* Settings the core refuses, before it connects to anything. */
+static void test_settings_checked_by_run(void)
+{
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_transfer *t = NULL;
+
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EINVAL); /* no source nor destination */
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "no source");
+    rbd_diffsync_transfer_free(t);
+
+    t = transfer_of("rbd/a@s2", "backups/b");
+    CHECK_INT(rbd_diffsync_transfer_set_window(t, 0), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "window 0");
+    CHECK_INT(rbd_diffsync_transfer_set_window(t, 8), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_chunk_size(t, 1000), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "chunk size 1000");
+    CHECK_INT(rbd_diffsync_transfer_set_chunk_size(t, 1 << 20), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "s2"), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "nothing to transfer");
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, "rbd/a"), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "same image");
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, "backups/b@s9"), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "must be an image");
+
+    /* a struct_size smaller than the library's first version of the struct */
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, "backups/b"), 0);
+    stats.struct_size = sizeof(size_t);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "struct_size");
+    rbd_diffsync_transfer_free(t);
+}
+
+static void test_codes_and_messages(void)
+{
+    static const struct {
+        int errno_value;
+        const char *name;
+    } codes[] = {
+        {EINVAL, "EINVAL"},   {ENOENT, "ENOENT"},       {EEXIST, "EEXIST"},
+        {EACCES, "EACCES"},   {EPERM, "EPERM"},         {EBUSY, "EBUSY"},
+        {ECANCELED, "ECANCELED"}, {ETIMEDOUT, "ETIMEDOUT"}, {ENOSPC, "ENOSPC"},
+        {EDQUOT, "EDQUOT"},   {EOPNOTSUPP, "EOPNOTSUPP"}, {ENOSYS, "ENOSYS"},
+        {EIO, "EIO"},         {EXDEV, "EXDEV"},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof codes / sizeof *codes; i++) {
+        CHECK_STR(rbd_diffsync_code_name(-codes[i].errno_value), codes[i].name);
+        CHECK_STR(rbd_diffsync_strerror(-codes[i].errno_value), strerror(codes[i].errno_value));
+    }
+    CHECK_INT(RBD_DIFFSYNC_EDESTCHANGED, RBD_DIFFSYNC_LIBRARY_CODE_BASE);
+    CHECK_INT(RBD_DIFFSYNC_LIBRARY_CODE_BASE, 4296);
+    CHECK_STR(rbd_diffsync_code_name(-RBD_DIFFSYNC_EDESTCHANGED), "EDESTCHANGED");
+    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_EDESTCHANGED),
+              "Destination changed since the base snapshot");
+    CHECK(rbd_diffsync_code_name(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1) == NULL);
+    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1), "Unknown error code");
+    CHECK(rbd_diffsync_code_name(0) == NULL);
+    CHECK(rbd_diffsync_strerror(-ENOENT) == rbd_diffsync_strerror(-ENOENT)); /* static */
+}
+
+static int finalized;
+
+static void count_finalize(void *user_data)
+{
+    CHECK(user_data == &finalized);
+    finalized++;
+}
+
+static int never_called(const rbd_diffsync_progress *p, void *user_data)
+{
+    (void)p;
+    (void)user_data;
+    return 0;
+}
+
+static void test_finalizer_once(void)
+{
+    rbd_diffsync_transfer *t = NULL;
+
+    finalized = 0;
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, never_called, &finalized, count_finalize), 0);
+    CHECK_INT(finalized, 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, never_called, &finalized, count_finalize), 0);
+    CHECK_INT(finalized, 1); /* replaced */
+    rbd_diffsync_transfer_free(t);
+    CHECK_INT(finalized, 2); /* freed */
+    /* nor on a failed call */
+    CHECK_INT(rbd_diffsync_transfer_set_progress(NULL, never_called, &finalized, count_finalize),
+              -EINVAL);
+    CHECK_INT(finalized, 2);
+    /* a NULL callback's finalizer is not kept */
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, &finalized, count_finalize), 0);
+    rbd_diffsync_transfer_free(t);
+    CHECK_INT(finalized, 2);
+}
+
+/* ---- against the cluster ---- */
+
+static void test_missing_conf_image_and_snapshot(void)
+{
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t;
+    char dest[128], spec[128];
+
+    dest_name(dest, sizeof dest, "missing");
+    t = transfer_of("rbd/no-such-image@s1", dest);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -ENOENT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "no-such-image");
+    snprintf(spec, sizeof spec, "%s@no-such-snap", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, spec), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), -ENOENT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "no-such-snap");
+    snprintf(spec, sizeof spec, "%s@s2", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, spec), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "no-such-base"), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -ENOENT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "no-such-base");
+    CHECK_STR(snaps(dest), ""); /* nothing was created */
+
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, "/nonexistent/ceph.conf"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -ENOENT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "/nonexistent/ceph.conf");
+    rbd_diffsync_cluster_free(c);
+    rbd_diffsync_transfer_free(t);
+}
+
+static void test_plan_writes_nothing(void)
+{
+    rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    struct {
+        rbd_diffsync_plan plan;
+        char later_fields[32];
+    } newer;
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+
+    dest_name(dest, sizeof dest, "plan");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), 0);
+    CHECK_INT(plan.struct_size, sizeof plan);
+    CHECK_STR(plan.source, source);
+    CHECK_STR(plan.dest, dest);
+    CHECK(plan.from_snap == NULL);
+    CHECK_STR(plan.end_snap, "s1");
+    CHECK_INT(plan.source_size, 32 << 20);
+    CHECK_INT(plan.dest_size, 0);
+    CHECK(plan.create_destination);
+    CHECK(!plan.continues_interrupted && !plan.overwrites_destination);
+    CHECK(plan.diff_bytes > 0 && plan.data_bytes > 0);
+    CHECK(rbd("info %s >/dev/null 2>&1", dest) != 0); /* not created */
+
+    /* a caller's struct from a newer header, with fields this library does not know */
+    memset(&newer, 0xa5, sizeof newer);
+    newer.plan.struct_size = sizeof newer;
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &newer.plan), 0);
+    CHECK_INT(newer.plan.struct_size, sizeof(rbd_diffsync_plan));
+    CHECK_INT(newer.plan.source_size, 32 << 20);
+    CHECK_INT((unsigned char)newer.later_fields[0], 0xa5); /* left alone */
+    rbd_diffsync_transfer_free(t);
+}
+
+/* client.diffsync (rbd profiles; keyring beside ceph.conf, not named in it) and an option. */
+static void test_cluster_settings_apply(void)
+{
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    char keyring[512], source[128], dest[128];
+    const char *slash = strrchr(conf, '/');
+
+    snprintf(keyring, sizeof keyring, "%.*s/client.diffsync.keyring",
+             slash ? (int)(slash - conf) : 1, slash ? conf : ".");
+    snprintf(source, sizeof source, "%s@s1", src + strlen("rbd/")); /* no pool */
+    dest_name(dest, sizeof dest, "plan");
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_cluster_name(c, "ceph"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_name(c, "client.admin"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0); /* the later one wins */
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, keyring), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 30000), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "backups"), 0);
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, dest), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ENOENT); /* looked for in backups */
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "backups/");
+
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "rbd"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0); /* a copy: set it again */
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), 0);
+    CHECK_CONTAINS(plan.source, src); /* its pool resolved */
+    rbd_diffsync_cluster_free(c);
+
+    /* without its keyring, client.diffsync cannot authenticate: the connect timeout ends it */
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ETIMEDOUT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
+    rbd_diffsync_transfer_free(t);
+    rbd_diffsync_cluster_free(c);
+}
+
+struct progress_log {
+    int calls, copying, last_phase;
+    uint64_t last_total;
+};
+
+static int log_progress(const rbd_diffsync_progress *p, void *user_data)
+{
+    struct progress_log *log = user_data;
+
+    CHECK(p->struct_size >= sizeof *p);
+    CHECK(p->phase_name != NULL);
+    log->calls++;
+    log->copying += p->phase == RBD_DIFFSYNC_PHASE_COPYING;
+    log->last_phase = (int)p->phase;
+    log->last_total = p->bytes_total;
+    return 0;
+}
+
+static void test_full_then_incremental(void)
+{
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    struct progress_log log = {.last_phase = -1};
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+
+    dest_name(dest, sizeof dest, "chain");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, log_progress, &log, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK_INT(stats.struct_size, sizeof stats);
+    CHECK_STR(stats.source, source);
+    CHECK_STR(stats.dest, dest);
+    CHECK(stats.from_snap == NULL);
+    CHECK_STR(stats.end_snap, "s1");
+    CHECK(stats.created_destination);
+    CHECK_INT(stats.image_size, 32 << 20);
+    CHECK_INT(stats.bytes_written + stats.bytes_zeroed + stats.bytes_skipped, stats.diff_bytes);
+    CHECK(stats.elapsed_ns > 0);
+    CHECK(log.calls >= 2 && log.copying >= 1);
+    CHECK_INT(log.last_phase, RBD_DIFFSYNC_PHASE_COMMITTING);
+    CHECK(same_content(dest, "s1"));
+
+    snprintf(source, sizeof source, "%s@s2", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "s1"), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK_STR(stats.from_snap, "s1");
+    CHECK_STR(stats.end_snap, "s2");
+    CHECK(!stats.created_destination);
+    CHECK(stats.diff_bytes > 0 && stats.diff_bytes < (32 << 20));
+    CHECK(same_content(dest, "s2"));
+    CHECK_STR(snaps(dest), "s1 s2 ");
+
+    /* the end snapshot exists now */
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EEXIST);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "s2");
+    CHECK_STR(rbd_diffsync_code_name(-EEXIST), "EEXIST");
+    rbd_diffsync_transfer_free(t);
+}
+
+static void test_destination_changed(void)
+{
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+
+    dest_name(dest, sizeof dest, "changed");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), 0);
+    /* someone writes into the destination after s1 */
+    CHECK_INT(rbd("bench --io-type write --io-size 4096 --io-total 65536 %s >/dev/null", dest),
+              0);
+    snprintf(source, sizeof source, "%s@s2", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "s1"), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -RBD_DIFFSYNC_EDESTCHANGED);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), dest);
+    CHECK_STR(snaps(dest), "s1 ");
+    /* allowed with force: the changed ranges are rewritten from the source */
+    CHECK_INT(rbd_diffsync_transfer_set_force(t, true), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), 0);
+    CHECK(same_content(dest, "s2"));
+    rbd_diffsync_transfer_free(t);
+}
+
+/* A full transfer into an empty image that another client has open: -EBUSY, nothing written. */
+static void test_destination_open_elsewhere(void)
+{
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+    struct timespec tenth = {0, 100 * 1000 * 1000};
+    int pid, tries;
+
+    dest_name(dest, sizeof dest, "busy");
+    snprintf(source, sizeof source, "%s@s1", src);
+    CHECK_INT(rbd("create --size 32M %s", dest), 0);
+    /* a reader that keeps the image open until killed */
+    pid = atoi(rbd_out("bench --io-type read --io-size 4096 --io-threads 1 --io-total 1T %s "
+                       ">/dev/null 2>&1 & echo $!",
+                       dest));
+    CHECK(pid > 0);
+    for (tries = 0; tries < 100 && atoi(rbd_out("status %s | grep -c watcher=", dest)) == 0;
+         tries++)
+        nanosleep(&tenth, NULL);
+    CHECK(tries < 100);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -EBUSY);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), dest);
+    CHECK_STR(rbd_diffsync_code_name(-EBUSY), "EBUSY");
+    CHECK_STR(snaps(dest), "");
+    if (pid > 0)
+        kill(pid, SIGINT);
+    rbd_diffsync_transfer_free(t);
+}
+
+static int stop_at_once(const rbd_diffsync_progress *p, void *user_data)
+{
+    (void)p;
+    ++*(int *)user_data;
+    return 1;
+}
+
+static void test_callback_stops_the_transfer(void)
+{
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+    int calls = 0;
+
+    dest_name(dest, sizeof dest, "stopped");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, stop_at_once, &calls, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, NULL), -ECANCELED);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "no end snapshot");
+    CHECK(calls >= 1); /* the stop is asked for at the first call; the end is reported too */
+    CHECK_STR(snaps(dest), "");
+    rbd_diffsync_transfer_free(t);
+}
+
+struct cancel_shared {
+    rbd_diffsync_transfer *transfer;
+    sem_t copying;
+    atomic_int posted;
+};
+
+static int post_when_copying(const rbd_diffsync_progress *p, void *user_data)
+{
+    struct cancel_shared *shared = user_data;
+
+    if (p->phase == RBD_DIFFSYNC_PHASE_COPYING && p->bytes_done > 0 &&
+        atomic_exchange(&shared->posted, 1) == 0)
+        sem_post(&shared->copying);
+    return 0;
+}
+
+static void *cancel_when_copying(void *arg)
+{
+    struct cancel_shared *shared = arg;
+
+    sem_wait(&shared->copying);
+    CHECK_INT(rbd_diffsync_transfer_cancel(shared->transfer), 0);
+    return NULL;
+}
+
+static void test_cancel_from_another_thread(void)
+{
+    struct cancel_shared shared;
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    pthread_t canceller;
+    char dest[128], source[128];
+
+    dest_name(dest, sizeof dest, "cancelled");
+    snprintf(source, sizeof source, "%s@s1", src);
+    shared.transfer = transfer_of(source, dest);
+    atomic_init(&shared.posted, 0);
+    CHECK_INT(sem_init(&shared.copying, 0, 0), 0);
+    /* one 4 KiB request at a time: slow enough for the cancel to land mid-copy */
+    CHECK_INT(rbd_diffsync_transfer_set_window(shared.transfer, 1), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_chunk_size(shared.transfer, 4096), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress_interval_ms(shared.transfer, 10), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(shared.transfer, post_when_copying, &shared,
+                                                 NULL),
+              0);
+    CHECK_INT(pthread_create(&canceller, NULL, cancel_when_copying, &shared), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(shared.transfer, &stats), -ECANCELED);
+    pthread_join(canceller, NULL);
+    CHECK_INT(atomic_load(&shared.posted), 1);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(shared.transfer), "no end snapshot");
+    CHECK_STR(snaps(dest), "");
+
+    /* the cancel applied to that run only: a rerun completes the transfer */
+    CHECK_INT(rbd_diffsync_transfer_set_window(shared.transfer, RBD_DIFFSYNC_DEFAULT_WINDOW), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_chunk_size(shared.transfer,
+                                                   RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE),
+              0);
+    CHECK_INT(rbd_diffsync_transfer_run(shared.transfer, &stats), 0);
+    CHECK(stats.continued_interrupted);
+    CHECK(same_content(dest, "s1"));
+    CHECK_STR(snaps(dest), "s1 ");
+
+    /* a cancel with no run in progress stops the next one */
+    CHECK_INT(rbd_diffsync_transfer_cancel(shared.transfer), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(shared.transfer, NULL), -ECANCELED);
+    sem_destroy(&shared.copying);
+    rbd_diffsync_transfer_free(shared.transfer);
+}
+
+static int setup(void)
+{
+    snprintf(src, sizeof src, "rbd/capi-%d", (int)getpid());
+    return rbd("create --size 32M %s", src) != 0 ||
+           rbd("bench --io-type write --io-pattern rand --io-size 65536 --io-total 24M %s "
+               ">/dev/null",
+               src) != 0 ||
+           rbd("snap create %s@s1 >/dev/null 2>&1", src) != 0 ||
+           rbd("bench --io-type write --io-pattern rand --io-size 4096 --io-total 512K %s "
+               ">/dev/null",
+               src) != 0 ||
+           rbd("snap create %s@s2 >/dev/null 2>&1", src) != 0;
+}
+
+static void cleanup(void)
+{
+    static const char *dests[] = {"missing", "plan",    "chain",    "changed",
+                                  "busy",    "stopped", "cancelled"};
+    char dest[128];
+    size_t i;
+
+    for (i = 0; i < sizeof dests / sizeof *dests; i++) {
+        dest_name(dest, sizeof dest, dests[i]);
+        rbd("snap purge %s >/dev/null 2>&1", dest);
+        rbd("rm %s >/dev/null 2>&1", dest);
+    }
+    rbd("snap purge %s >/dev/null 2>&1", src);
+    rbd("rm %s >/dev/null 2>&1", src);
+}
+
+int main(int argc, char **argv)
+{
+    int offline = argc == 2 && strcmp(argv[1], "--offline") == 0;
+
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CEPH_CONF | --offline\n", argv[0]);
+        return 2;
+    }
+    run_test("version", test_version);
+    run_test("free_null", test_free_null);
+    run_test("null_arguments", test_null_arguments);
+    run_test("malformed_specs", test_malformed_specs);
+    run_test("settings_checked_by_run", test_settings_checked_by_run);
+    run_test("codes_and_messages", test_codes_and_messages);
+    run_test("finalizer_once", test_finalizer_once);
+    if (!offline) {
+        conf = argv[1];
+        if (setup() != 0) {
+            fprintf(stderr, "could not make the test images on the cluster of %s\n", conf);
+            cleanup();
+            return 1;
+        }
+        run_test("missing_conf_image_and_snapshot", test_missing_conf_image_and_snapshot);
+        run_test("plan_writes_nothing", test_plan_writes_nothing);
+        run_test("cluster_settings_apply", test_cluster_settings_apply);
+        run_test("full_then_incremental", test_full_then_incremental);
+        run_test("destination_changed", test_destination_changed);
+        run_test("destination_open_elsewhere", test_destination_open_elsewhere);
+        run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
+        run_test("cancel_from_another_thread", test_cancel_from_another_thread);
+        cleanup();
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
