@@ -49,6 +49,7 @@ echo "clusters: $conf1 $conf2"
 step "tests"
 # Two test threads: the OSDs share the machine's cores with the tests.
 cargo test --workspace --all-features -- --test-threads "${TEST_THREADS:-2}"
+bash scripts/test-python.sh
 
 stop_clusters
 trap - EXIT
