@@ -126,33 +126,10 @@ def rbd_diff_transfer(
     return stats
 
 
-def _driver_rbd_diff_transfer(
-    self: Any,
-    src_name: str,
-    src_pool: str,
-    dest_name: str,
-    dest_pool: str,
-    src_user: Optional[str],
-    src_conf: Optional[str],
-    dest_user: Optional[str],
-    dest_conf: Optional[str],
-    src_snap: Optional[str] = None,
-    from_snap: Optional[str] = None,
-) -> None:
-    """Copy only extents changed between two points, with rbd_diffsync (see
-    :func:`rbd_diffsync.cinder.rbd_diff_transfer`)."""
-    rbd_diff_transfer(
-        src_name,
-        src_pool,
-        dest_name,
-        dest_pool,
-        src_user,
-        src_conf,
-        dest_user,
-        dest_conf,
-        src_snap=src_snap,
-        from_snap=from_snap,
-    )
+def _driver_rbd_diff_transfer(self: Any, *args: Any, **kwargs: Any) -> None:
+    """Copy only extents changed between two points, with rbd_diffsync: cinder's arguments, as
+    :func:`rbd_diffsync.cinder.rbd_diff_transfer` takes them."""
+    rbd_diff_transfer(*args, **kwargs)
 
 
 _stock: Optional[Callable[..., None]] = None
