@@ -179,12 +179,16 @@ SIGINT_CHILD = textwrap.dedent(
     """
     import sys, time
     import rbd_diffsync
-    conf, image = sys.argv[1], sys.argv[2]
+    conf, image, phase = sys.argv[1:]
+    cluster = rbd_diffsync.ClusterSpec(conf)
+    if phase == "connecting":
+        # Nothing listens there (the test monitor is on 127.0.0.1): connecting blocks.
+        cluster = rbd_diffsync.ClusterSpec(conf, mon_host="127.0.0.2:6786", connect_timeout=60)
     t = rbd_diffsync.DiffTransfer(image + "@s1", image.replace("rbd/", "backups/"),
-                                  cluster=rbd_diffsync.ClusterSpec(conf), chunk_size=16384, window=1)
+                                  cluster=cluster, chunk_size=16384, window=1)
     def progress(p):
-        if p.phase == "copying" and p.bytes_done > 0:
-            print("copying", flush=True)
+        if p.phase == phase and (phase != "copying" or p.bytes_done > 0):
+            print(phase, flush=True)
     try:
         t.run(progress=progress)
     except KeyboardInterrupt:
@@ -195,22 +199,27 @@ SIGINT_CHILD = textwrap.dedent(
 )
 
 
-def test_sigint_raises_keyboard_interrupt_promptly_and_leaves_no_snapshot(cluster: Cluster, name: str) -> None:
+@pytest.mark.parametrize("phase", ["connecting", "copying"])
+def test_sigint_raises_keyboard_interrupt_promptly_and_leaves_no_snapshot(cluster: Cluster, name: str, phase: str) -> None:
     image = f"rbd/{name}"
     cluster.create(image, 8 * MiB)
     cluster.write(image, data=[(i * MiB, pattern(i, MiB)) for i in range(8)])
     cluster.snap(image, "s1")
     child = subprocess.Popen(
-        [sys.executable, "-c", SIGINT_CHILD, cluster.conf, image], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SIGINT_CHILD, cluster.conf, image, phase], stdout=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
-    assert child.stdout.readline().strip() == "copying"
+    assert child.stdout.readline().strip() == phase
+    if phase == "connecting":
+        time.sleep(1.0)  # well inside the blocking connect
     sent = time.time()
     child.send_signal(signal.SIGINT)
     out, _ = child.communicate(timeout=60)
+    exited = time.time()
     assert child.returncode == 3, out
     line = [l for l in out.splitlines() if l.startswith("interrupted")][0]
     latency = float(line.split()[1]) - sent
-    print(f"SIGINT to KeyboardInterrupt: {latency * 1000:.0f} ms")
+    print(f"SIGINT in {phase} to KeyboardInterrupt: {latency * 1000:.0f} ms, process gone after {(exited - sent) * 1000:.0f} ms")
     assert latency < 2.0
-    assert cluster.snaps(f"backups/{name}") == []
+    assert exited - sent < 5.0
+    assert not cluster.exists(f"backups/{name}") or cluster.snaps(f"backups/{name}") == []
