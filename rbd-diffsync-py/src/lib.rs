@@ -62,7 +62,10 @@ fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
             Some(&os_error),
             None,
         )?;
-        base.bind(py).setattr("kind", "other")?;
+        // Class defaults, for an exception made by hand; a raised one sets its own.
+        base.bind(py).setattr("kind", ErrorKind::Other.name())?;
+        base.bind(py).setattr("image", py.None())?;
+        base.bind(py).setattr("snap", py.None())?;
         let mut kinds = Vec::new();
         for kind in ErrorKind::ALL {
             let name = cstring(format!("rbd_diffsync.{}", class_name(kind)))?;
@@ -398,6 +401,9 @@ struct Bridge {
     last_done: u64,
     /// The exception that stopped the transfer: raised once it has stopped.
     error: Option<PyErr>,
+    /// Set once the bridge asked the transfer to stop: the callback is not called again
+    /// while the transfer winds down.
+    stopped: bool,
 }
 
 impl Bridge {
@@ -413,6 +419,15 @@ impl Bridge {
     }
 
     fn on_progress(&mut self, py: Python<'_>, p: &core::Progress) -> ControlFlow<()> {
+        let flow = self.report(py, p);
+        self.stopped |= flow.is_break();
+        flow
+    }
+
+    fn report(&mut self, py: Python<'_>, p: &core::Progress) -> ControlFlow<()> {
+        if self.stopped {
+            return ControlFlow::Break(());
+        }
         if let Err(e) = py.check_signals() {
             self.error = Some(e);
             return ControlFlow::Break(());
@@ -433,8 +448,6 @@ impl Bridge {
             }
             Ok(_) => ControlFlow::Continue(()),
             Err(e) => {
-                // No more calls: the callback failed once.
-                self.callback = None;
                 self.error = Some(e);
                 ControlFlow::Break(())
             }
@@ -458,6 +471,7 @@ fn run_bridged<T: Send>(
         last_phase: None,
         last_done: 0,
         error: None,
+        stopped: false,
     }));
     let shared = bridge.clone();
     let transfer = transfer

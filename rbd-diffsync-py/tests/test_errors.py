@@ -39,7 +39,7 @@ def test_one_class_per_kind_of_the_core() -> None:
         assert issubclass(cls, rbd_diffsync.Error) and issubclass(cls, OSError)
         assert cls.kind == kind and cls.__module__ == "rbd_diffsync"
         e = cls(code, "message")
-        assert (e.errno, e.strerror) == (code, "message")
+        assert (e.errno, e.strerror, e.kind, e.image, e.snap) == (code, "message", kind, None, None)
     assert rbd_diffsync.DESTINATION_CHANGED == 4296
 
 

@@ -178,8 +178,15 @@ def test_an_exception_in_the_callback_stops_the_transfer_in_every_phase(
 
 def test_a_callback_returning_false_cancels(cluster: Cluster, name: str) -> None:
     transfer = slow(cluster, f"rbd/{name}")
+    calls: list[str] = []
+
+    def progress(p: rbd_diffsync.Progress) -> bool:
+        calls.append(p.phase)
+        return p.phase != "copying"
+
     with pytest.raises(rbd_diffsync.CancelledError) as caught:
-        transfer.run(progress=lambda p: p.phase != "copying")
+        transfer.run(progress=progress)
     assert caught.value.errno == errno.ECANCELED
+    assert calls[-1] == "copying" and calls.count("copying") == 1, "no call after False"
     assert not transfer.cancelled
     assert cluster.snaps(f"backups/{name}") == []
