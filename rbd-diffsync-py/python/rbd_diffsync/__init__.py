@@ -20,54 +20,5 @@ Failures raise :class:`Error`, an :class:`OSError` whose ``errno`` is the exact 
 its class). ``rbd_diffsync.cinder`` holds the drop-in for OpenStack cinder's Ceph backup driver.
 """
 
-from ._native import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_WINDOW,
-    DESTINATION_CHANGED,
-    ERROR_CLASSES,
-    BusyError,
-    CancelledError,
-    ClusterSpec,
-    DestinationChangedError,
-    DiffTransfer,
-    Error,
-    ExistsError,
-    InvalidArgumentError,
-    IoError,
-    NoSpaceError,
-    NotFoundError,
-    OtherError,
-    PermissionDeniedError,
-    Plan,
-    Progress,
-    TimeoutError,
-    TransferStats,
-    UnsupportedError,
-    __version__,
-)
-
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "DEFAULT_WINDOW",
-    "DESTINATION_CHANGED",
-    "ERROR_CLASSES",
-    "BusyError",
-    "CancelledError",
-    "ClusterSpec",
-    "DestinationChangedError",
-    "DiffTransfer",
-    "Error",
-    "ExistsError",
-    "InvalidArgumentError",
-    "IoError",
-    "NoSpaceError",
-    "NotFoundError",
-    "OtherError",
-    "PermissionDeniedError",
-    "Plan",
-    "Progress",
-    "TimeoutError",
-    "TransferStats",
-    "UnsupportedError",
-    "__version__",
-]
+from ._native import *  # noqa: F403 (the module's __all__ is the package's)
+from ._native import __all__, __version__
