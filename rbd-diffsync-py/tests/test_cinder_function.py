@@ -140,7 +140,9 @@ def test_head_source_and_default_conf(cluster: Cluster, source: str, name: str, 
     both(cluster, dests, source, None, None, src_conf=None, dest_conf=None, src_user=None, dest_user=None)
     same(cluster, source, list(dests.values()), None)
     assert cluster.snaps(dests["function"]) == []
-    both(cluster, dests, source, "s2", None, src_conf="", dest_conf="")
+    # Empty confs are no confs; an empty from_snap is none: cinder passes `--from-snap ''`,
+    # which rbd export-diff takes for a full diff.
+    both(cluster, dests, source, "s2", "", src_conf="", dest_conf="")
     same(cluster, source, list(dests.values()), "s2")
 
 

@@ -117,10 +117,11 @@ def test_other_threads_run_during_a_transfer(cluster: Cluster, name: str) -> Non
         stop.set()
         thread.join()
     during = [t for t in ticks if started <= t <= ended]
-    assert ended - started > 1.0, "the transfer was too short to tell"
+    took = ended - started
+    assert took > 0.5, "the transfer was too short to tell"
     gaps = [b - a for a, b in zip(during, during[1:])]
     # Holding the GIL for the transfer would stop the ticker for its whole length.
-    assert len(during) > 100 and max(gaps) < 0.5, (len(during), max(gaps))
+    assert len(during) > 50 and max(gaps) < min(0.2, took / 3), (took, len(during), max(gaps))
 
 
 def test_cancel_from_another_thread_stops_and_a_rerun_completes(cluster: Cluster, name: str) -> None:
