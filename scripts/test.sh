@@ -52,6 +52,7 @@ cargo test --workspace --all-features -- --test-threads "${TEST_THREADS:-2}"
 # The fault tests that stop the first cluster's OSD, alone: they would stall every other test.
 cargo test -p rbd-diffsync-tests --all-features --test faults -- --ignored --test-threads 1
 bash scripts/test-c.sh
+bash scripts/test-python.sh
 
 stop_clusters
 trap - EXIT

@@ -1,0 +1,24 @@
+"""Move the changes between two snapshots of a Ceph RBD image into another image.
+
+What ``rbd export-diff ... - | rbd import-diff - ...`` does, through librbd: checked before
+anything is written, with a window of parallel I/O, progress, cancellation, and reruns that
+complete what an interrupted transfer left. The destination's end snapshot is created only
+after every write succeeded::
+
+    import rbd_diffsync
+
+    cluster = rbd_diffsync.ClusterSpec("/etc/ceph/ceph.conf", id="admin")
+    rbd_diffsync.DiffTransfer("rbd/vol@s1", "backups/vol.backup", cluster=cluster).run()
+    stats = rbd_diffsync.DiffTransfer(
+        "rbd/vol@s2", "backups/vol.backup", from_snap="s1", cluster=cluster
+    ).run(progress=lambda p: print(p.phase, p.bytes_done, p.bytes_total))
+    print(stats.bytes_written, stats.elapsed)
+
+Failures raise :class:`Error`, an :class:`OSError` whose ``errno`` is the exact system errno
+(or :data:`DESTINATION_CHANGED`), through a subclass per kind: :class:`NotFoundError`,
+:class:`ExistsError`, :class:`CancelledError`, ... (``ERROR_CLASSES`` maps each kind's name to
+its class). ``rbd_diffsync.cinder`` holds the drop-in for OpenStack cinder's Ceph backup driver.
+"""
+
+from ._native import *  # noqa: F403 (the module's __all__ is the package's)
+from ._native import __all__, __version__

@@ -1,0 +1,642 @@
+//! `rbd_diffsync._native`: the Python module over the `rbd-diffsync` crate. The package
+//! `rbd_diffsync` (python/rbd_diffsync) re-exports it; its typed surface is `_native.pyi`.
+//!
+//! A transfer runs with the GIL released. The core calls its progress callback on the calling
+//! thread only, also while it waits for the cluster; that callback takes the GIL back for a
+//! moment to check for signals (so Ctrl-C raises `KeyboardInterrupt`) and, at the rate the
+//! caller chose, to call the Python callback. A Python exception from either stops the
+//! transfer, which then cleans up as it does for a cancel, and is raised once it has stopped.
+
+use std::ffi::CString;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
+
+use rbd_diffsync as core;
+use rbd_diffsync::{CancelToken, ErrorKind, ImageSpec, Phase};
+
+/// How often the running transfer looks for signals (Ctrl-C) when nothing else calls into
+/// Python; progress callbacks are throttled separately, to the caller's interval.
+const SIGNAL_TICK: Duration = Duration::from_millis(50);
+
+/// The exception classes: `Error` and one subclass per [`ErrorKind`], made once from the
+/// core's table.
+struct Exceptions {
+    base: Py<PyType>,
+    kinds: Vec<(ErrorKind, Py<PyType>)>,
+}
+
+static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
+
+/// `not_found` -> `NotFoundError`.
+fn class_name(kind: ErrorKind) -> String {
+    let mut out = String::new();
+    for word in kind.name().split('_') {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    out.push_str("Error");
+    out
+}
+
+fn cstring(s: String) -> PyResult<CString> {
+    CString::new(s).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
+    EXCEPTIONS.get_or_try_init(py, || {
+        let os_error = py.get_type::<PyOSError>();
+        let base = PyErr::new_type(
+            py,
+            c"rbd_diffsync.Error",
+            Some(c"A failed transfer: an OSError whose errno is the exact system errno, or a code of the library's own (4296 and up); kind names the ErrorKind."),
+            Some(&os_error),
+            None,
+        )?;
+        // Class defaults, for an exception made by hand; a raised one sets its own.
+        base.bind(py).setattr("kind", ErrorKind::Other.name())?;
+        base.bind(py).setattr("image", py.None())?;
+        base.bind(py).setattr("snap", py.None())?;
+        let mut kinds = Vec::new();
+        for kind in ErrorKind::ALL {
+            let name = cstring(format!("rbd_diffsync.{}", class_name(kind)))?;
+            let doc = cstring(format!("An rbd_diffsync.Error of kind {:?}.", kind.name()))?;
+            let class = PyErr::new_type(py, &name, Some(&doc), Some(base.bind(py)), None)?;
+            class.bind(py).setattr("kind", kind.name())?;
+            kinds.push((kind, class));
+        }
+        Ok(Exceptions { base, kinds })
+    })
+}
+
+fn error_class(py: Python<'_>, kind: ErrorKind) -> PyResult<Bound<'_, PyType>> {
+    let exc = exceptions(py)?;
+    let class = exc
+        .kinds
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(&exc.base, |(_, class)| class);
+    Ok(class.bind(py).clone())
+}
+
+/// An exception of `kind` with this errno and message, and `image`/`snap` attributes.
+fn new_error(
+    py: Python<'_>,
+    kind: ErrorKind,
+    errno: i32,
+    message: &str,
+    image: Option<&str>,
+    snap: Option<&str>,
+) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let value = error_class(py, kind)?.call1((errno, message))?;
+        value.setattr("kind", kind.name())?;
+        value.setattr("image", image)?;
+        value.setattr("snap", snap)?;
+        Ok(PyErr::from_value(value))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+fn to_py_err(py: Python<'_>, e: &core::Error) -> PyErr {
+    new_error(py, e.kind(), e.errno(), e.message(), e.image(), e.snap())
+}
+
+fn invalid(py: Python<'_>, message: String) -> PyErr {
+    new_error(
+        py,
+        ErrorKind::InvalidArgument,
+        libc::EINVAL,
+        &message,
+        None,
+        None,
+    )
+}
+
+fn parse_spec(py: Python<'_>, spec: &str) -> PyResult<ImageSpec> {
+    ImageSpec::parse(spec).map_err(|e| to_py_err(py, &e))
+}
+
+fn seconds(py: Python<'_>, what: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        invalid(
+            py,
+            format!("{what} {value} is not a number of seconds >= 0"),
+        )
+    })
+}
+
+/// How to connect to a cluster, as the rbd CLI's global options say it.
+#[pyclass(frozen, eq, module = "rbd_diffsync", name = "ClusterSpec")]
+#[derive(Clone, PartialEq)]
+struct PyClusterSpec {
+    inner: core::ClusterSpec,
+}
+
+#[pymethods]
+impl PyClusterSpec {
+    #[new]
+    #[pyo3(signature = (conf=None, *, id=None, name=None, cluster_name=None, keyring=None, mon_host=None, connect_timeout=None, options=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        conf: Option<PathBuf>,
+        id: Option<String>,
+        name: Option<String>,
+        cluster_name: Option<String>,
+        keyring: Option<PathBuf>,
+        mon_host: Option<String>,
+        connect_timeout: Option<f64>,
+        options: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        if id.is_some() && name.is_some() {
+            return Err(invalid(py, "give either id or name, not both".to_owned()));
+        }
+        let mut spec = core::ClusterSpec::new();
+        if let Some(conf) = conf {
+            spec = spec.conf(conf);
+        }
+        if let Some(id) = id {
+            spec = spec.id(id);
+        }
+        if let Some(name) = name {
+            spec = spec.name(name);
+        }
+        if let Some(cluster_name) = cluster_name {
+            spec = spec.cluster_name(cluster_name);
+        }
+        if let Some(keyring) = keyring {
+            spec = spec.keyring(keyring);
+        }
+        if let Some(mon_host) = mon_host {
+            spec = spec.mon_host(mon_host);
+        }
+        if let Some(timeout) = connect_timeout {
+            spec = spec.connect_timeout(seconds(py, "connect_timeout", timeout)?);
+        }
+        if let Some(options) = options {
+            let pairs = if options.hasattr("items")? {
+                options.call_method0("items")?
+            } else {
+                options
+            };
+            for pair in pairs.try_iter()? {
+                let (key, value): (String, String) = pair?.extract()?;
+                spec = spec.option(key, value);
+            }
+        }
+        Ok(PyClusterSpec { inner: spec })
+    }
+
+    /// The ceph.conf path given, or None (librados' search: $CEPH_CONF, /etc/ceph/...).
+    #[getter]
+    fn conf(&self) -> Option<String> {
+        self.inner
+            .conf_path()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    /// The entity connected as (`client.<id>`), or None for the default (client.admin, or
+    /// what CEPH_ARGS says).
+    #[getter]
+    fn name(&self) -> Option<&str> {
+        self.inner.client_name()
+    }
+
+    /// The cluster name given, or None (`ceph`).
+    #[getter]
+    fn cluster_name(&self) -> Option<&str> {
+        self.inner.cluster_name_value()
+    }
+
+    /// The keyring path given, or None.
+    #[getter]
+    fn keyring(&self) -> Option<String> {
+        self.inner
+            .keyring_path()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    /// The monitor addresses given, or None.
+    #[getter]
+    fn mon_host(&self) -> Option<&str> {
+        self.inner.mon_host_value()
+    }
+
+    /// The connect timeout in seconds, or None (librados' client_mount_timeout).
+    #[getter]
+    fn connect_timeout(&self) -> Option<f64> {
+        self.inner.connect_timeout_value().map(|d| d.as_secs_f64())
+    }
+
+    /// The librados/librbd options set, in order.
+    #[getter]
+    fn options(&self) -> Vec<(String, String)> {
+        self.inner.options().to_vec()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ClusterSpec({})", self.inner)
+    }
+}
+
+/// Where a running transfer is, as given to the progress callback.
+#[pyclass(frozen, get_all, module = "rbd_diffsync", name = "Progress")]
+struct PyProgress {
+    phase: &'static str,
+    bytes_done: u64,
+    bytes_total: u64,
+    elapsed: f64,
+    waiting_for: Option<String>,
+    waited: f64,
+}
+
+#[pymethods]
+impl PyProgress {
+    fn __repr__(&self) -> String {
+        format!(
+            "Progress(phase={:?}, bytes_done={}, bytes_total={}, elapsed={:.3})",
+            self.phase, self.bytes_done, self.bytes_total, self.elapsed
+        )
+    }
+}
+
+impl From<&core::Progress> for PyProgress {
+    fn from(p: &core::Progress) -> Self {
+        PyProgress {
+            phase: p.phase.name(),
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            elapsed: p.elapsed.as_secs_f64(),
+            waiting_for: p.waiting_for.clone(),
+            waited: p.waited.as_secs_f64(),
+        }
+    }
+}
+
+/// What a finished transfer did.
+#[pyclass(frozen, get_all, module = "rbd_diffsync", name = "TransferStats")]
+struct PyTransferStats {
+    source: String,
+    dest: String,
+    from_snap: Option<String>,
+    end_snap: Option<String>,
+    bytes_read: u64,
+    bytes_written: u64,
+    bytes_zeroed: u64,
+    bytes_skipped: u64,
+    extents: u64,
+    diff_bytes: u64,
+    image_size: u64,
+    created_destination: bool,
+    continued_interrupted: bool,
+    elapsed: f64,
+    snapshot_elapsed: f64,
+    throughput: f64,
+}
+
+#[pymethods]
+impl PyTransferStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "TransferStats(source={:?}, dest={:?}, from_snap={:?}, end_snap={:?}, \
+             bytes_written={}, bytes_zeroed={}, elapsed={:.3})",
+            self.source,
+            self.dest,
+            self.from_snap,
+            self.end_snap,
+            self.bytes_written,
+            self.bytes_zeroed,
+            self.elapsed
+        )
+    }
+}
+
+impl From<core::TransferStats> for PyTransferStats {
+    fn from(s: core::TransferStats) -> Self {
+        PyTransferStats {
+            throughput: s.throughput(),
+            source: s.source,
+            dest: s.dest,
+            from_snap: s.from_snap,
+            end_snap: s.end_snap,
+            bytes_read: s.bytes_read,
+            bytes_written: s.bytes_written,
+            bytes_zeroed: s.bytes_zeroed,
+            bytes_skipped: s.bytes_skipped,
+            extents: s.extents,
+            diff_bytes: s.diff_bytes,
+            image_size: s.image_size,
+            created_destination: s.created_destination,
+            continued_interrupted: s.continued_interrupted,
+            elapsed: s.elapsed.as_secs_f64(),
+            snapshot_elapsed: s.snapshot_elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// What a transfer would do, found without writing anything.
+#[pyclass(frozen, get_all, module = "rbd_diffsync", name = "Plan")]
+struct PyPlan {
+    source: String,
+    dest: String,
+    from_snap: Option<String>,
+    end_snap: Option<String>,
+    source_size: u64,
+    dest_size: Option<u64>,
+    create_destination: bool,
+    continues_interrupted: bool,
+    overwrites_destination: bool,
+    extents: u64,
+    diff_bytes: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+}
+
+#[pymethods]
+impl PyPlan {
+    fn __repr__(&self) -> String {
+        format!(
+            "Plan(source={:?}, dest={:?}, from_snap={:?}, create_destination={}, diff_bytes={})",
+            self.source, self.dest, self.from_snap, self.create_destination, self.diff_bytes
+        )
+    }
+}
+
+impl From<core::Plan> for PyPlan {
+    fn from(p: core::Plan) -> Self {
+        PyPlan {
+            source: p.source,
+            dest: p.dest,
+            from_snap: p.from_snap,
+            end_snap: p.end_snap,
+            source_size: p.source_size,
+            dest_size: p.dest_size,
+            create_destination: p.create_destination,
+            continues_interrupted: p.continues_interrupted,
+            overwrites_destination: p.overwrites_destination,
+            extents: p.extents,
+            diff_bytes: p.diff_bytes,
+            data_bytes: p.data_bytes,
+            zero_bytes: p.zero_bytes,
+        }
+    }
+}
+
+/// What the core's progress callback shares with the Python side of one run.
+struct Bridge {
+    callback: Option<Py<PyAny>>,
+    interval: Duration,
+    last_call: Option<Instant>,
+    last_phase: Option<Phase>,
+    last_done: u64,
+    /// The exception that stopped the transfer: raised once it has stopped.
+    error: Option<PyErr>,
+    /// Set once the bridge asked the transfer to stop: the callback is not called again
+    /// while the transfer winds down.
+    stopped: bool,
+}
+
+impl Bridge {
+    /// Whether the Python callback is due: at every change of phase, when the total is
+    /// reached, and otherwise at most every `interval`.
+    fn due(&self, p: &core::Progress, now: Instant) -> bool {
+        let reached = p.bytes_total > 0 && p.bytes_done == p.bytes_total;
+        self.last_phase != Some(p.phase)
+            || (reached && self.last_done != p.bytes_done)
+            || self
+                .last_call
+                .is_none_or(|last| now - last >= self.interval)
+    }
+
+    fn on_progress(&mut self, py: Python<'_>, p: &core::Progress) -> ControlFlow<()> {
+        let flow = self.report(py, p);
+        self.stopped |= flow.is_break();
+        flow
+    }
+
+    fn report(&mut self, py: Python<'_>, p: &core::Progress) -> ControlFlow<()> {
+        if self.stopped {
+            return ControlFlow::Break(());
+        }
+        if let Err(e) = py.check_signals() {
+            self.error = Some(e);
+            return ControlFlow::Break(());
+        }
+        let now = Instant::now();
+        if self.callback.is_none() || !self.due(p, now) {
+            return ControlFlow::Continue(());
+        }
+        self.last_call = Some(now);
+        self.last_phase = Some(p.phase);
+        self.last_done = p.bytes_done;
+        let Some(callback) = &self.callback else {
+            return ControlFlow::Continue(());
+        };
+        match callback.call1(py, (PyProgress::from(p),)) {
+            Ok(value) if value.bind(py).is(pyo3::types::PyBool::new(py, false)) => {
+                ControlFlow::Break(())
+            }
+            Ok(_) => ControlFlow::Continue(()),
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+/// Runs `f` (a core transfer or plan) with the GIL released, the bridge reporting and checking
+/// signals; raises the bridge's exception, if one stopped it, or the core's error.
+fn run_bridged<T: Send>(
+    py: Python<'_>,
+    callback: Option<Py<PyAny>>,
+    interval: Duration,
+    transfer: core::DiffTransfer,
+    f: impl FnOnce(core::DiffTransfer) -> core::Result<T> + Send,
+) -> PyResult<T> {
+    let bridge = Arc::new(Mutex::new(Bridge {
+        callback,
+        interval,
+        last_call: None,
+        last_phase: None,
+        last_done: 0,
+        error: None,
+        stopped: false,
+    }));
+    let shared = bridge.clone();
+    let transfer = transfer
+        .progress_interval(SIGNAL_TICK.min(interval))
+        .on_progress(move |p: &core::Progress| {
+            Python::attach(|py| match shared.lock() {
+                Ok(mut bridge) => bridge.on_progress(py, p),
+                Err(_) => ControlFlow::Break(()),
+            })
+        });
+    let result = py.detach(move || f(transfer));
+    let error = bridge.lock().ok().and_then(|mut b| b.error.take());
+    if let Some(error) = error {
+        return Err(error);
+    }
+    result.map_err(|e| to_py_err(py, &e))
+}
+
+// The defaults of the signature of `DiffTransfer`, written out so that Python shows them.
+const _: () = assert!(core::DEFAULT_CHUNK_SIZE == 2097152 && core::DEFAULT_WINDOW == 16);
+
+/// A transfer of the changes of a source image into a destination image.
+#[pyclass(frozen, module = "rbd_diffsync", name = "DiffTransfer")]
+struct PyDiffTransfer {
+    source: ImageSpec,
+    dest: ImageSpec,
+    from_snap: Option<String>,
+    cluster: core::ClusterSpec,
+    dest_cluster: Option<core::ClusterSpec>,
+    chunk_size: u64,
+    window: usize,
+    whole_object: bool,
+    force: bool,
+    progress_interval: Duration,
+    token: CancelToken,
+}
+
+#[pymethods]
+impl PyDiffTransfer {
+    #[new]
+    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, whole_object=false, force=false, progress_interval=0.2))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        source: &str,
+        dest: &str,
+        from_snap: Option<String>,
+        cluster: Option<PyRef<'_, PyClusterSpec>>,
+        dest_cluster: Option<PyRef<'_, PyClusterSpec>>,
+        chunk_size: i64,
+        window: i64,
+        whole_object: bool,
+        force: bool,
+        progress_interval: f64,
+    ) -> PyResult<Self> {
+        let source = parse_spec(py, source)?;
+        let dest = parse_spec(py, dest)?;
+        let chunk_size = u64::try_from(chunk_size)
+            .map_err(|_| invalid(py, format!("chunk_size {chunk_size} is negative")))?;
+        let window = usize::try_from(window)
+            .map_err(|_| invalid(py, format!("window {window} is negative")))?;
+        Ok(PyDiffTransfer {
+            source,
+            dest,
+            from_snap,
+            cluster: cluster.map(|c| c.inner.clone()).unwrap_or_default(),
+            dest_cluster: dest_cluster.map(|c| c.inner.clone()),
+            chunk_size,
+            window,
+            whole_object,
+            force,
+            progress_interval: seconds(py, "progress_interval", progress_interval)?,
+            token: CancelToken::new(),
+        })
+    }
+
+    /// Runs every check and computes the diff, writing nothing.
+    #[pyo3(signature = (progress=None))]
+    fn plan(&self, py: Python<'_>, progress: Option<Py<PyAny>>) -> PyResult<PyPlan> {
+        let transfer = self.transfer();
+        run_bridged(py, progress, self.progress_interval, transfer, |t| t.plan()).map(PyPlan::from)
+    }
+
+    /// Checks everything, then transfers, the GIL released.
+    #[pyo3(signature = (progress=None))]
+    fn run(&self, py: Python<'_>, progress: Option<Py<PyAny>>) -> PyResult<PyTransferStats> {
+        let transfer = self.transfer();
+        run_bridged(py, progress, self.progress_interval, transfer, |t| t.run())
+            .map(PyTransferStats::from)
+    }
+
+    /// Stops the running transfer (from any thread) and every later run of this object.
+    fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether cancel() was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    #[getter]
+    fn source(&self) -> String {
+        self.source.to_string()
+    }
+
+    #[getter]
+    fn dest(&self) -> String {
+        self.dest.to_string()
+    }
+
+    #[getter(from_snap)]
+    fn base_snap(&self) -> Option<&str> {
+        self.from_snap.as_deref()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "DiffTransfer({:?}, {:?}, from_snap={:?})",
+            self.source.to_string(),
+            self.dest.to_string(),
+            self.from_snap
+        )
+    }
+}
+
+impl PyDiffTransfer {
+    fn transfer(&self) -> core::DiffTransfer {
+        let mut t = core::DiffTransfer::new(self.source.clone(), self.dest.clone())
+            .cluster(self.cluster.clone())
+            .chunk_size(self.chunk_size)
+            .window(self.window)
+            .whole_object(self.whole_object)
+            .overwrite_existing(self.force)
+            .cancel_token(self.token.clone());
+        if let Some(from) = &self.from_snap {
+            t = t.from_snap(from.clone());
+        }
+        if let Some(dest) = &self.dest_cluster {
+            t = t.dest_cluster(dest.clone());
+        }
+        t
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyClusterSpec>()?;
+    m.add_class::<PyDiffTransfer>()?;
+    m.add_class::<PyProgress>()?;
+    m.add_class::<PyTransferStats>()?;
+    m.add_class::<PyPlan>()?;
+    let exc = exceptions(py)?;
+    m.add("Error", exc.base.bind(py))?;
+    let by_kind = PyDict::new(py);
+    for (kind, class) in &exc.kinds {
+        m.add(class_name(*kind).as_str(), class.bind(py))?;
+        by_kind.set_item(kind.name(), class.bind(py))?;
+    }
+    m.add("ERROR_CLASSES", by_kind)?;
+    m.add("DEFAULT_CHUNK_SIZE", core::DEFAULT_CHUNK_SIZE)?;
+    m.add("DEFAULT_WINDOW", core::DEFAULT_WINDOW)?;
+    m.add("DESTINATION_CHANGED", core::error::CODE_DESTINATION_CHANGED)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,225 @@
+"""Every bad input raises the documented exception class with its exact errno."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+import time
+import signal
+
+import pytest
+
+import rbd_diffsync
+from rbd_diffsync import ClusterSpec, DiffTransfer
+
+from conftest import MiB, Cluster, pattern
+
+KINDS = {
+    "invalid_argument": (rbd_diffsync.InvalidArgumentError, errno.EINVAL),
+    "not_found": (rbd_diffsync.NotFoundError, errno.ENOENT),
+    "exists": (rbd_diffsync.ExistsError, errno.EEXIST),
+    "permission_denied": (rbd_diffsync.PermissionDeniedError, errno.EACCES),
+    "busy": (rbd_diffsync.BusyError, errno.EBUSY),
+    "destination_changed": (rbd_diffsync.DestinationChangedError, rbd_diffsync.DESTINATION_CHANGED),
+    "cancelled": (rbd_diffsync.CancelledError, errno.ECANCELED),
+    "timeout": (rbd_diffsync.TimeoutError, errno.ETIMEDOUT),
+    "no_space": (rbd_diffsync.NoSpaceError, errno.ENOSPC),
+    "unsupported": (rbd_diffsync.UnsupportedError, errno.EOPNOTSUPP),
+    "io": (rbd_diffsync.IoError, errno.EIO),
+    "other": (rbd_diffsync.OtherError, errno.EXDEV),
+}
+
+
+def test_one_class_per_kind_of_the_core() -> None:
+    assert set(rbd_diffsync.ERROR_CLASSES) == set(KINDS)
+    for kind, (cls, code) in KINDS.items():
+        assert rbd_diffsync.ERROR_CLASSES[kind] is cls
+        assert issubclass(cls, rbd_diffsync.Error) and issubclass(cls, OSError)
+        assert cls.kind == kind and cls.__module__ == "rbd_diffsync"
+        e = cls(code, "message")
+        assert (e.errno, e.strerror, e.kind, e.image, e.snap) == (code, "message", kind, None, None)
+    assert rbd_diffsync.DESTINATION_CHANGED == 4296
+
+
+def expect(cls: type, code: int, call: object) -> rbd_diffsync.Error:
+    with pytest.raises(cls) as caught:
+        call()  # type: ignore[operator]
+    e = caught.value
+    assert type(e) is cls, type(e)
+    assert e.errno == code and e.args[0] == code
+    assert e.kind == cls.kind
+    assert isinstance(e, OSError)
+    return e
+
+
+@pytest.mark.parametrize(
+    "source, dest",
+    [("rbd//img@s", "backups/x"), ("rbd/img@", "backups/x"), ("", "backups/x"), ("rbd/img@s", "a/b/c/d")],
+)
+def test_malformed_specs(source: str, dest: str) -> None:
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: DiffTransfer(source, dest))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"chunk_size": -1},
+        {"window": -3},
+        {"progress_interval": -1.0},
+        {"progress_interval": float("nan")},
+    ],
+)
+def test_negative_numbers_at_construction(kw: dict) -> None:
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: DiffTransfer("rbd/a@s", "backups/a", **kw))
+
+
+def test_cluster_spec_arguments() -> None:
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: ClusterSpec(connect_timeout=-2))
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: ClusterSpec(id="a", name="client.b"))
+    with pytest.raises(TypeError):
+        ClusterSpec(options={"a": 1})  # type: ignore[dict-item]
+    c = ClusterSpec("/x.conf", id="backup", keyring="/k", mon_host="h:1", connect_timeout=2.5, options=[("a", "b")])
+    assert (c.conf, c.name, c.keyring, c.mon_host, c.connect_timeout, c.options) == (
+        "/x.conf",
+        "client.backup",
+        "/k",
+        "h:1",
+        2.5,
+        [("a", "b")],
+    )
+    assert c == ClusterSpec("/x.conf", id="client.backup", keyring="/k", mon_host="h:1", connect_timeout=2.5, options={"a": "b"})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"chunk_size": 1000},
+        {"chunk_size": 0},
+        {"window": 0},
+        {"window": 5000},
+        {"from_snap": "s1@x"},
+        {"from_snap": "s2"},  # the end snapshot itself
+    ],
+)
+def test_settings_out_of_range_at_run(cluster: Cluster, kw: dict) -> None:
+    t = DiffTransfer("rbd/any@s2", "backups/any", cluster=ClusterSpec(cluster.conf), **kw)
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, t.run)
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, t.plan)
+
+
+def test_a_destination_with_a_snapshot_name(cluster: Cluster) -> None:
+    t = DiffTransfer("rbd/any@s1", "backups/any@s1", cluster=ClusterSpec(cluster.conf))
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, t.run)
+
+
+def test_missing_things(cluster: Cluster, source: str, name: str) -> None:
+    c = ClusterSpec(cluster.conf)
+    e = expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"rbd/{name}-none@s1", "backups/x", cluster=c).run)
+    assert e.image is not None and name in e.image
+    expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"{source}@nope", f"backups/{name}", cluster=c).run)
+    expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"nopool/{name}@s1", f"backups/{name}", cluster=c).run)
+    e = expect(
+        rbd_diffsync.NotFoundError,
+        errno.ENOENT,
+        DiffTransfer(f"{source}@s2", f"backups/{name}", from_snap="s0", cluster=c).run,
+    )
+    assert e.snap == "s0"
+    # An incremental into a destination that lacks the base snapshot.
+    cluster.create(f"backups/{name}", 64 * MiB)
+    e = expect(
+        rbd_diffsync.NotFoundError,
+        errno.ENOENT,
+        DiffTransfer(f"{source}@s2", f"backups/{name}", from_snap="s1", cluster=c).run,
+    )
+    assert e.snap == "s1"
+    missing_conf = ClusterSpec(cluster.dir / "missing.conf")
+    expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"{source}@s1", "backups/x", cluster=missing_conf).run)
+    assert cluster.snaps(f"backups/{name}") == []
+
+
+def test_refusals_of_the_destination(cluster: Cluster, source: str, name: str) -> None:
+    c = ClusterSpec(cluster.conf)
+    dest = f"backups/{name}"
+    DiffTransfer(f"{source}@s1", dest, cluster=c).run()
+    e = expect(rbd_diffsync.ExistsError, errno.EEXIST, DiffTransfer(f"{source}@s1", dest, cluster=c).run)
+    assert e.snap == "s1"
+    # Someone else writes to the destination: an incremental on top would corrupt the chain.
+    cluster.write(dest, data=[(8 * MiB, pattern(9, 4096))])
+    e = expect(
+        rbd_diffsync.DestinationChangedError,
+        rbd_diffsync.DESTINATION_CHANGED,
+        DiffTransfer(f"{source}@s2", dest, from_snap="s1", cluster=c).run,
+    )
+    assert "[Errno 4296]" in str(e)
+    assert cluster.snaps(dest) == ["s1"]
+    # force rewrites what changed, from the source.
+    DiffTransfer(f"{source}@s2", dest, from_snap="s1", cluster=c, force=True).run()
+    assert cluster.md5(f"{dest}@s2") == cluster.md5(f"{source}@s2")
+
+
+def test_a_read_only_user_is_refused(cluster: Cluster, source: str, name: str) -> None:
+    keyring = cluster.dir / "client.py-readonly.keyring"
+    keyring.write_bytes(
+        cluster.ceph(
+            "auth", "get-or-create", "client.py-readonly", "mon", "profile rbd", "osd", "profile rbd-read-only"
+        )
+    )
+    reader = ClusterSpec(cluster.conf, id="py-readonly", keyring=keyring)
+    e = expect(
+        rbd_diffsync.PermissionDeniedError,
+        errno.EPERM,
+        DiffTransfer(f"{source}@s1", f"backups/{name}", cluster=reader).run,
+    )
+    assert e.kind == "permission_denied"
+
+
+SIGINT_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import rbd_diffsync
+    conf, image, phase = sys.argv[1:]
+    cluster = rbd_diffsync.ClusterSpec(conf)
+    if phase == "connecting":
+        # Nothing listens there (the test monitor is on 127.0.0.1): connecting blocks.
+        cluster = rbd_diffsync.ClusterSpec(conf, mon_host="127.0.0.2:6786", connect_timeout=60)
+    t = rbd_diffsync.DiffTransfer(image + "@s1", image.replace("rbd/", "backups/"),
+                                  cluster=cluster, chunk_size=16384, window=1)
+    def progress(p):
+        if p.phase == phase and (phase != "copying" or p.bytes_done > 0):
+            print(phase, flush=True)
+    try:
+        t.run(progress=progress)
+    except KeyboardInterrupt:
+        print("interrupted %.6f" % time.time(), flush=True)
+        sys.exit(3)
+    print("completed", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("phase", ["connecting", "copying"])
+def test_sigint_raises_keyboard_interrupt_promptly_and_leaves_no_snapshot(cluster: Cluster, name: str, phase: str) -> None:
+    image = f"rbd/{name}"
+    cluster.create(image, 8 * MiB)
+    cluster.write(image, data=[(i * MiB, pattern(i, MiB)) for i in range(8)])
+    cluster.snap(image, "s1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_CHILD, cluster.conf, image, phase], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == phase
+    if phase == "connecting":
+        time.sleep(1.0)  # well inside the blocking connect
+    sent = time.time()
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=60)
+    exited = time.time()
+    assert child.returncode == 3, out
+    line = [l for l in out.splitlines() if l.startswith("interrupted")][0]
+    latency = float(line.split()[1]) - sent
+    print(f"SIGINT in {phase} to KeyboardInterrupt: {latency * 1000:.0f} ms, process gone after {(exited - sent) * 1000:.0f} ms")
+    assert latency < 2.0
+    assert exited - sent < 5.0
+    assert not cluster.exists(f"backups/{name}") or cluster.snaps(f"backups/{name}") == []
