@@ -33,7 +33,11 @@
 //!    when the end snapshot is made. A later transfer of the same source and base, with an
 //!    end snapshot not older, continues over what the interrupted one wrote: it also rewrites,
 //!    from the source, every range the destination changed since `from_snap`, so the result
-//!    reads as the source's end snapshot whatever the interrupted run had written.
+//!    reads as the source's end snapshot whatever the interrupted run had written. While it
+//!    copies, a transfer records a checkpoint in that record (at most once a second, after a
+//!    flush): the offset below which it has written everything. A rerun of the very same diff
+//!    (same base and end snapshot, by id) resumes there instead of starting again
+//!    ([`TransferStats::bytes_resumed`]); a source read at HEAD never resumes.
 //! 4. **Nothing overwritten by mistake.** An incremental into a destination changed since
 //!    `from_snap` by anyone else is refused
 //!    ([`DestinationChanged`](ErrorKind::DestinationChanged)). A full transfer writes into an
@@ -44,9 +48,16 @@
 //! 5. **No other writer.** The destination's exclusive lock is held from the checks to the end
 //!    snapshot, in a mode in which librbd hands it to nobody: another client's writes fail
 //!    meanwhile. A destination locked by a live client is refused ([`Busy`](ErrorKind::Busy)),
-//!    naming it; a lock left by the transfer's own killed predecessor is waited for until
-//!    librbd breaks it (when the dead client's watch expires, about 30 s), and the progress
-//!    reports say so.
+//!    naming it. The lock of the transfer's own predecessor (the client named in the record,
+//!    or in the lock-holder key it wrote just before taking the lock) is broken at once if
+//!    that client does not answer a notification within 2 s: it was killed, and librbd
+//!    blocklists it ([`TransferStats::broke_lock_of`]); one that answers is still running, and
+//!    the rerun is refused. No other client's lock is ever broken.
+//! 9. **No hang.** Every call to the cluster has a timeout
+//!    ([`ClusterSpec::connect_timeout`], [`ClusterSpec::op_timeout`]: 30 s and 60 s by
+//!    default); a key the monitors refuse is reported as such within seconds
+//!    ([`PermissionDenied`](ErrorKind::PermissionDenied)), and a write refused or held by a
+//!    full pool names the pool and its quota ([`NoSpace`](ErrorKind::NoSpace)).
 //! 6. **The same content as the pipe.** Ranges the diff reports as gone read as zeros
 //!    afterwards; the destination grows before the writes and shrinks after them; all-zero
 //!    runs (4 KiB granularity) are never written as data, but become `write_zeroes`, or
