@@ -66,6 +66,7 @@ fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
         base.bind(py).setattr("kind", ErrorKind::Other.name())?;
         base.bind(py).setattr("image", py.None())?;
         base.bind(py).setattr("snap", py.None())?;
+        base.bind(py).setattr("offset", py.None())?;
         let mut kinds = Vec::new();
         for kind in ErrorKind::ALL {
             let name = cstring(format!("rbd_diffsync.{}", class_name(kind)))?;
@@ -88,27 +89,36 @@ fn error_class(py: Python<'_>, kind: ErrorKind) -> PyResult<Bound<'_, PyType>> {
     Ok(class.bind(py).clone())
 }
 
-/// An exception of `kind` with this errno and message, and `image`/`snap` attributes.
-fn new_error(
-    py: Python<'_>,
-    kind: ErrorKind,
-    errno: i32,
-    message: &str,
-    image: Option<&str>,
-    snap: Option<&str>,
-) -> PyErr {
+/// What an exception says besides its kind, errno and message.
+#[derive(Default)]
+struct Context<'a> {
+    image: Option<&'a str>,
+    snap: Option<&'a str>,
+    /// For a mismatch, the first differing byte.
+    offset: Option<u64>,
+}
+
+/// An exception of `kind` with this errno and message, and `image`/`snap`/`offset`
+/// attributes.
+fn new_error(py: Python<'_>, kind: ErrorKind, errno: i32, message: &str, cx: Context<'_>) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let value = error_class(py, kind)?.call1((errno, message))?;
         value.setattr("kind", kind.name())?;
-        value.setattr("image", image)?;
-        value.setattr("snap", snap)?;
+        value.setattr("image", cx.image)?;
+        value.setattr("snap", cx.snap)?;
+        value.setattr("offset", cx.offset)?;
         Ok(PyErr::from_value(value))
     };
     build().unwrap_or_else(|e| e)
 }
 
 fn to_py_err(py: Python<'_>, e: &core::Error) -> PyErr {
-    new_error(py, e.kind(), e.errno(), e.message(), e.image(), e.snap())
+    let cx = Context {
+        image: e.image(),
+        snap: e.snap(),
+        offset: e.offset(),
+    };
+    new_error(py, e.kind(), e.errno(), e.message(), cx)
 }
 
 fn invalid(py: Python<'_>, message: String) -> PyErr {
@@ -117,8 +127,7 @@ fn invalid(py: Python<'_>, message: String) -> PyErr {
         ErrorKind::InvalidArgument,
         libc::EINVAL,
         &message,
-        None,
-        None,
+        Context::default(),
     )
 }
 
@@ -145,7 +154,7 @@ struct PyClusterSpec {
 #[pymethods]
 impl PyClusterSpec {
     #[new]
-    #[pyo3(signature = (conf=None, *, id=None, name=None, cluster_name=None, keyring=None, mon_host=None, connect_timeout=None, options=None))]
+    #[pyo3(signature = (conf=None, *, id=None, name=None, cluster_name=None, keyring=None, mon_host=None, connect_timeout=None, op_timeout=None, options=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -156,6 +165,7 @@ impl PyClusterSpec {
         keyring: Option<PathBuf>,
         mon_host: Option<String>,
         connect_timeout: Option<f64>,
+        op_timeout: Option<f64>,
         options: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if id.is_some() && name.is_some() {
@@ -182,6 +192,9 @@ impl PyClusterSpec {
         }
         if let Some(timeout) = connect_timeout {
             spec = spec.connect_timeout(seconds(py, "connect_timeout", timeout)?);
+        }
+        if let Some(timeout) = op_timeout {
+            spec = spec.op_timeout(seconds(py, "op_timeout", timeout)?);
         }
         if let Some(options) = options {
             let pairs = if options.hasattr("items")? {
@@ -232,10 +245,18 @@ impl PyClusterSpec {
         self.inner.mon_host_value()
     }
 
-    /// The connect timeout in seconds, or None (librados' client_mount_timeout).
+    /// The connect timeout in seconds, or None (DEFAULT_CONNECT_TIMEOUT unless ceph.conf
+    /// sets client_mount_timeout).
     #[getter]
     fn connect_timeout(&self) -> Option<f64> {
         self.inner.connect_timeout_value().map(|d| d.as_secs_f64())
+    }
+
+    /// The operation timeout in seconds (0: wait for ever), or None (DEFAULT_OP_TIMEOUT unless
+    /// ceph.conf sets rados_osd_op_timeout / rados_mon_op_timeout).
+    #[getter]
+    fn op_timeout(&self) -> Option<f64> {
+        self.inner.op_timeout_value().map(|d| d.as_secs_f64())
     }
 
     /// The librados/librbd options set, in order.
@@ -294,11 +315,14 @@ struct PyTransferStats {
     bytes_written: u64,
     bytes_zeroed: u64,
     bytes_skipped: u64,
+    bytes_verified: u64,
     extents: u64,
     diff_bytes: u64,
     image_size: u64,
     created_destination: bool,
     continued_interrupted: bool,
+    bytes_resumed: u64,
+    broke_lock_of: Option<String>,
     elapsed: f64,
     snapshot_elapsed: f64,
     throughput: f64,
@@ -333,11 +357,14 @@ impl From<core::TransferStats> for PyTransferStats {
             bytes_written: s.bytes_written,
             bytes_zeroed: s.bytes_zeroed,
             bytes_skipped: s.bytes_skipped,
+            bytes_verified: s.bytes_verified,
             extents: s.extents,
             diff_bytes: s.diff_bytes,
             image_size: s.image_size,
             created_destination: s.created_destination,
             continued_interrupted: s.continued_interrupted,
+            bytes_resumed: s.bytes_resumed,
+            broke_lock_of: s.broke_lock_of,
             elapsed: s.elapsed.as_secs_f64(),
             snapshot_elapsed: s.snapshot_elapsed.as_secs_f64(),
         }
@@ -355,6 +382,8 @@ struct PyPlan {
     dest_size: Option<u64>,
     create_destination: bool,
     continues_interrupted: bool,
+    resume_from: u64,
+    bytes_resumed: u64,
     overwrites_destination: bool,
     extents: u64,
     diff_bytes: u64,
@@ -383,6 +412,8 @@ impl From<core::Plan> for PyPlan {
             dest_size: p.dest_size,
             create_destination: p.create_destination,
             continues_interrupted: p.continues_interrupted,
+            resume_from: p.resume_from,
+            bytes_resumed: p.bytes_resumed,
             overwrites_destination: p.overwrites_destination,
             extents: p.extents,
             diff_bytes: p.diff_bytes,
@@ -455,14 +486,36 @@ impl Bridge {
     }
 }
 
-/// Runs `f` (a core transfer or plan) with the GIL released, the bridge reporting and checking
-/// signals; raises the bridge's exception, if one stopped it, or the core's error.
-fn run_bridged<T: Send>(
+/// The core's progress callback that the bridge installs.
+type Hook = Box<dyn FnMut(&core::Progress) -> ControlFlow<()> + Send>;
+
+/// A core builder that reports progress: a transfer or a verification.
+trait Reporting: Send {
+    /// Calls `hook` at most every `interval`.
+    fn reporting(self, interval: Duration, hook: Hook) -> Self;
+}
+
+impl Reporting for core::DiffTransfer {
+    fn reporting(self, interval: Duration, hook: Hook) -> Self {
+        self.progress_interval(interval).on_progress(hook)
+    }
+}
+
+impl Reporting for core::Verify {
+    fn reporting(self, interval: Duration, hook: Hook) -> Self {
+        self.progress_interval(interval).on_progress(hook)
+    }
+}
+
+/// Runs `f` (a core transfer, plan or verification) with the GIL released, the bridge
+/// reporting and checking signals; raises the bridge's exception, if one stopped it, or the
+/// core's error.
+fn run_bridged<B: Reporting, T: Send>(
     py: Python<'_>,
     callback: Option<Py<PyAny>>,
     interval: Duration,
-    transfer: core::DiffTransfer,
-    f: impl FnOnce(core::DiffTransfer) -> core::Result<T> + Send,
+    builder: B,
+    f: impl FnOnce(B) -> core::Result<T> + Send,
 ) -> PyResult<T> {
     let bridge = Arc::new(Mutex::new(Bridge {
         callback,
@@ -474,15 +527,14 @@ fn run_bridged<T: Send>(
         stopped: false,
     }));
     let shared = bridge.clone();
-    let transfer = transfer
-        .progress_interval(SIGNAL_TICK.min(interval))
-        .on_progress(move |p: &core::Progress| {
-            Python::attach(|py| match shared.lock() {
-                Ok(mut bridge) => bridge.on_progress(py, p),
-                Err(_) => ControlFlow::Break(()),
-            })
-        });
-    let result = py.detach(move || f(transfer));
+    let hook: Hook = Box::new(move |p: &core::Progress| {
+        Python::attach(|py| match shared.lock() {
+            Ok(mut bridge) => bridge.on_progress(py, p),
+            Err(_) => ControlFlow::Break(()),
+        })
+    });
+    let builder = builder.reporting(SIGNAL_TICK.min(interval), hook);
+    let result = py.detach(move || f(builder));
     let error = bridge.lock().ok().and_then(|mut b| b.error.take());
     if let Some(error) = error {
         return Err(error);
@@ -493,26 +545,68 @@ fn run_bridged<T: Send>(
 // The defaults of the signature of `DiffTransfer`, written out so that Python shows them.
 const _: () = assert!(core::DEFAULT_CHUNK_SIZE == 2097152 && core::DEFAULT_WINDOW == 16);
 
+/// What a transfer and a verification are both given: the clusters, the I/O settings, the
+/// progress interval and the token of cancel().
+struct Settings {
+    cluster: core::ClusterSpec,
+    dest_cluster: Option<core::ClusterSpec>,
+    chunk_size: u64,
+    window: usize,
+    progress_interval: Duration,
+    token: CancelToken,
+}
+
+impl Settings {
+    fn new(
+        py: Python<'_>,
+        cluster: Option<PyRef<'_, PyClusterSpec>>,
+        dest_cluster: Option<PyRef<'_, PyClusterSpec>>,
+        chunk_size: i64,
+        window: i64,
+        progress_interval: f64,
+    ) -> PyResult<Self> {
+        let chunk_size = u64::try_from(chunk_size)
+            .map_err(|_| invalid(py, format!("chunk_size {chunk_size} is negative")))?;
+        let window = usize::try_from(window)
+            .map_err(|_| invalid(py, format!("window {window} is negative")))?;
+        Ok(Settings {
+            cluster: cluster.map(|c| c.inner.clone()).unwrap_or_default(),
+            dest_cluster: dest_cluster.map(|c| c.inner.clone()),
+            chunk_size,
+            window,
+            progress_interval: seconds(py, "progress_interval", progress_interval)?,
+            token: CancelToken::new(),
+        })
+    }
+
+    /// Runs `f` on `builder` as [`run_bridged`] does, at this progress interval.
+    fn run<B: Reporting, T: Send>(
+        &self,
+        py: Python<'_>,
+        progress: Option<Py<PyAny>>,
+        builder: B,
+        f: impl FnOnce(B) -> core::Result<T> + Send,
+    ) -> PyResult<T> {
+        run_bridged(py, progress, self.progress_interval, builder, f)
+    }
+}
+
 /// A transfer of the changes of a source image into a destination image.
 #[pyclass(frozen, module = "rbd_diffsync", name = "DiffTransfer")]
 struct PyDiffTransfer {
     source: ImageSpec,
     dest: ImageSpec,
     from_snap: Option<String>,
-    cluster: core::ClusterSpec,
-    dest_cluster: Option<core::ClusterSpec>,
-    chunk_size: u64,
-    window: usize,
     whole_object: bool,
     force: bool,
-    progress_interval: Duration,
-    token: CancelToken,
+    verify: bool,
+    settings: Settings,
 }
 
 #[pymethods]
 impl PyDiffTransfer {
     #[new]
-    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, whole_object=false, force=false, progress_interval=0.2))]
+    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, whole_object=false, force=false, verify=false, progress_interval=0.2))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -525,26 +619,27 @@ impl PyDiffTransfer {
         window: i64,
         whole_object: bool,
         force: bool,
+        verify: bool,
         progress_interval: f64,
     ) -> PyResult<Self> {
         let source = parse_spec(py, source)?;
         let dest = parse_spec(py, dest)?;
-        let chunk_size = u64::try_from(chunk_size)
-            .map_err(|_| invalid(py, format!("chunk_size {chunk_size} is negative")))?;
-        let window = usize::try_from(window)
-            .map_err(|_| invalid(py, format!("window {window} is negative")))?;
+        let settings = Settings::new(
+            py,
+            cluster,
+            dest_cluster,
+            chunk_size,
+            window,
+            progress_interval,
+        )?;
         Ok(PyDiffTransfer {
             source,
             dest,
             from_snap,
-            cluster: cluster.map(|c| c.inner.clone()).unwrap_or_default(),
-            dest_cluster: dest_cluster.map(|c| c.inner.clone()),
-            chunk_size,
-            window,
             whole_object,
             force,
-            progress_interval: seconds(py, "progress_interval", progress_interval)?,
-            token: CancelToken::new(),
+            verify,
+            settings,
         })
     }
 
@@ -552,26 +647,29 @@ impl PyDiffTransfer {
     #[pyo3(signature = (progress=None))]
     fn plan(&self, py: Python<'_>, progress: Option<Py<PyAny>>) -> PyResult<PyPlan> {
         let transfer = self.transfer();
-        run_bridged(py, progress, self.progress_interval, transfer, |t| t.plan()).map(PyPlan::from)
+        self.settings
+            .run(py, progress, transfer, |t| t.plan())
+            .map(PyPlan::from)
     }
 
     /// Checks everything, then transfers, the GIL released.
     #[pyo3(signature = (progress=None))]
     fn run(&self, py: Python<'_>, progress: Option<Py<PyAny>>) -> PyResult<PyTransferStats> {
         let transfer = self.transfer();
-        run_bridged(py, progress, self.progress_interval, transfer, |t| t.run())
+        self.settings
+            .run(py, progress, transfer, |t| t.run())
             .map(PyTransferStats::from)
     }
 
     /// Stops the running transfer (from any thread) and every later run of this object.
     fn cancel(&self) {
-        self.token.cancel();
+        self.settings.token.cancel();
     }
 
     /// Whether cancel() was called.
     #[getter]
     fn cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.settings.token.is_cancelled()
     }
 
     #[getter]
@@ -601,20 +699,136 @@ impl PyDiffTransfer {
 
 impl PyDiffTransfer {
     fn transfer(&self) -> core::DiffTransfer {
+        let s = &self.settings;
         let mut t = core::DiffTransfer::new(self.source.clone(), self.dest.clone())
-            .cluster(self.cluster.clone())
-            .chunk_size(self.chunk_size)
-            .window(self.window)
+            .cluster(s.cluster.clone())
+            .chunk_size(s.chunk_size)
+            .window(s.window)
             .whole_object(self.whole_object)
             .overwrite_existing(self.force)
-            .cancel_token(self.token.clone());
+            .verify(self.verify)
+            .cancel_token(s.token.clone());
         if let Some(from) = &self.from_snap {
             t = t.from_snap(from.clone());
         }
-        if let Some(dest) = &self.dest_cluster {
+        if let Some(dest) = &s.dest_cluster {
             t = t.dest_cluster(dest.clone());
         }
         t
+    }
+}
+
+/// What a verification that found both images equal did.
+#[pyclass(frozen, get_all, module = "rbd_diffsync", name = "VerifyStats")]
+struct PyVerifyStats {
+    source: String,
+    dest: String,
+    image_size: u64,
+    bytes_compared: u64,
+    bytes_skipped: u64,
+    elapsed: f64,
+    throughput: f64,
+}
+
+#[pymethods]
+impl PyVerifyStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "VerifyStats(source={:?}, dest={:?}, image_size={}, bytes_compared={}, elapsed={:.3})",
+            self.source, self.dest, self.image_size, self.bytes_compared, self.elapsed
+        )
+    }
+}
+
+impl From<core::VerifyStats> for PyVerifyStats {
+    fn from(s: core::VerifyStats) -> Self {
+        PyVerifyStats {
+            throughput: s.throughput(),
+            source: s.source,
+            dest: s.dest,
+            image_size: s.image_size,
+            bytes_compared: s.bytes_compared,
+            bytes_skipped: s.bytes_skipped,
+            elapsed: s.elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// A comparison of two whole images, each at a snapshot or HEAD.
+#[pyclass(frozen, module = "rbd_diffsync", name = "Verify")]
+struct PyVerify {
+    a: ImageSpec,
+    b: ImageSpec,
+    settings: Settings,
+}
+
+#[pymethods]
+impl PyVerify {
+    #[new]
+    #[pyo3(signature = (a, b, *, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, progress_interval=0.2))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        a: &str,
+        b: &str,
+        cluster: Option<PyRef<'_, PyClusterSpec>>,
+        dest_cluster: Option<PyRef<'_, PyClusterSpec>>,
+        chunk_size: i64,
+        window: i64,
+        progress_interval: f64,
+    ) -> PyResult<Self> {
+        let a = parse_spec(py, a)?;
+        let b = parse_spec(py, b)?;
+        let settings = Settings::new(
+            py,
+            cluster,
+            dest_cluster,
+            chunk_size,
+            window,
+            progress_interval,
+        )?;
+        Ok(PyVerify { a, b, settings })
+    }
+
+    /// Compares the images, the GIL released.
+    #[pyo3(signature = (progress=None))]
+    fn run(&self, py: Python<'_>, progress: Option<Py<PyAny>>) -> PyResult<PyVerifyStats> {
+        let s = &self.settings;
+        let mut verify = core::Verify::new(self.a.clone(), self.b.clone())
+            .cluster(s.cluster.clone())
+            .chunk_size(s.chunk_size)
+            .window(s.window)
+            .cancel_token(s.token.clone());
+        if let Some(dest) = &s.dest_cluster {
+            verify = verify.dest_cluster(dest.clone());
+        }
+        s.run(py, progress, verify, |v| v.run())
+            .map(PyVerifyStats::from)
+    }
+
+    /// Stops the running verification (from any thread) and every later run of this object.
+    fn cancel(&self) {
+        self.settings.token.cancel();
+    }
+
+    /// Whether cancel() was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.settings.token.is_cancelled()
+    }
+
+    #[getter]
+    fn a(&self) -> String {
+        self.a.to_string()
+    }
+
+    #[getter]
+    fn b(&self) -> String {
+        self.b.to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Verify({:?}, {:?})", self.a.to_string(), self.b.to_string())
     }
 }
 
@@ -626,6 +840,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyProgress>()?;
     m.add_class::<PyTransferStats>()?;
     m.add_class::<PyPlan>()?;
+    m.add_class::<PyVerify>()?;
+    m.add_class::<PyVerifyStats>()?;
     let exc = exceptions(py)?;
     m.add("Error", exc.base.bind(py))?;
     let by_kind = PyDict::new(py);
@@ -636,7 +852,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ERROR_CLASSES", by_kind)?;
     m.add("DEFAULT_CHUNK_SIZE", core::DEFAULT_CHUNK_SIZE)?;
     m.add("DEFAULT_WINDOW", core::DEFAULT_WINDOW)?;
+    m.add(
+        "DEFAULT_CONNECT_TIMEOUT",
+        core::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
+    )?;
+    m.add("DEFAULT_OP_TIMEOUT", core::DEFAULT_OP_TIMEOUT.as_secs_f64())?;
     m.add("DESTINATION_CHANGED", core::error::CODE_DESTINATION_CHANGED)?;
+    m.add("MISMATCH", core::error::CODE_MISMATCH)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ KINDS = {
     "permission_denied": (rbd_diffsync.PermissionDeniedError, errno.EACCES),
     "busy": (rbd_diffsync.BusyError, errno.EBUSY),
     "destination_changed": (rbd_diffsync.DestinationChangedError, rbd_diffsync.DESTINATION_CHANGED),
+    "mismatch": (rbd_diffsync.MismatchError, rbd_diffsync.MISMATCH),
     "cancelled": (rbd_diffsync.CancelledError, errno.ECANCELED),
     "timeout": (rbd_diffsync.TimeoutError, errno.ETIMEDOUT),
     "no_space": (rbd_diffsync.NoSpaceError, errno.ENOSPC),
@@ -39,8 +41,8 @@ def test_one_class_per_kind_of_the_core() -> None:
         assert issubclass(cls, rbd_diffsync.Error) and issubclass(cls, OSError)
         assert cls.kind == kind and cls.__module__ == "rbd_diffsync"
         e = cls(code, "message")
-        assert (e.errno, e.strerror, e.kind, e.image, e.snap) == (code, "message", kind, None, None)
-    assert rbd_diffsync.DESTINATION_CHANGED == 4296
+        assert (e.errno, e.strerror, e.kind, e.image, e.snap, e.offset) == (code, "message", kind, None, None, None)
+    assert (rbd_diffsync.DESTINATION_CHANGED, rbd_diffsync.MISMATCH) == (4296, 4297)
 
 
 def expect(cls: type, code: int, call: object) -> rbd_diffsync.Error:
@@ -77,6 +79,13 @@ def test_negative_numbers_at_construction(kw: dict) -> None:
 
 def test_cluster_spec_arguments() -> None:
     expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: ClusterSpec(connect_timeout=-2))
+    expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: ClusterSpec(op_timeout=-1))
+    assert (rbd_diffsync.DEFAULT_CONNECT_TIMEOUT, rbd_diffsync.DEFAULT_OP_TIMEOUT) == (30.0, 60.0)
+    assert (ClusterSpec().op_timeout, ClusterSpec(op_timeout=0).op_timeout, ClusterSpec(op_timeout=7.5).op_timeout) == (
+        None,
+        0.0,
+        7.5,
+    )
     expect(rbd_diffsync.InvalidArgumentError, errno.EINVAL, lambda: ClusterSpec(id="a", name="client.b"))
     with pytest.raises(TypeError):
         ClusterSpec(options={"a": 1})  # type: ignore[dict-item]
@@ -157,6 +166,31 @@ def test_refusals_of_the_destination(cluster: Cluster, source: str, name: str) -
     # force rewrites what changed, from the source.
     DiffTransfer(f"{source}@s2", dest, from_snap="s1", cluster=c, force=True).run()
     assert cluster.md5(f"{dest}@s2") == cluster.md5(f"{source}@s2")
+
+
+WRONG_KEY = "[client.diffsync]\n\tkey = AQBnpSxlAAAAABAAk1yQ8Z6ZpQ7B5xL5nF5Zxw==\n"
+
+
+@pytest.mark.parametrize(
+    "failure, cls, code",
+    [
+        ("unreachable monitor", rbd_diffsync.TimeoutError, errno.ETIMEDOUT),
+        ("wrong key", rbd_diffsync.PermissionDeniedError, errno.EACCES),
+    ],
+)
+def test_a_failed_connection_ends_within_seconds(
+    cluster: Cluster, tmp_path: Path, failure: str, cls: type, code: int
+) -> None:
+    if failure == "unreachable monitor":
+        c = ClusterSpec(cluster.conf, mon_host="127.0.0.1:1", connect_timeout=2, op_timeout=5)
+    else:
+        keyring = tmp_path / "client.diffsync.keyring"
+        keyring.write_text(WRONG_KEY)
+        c = ClusterSpec(cluster.conf, id="diffsync", keyring=keyring)
+    started = time.monotonic()
+    expect(cls, code, DiffTransfer("rbd/any@s1", "backups/any", cluster=c).run)
+    # A refused key fails long before the connect timeout (DEFAULT_CONNECT_TIMEOUT, 30 s).
+    assert time.monotonic() - started < 10
 
 
 def test_a_read_only_user_is_refused(cluster: Cluster, source: str, name: str) -> None:

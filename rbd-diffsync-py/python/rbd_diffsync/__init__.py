@@ -14,9 +14,14 @@ after every write succeeded::
     ).run(progress=lambda p: print(p.phase, p.bytes_done, p.bytes_total))
     print(stats.bytes_written, stats.elapsed)
 
+``DiffTransfer(..., verify=True)`` reads back what it wrote before making the end snapshot, and
+:class:`Verify` compares two whole images (``Verify("rbd/vol@s2", "backups/vol.backup@s2",
+cluster=cluster).run()``).
+
 Failures raise :class:`Error`, an :class:`OSError` whose ``errno`` is the exact system errno
-(or :data:`DESTINATION_CHANGED`), through a subclass per kind: :class:`NotFoundError`,
-:class:`ExistsError`, :class:`CancelledError`, ... (``ERROR_CLASSES`` maps each kind's name to
+(or :data:`DESTINATION_CHANGED`, :data:`MISMATCH`), through a subclass per kind:
+:class:`NotFoundError`, :class:`ExistsError`, :class:`CancelledError`, :class:`MismatchError`
+(whose ``offset`` is the first differing byte), ... (``ERROR_CLASSES`` maps each kind's name to
 its class). ``rbd_diffsync.cinder`` holds the drop-in for OpenStack cinder's Ceph backup driver.
 """
 

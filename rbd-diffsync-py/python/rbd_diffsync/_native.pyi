@@ -4,7 +4,7 @@ import os
 from typing import Callable, Final, Iterable, Literal, Mapping, Optional, Union, final
 
 _Path = Union[str, "os.PathLike[str]"]
-_PhaseName = Literal["connecting", "scanning", "copying", "committing"]
+_PhaseName = Literal["connecting", "scanning", "copying", "verifying", "committing"]
 _ErrorKindName = Literal[
     "invalid_argument",
     "not_found",
@@ -12,6 +12,7 @@ _ErrorKindName = Literal[
     "permission_denied",
     "busy",
     "destination_changed",
+    "mismatch",
     "cancelled",
     "timeout",
     "no_space",
@@ -26,6 +27,8 @@ __all__ = [
     "CancelledError",
     "ClusterSpec",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_OP_TIMEOUT",
     "DEFAULT_WINDOW",
     "DESTINATION_CHANGED",
     "DestinationChangedError",
@@ -35,6 +38,8 @@ __all__ = [
     "ExistsError",
     "InvalidArgumentError",
     "IoError",
+    "MISMATCH",
+    "MismatchError",
     "NoSpaceError",
     "NotFoundError",
     "OtherError",
@@ -44,21 +49,28 @@ __all__ = [
     "TimeoutError",
     "TransferStats",
     "UnsupportedError",
+    "Verify",
+    "VerifyStats",
 ]
 
 __version__: Final[str]
 DEFAULT_CHUNK_SIZE: Final[int]
 DEFAULT_WINDOW: Final[int]
+DEFAULT_CONNECT_TIMEOUT: Final[float]
+DEFAULT_OP_TIMEOUT: Final[float]
 DESTINATION_CHANGED: Final[int]
+MISMATCH: Final[int]
 ERROR_CLASSES: Final[dict[str, type[Error]]]
 
 class Error(OSError):
-    """A failed transfer: ``errno`` is the exact system errno, or a code of the library's own
-    (:data:`DESTINATION_CHANGED`); ``kind`` names the error kind."""
+    """A failed transfer or verification: ``errno`` is the exact system errno, or a code of the
+    library's own (:data:`DESTINATION_CHANGED`, :data:`MISMATCH`); ``kind`` names the error
+    kind; ``offset`` is the first differing byte of a :class:`MismatchError`, else None."""
 
     kind: str
     image: Optional[str]
     snap: Optional[str]
+    offset: Optional[int]
 
 class InvalidArgumentError(Error):
     """A malformed spec, a setting out of range or a combination that cannot work (EINVAL)."""
@@ -79,6 +91,11 @@ class BusyError(Error):
 class DestinationChangedError(Error):
     """The destination changed since from_snap, not by an interrupted transfer of the same
     diff (errno DESTINATION_CHANGED)."""
+
+class MismatchError(Error):
+    """A verification found the two images different (errno MISMATCH): their content from
+    byte ``offset`` on, or their sizes (``offset`` is then the smaller size, unless the content
+    differs before it)."""
 
 class CancelledError(Error):
     """cancel(), or a progress callback returning False, stopped the transfer (ECANCELED)."""
@@ -104,7 +121,13 @@ class ClusterSpec:
     ``-c``, ``id`` is ``--id`` (or ``name``, ``-n``), ``keyring`` is ``-k``, ``mon_host`` is
     ``-m``, ``options`` are ``--<key> <value>``. What is left unset is taken as the rbd CLI
     takes it: from ``CEPH_ARGS``, then librados' defaults (``client.admin``, and the conf
-    search ``$CEPH_CONF``, ``/etc/ceph/ceph.conf``, ...)."""
+    search ``$CEPH_CONF``, ``/etc/ceph/ceph.conf``, ...).
+
+    ``connect_timeout`` (seconds) bounds connecting; ``op_timeout`` (seconds, 0 waits for
+    ever) fails an operation a stalled OSD or monitor leaves unanswered with TimeoutError
+    (librados' ``rados_osd_op_timeout`` and ``rados_mon_op_timeout``). Where ceph.conf leaves
+    librados' own defaults (300 s, and for ever), :data:`DEFAULT_CONNECT_TIMEOUT` (30 s) and
+    :data:`DEFAULT_OP_TIMEOUT` (60 s) apply."""
 
     def __new__(
         cls,
@@ -116,6 +139,7 @@ class ClusterSpec:
         keyring: Optional[_Path] = None,
         mon_host: Optional[str] = None,
         connect_timeout: Optional[float] = None,
+        op_timeout: Optional[float] = None,
         options: Union[Mapping[str, str], Iterable[tuple[str, str]], None] = None,
     ) -> ClusterSpec: ...
     @property
@@ -130,6 +154,8 @@ class ClusterSpec:
     def mon_host(self) -> Optional[str]: ...
     @property
     def connect_timeout(self) -> Optional[float]: ...
+    @property
+    def op_timeout(self) -> Optional[float]: ...
     @property
     def options(self) -> list[tuple[str, str]]: ...
 
@@ -153,7 +179,11 @@ class Progress:
 
 @final
 class TransferStats:
-    """What a finished transfer did; times in seconds, throughput in diff bytes per second."""
+    """What a finished transfer did; times in seconds, throughput in diff bytes per second.
+    ``bytes_verified`` counts the bytes read back and compared (``verify=True``);
+    ``bytes_resumed`` the bytes an interrupted run of the same diff had done, below its
+    checkpoint, and this one did not do again; ``broke_lock_of`` names the killed client
+    whose exclusive lock on the destination this transfer broke."""
 
     @property
     def source(self) -> str: ...
@@ -172,6 +202,8 @@ class TransferStats:
     @property
     def bytes_skipped(self) -> int: ...
     @property
+    def bytes_verified(self) -> int: ...
+    @property
     def extents(self) -> int: ...
     @property
     def diff_bytes(self) -> int: ...
@@ -182,6 +214,10 @@ class TransferStats:
     @property
     def continued_interrupted(self) -> bool: ...
     @property
+    def bytes_resumed(self) -> int: ...
+    @property
+    def broke_lock_of(self) -> Optional[str]: ...
+    @property
     def elapsed(self) -> float: ...
     @property
     def snapshot_elapsed(self) -> float: ...
@@ -190,7 +226,9 @@ class TransferStats:
 
 @final
 class Plan:
-    """What a transfer would do now, found by DiffTransfer.plan() without writing anything."""
+    """What a transfer would do now, found by DiffTransfer.plan() without writing anything;
+    ``resume_from`` is the checkpoint of an interrupted run of the same diff it would resume
+    from (0: from the beginning), ``bytes_resumed`` the diff bytes below it."""
 
     @property
     def source(self) -> str: ...
@@ -208,6 +246,10 @@ class Plan:
     def create_destination(self) -> bool: ...
     @property
     def continues_interrupted(self) -> bool: ...
+    @property
+    def resume_from(self) -> int: ...
+    @property
+    def bytes_resumed(self) -> int: ...
     @property
     def overwrites_destination(self) -> bool: ...
     @property
@@ -232,7 +274,9 @@ class DiffTransfer:
     given. ``chunk_size`` (bytes, a multiple of 4096) and ``window`` (chunks in flight) bound
     the memory used; ``whole_object`` diffs by whole objects; ``force`` allows writing over
     what the destination holds (a full transfer into an image with data or snapshots, an
-    incremental into an image changed since ``from_snap``). Malformed specs and negative
+    incremental into an image changed since ``from_snap``); ``verify`` reads back every range
+    written or zeroed, from both images, before the end snapshot is made, and raises
+    MismatchError (no end snapshot) if they differ. Malformed specs and negative
     numbers raise InvalidArgumentError here; other settings out of range, from plan()/run().
     """
 
@@ -248,6 +292,7 @@ class DiffTransfer:
         window: int = 16,
         whole_object: bool = False,
         force: bool = False,
+        verify: bool = False,
         progress_interval: float = 0.2,
     ) -> DiffTransfer: ...
     def plan(self, progress: Optional[_ProgressCallback] = None) -> Plan:
@@ -270,3 +315,58 @@ class DiffTransfer:
     def dest(self) -> str: ...
     @property
     def from_snap(self) -> Optional[str]: ...
+
+@final
+class VerifyStats:
+    """What a verification that found both images equal did: ``bytes_compared`` read from each
+    and compared, ``bytes_skipped`` allocated on neither (zeros on both, not read); times in
+    seconds, throughput in image bytes per second."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def dest(self) -> str: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def bytes_compared(self) -> int: ...
+    @property
+    def bytes_skipped(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def throughput(self) -> float: ...
+
+@final
+class Verify:
+    """A comparison of the whole images ``a`` and ``b`` (``pool[/ns]/image[@snap]``; without
+    ``@snap``, HEAD), on ``cluster``, or ``b`` on ``dest_cluster`` when given: what comparing
+    the md5 of two ``rbd export`` tells, with ``window`` reads of at most ``chunk_size`` bytes
+    in flight, without reading what neither image has allocated. Malformed specs and
+    negative numbers raise InvalidArgumentError here."""
+
+    def __new__(
+        cls,
+        a: str,
+        b: str,
+        *,
+        cluster: Optional[ClusterSpec] = None,
+        dest_cluster: Optional[ClusterSpec] = None,
+        chunk_size: int = 2097152,
+        window: int = 16,
+        progress_interval: float = 0.2,
+    ) -> Verify: ...
+    def run(self, progress: Optional[_ProgressCallback] = None) -> VerifyStats:
+        """Compares the images, with the GIL released; returns when they are equal, raises
+        MismatchError (``offset``: the first differing byte) when they are not. ``progress``,
+        a False it returns, an exception it raises and KeyboardInterrupt act as in
+        DiffTransfer.run()."""
+    def cancel(self) -> None:
+        """Stops the running verification, from any thread, and every later run() of this
+        object: run() raises CancelledError."""
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def a(self) -> str: ...
+    @property
+    def b(self) -> str: ...

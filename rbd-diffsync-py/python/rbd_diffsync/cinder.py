@@ -28,7 +28,10 @@ LOG = logging.getLogger(__name__)
 
 def _cluster(user: Optional[str], conf: Optional[str]) -> ClusterSpec:
     # As the rbd CLI without --id/--conf: CEPH_ARGS, then client.admin and librados' search
-    # for a ceph.conf ($CEPH_CONF, /etc/ceph/ceph.conf, ...).
+    # for a ceph.conf ($CEPH_CONF, /etc/ceph/ceph.conf, ...). The library's timeouts are kept
+    # on purpose (DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, where ceph.conf sets none): a
+    # stalled cluster then fails the backup, and cinder's fallback and clean-up run, instead
+    # of the backup hanging for ever as the pipe does.
     return ClusterSpec(conf or None, id=user or None)
 
 
@@ -75,7 +78,8 @@ def rbd_diff_transfer(
     ``src_snap`` is the end point: without it the image's HEAD, and no snapshot is made on the
     destination; with it the destination gets that snapshot, once every write has succeeded.
     A user or a conf of None or empty means what the rbd CLI would use without ``--id`` or
-    ``--conf``. Like import-diff, the transfer writes over what the destination holds (the
+    ``--conf``; the library's timeouts apply (an operation unanswered for
+    ``DEFAULT_OP_TIMEOUT``, 60 s, unless ceph.conf says otherwise, fails the transfer). Like import-diff, the transfer writes over what the destination holds (the
     empty base image cinder creates for a full backup, a volume being restored, the writes of
     an interrupted transfer); unlike it, it also rewrites from the source whatever the
     destination changed since ``from_snap``, so that the destination reads as the source.
@@ -112,14 +116,20 @@ def rbd_diff_transfer(
         if failure is e:
             raise
         raise failure from e
+    if stats.broke_lock_of:
+        LOG.info(
+            "Broke the exclusive lock on '%(dest)s' of the killed client %(client)s",
+            {"dest": dest, "client": stats.broke_lock_of},
+        )
     LOG.debug(
         "Differential transfer to '%(dest)s' done: %(diff)d bytes of diff, %(written)d written, "
-        "%(zeroed)d zeroed, in %(secs).3fs",
+        "%(zeroed)d zeroed, %(resumed)d resumed from an interrupted transfer, in %(secs).3fs",
         {
             "dest": dest,
             "diff": stats.diff_bytes,
             "written": stats.bytes_written,
             "zeroed": stats.bytes_zeroed,
+            "resumed": stats.bytes_resumed,
             "secs": stats.elapsed,
         },
     )
