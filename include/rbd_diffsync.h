@@ -46,7 +46,8 @@
  *   -ECANCELED, -ETIMEDOUT, -ENOSPC, -EDQUOT, -EOPNOTSUPP, -EIO and others as librbd returns
  *   them), or the negation of one of the library's own codes, which start at
  *   RBD_DIFFSYNC_LIBRARY_CODE_BASE (4296, beyond every errno): -RBD_DIFFSYNC_EDESTCHANGED,
- *   the destination changed since from_snap. New codes may be added.
+ *   the destination changed since from_snap; -RBD_DIFFSYNC_EMISMATCH, a verification found
+ *   the images different. New codes may be added.
  *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
  *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
  *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
@@ -101,6 +102,13 @@
 #define RBD_DIFFSYNC_EDESTCHANGED 4296
 
 /**
+ * The library's code for two images found different by a verification (a transfer's
+ * `set_verify`, or `rbd_diffsync_verify_run`): `*_last_error_offset` gives the first byte that
+ * differs. Returned negated: `ret == -RBD_DIFFSYNC_EMISMATCH`.
+ */
+#define RBD_DIFFSYNC_EMISMATCH 4297
+
+/**
  * The first of the library's own codes: a failed call's code `ret` is one of them when
  * `-ret >= RBD_DIFFSYNC_LIBRARY_CODE_BASE`, and `-errno` otherwise. Beyond every errno.
  */
@@ -115,6 +123,19 @@
  * Default chunk size of a transfer, in bytes (2 MiB).
  */
 #define RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE 2097152
+
+/**
+ * Default connect timeout, in milliseconds (30 s), where ceph.conf leaves librados' own
+ * (`client_mount_timeout`, 300 s): see `rbd_diffsync_cluster_set_connect_timeout_ms`.
+ */
+#define RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS 30000
+
+/**
+ * Default operation timeout, in milliseconds (60 s), where ceph.conf leaves librados' own
+ * (`rados_osd_op_timeout` and `rados_mon_op_timeout`, 0: for ever): see
+ * `rbd_diffsync_cluster_set_op_timeout_ms`.
+ */
+#define RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS 60000
 
 /**
  * Phase of a transfer in `rbd_diffsync_progress.phase`: connecting to the clusters and
@@ -434,11 +455,23 @@ int rbd_diffsync_cluster_set_mon_host(struct rbd_diffsync_cluster *cluster,
                                       const char *addresses);
 
 /**
- * Gives up connecting after this many milliseconds (librados' `client_mount_timeout`, 300 s
- * unless ceph.conf says otherwise). A wrong key or an unreachable monitor fails only then.
+ * Gives up connecting after this many milliseconds (librados' `client_mount_timeout`):
+ * `RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS` unless ceph.conf sets another value than librados'
+ * own default (300 s). An unreachable monitor fails then, with `-ETIMEDOUT`; a key the
+ * monitors refuse fails within seconds.
  */
 int rbd_diffsync_cluster_set_connect_timeout_ms(struct rbd_diffsync_cluster *cluster,
                                                 uint64_t milliseconds);
+
+/**
+ * Fails an operation that the cluster has not answered after this many milliseconds with
+ * `-ETIMEDOUT`, instead of waiting for a stalled OSD or monitor for ever (librados'
+ * `rados_osd_op_timeout` and `rados_mon_op_timeout`): `RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS`
+ * unless ceph.conf sets them; 0 waits for ever. A transfer that times out leaves no end
+ * snapshot, and running it again resumes it.
+ */
+int rbd_diffsync_cluster_set_op_timeout_ms(struct rbd_diffsync_cluster *cluster,
+                                           uint64_t milliseconds);
 
 /**
  * Sets a librados or librbd option (`rbd --<key> <value>`), such as `rbd_default_pool` to

@@ -201,6 +201,7 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_cluster_set_keyring(NULL, "x"), -EINVAL);
     CHECK_INT(rbd_diffsync_cluster_set_mon_host(NULL, "x"), -EINVAL);
     CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(NULL, 1), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(NULL, 1), -EINVAL);
     CHECK_INT(rbd_diffsync_cluster_set_option(NULL, "k", "v"), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_source(NULL, "rbd/a@s"), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_dest(NULL, "rbd/b"), -EINVAL);
@@ -311,6 +312,7 @@ static void test_settings_checked_by_run(void)
 
 static void test_codes_and_messages(void)
 {
+    /* every kind of error's codes (library.rs' table), named and described */
     static const struct {
         int errno_value;
         const char *name;
@@ -321,21 +323,37 @@ static void test_codes_and_messages(void)
         {EDQUOT, "EDQUOT"},   {EOPNOTSUPP, "EOPNOTSUPP"}, {ENOSYS, "ENOSYS"},
         {EIO, "EIO"},         {EXDEV, "EXDEV"},
     };
+    static const struct {
+        int code;
+        const char *name, *message;
+    } library[] = {
+        {RBD_DIFFSYNC_EDESTCHANGED, "EDESTCHANGED",
+         "Destination changed since the base snapshot"},
+        {RBD_DIFFSYNC_EMISMATCH, "EMISMATCH", "Images differ"},
+    };
     size_t i;
 
     for (i = 0; i < sizeof codes / sizeof *codes; i++) {
         CHECK_STR(rbd_diffsync_code_name(-codes[i].errno_value), codes[i].name);
         CHECK_STR(rbd_diffsync_strerror(-codes[i].errno_value), strerror(codes[i].errno_value));
     }
+    for (i = 0; i < sizeof library / sizeof *library; i++) {
+        CHECK(library[i].code >= RBD_DIFFSYNC_LIBRARY_CODE_BASE);
+        CHECK_STR(rbd_diffsync_code_name(-library[i].code), library[i].name);
+        CHECK_STR(rbd_diffsync_code_name(library[i].code), library[i].name);
+        CHECK_STR(rbd_diffsync_strerror(-library[i].code), library[i].message);
+    }
     CHECK_INT(RBD_DIFFSYNC_EDESTCHANGED, RBD_DIFFSYNC_LIBRARY_CODE_BASE);
     CHECK_INT(RBD_DIFFSYNC_LIBRARY_CODE_BASE, 4296);
-    CHECK_STR(rbd_diffsync_code_name(-RBD_DIFFSYNC_EDESTCHANGED), "EDESTCHANGED");
-    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_EDESTCHANGED),
-              "Destination changed since the base snapshot");
-    CHECK(rbd_diffsync_code_name(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1) == NULL);
-    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1), "Unknown error code");
+    CHECK_INT(RBD_DIFFSYNC_EMISMATCH, 4297);
+    /* a code beyond the errnos that is not the library's */
+    CHECK(rbd_diffsync_code_name(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1000) == NULL);
+    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1000),
+              "Unknown error code");
     CHECK(rbd_diffsync_code_name(0) == NULL);
     CHECK(rbd_diffsync_strerror(-ENOENT) == rbd_diffsync_strerror(-ENOENT)); /* static */
+    CHECK_INT(RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS, 30000);
+    CHECK_INT(RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS, 60000);
 }
 
 static int finalized;
@@ -490,6 +508,71 @@ static void test_cluster_settings_apply(void)
     CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
     rbd_diffsync_transfer_free(t);
     rbd_diffsync_cluster_free(c);
+}
+
+/* Where to write the keyring of a key the cluster does not know. */
+static char bad_keyring[] = "/tmp/ffi2-c-api-keyring.XXXXXX";
+
+static double seconds_since(const struct timespec *start)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* The operation timeout is accepted and a plan runs with it; an unreachable monitor fails at
+ * the connect timeout; a key the monitors refuse fails at once with -EACCES. */
+static void test_timeouts_and_refused_key(void)
+{
+    static const char key[] = "[client.diffsync]\n\tkey = AQBnpSxlAAAAABAAk1yQ8Z6ZpQ7B5xL5nF5Zxw==\n";
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t;
+    char source[128], dest[128];
+    struct timespec start;
+    int fd;
+
+    snprintf(source, sizeof source, "%s@s1", src);
+    dest_name(dest, sizeof dest, "plan");
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(c, 0), 0); /* for ever */
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(c, 20000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), 0);
+    rbd_diffsync_cluster_free(c);
+
+    /* nothing listens on port 1 */
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_mon_host(c, "127.0.0.1:1"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), -ETIMEDOUT);
+    CHECK(seconds_since(&start) < 20);
+    rbd_diffsync_cluster_free(c);
+
+    /* a well-formed key that is not client.diffsync's */
+    fd = mkstemp(bad_keyring);
+    CHECK(fd >= 0 && write(fd, key, strlen(key)) == (ssize_t)strlen(key));
+    if (fd >= 0)
+        close(fd);
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, bad_keyring), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 60000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), -EACCES);
+    CHECK(seconds_since(&start) < 20); /* refused, not timed out */
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
+    unlink(bad_keyring);
+    rbd_diffsync_cluster_free(c);
+    rbd_diffsync_transfer_free(t);
 }
 
 struct progress_log {
@@ -755,6 +838,7 @@ int main(int argc, char **argv)
         run_test("missing_conf_image_and_snapshot", test_missing_conf_image_and_snapshot);
         run_test("plan_writes_nothing", test_plan_writes_nothing);
         run_test("cluster_settings_apply", test_cluster_settings_apply);
+        run_test("timeouts_and_refused_key", test_timeouts_and_refused_key);
         run_test("full_then_incremental", test_full_then_incremental);
         run_test("destination_changed", test_destination_changed);
         run_test("destination_open_elsewhere", test_destination_open_elsewhere);
