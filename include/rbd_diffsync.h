@@ -36,7 +36,10 @@
  *   rbd_diffsync_stats and rbd_diffsync_plan start with `size_t struct_size`: set it to the
  *   struct's sizeof before the call. The library fills in the fields that both its and your
  *   version of the struct have and writes that length back; fields are only ever added at the
- *   end. rbd_diffsync_progress, which the library hands to you, says its own size likewise.
+ *   end, so a program built with an older header keeps working (the fields it does not know
+ *   are not written), as does one built with a newer header against an older library (check
+ *   struct_size before reading later fields). rbd_diffsync_progress, which the library hands
+ *   to you, says its own size likewise.
  *   A NULL stats or plan pointer means the caller does not want them.
  *
  * ERRORS
@@ -51,7 +54,9 @@
  *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
  *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
  *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
- *   rbd_diffsync_transfer_last_error; successes leave it.
+ *   rbd_diffsync_transfer_last_error; successes leave it. For a failure that names an offset
+ *   (-RBD_DIFFSYNC_EMISMATCH: the first byte that differs),
+ *   rbd_diffsync_transfer_last_error_offset gives it, and -ENODATA otherwise.
  *   Every pointer argument is checked: a NULL handle fails with -EINVAL (no message is kept,
  *   there is no handle to keep it), another NULL argument fails with -EINVAL and a message,
  *   unless the function says what NULL means. No panic crosses into C: a bug caught inside the
@@ -138,13 +143,13 @@
 #define RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS 60000
 
 /**
- * Phase of a transfer in `rbd_diffsync_progress.phase`: connecting to the clusters and
- * opening the images.
+ * Phase in `rbd_diffsync_progress.phase`: connecting to the clusters and opening the images.
  */
 #define RBD_DIFFSYNC_PHASE_CONNECTING 0
 
 /**
- * Checking the images, taking the destination's lock and computing the diff.
+ * Checking the images, taking the destination's lock and computing the diff; for a
+ * verification, finding the ranges either image has allocated.
  */
 #define RBD_DIFFSYNC_PHASE_SCANNING 1
 
@@ -157,6 +162,13 @@
  * Shrinking the destination if needed, flushing and creating the end snapshot.
  */
 #define RBD_DIFFSYNC_PHASE_COMMITTING 3
+
+/**
+ * Reading both images and comparing them: a verification, or the check of what a transfer
+ * wrote (`rbd_diffsync_transfer_set_verify`); `bytes_done` and `bytes_total` count the bytes
+ * compared.
+ */
+#define RBD_DIFFSYNC_PHASE_VERIFYING 4
 
 /**
  * A phase added after this header: `phase_name` names it.
@@ -179,8 +191,9 @@ typedef struct rbd_diffsync_cluster rbd_diffsync_cluster;
 typedef struct rbd_diffsync_transfer rbd_diffsync_transfer;
 
 /**
- * Where a running transfer is, as given to the progress callback. Valid only during the
- * call. Fields may be added at the end: `struct_size` is the size the library filled in.
+ * Where a running transfer or verification is, as given to the progress callback. Valid only
+ * during the call. Fields may be added at the end: `struct_size` is the size the library
+ * filled in.
  */
 typedef struct rbd_diffsync_progress {
     /**
@@ -192,24 +205,24 @@ typedef struct rbd_diffsync_progress {
      */
     uint32_t phase;
     /**
-     * `"connecting"`, `"scanning"`, `"copying"` or `"committing"`.
+     * `"connecting"`, `"scanning"`, `"copying"`, `"verifying"` or `"committing"`.
      */
     const char *phase_name;
     /**
-     * Bytes of the transfer done (copied, zeroed or found to need nothing).
+     * Bytes of the phase done (copied, zeroed or found to need nothing; compared).
      */
     uint64_t bytes_done;
     /**
-     * Bytes of the transfer in all; 0 until the diff is known.
+     * Bytes of the phase in all; 0 until known.
      */
     uint64_t bytes_total;
     /**
-     * Nanoseconds since the transfer started.
+     * Nanoseconds since the transfer or verification started.
      */
     uint64_t elapsed_ns;
     /**
-     * What the transfer has been waiting for, for more than a second (a cluster's answer, a
-     * lock, requests in flight), or NULL.
+     * What it has been waiting for, for more than a second (a cluster's answer, a lock,
+     * requests in flight), or NULL.
      */
     const char *waiting_for;
     /**
@@ -221,16 +234,16 @@ typedef struct rbd_diffsync_progress {
 /**
  * A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
  * `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
- * the transfer as `rbd_diffsync_transfer_cancel` would (the call then fails with
- * `-ECANCELED`); the transfer's end may still be reported after that. It must not unwind
- * (C++ exceptions, longjmp) out of the call.
+ * the call as a cancel would (it then fails with `-ECANCELED`); the end may still be reported
+ * after that. It must not unwind (C++ exceptions, longjmp) out of
+ * the call.
  */
 typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
                                         void *user_data);
 
 /**
  * Releases a callback's `user_data`: called once, when the callback is replaced or the
- * transfer freed, and after any run using it has returned, on the thread doing that.
+ * handle freed, and after any run using it has returned, on the thread doing that.
  */
 typedef void (*rbd_diffsync_finalizer)(void *user_data);
 
@@ -277,7 +290,7 @@ typedef struct rbd_diffsync_plan {
     uint64_t diff_bytes;
     /**
      * Bytes to read from the source: the diff's data ranges and ranges of the destination to
-     * rewrite.
+     * rewrite (from `resume_from` on).
      */
     uint64_t data_bytes;
     /**
@@ -297,14 +310,25 @@ typedef struct rbd_diffsync_plan {
      * Whether the transfer would write over data or changes that `set_force` allowed.
      */
     bool overwrites_destination;
+    /**
+     * Where the transfer would resume: the checkpoint of the interrupted transfer of the very
+     * same diff (source image, base and end snapshot), below which it had written
+     * everything; 0 when it starts from the beginning.
+     */
+    uint64_t resume_from;
+    /**
+     * Bytes of the diff below `resume_from`, done by the interrupted transfer and not again.
+     */
+    uint64_t bytes_resumed;
 } rbd_diffsync_plan;
 
 /**
  * What a finished transfer did, filled in by `rbd_diffsync_transfer_run`. Set `struct_size`
  * to `sizeof(rbd_diffsync_stats)` before the call; the library fills in the fields that fit
  * in both its version of the struct and yours, and sets `struct_size` to the bytes it
- * filled. Its strings are owned by the transfer: valid until its next run or plan, or its
- * free.
+ * filled; fields added since ABI version 1 lie beyond `continued_interrupted`, and a caller
+ * built with an older header passes the older, smaller size. Its strings are owned by the
+ * transfer: valid until its next run or plan, or its free.
  */
 typedef struct rbd_diffsync_stats {
     /**
@@ -376,6 +400,22 @@ typedef struct rbd_diffsync_stats {
      * which this one completed.
      */
     bool continued_interrupted;
+    /**
+     * Bytes of the diff that the interrupted transfer of the very same diff had completed
+     * (below its checkpoint), and that this one did not do again.
+     */
+    uint64_t bytes_resumed;
+    /**
+     * The address of the killed client of an interrupted transfer into the destination,
+     * whose exclusive lock this transfer broke (librbd blocklisted it) instead of waiting for
+     * its watch to expire; NULL if it broke none.
+     */
+    const char *broke_lock_of;
+    /**
+     * Bytes read back from both images and compared after the writes
+     * (`rbd_diffsync_transfer_set_verify`); 0 without.
+     */
+    uint64_t bytes_verified;
 } rbd_diffsync_stats;
 
 #ifdef __cplusplus
@@ -567,6 +607,17 @@ int rbd_diffsync_transfer_set_force(struct rbd_diffsync_transfer *transfer,
                                     bool on);
 
 /**
+ * After the writes, before the end snapshot, reads back every range the run wrote or zeroed
+ * from both images (the source at its end snapshot, the destination at HEAD) and compares
+ * them (the command line's `--verify`; `stats->bytes_verified`). A difference fails the run
+ * with `-RBD_DIFFSYNC_EMISMATCH`, `rbd_diffsync_transfer_last_error_offset` giving the first
+ * differing byte, and no end snapshot is created: running it again rewrites those ranges.
+ * Off by default.
+ */
+int rbd_diffsync_transfer_set_verify(struct rbd_diffsync_transfer *transfer,
+                                     bool on);
+
+/**
  * Calls `callback` with `user_data` during plans and runs: on their thread only, at most
  * every progress interval (default 200 ms) in every phase, also while a call to the cluster
  * blocks, and at every change of phase and at the end. A nonzero return stops the transfer.
@@ -616,6 +667,15 @@ int rbd_diffsync_transfer_cancel(const struct rbd_diffsync_transfer *transfer);
  * valid until its next failing call or its free.
  */
 const char *rbd_diffsync_transfer_last_error(const struct rbd_diffsync_transfer *transfer);
+
+/**
+ * The offset that the last call on `transfer` that failed named: for
+ * `-RBD_DIFFSYNC_EMISMATCH`, the first byte at which the images differ. Writes it into `*out`
+ * and returns 0; `-ENODATA` if that failure named no offset, or no call failed; `-EINVAL` for
+ * a NULL `transfer` or `out`.
+ */
+int rbd_diffsync_transfer_last_error_offset(const struct rbd_diffsync_transfer *transfer,
+                                            uint64_t *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod guard;
+mod job;
 mod transfer;
 
 use std::collections::HashMap;
@@ -23,6 +24,11 @@ use rbd_diffsync::error::{
 };
 
 pub use cluster::*;
+pub use job::{
+    rbd_diffsync_finalizer, rbd_diffsync_progress, rbd_diffsync_progress_cb,
+    RBD_DIFFSYNC_PHASE_COMMITTING, RBD_DIFFSYNC_PHASE_CONNECTING, RBD_DIFFSYNC_PHASE_COPYING,
+    RBD_DIFFSYNC_PHASE_SCANNING, RBD_DIFFSYNC_PHASE_UNKNOWN, RBD_DIFFSYNC_PHASE_VERIFYING,
+};
 pub use transfer::*;
 
 use guard::{guard, lock, Handle};

@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,7 @@ static void test_null_arguments(void)
     rbd_diffsync_transfer *t = NULL;
     rbd_diffsync_stats stats = {.struct_size = sizeof stats};
     rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    uint64_t offset = 7;
 
     /* NULL out-pointers and handles */
     CHECK_INT(rbd_diffsync_cluster_new(NULL), -EINVAL);
@@ -212,11 +214,13 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_transfer_set_chunk_size(NULL, 4096), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_whole_object(NULL, true), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_force(NULL, true), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_verify(NULL, true), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_progress(NULL, NULL, NULL, NULL), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_progress_interval_ms(NULL, 10), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_plan(NULL, &plan), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_run(NULL, &stats), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_cancel(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(NULL, &offset), -EINVAL);
     CHECK(rbd_diffsync_cluster_last_error(NULL) != NULL);
     CHECK(rbd_diffsync_transfer_last_error(NULL) != NULL);
 
@@ -247,6 +251,11 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, NULL, NULL), 0);
     CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
     CHECK_INT(rbd_diffsync_transfer_cancel(t), 0);
+    /* no failure named an offset yet; a NULL out is refused */
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, &offset), -ENODATA);
+    CHECK_INT(offset, 7);
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_transfer_last_error(t), "out is NULL");
     rbd_diffsync_transfer_free(t);
     rbd_diffsync_cluster_free(c);
 }
@@ -354,6 +363,7 @@ static void test_codes_and_messages(void)
     CHECK(rbd_diffsync_strerror(-ENOENT) == rbd_diffsync_strerror(-ENOENT)); /* static */
     CHECK_INT(RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS, 30000);
     CHECK_INT(RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS, 60000);
+    CHECK_INT(RBD_DIFFSYNC_PHASE_VERIFYING, 4);
 }
 
 static int finalized;
@@ -449,6 +459,8 @@ static void test_plan_writes_nothing(void)
     CHECK_INT(plan.dest_size, 0);
     CHECK(plan.create_destination);
     CHECK(!plan.continues_interrupted && !plan.overwrites_destination);
+    CHECK_INT(plan.resume_from, 0);
+    CHECK_INT(plan.bytes_resumed, 0);
     CHECK(plan.diff_bytes > 0 && plan.data_bytes > 0);
     CHECK(rbd("info %s >/dev/null 2>&1", dest) != 0); /* not created */
 
@@ -459,55 +471,16 @@ static void test_plan_writes_nothing(void)
     CHECK_INT(newer.plan.struct_size, sizeof(rbd_diffsync_plan));
     CHECK_INT(newer.plan.source_size, 32 << 20);
     CHECK_INT((unsigned char)newer.later_fields[0], 0xa5); /* left alone */
-    rbd_diffsync_transfer_free(t);
-}
 
-/* client.diffsync (rbd profiles; keyring beside ceph.conf, not named in it) and an option. */
-static void test_cluster_settings_apply(void)
-{
-    rbd_diffsync_cluster *c = NULL;
-    rbd_diffsync_transfer *t = NULL;
-    rbd_diffsync_plan plan = {.struct_size = sizeof plan};
-    char keyring[512], source[128], dest[128];
-    const char *slash = strrchr(conf, '/');
-
-    snprintf(keyring, sizeof keyring, "%.*s/client.diffsync.keyring",
-             slash ? (int)(slash - conf) : 1, slash ? conf : ".");
-    snprintf(source, sizeof source, "%s@s1", src + strlen("rbd/")); /* no pool */
-    dest_name(dest, sizeof dest, "plan");
-    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_cluster_name(c, "ceph"), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_name(c, "client.admin"), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0); /* the later one wins */
-    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, keyring), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 30000), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "backups"), 0);
-    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_dest(t, dest), 0);
-    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ENOENT); /* looked for in backups */
-    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "backups/");
-
-    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "rbd"), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0); /* a copy: set it again */
+    /* a caller's struct from an older header, which ends before the fields added since */
+    memset(&plan, 0xa5, sizeof plan);
+    plan.struct_size = offsetof(rbd_diffsync_plan, resume_from);
     CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), 0);
-    CHECK_CONTAINS(plan.source, src); /* its pool resolved */
-    rbd_diffsync_cluster_free(c);
-
-    /* without its keyring, client.diffsync cannot authenticate: the connect timeout ends it */
-    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0);
-    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 2000), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
-    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, NULL), 0);
-    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ETIMEDOUT);
-    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
+    CHECK_INT(plan.struct_size, offsetof(rbd_diffsync_plan, resume_from));
+    CHECK_INT(plan.source_size, 32 << 20);
+    CHECK(plan.create_destination);
+    CHECK(plan.resume_from == 0xa5a5a5a5a5a5a5a5ULL); /* beyond its size: left alone */
     rbd_diffsync_transfer_free(t);
-    rbd_diffsync_cluster_free(c);
 }
 
 /* Where to write the keyring of a key the cluster does not know. */
@@ -575,8 +548,56 @@ static void test_timeouts_and_refused_key(void)
     rbd_diffsync_transfer_free(t);
 }
 
+/* client.diffsync (rbd profiles; keyring beside ceph.conf, not named in it) and an option. */
+static void test_cluster_settings_apply(void)
+{
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    char keyring[512], source[128], dest[128];
+    const char *slash = strrchr(conf, '/');
+
+    snprintf(keyring, sizeof keyring, "%.*s/client.diffsync.keyring",
+             slash ? (int)(slash - conf) : 1, slash ? conf : ".");
+    snprintf(source, sizeof source, "%s@s1", src + strlen("rbd/")); /* no pool */
+    dest_name(dest, sizeof dest, "plan");
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_cluster_name(c, "ceph"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_name(c, "client.admin"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0); /* the later one wins */
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, keyring), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 30000), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "backups"), 0);
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, dest), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ENOENT); /* looked for in backups */
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "backups/");
+
+    CHECK_INT(rbd_diffsync_cluster_set_option(c, "rbd_default_pool", "rbd"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0); /* a copy: set it again */
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), 0);
+    CHECK_CONTAINS(plan.source, src); /* its pool resolved */
+    rbd_diffsync_cluster_free(c);
+
+    /* without its keyring, client.diffsync cannot authenticate: the connect timeout ends it */
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, NULL), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), -ETIMEDOUT);
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
+    rbd_diffsync_transfer_free(t);
+    rbd_diffsync_cluster_free(c);
+}
+
 struct progress_log {
-    int calls, copying, last_phase;
+    int calls, copying, verifying, last_phase;
     uint64_t last_total;
 };
 
@@ -588,6 +609,8 @@ static int log_progress(const rbd_diffsync_progress *p, void *user_data)
     CHECK(p->phase_name != NULL);
     log->calls++;
     log->copying += p->phase == RBD_DIFFSYNC_PHASE_COPYING;
+    log->verifying += p->phase == RBD_DIFFSYNC_PHASE_VERIFYING;
+    CHECK(p->phase != RBD_DIFFSYNC_PHASE_VERIFYING || strcmp(p->phase_name, "verifying") == 0);
     log->last_phase = (int)p->phase;
     log->last_total = p->bytes_total;
     return 0;
@@ -783,6 +806,51 @@ static void test_cancel_from_another_thread(void)
     rbd_diffsync_transfer_free(shared.transfer);
 }
 
+/* A run that reads back what it wrote; a caller's stats from an older header. */
+static void test_transfer_verifies(void)
+{
+    rbd_diffsync_stats stats;
+    struct progress_log log = {.last_phase = -1};
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+    uint64_t offset;
+
+    dest_name(dest, sizeof dest, "verified");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_set_verify(t, true), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, log_progress, &log, NULL), 0);
+    memset(&stats, 0xa5, sizeof stats);
+    stats.struct_size = sizeof stats;
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK_INT(stats.struct_size, sizeof stats);
+    CHECK(stats.bytes_verified > 0);
+    CHECK_INT(stats.bytes_verified, stats.bytes_written + stats.bytes_zeroed + stats.bytes_skipped);
+    CHECK_INT(stats.bytes_resumed, 0);
+    CHECK(stats.broke_lock_of == NULL);
+    CHECK(log.verifying >= 1);
+    CHECK_INT(log.last_phase, RBD_DIFFSYNC_PHASE_COMMITTING);
+    CHECK(same_content(dest, "s1"));
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, &offset), -ENODATA);
+
+    /* the increment, with stats of the size an older header had: the fields added since are
+     * left alone */
+    snprintf(source, sizeof source, "%s@s2", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "s1"), 0);
+    memset(&stats, 0xa5, sizeof stats);
+    stats.struct_size = offsetof(rbd_diffsync_stats, bytes_resumed);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK_INT(stats.struct_size, offsetof(rbd_diffsync_stats, bytes_resumed));
+    CHECK_STR(stats.end_snap, "s2");
+    CHECK(!stats.created_destination && !stats.continued_interrupted);
+    CHECK(stats.diff_bytes > 0);
+    CHECK(stats.bytes_resumed == 0xa5a5a5a5a5a5a5a5ULL);
+    CHECK(stats.bytes_verified == 0xa5a5a5a5a5a5a5a5ULL);
+    CHECK(same_content(dest, "s2"));
+    rbd_diffsync_transfer_free(t);
+}
+
 static int setup(void)
 {
     snprintf(src, sizeof src, "rbd/capi-%d", (int)getpid());
@@ -799,8 +867,8 @@ static int setup(void)
 
 static void cleanup(void)
 {
-    static const char *dests[] = {"missing", "plan",    "chain",    "changed",
-                                  "busy",    "stopped", "cancelled"};
+    static const char *dests[] = {"missing",   "plan",     "chain", "changed", "busy",
+                                  "stopped",   "cancelled", "verified"};
     char dest[128];
     size_t i;
 
@@ -844,6 +912,7 @@ int main(int argc, char **argv)
         run_test("destination_open_elsewhere", test_destination_open_elsewhere);
         run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
         run_test("cancel_from_another_thread", test_cancel_from_another_thread);
+        run_test("transfer_verifies", test_transfer_verifies);
         cleanup();
     }
     printf("%d passed, %d failed\n", passed, failed);
