@@ -14,32 +14,37 @@
  *   setters. rbd_diffsync_transfer_plan() checks it and says what it would do, writing nothing;
  *   rbd_diffsync_transfer_run() does it, creating the end snapshot on the destination only
  *   after every write succeeded. A transfer may be planned and run any number of times.
+ *   rbd_diffsync_verify holds a comparison of two whole images (each at a snapshot or HEAD, on
+ *   one cluster or two), set up with the same setters; rbd_diffsync_verify_run() reads both
+ *   and fails with -RBD_DIFFSYNC_EMISMATCH, naming the first byte that differs, if they differ.
  *
  * OWNERSHIP
  *   - Handles are opaque. Each `*_new(&out)` makes one the caller owns and frees with the
  *     matching `*_free`; every `*_free` accepts NULL and does nothing then.
  *   - Strings passed in are borrowed for the call only (the library copies what it keeps); they
  *     are NUL-terminated UTF-8 (paths may be any bytes).
- *   - Strings returned (last_error, strings in rbd_diffsync_stats and rbd_diffsync_plan) are
- *     owned by the handle they came from: valid until the next call on that handle that
- *     replaces them (a failing call for last_error, a plan or run for the structs) or its
- *     free. Never free them. rbd_diffsync_version, rbd_diffsync_strerror and
+ *   - Strings returned (last_error, strings in rbd_diffsync_stats, rbd_diffsync_plan and
+ *     rbd_diffsync_verify_stats) are owned by the handle they came from: valid until the next
+ *     call on that handle that replaces them (a failing call for last_error, a plan or run for
+ *     the structs) or its free. Never free them. rbd_diffsync_version, rbd_diffsync_strerror and
  *     rbd_diffsync_code_name return static strings.
- *   - rbd_diffsync_transfer_set_cluster and _set_dest_cluster copy the cluster settings: the
- *     cluster handle may be changed or freed afterwards.
+ *   - rbd_diffsync_transfer_set_cluster, rbd_diffsync_verify_set_cluster and their
+ *     _set_dest_cluster copy the cluster settings: the cluster handle may be changed or freed
+ *     afterwards.
  *   - user_data of a progress callback stays the caller's; the optional finalizer given with it
- *     is called exactly once, with user_data, when the callback is replaced or the transfer is
- *     freed (after any run using it returned), on the thread doing that; never if
- *     rbd_diffsync_transfer_set_progress() failed or was given a NULL callback.
+ *     is called exactly once, with user_data, when the callback is replaced or the transfer or
+ *     verify handle is freed (after any run using it returned), on the thread doing that;
+ *     never if rbd_diffsync_transfer_set_progress() (_verify_set_progress()) failed or was
+ *     given a NULL callback.
  *
  * STRUCTS THAT GROW
- *   rbd_diffsync_stats and rbd_diffsync_plan start with `size_t struct_size`: set it to the
- *   struct's sizeof before the call. The library fills in the fields that both its and your
- *   version of the struct have and writes that length back; fields are only ever added at the
- *   end, so a program built with an older header keeps working (the fields it does not know
- *   are not written), as does one built with a newer header against an older library (check
- *   struct_size before reading later fields). rbd_diffsync_progress, which the library hands
- *   to you, says its own size likewise.
+ *   rbd_diffsync_stats, rbd_diffsync_plan and rbd_diffsync_verify_stats start with
+ *   `size_t struct_size`: set it to the struct's sizeof before the call. The library fills in
+ *   the fields that both its and your version of the struct have and writes that length back;
+ *   fields are only ever added at the end, so a program built with an older header keeps
+ *   working (the fields it does not know are not written), as does one built with a newer
+ *   header against an older library (check struct_size before reading later fields).
+ *   rbd_diffsync_progress, which the library hands to you, says its own size likewise.
  *   A NULL stats or plan pointer means the caller does not want them.
  *
  * ERRORS
@@ -54,9 +59,10 @@
  *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
  *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
  *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
- *   rbd_diffsync_transfer_last_error; successes leave it. For a failure that names an offset
- *   (-RBD_DIFFSYNC_EMISMATCH: the first byte that differs),
- *   rbd_diffsync_transfer_last_error_offset gives it, and -ENODATA otherwise.
+ *   rbd_diffsync_transfer_last_error / rbd_diffsync_verify_last_error; successes leave it.
+ *   For a failure that names an offset (-RBD_DIFFSYNC_EMISMATCH: the first byte that
+ *   differs), rbd_diffsync_transfer_last_error_offset / _verify_last_error_offset give it,
+ *   and -ENODATA otherwise.
  *   Every pointer argument is checked: a NULL handle fails with -EINVAL (no message is kept,
  *   there is no handle to keep it), another NULL argument fails with -EINVAL and a message,
  *   unless the function says what NULL means. No panic crosses into C: a bug caught inside the
@@ -65,16 +71,17 @@
  * THREADS
  *   - Different handles may be used on different threads at the same time; a handle may move
  *     between threads.
- *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel(), which may be
- *     called from any thread at any time while the transfer lives, also while another thread is
- *     in rbd_diffsync_transfer_run() or _plan() on it. No call may overlap a handle's `*_free`.
+ *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel() and
+ *     rbd_diffsync_verify_cancel(), which may be called from any thread at any time while the
+ *     handle lives, also while another thread is in rbd_diffsync_transfer_run() or _plan(), or
+ *     rbd_diffsync_verify_run(), on it. No call may overlap a handle's `*_free`.
  *   - rbd_diffsync_version, _abi_version, _strerror and _code_name are thread-safe.
- *   - rbd_diffsync_transfer_run() and _plan() block until done. The progress callback runs on
- *     the thread that called them, never on another, before they return; it is called at most
- *     every progress interval (default 200 ms), in every phase, also while a call to a cluster
- *     blocks. It returns 0 to go on; nonzero stops the transfer, which then fails with
- *     -ECANCELED. It must not unwind out of the call (no C++ exception, no longjmp), nor call
- *     the library on the same transfer except rbd_diffsync_transfer_cancel().
+ *   - rbd_diffsync_transfer_run(), _plan() and rbd_diffsync_verify_run() block until done.
+ *     The progress callback runs on the thread that called them, never on another, before
+ *     they return; it is called at most every progress interval (default 200 ms), in every
+ *     phase, also while a call to a cluster blocks. It returns 0 to go on; nonzero stops the
+ *     transfer or verification, which then fails with -ECANCELED. It must not unwind out of the call (no C++ exception, no longjmp), nor call
+ *     the library on the same handle except its cancel.
  *
  * VERSIONS
  *   The shared library's soname carries the ABI version (librbd_diffsync.so.1 for
@@ -191,6 +198,14 @@ typedef struct rbd_diffsync_cluster rbd_diffsync_cluster;
 typedef struct rbd_diffsync_transfer rbd_diffsync_transfer;
 
 /**
+ * A comparison of two images, each at a snapshot or HEAD, on one cluster or two: what
+ * `rbd export A@S - | md5sum` and `rbd export B@S - | md5sum` tell, with many reads in flight,
+ * without reading what neither image has allocated, and naming the first byte that differs.
+ * Set it up, then run it, as often as wanted.
+ */
+typedef struct rbd_diffsync_verify rbd_diffsync_verify;
+
+/**
  * Where a running transfer or verification is, as given to the progress callback. Valid only
  * during the call. Fields may be added at the end: `struct_size` is the size the library
  * filled in.
@@ -232,10 +247,10 @@ typedef struct rbd_diffsync_progress {
 } rbd_diffsync_progress;
 
 /**
- * A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
- * `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
- * the call as a cancel would (it then fails with `-ECANCELED`); the end may still be reported
- * after that. It must not unwind (C++ exceptions, longjmp) out of
+ * A progress callback: called on the thread running `rbd_diffsync_transfer_run`,
+ * `rbd_diffsync_transfer_plan` or `rbd_diffsync_verify_run`, never on another. Return 0 to go
+ * on; any other value stops the call as a cancel would (it then fails with `-ECANCELED`); the
+ * end may still be reported after that. It must not unwind (C++ exceptions, longjmp) out of
  * the call.
  */
 typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
@@ -417,6 +432,46 @@ typedef struct rbd_diffsync_stats {
      */
     uint64_t bytes_verified;
 } rbd_diffsync_stats;
+
+/**
+ * What a verification that found both images equal did, filled in by
+ * `rbd_diffsync_verify_run`; sized and owned as `rbd_diffsync_stats` is (its strings by the
+ * verify handle).
+ */
+typedef struct rbd_diffsync_verify_stats {
+    /**
+     * In: `sizeof(rbd_diffsync_verify_stats)`; out: the bytes filled in.
+     */
+    size_t struct_size;
+    /**
+     * The first image, `pool[/namespace]/image[@snap]`, its pool resolved.
+     */
+    const char *source;
+    /**
+     * The second image, likewise.
+     */
+    const char *dest;
+    /**
+     * The size of both.
+     */
+    uint64_t image_size;
+    /**
+     * Bytes read from each image and compared.
+     */
+    uint64_t bytes_compared;
+    /**
+     * Bytes allocated on neither image, which read as zeros on both and were not read.
+     */
+    uint64_t bytes_skipped;
+    /**
+     * Wall time in nanoseconds, connecting included.
+     */
+    uint64_t elapsed_ns;
+    /**
+     * Image bytes verified per second of wall time.
+     */
+    double throughput;
+} rbd_diffsync_verify_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -676,6 +731,107 @@ const char *rbd_diffsync_transfer_last_error(const struct rbd_diffsync_transfer 
  */
 int rbd_diffsync_transfer_last_error_offset(const struct rbd_diffsync_transfer *transfer,
                                             uint64_t *out);
+
+/**
+ * Makes an empty verification into `*out`, to free with `rbd_diffsync_verify_free`. Set its
+ * two images before running it.
+ */
+int rbd_diffsync_verify_new(struct rbd_diffsync_verify **out);
+
+/**
+ * Frees a verification, and finalizes its callback's `user_data`. NULL is a no-op. Not while
+ * a call on it runs.
+ */
+void rbd_diffsync_verify_free(struct rbd_diffsync_verify *verify);
+
+/**
+ * The first image, `[pool[/namespace]/]image[@snap]`; without `@snap`, HEAD. `-EINVAL` for a
+ * malformed spec.
+ */
+int rbd_diffsync_verify_set_source(struct rbd_diffsync_verify *verify,
+                                   const char *spec);
+
+/**
+ * The second image, `[pool[/namespace]/]image[@snap]`; without `@snap`, HEAD. `-EINVAL` for
+ * a malformed spec.
+ */
+int rbd_diffsync_verify_set_dest(struct rbd_diffsync_verify *verify,
+                                 const char *spec);
+
+/**
+ * The first image's cluster, and the second's unless `rbd_diffsync_verify_set_dest_cluster`
+ * says otherwise. The settings are copied: `cluster` may be changed or freed afterwards.
+ */
+int rbd_diffsync_verify_set_cluster(struct rbd_diffsync_verify *verify,
+                                    const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * The second image's cluster, when it is not the first's; NULL for the first's again. The
+ * settings are copied.
+ */
+int rbd_diffsync_verify_set_dest_cluster(struct rbd_diffsync_verify *verify,
+                                         const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * The window of reads in flight, in chunks (default `RBD_DIFFSYNC_DEFAULT_WINDOW`, at most
+ * 1024): at most window × chunk size bytes are held at once. Checked when run (`-EINVAL`).
+ */
+int rbd_diffsync_verify_set_window(struct rbd_diffsync_verify *verify,
+                                   uint32_t chunks);
+
+/**
+ * The largest read in bytes (default `RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE`): a multiple of 4 KiB
+ * between 4 KiB and 1 GiB. Checked when run (`-EINVAL`).
+ */
+int rbd_diffsync_verify_set_chunk_size(struct rbd_diffsync_verify *verify,
+                                       uint64_t bytes);
+
+/**
+ * Calls `callback` with `user_data` during runs, as `rbd_diffsync_transfer_set_progress`
+ * does (same rules, same `finalizer`): the phases are connecting, scanning and verifying.
+ */
+int rbd_diffsync_verify_set_progress(struct rbd_diffsync_verify *verify,
+                                     rbd_diffsync_progress_cb callback,
+                                     void *user_data,
+                                     rbd_diffsync_finalizer finalizer);
+
+/**
+ * The least time between two progress calls, in milliseconds (default 200).
+ */
+int rbd_diffsync_verify_set_progress_interval_ms(struct rbd_diffsync_verify *verify,
+                                                 uint64_t milliseconds);
+
+/**
+ * Compares the two images, writing nothing; blocks until done. 0 when they are equal,
+ * filling in `*stats` unless it is NULL (set `stats->struct_size` first);
+ * `-RBD_DIFFSYNC_EMISMATCH` when they differ, in content or size, with
+ * `rbd_diffsync_verify_last_error_offset` giving the first byte that differs (for sizes that
+ * differ, the smaller size unless the content differs before). An image read at HEAD while
+ * another client writes it may of course differ.
+ */
+int rbd_diffsync_verify_run(struct rbd_diffsync_verify *verify,
+                            struct rbd_diffsync_verify_stats *stats);
+
+/**
+ * Stops the run in progress on `verify`, or if none is, the next one to start: it then fails
+ * with `-ECANCELED`. Returns at once; callable from any thread, also while another thread
+ * runs the verification.
+ */
+int rbd_diffsync_verify_cancel(const struct rbd_diffsync_verify *verify);
+
+/**
+ * The message of the last call on `verify` that failed (other than with a NULL handle), or ""
+ * if none did. Owned by `verify`: valid until its next failing call or its free.
+ */
+const char *rbd_diffsync_verify_last_error(const struct rbd_diffsync_verify *verify);
+
+/**
+ * The offset that the last call on `verify` that failed named: for `-RBD_DIFFSYNC_EMISMATCH`,
+ * the first byte at which the images differ. Writes it into `*out` and returns 0; `-ENODATA`
+ * if that failure named no offset, or no call failed; `-EINVAL` for a NULL `verify` or `out`.
+ */
+int rbd_diffsync_verify_last_error_offset(const struct rbd_diffsync_verify *verify,
+                                          uint64_t *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -7,7 +7,7 @@ use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rbd_diffsync::{CancelToken, ClusterSpec, DiffTransfer, ImageSpec, Phase, Progress};
+use rbd_diffsync::{CancelToken, ClusterSpec, DiffTransfer, ImageSpec, Phase, Progress, Verify};
 
 use crate::cluster::rbd_diffsync_cluster;
 use crate::guard::{c_string, lock, str_arg, with_handle, Failure, Handle, LastError};
@@ -55,10 +55,10 @@ pub struct rbd_diffsync_progress {
 
 const PROGRESS_V1_SIZE: usize = size_of::<rbd_diffsync_progress>();
 
-/// A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
-/// `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
-/// the call as a cancel would (it then fails with `-ECANCELED`); the end may still be reported
-/// after that. It must not unwind (C++ exceptions, longjmp) out of
+/// A progress callback: called on the thread running `rbd_diffsync_transfer_run`,
+/// `rbd_diffsync_transfer_plan` or `rbd_diffsync_verify_run`, never on another. Return 0 to go
+/// on; any other value stops the call as a cancel would (it then fails with `-ECANCELED`); the
+/// end may still be reported after that. It must not unwind (C++ exceptions, longjmp) out of
 /// the call.
 pub type rbd_diffsync_progress_cb = Option<
     unsafe extern "C" fn(progress: *const rbd_diffsync_progress, user_data: *mut c_void) -> c_int,
@@ -176,6 +176,7 @@ macro_rules! builder {
     };
 }
 builder!(DiffTransfer);
+builder!(Verify);
 
 /// The settings every handle that runs has.
 #[derive(Debug, Default)]

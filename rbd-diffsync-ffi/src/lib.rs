@@ -14,6 +14,7 @@ mod cluster;
 mod guard;
 mod job;
 mod transfer;
+mod verify;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
@@ -30,6 +31,7 @@ pub use job::{
     RBD_DIFFSYNC_PHASE_SCANNING, RBD_DIFFSYNC_PHASE_UNKNOWN, RBD_DIFFSYNC_PHASE_VERIFYING,
 };
 pub use transfer::*;
+pub use verify::*;
 
 use guard::{guard, lock, Handle};
 

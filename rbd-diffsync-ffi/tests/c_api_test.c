@@ -191,6 +191,8 @@ static void test_null_arguments(void)
     rbd_diffsync_transfer *t = NULL;
     rbd_diffsync_stats stats = {.struct_size = sizeof stats};
     rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    rbd_diffsync_verify_stats vstats = {.struct_size = sizeof vstats};
+    rbd_diffsync_verify *v = NULL;
     uint64_t offset = 7;
 
     /* NULL out-pointers and handles */
@@ -221,8 +223,21 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_transfer_run(NULL, &stats), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_cancel(NULL), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_last_error_offset(NULL, &offset), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_new(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_source(NULL, "rbd/a@s"), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_dest(NULL, "rbd/b@s"), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_cluster(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_window(NULL, 4), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(NULL, 4096), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_progress(NULL, NULL, NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_progress_interval_ms(NULL, 10), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_run(NULL, &vstats), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_cancel(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(NULL, &offset), -EINVAL);
     CHECK(rbd_diffsync_cluster_last_error(NULL) != NULL);
     CHECK(rbd_diffsync_transfer_last_error(NULL) != NULL);
+    CHECK(rbd_diffsync_verify_last_error(NULL) != NULL);
 
     /* NULL arguments of live handles: -EINVAL, and a message naming the argument */
     CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
@@ -257,6 +272,20 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, NULL), -EINVAL);
     CHECK_STR(rbd_diffsync_transfer_last_error(t), "out is NULL");
     rbd_diffsync_transfer_free(t);
+
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_STR(rbd_diffsync_verify_last_error(v), "");
+    CHECK_INT(rbd_diffsync_verify_set_source(v, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_verify_last_error(v), "spec is NULL");
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_cluster(v, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_verify_last_error(v), "cluster is NULL");
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(v, NULL), 0);
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(v, c), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, NULL, NULL, NULL), 0);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), -ENODATA);
+    CHECK_INT(rbd_diffsync_verify_cancel(v), 0);
+    rbd_diffsync_verify_free(v);
     rbd_diffsync_cluster_free(c);
 }
 
@@ -317,6 +346,34 @@ static void test_settings_checked_by_run(void)
     CHECK_INT(rbd_diffsync_transfer_run(t, &stats), -EINVAL);
     CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "struct_size");
     rbd_diffsync_transfer_free(t);
+}
+
+/* The verify handle's settings, refused before it connects to anything. */
+static void test_verify_settings_checked_by_run(void)
+{
+    rbd_diffsync_verify_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_verify *v = NULL;
+
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL); /* no images */
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "no source");
+    CHECK_INT(rbd_diffsync_verify_set_source(v, "rbd/img@"), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "rbd/img@");
+    CHECK_INT(rbd_diffsync_verify_set_source(v, "rbd/a@s1"), 0);
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, "backups/b@s1"), 0);
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 0), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "window 0");
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 4), 0);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(v, 1000), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, NULL), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "chunk size 1000");
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &(uint64_t){0}), -ENODATA);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(v, 1 << 20), 0);
+    stats.struct_size = sizeof(size_t);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "struct_size");
+    rbd_diffsync_verify_free(v);
 }
 
 static void test_codes_and_messages(void)
@@ -384,6 +441,7 @@ static int never_called(const rbd_diffsync_progress *p, void *user_data)
 static void test_finalizer_once(void)
 {
     rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_verify *v = NULL;
 
     finalized = 0;
     CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
@@ -402,6 +460,16 @@ static void test_finalizer_once(void)
     CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, &finalized, count_finalize), 0);
     rbd_diffsync_transfer_free(t);
     CHECK_INT(finalized, 2);
+    /* the verify handle's likewise */
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, never_called, &finalized, count_finalize), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, never_called, &finalized, count_finalize), 0);
+    CHECK_INT(finalized, 3);
+    rbd_diffsync_verify_free(v);
+    CHECK_INT(finalized, 4);
+    CHECK_INT(rbd_diffsync_verify_set_progress(NULL, never_called, &finalized, count_finalize),
+              -EINVAL);
+    CHECK_INT(finalized, 4);
 }
 
 /* ---- against the cluster ---- */
@@ -851,6 +919,107 @@ static void test_transfer_verifies(void)
     rbd_diffsync_transfer_free(t);
 }
 
+/* Imports a 4 MiB image whose bytes are never zero, except the one at `zero_at` if it is below
+ * 4 MiB, and snapshots it as @v. */
+static int import_pattern(const char *image, long zero_at)
+{
+    char path[] = "/tmp/ffi2-c-api-image.XXXXXX";
+    static unsigned char data[4 << 20];
+    long i;
+    int fd, status;
+    FILE *f;
+
+    for (i = 0; i < (long)sizeof data; i++)
+        data[i] = (unsigned char)(i % 251 + 1);
+    if (zero_at < (long)sizeof data)
+        data[zero_at] = 0;
+    if ((fd = mkstemp(path)) < 0 || !(f = fdopen(fd, "wb")))
+        return -1;
+    status = fwrite(data, 1, sizeof data, f) == sizeof data ? 0 : -1;
+    fclose(f);
+    if (status == 0)
+        status = rbd("import --no-progress %s %s >/dev/null 2>&1", path, image) ||
+                 rbd("snap create %s@v >/dev/null 2>&1", image);
+    unlink(path);
+    return status;
+}
+
+static int count_verifying(const rbd_diffsync_progress *p, void *user_data)
+{
+    if (p->phase == RBD_DIFFSYNC_PHASE_VERIFYING)
+        ++*(int *)user_data;
+    return 0;
+}
+
+/* Two whole images compared: equal, then differing at a known byte, then cancelled. */
+static void test_verify_images(void)
+{
+    const long differs_at = (3 << 20) + 12345;
+    rbd_diffsync_verify_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_verify *v = NULL;
+    char a[128], b[128], bad[128], spec[160];
+    uint64_t offset = 0;
+    int verifying = 0;
+
+    snprintf(a, sizeof a, "%s-va", src);
+    dest_name(b, sizeof b, "vb");
+    dest_name(bad, sizeof bad, "vbad");
+    CHECK_INT(import_pattern(a, 1L << 30), 0);
+    CHECK_INT(import_pattern(b, 1L << 30), 0);
+    CHECK_INT(import_pattern(bad, differs_at), 0);
+
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_INT(rbd_diffsync_verify_set_cluster(v, c), 0);
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(v, c), 0);
+    rbd_diffsync_cluster_free(c);
+    snprintf(spec, sizeof spec, "%s@v", a);
+    CHECK_INT(rbd_diffsync_verify_set_source(v, spec), 0);
+    snprintf(spec, sizeof spec, "%s@v", b);
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, spec), 0);
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 4), 0);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(v, 1 << 20), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress_interval_ms(v, 10), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, count_verifying, &verifying, NULL), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), 0);
+    CHECK_INT(stats.struct_size, sizeof stats);
+    CHECK_CONTAINS(stats.source, a);
+    CHECK_STR(stats.dest, spec);
+    CHECK_INT(stats.image_size, 4 << 20);
+    CHECK_INT(stats.bytes_compared, 4 << 20); /* every byte is allocated */
+    CHECK_INT(stats.bytes_compared + stats.bytes_skipped, stats.image_size);
+    CHECK(stats.elapsed_ns > 0);
+    CHECK(verifying >= 1);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), -ENODATA);
+
+    snprintf(spec, sizeof spec, "%s@v", bad);
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, spec), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -RBD_DIFFSYNC_EMISMATCH);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), bad);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), 0);
+    CHECK_INT(offset, differs_at);
+    CHECK_STR(rbd_diffsync_code_name(-RBD_DIFFSYNC_EMISMATCH), "EMISMATCH");
+
+    /* the offset is that of the last failure: another failure without one replaces it */
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 0), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), -ENODATA);
+    CHECK_INT(rbd_diffsync_verify_set_window(v, RBD_DIFFSYNC_DEFAULT_WINDOW), 0);
+
+    /* a cancel with no run in progress stops the next one */
+    CHECK_INT(rbd_diffsync_verify_cancel(v), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -ECANCELED);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -RBD_DIFFSYNC_EMISMATCH);
+    rbd_diffsync_verify_free(v);
+    for (size_t i = 0; i < 3; i++) {
+        const char *image = i == 0 ? a : i == 1 ? b : bad;
+        rbd("snap purge %s >/dev/null 2>&1", image);
+        rbd("rm %s >/dev/null 2>&1", image);
+    }
+}
+
 static int setup(void)
 {
     snprintf(src, sizeof src, "rbd/capi-%d", (int)getpid());
@@ -894,6 +1063,7 @@ int main(int argc, char **argv)
     run_test("null_arguments", test_null_arguments);
     run_test("malformed_specs", test_malformed_specs);
     run_test("settings_checked_by_run", test_settings_checked_by_run);
+    run_test("verify_settings_checked_by_run", test_verify_settings_checked_by_run);
     run_test("codes_and_messages", test_codes_and_messages);
     run_test("finalizer_once", test_finalizer_once);
     if (!offline) {
@@ -913,6 +1083,7 @@ int main(int argc, char **argv)
         run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
         run_test("cancel_from_another_thread", test_cancel_from_another_thread);
         run_test("transfer_verifies", test_transfer_verifies);
+        run_test("verify_images", test_verify_images);
         cleanup();
     }
     printf("%d passed, %d failed\n", passed, failed);
