@@ -14,29 +14,37 @@
  *   setters. rbd_diffsync_transfer_plan() checks it and says what it would do, writing nothing;
  *   rbd_diffsync_transfer_run() does it, creating the end snapshot on the destination only
  *   after every write succeeded. A transfer may be planned and run any number of times.
+ *   rbd_diffsync_verify holds a comparison of two whole images (each at a snapshot or HEAD, on
+ *   one cluster or two), set up with the same setters; rbd_diffsync_verify_run() reads both
+ *   and fails with -RBD_DIFFSYNC_EMISMATCH, naming the first byte that differs, if they differ.
  *
  * OWNERSHIP
  *   - Handles are opaque. Each `*_new(&out)` makes one the caller owns and frees with the
  *     matching `*_free`; every `*_free` accepts NULL and does nothing then.
  *   - Strings passed in are borrowed for the call only (the library copies what it keeps); they
  *     are NUL-terminated UTF-8 (paths may be any bytes).
- *   - Strings returned (last_error, strings in rbd_diffsync_stats and rbd_diffsync_plan) are
- *     owned by the handle they came from: valid until the next call on that handle that
- *     replaces them (a failing call for last_error, a plan or run for the structs) or its
- *     free. Never free them. rbd_diffsync_version, rbd_diffsync_strerror and
+ *   - Strings returned (last_error, strings in rbd_diffsync_stats, rbd_diffsync_plan and
+ *     rbd_diffsync_verify_stats) are owned by the handle they came from: valid until the next
+ *     call on that handle that replaces them (a failing call for last_error, a plan or run for
+ *     the structs) or its free. Never free them. rbd_diffsync_version, rbd_diffsync_strerror and
  *     rbd_diffsync_code_name return static strings.
- *   - rbd_diffsync_transfer_set_cluster and _set_dest_cluster copy the cluster settings: the
- *     cluster handle may be changed or freed afterwards.
+ *   - rbd_diffsync_transfer_set_cluster, rbd_diffsync_verify_set_cluster and their
+ *     _set_dest_cluster copy the cluster settings: the cluster handle may be changed or freed
+ *     afterwards.
  *   - user_data of a progress callback stays the caller's; the optional finalizer given with it
- *     is called exactly once, with user_data, when the callback is replaced or the transfer is
- *     freed (after any run using it returned), on the thread doing that; never if
- *     rbd_diffsync_transfer_set_progress() failed or was given a NULL callback.
+ *     is called exactly once, with user_data, when the callback is replaced or the transfer or
+ *     verify handle is freed (after any run using it returned), on the thread doing that;
+ *     never if rbd_diffsync_transfer_set_progress() (_verify_set_progress()) failed or was
+ *     given a NULL callback.
  *
  * STRUCTS THAT GROW
- *   rbd_diffsync_stats and rbd_diffsync_plan start with `size_t struct_size`: set it to the
- *   struct's sizeof before the call. The library fills in the fields that both its and your
- *   version of the struct have and writes that length back; fields are only ever added at the
- *   end. rbd_diffsync_progress, which the library hands to you, says its own size likewise.
+ *   rbd_diffsync_stats, rbd_diffsync_plan and rbd_diffsync_verify_stats start with
+ *   `size_t struct_size`: set it to the struct's sizeof before the call. The library fills in
+ *   the fields that both its and your version of the struct have and writes that length back;
+ *   fields are only ever added at the end, so a program built with an older header keeps
+ *   working (the fields it does not know are not written), as does one built with a newer
+ *   header against an older library (check struct_size before reading later fields).
+ *   rbd_diffsync_progress, which the library hands to you, says its own size likewise.
  *   A NULL stats or plan pointer means the caller does not want them.
  *
  * ERRORS
@@ -46,11 +54,15 @@
  *   -ECANCELED, -ETIMEDOUT, -ENOSPC, -EDQUOT, -EOPNOTSUPP, -EIO and others as librbd returns
  *   them), or the negation of one of the library's own codes, which start at
  *   RBD_DIFFSYNC_LIBRARY_CODE_BASE (4296, beyond every errno): -RBD_DIFFSYNC_EDESTCHANGED,
- *   the destination changed since from_snap. New codes may be added.
+ *   the destination changed since from_snap; -RBD_DIFFSYNC_EMISMATCH, a verification found
+ *   the images different. New codes may be added.
  *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
  *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
  *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
- *   rbd_diffsync_transfer_last_error; successes leave it.
+ *   rbd_diffsync_transfer_last_error / rbd_diffsync_verify_last_error; successes leave it.
+ *   For a failure that names an offset (-RBD_DIFFSYNC_EMISMATCH: the first byte that
+ *   differs), rbd_diffsync_transfer_last_error_offset / _verify_last_error_offset give it,
+ *   and -ENODATA otherwise.
  *   Every pointer argument is checked: a NULL handle fails with -EINVAL (no message is kept,
  *   there is no handle to keep it), another NULL argument fails with -EINVAL and a message,
  *   unless the function says what NULL means. No panic crosses into C: a bug caught inside the
@@ -59,16 +71,17 @@
  * THREADS
  *   - Different handles may be used on different threads at the same time; a handle may move
  *     between threads.
- *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel(), which may be
- *     called from any thread at any time while the transfer lives, also while another thread is
- *     in rbd_diffsync_transfer_run() or _plan() on it. No call may overlap a handle's `*_free`.
+ *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel() and
+ *     rbd_diffsync_verify_cancel(), which may be called from any thread at any time while the
+ *     handle lives, also while another thread is in rbd_diffsync_transfer_run() or _plan(), or
+ *     rbd_diffsync_verify_run(), on it. No call may overlap a handle's `*_free`.
  *   - rbd_diffsync_version, _abi_version, _strerror and _code_name are thread-safe.
- *   - rbd_diffsync_transfer_run() and _plan() block until done. The progress callback runs on
- *     the thread that called them, never on another, before they return; it is called at most
- *     every progress interval (default 200 ms), in every phase, also while a call to a cluster
- *     blocks. It returns 0 to go on; nonzero stops the transfer, which then fails with
- *     -ECANCELED. It must not unwind out of the call (no C++ exception, no longjmp), nor call
- *     the library on the same transfer except rbd_diffsync_transfer_cancel().
+ *   - rbd_diffsync_transfer_run(), _plan() and rbd_diffsync_verify_run() block until done.
+ *     The progress callback runs on the thread that called them, never on another, before
+ *     they return; it is called at most every progress interval (default 200 ms), in every
+ *     phase, also while a call to a cluster blocks. It returns 0 to go on; nonzero stops the
+ *     transfer or verification, which then fails with -ECANCELED. It must not unwind out of the call (no C++ exception, no longjmp), nor call
+ *     the library on the same handle except its cancel.
  *
  * VERSIONS
  *   The shared library's soname carries the ABI version (librbd_diffsync.so.1 for
@@ -101,6 +114,13 @@
 #define RBD_DIFFSYNC_EDESTCHANGED 4296
 
 /**
+ * The library's code for two images found different by a verification (a transfer's
+ * `set_verify`, or `rbd_diffsync_verify_run`): `*_last_error_offset` gives the first byte that
+ * differs. Returned negated: `ret == -RBD_DIFFSYNC_EMISMATCH`.
+ */
+#define RBD_DIFFSYNC_EMISMATCH 4297
+
+/**
  * The first of the library's own codes: a failed call's code `ret` is one of them when
  * `-ret >= RBD_DIFFSYNC_LIBRARY_CODE_BASE`, and `-errno` otherwise. Beyond every errno.
  */
@@ -117,13 +137,26 @@
 #define RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE 2097152
 
 /**
- * Phase of a transfer in `rbd_diffsync_progress.phase`: connecting to the clusters and
- * opening the images.
+ * Default connect timeout, in milliseconds (30 s), where ceph.conf leaves librados' own
+ * (`client_mount_timeout`, 300 s): see `rbd_diffsync_cluster_set_connect_timeout_ms`.
+ */
+#define RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS 30000
+
+/**
+ * Default operation timeout, in milliseconds (60 s), where ceph.conf leaves librados' own
+ * (`rados_osd_op_timeout` and `rados_mon_op_timeout`, 0: for ever): see
+ * `rbd_diffsync_cluster_set_op_timeout_ms`.
+ */
+#define RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS 60000
+
+/**
+ * Phase in `rbd_diffsync_progress.phase`: connecting to the clusters and opening the images.
  */
 #define RBD_DIFFSYNC_PHASE_CONNECTING 0
 
 /**
- * Checking the images, taking the destination's lock and computing the diff.
+ * Checking the images, taking the destination's lock and computing the diff; for a
+ * verification, finding the ranges either image has allocated.
  */
 #define RBD_DIFFSYNC_PHASE_SCANNING 1
 
@@ -136,6 +169,13 @@
  * Shrinking the destination if needed, flushing and creating the end snapshot.
  */
 #define RBD_DIFFSYNC_PHASE_COMMITTING 3
+
+/**
+ * Reading both images and comparing them: a verification, or the check of what a transfer
+ * wrote (`rbd_diffsync_transfer_set_verify`); `bytes_done` and `bytes_total` count the bytes
+ * compared.
+ */
+#define RBD_DIFFSYNC_PHASE_VERIFYING 4
 
 /**
  * A phase added after this header: `phase_name` names it.
@@ -158,8 +198,17 @@ typedef struct rbd_diffsync_cluster rbd_diffsync_cluster;
 typedef struct rbd_diffsync_transfer rbd_diffsync_transfer;
 
 /**
- * Where a running transfer is, as given to the progress callback. Valid only during the
- * call. Fields may be added at the end: `struct_size` is the size the library filled in.
+ * A comparison of two images, each at a snapshot or HEAD, on one cluster or two: what
+ * `rbd export A@S - | md5sum` and `rbd export B@S - | md5sum` tell, with many reads in flight,
+ * without reading what neither image has allocated, and naming the first byte that differs.
+ * Set it up, then run it, as often as wanted.
+ */
+typedef struct rbd_diffsync_verify rbd_diffsync_verify;
+
+/**
+ * Where a running transfer or verification is, as given to the progress callback. Valid only
+ * during the call. Fields may be added at the end: `struct_size` is the size the library
+ * filled in.
  */
 typedef struct rbd_diffsync_progress {
     /**
@@ -171,24 +220,24 @@ typedef struct rbd_diffsync_progress {
      */
     uint32_t phase;
     /**
-     * `"connecting"`, `"scanning"`, `"copying"` or `"committing"`.
+     * `"connecting"`, `"scanning"`, `"copying"`, `"verifying"` or `"committing"`.
      */
     const char *phase_name;
     /**
-     * Bytes of the transfer done (copied, zeroed or found to need nothing).
+     * Bytes of the phase done (copied, zeroed or found to need nothing; compared).
      */
     uint64_t bytes_done;
     /**
-     * Bytes of the transfer in all; 0 until the diff is known.
+     * Bytes of the phase in all; 0 until known.
      */
     uint64_t bytes_total;
     /**
-     * Nanoseconds since the transfer started.
+     * Nanoseconds since the transfer or verification started.
      */
     uint64_t elapsed_ns;
     /**
-     * What the transfer has been waiting for, for more than a second (a cluster's answer, a
-     * lock, requests in flight), or NULL.
+     * What it has been waiting for, for more than a second (a cluster's answer, a lock,
+     * requests in flight), or NULL.
      */
     const char *waiting_for;
     /**
@@ -198,18 +247,18 @@ typedef struct rbd_diffsync_progress {
 } rbd_diffsync_progress;
 
 /**
- * A progress callback: called on the thread running `rbd_diffsync_transfer_run` or
- * `rbd_diffsync_transfer_plan`, never on another. Return 0 to go on; any other value stops
- * the transfer as `rbd_diffsync_transfer_cancel` would (the call then fails with
- * `-ECANCELED`); the transfer's end may still be reported after that. It must not unwind
- * (C++ exceptions, longjmp) out of the call.
+ * A progress callback: called on the thread running `rbd_diffsync_transfer_run`,
+ * `rbd_diffsync_transfer_plan` or `rbd_diffsync_verify_run`, never on another. Return 0 to go
+ * on; any other value stops the call as a cancel would (it then fails with `-ECANCELED`); the
+ * end may still be reported after that. It must not unwind (C++ exceptions, longjmp) out of
+ * the call.
  */
 typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
                                         void *user_data);
 
 /**
  * Releases a callback's `user_data`: called once, when the callback is replaced or the
- * transfer freed, and after any run using it has returned, on the thread doing that.
+ * handle freed, and after any run using it has returned, on the thread doing that.
  */
 typedef void (*rbd_diffsync_finalizer)(void *user_data);
 
@@ -256,7 +305,7 @@ typedef struct rbd_diffsync_plan {
     uint64_t diff_bytes;
     /**
      * Bytes to read from the source: the diff's data ranges and ranges of the destination to
-     * rewrite.
+     * rewrite (from `resume_from` on).
      */
     uint64_t data_bytes;
     /**
@@ -276,14 +325,25 @@ typedef struct rbd_diffsync_plan {
      * Whether the transfer would write over data or changes that `set_force` allowed.
      */
     bool overwrites_destination;
+    /**
+     * Where the transfer would resume: the checkpoint of the interrupted transfer of the very
+     * same diff (source image, base and end snapshot), below which it had written
+     * everything; 0 when it starts from the beginning.
+     */
+    uint64_t resume_from;
+    /**
+     * Bytes of the diff below `resume_from`, done by the interrupted transfer and not again.
+     */
+    uint64_t bytes_resumed;
 } rbd_diffsync_plan;
 
 /**
  * What a finished transfer did, filled in by `rbd_diffsync_transfer_run`. Set `struct_size`
  * to `sizeof(rbd_diffsync_stats)` before the call; the library fills in the fields that fit
  * in both its version of the struct and yours, and sets `struct_size` to the bytes it
- * filled. Its strings are owned by the transfer: valid until its next run or plan, or its
- * free.
+ * filled; fields added since ABI version 1 lie beyond `continued_interrupted`, and a caller
+ * built with an older header passes the older, smaller size. Its strings are owned by the
+ * transfer: valid until its next run or plan, or its free.
  */
 typedef struct rbd_diffsync_stats {
     /**
@@ -355,7 +415,63 @@ typedef struct rbd_diffsync_stats {
      * which this one completed.
      */
     bool continued_interrupted;
+    /**
+     * Bytes of the diff that the interrupted transfer of the very same diff had completed
+     * (below its checkpoint), and that this one did not do again.
+     */
+    uint64_t bytes_resumed;
+    /**
+     * The address of the killed client of an interrupted transfer into the destination,
+     * whose exclusive lock this transfer broke (librbd blocklisted it) instead of waiting for
+     * its watch to expire; NULL if it broke none.
+     */
+    const char *broke_lock_of;
+    /**
+     * Bytes read back from both images and compared after the writes
+     * (`rbd_diffsync_transfer_set_verify`); 0 without.
+     */
+    uint64_t bytes_verified;
 } rbd_diffsync_stats;
+
+/**
+ * What a verification that found both images equal did, filled in by
+ * `rbd_diffsync_verify_run`; sized and owned as `rbd_diffsync_stats` is (its strings by the
+ * verify handle).
+ */
+typedef struct rbd_diffsync_verify_stats {
+    /**
+     * In: `sizeof(rbd_diffsync_verify_stats)`; out: the bytes filled in.
+     */
+    size_t struct_size;
+    /**
+     * The first image, `pool[/namespace]/image[@snap]`, its pool resolved.
+     */
+    const char *source;
+    /**
+     * The second image, likewise.
+     */
+    const char *dest;
+    /**
+     * The size of both.
+     */
+    uint64_t image_size;
+    /**
+     * Bytes read from each image and compared.
+     */
+    uint64_t bytes_compared;
+    /**
+     * Bytes allocated on neither image, which read as zeros on both and were not read.
+     */
+    uint64_t bytes_skipped;
+    /**
+     * Wall time in nanoseconds, connecting included.
+     */
+    uint64_t elapsed_ns;
+    /**
+     * Image bytes verified per second of wall time.
+     */
+    double throughput;
+} rbd_diffsync_verify_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -434,11 +550,23 @@ int rbd_diffsync_cluster_set_mon_host(struct rbd_diffsync_cluster *cluster,
                                       const char *addresses);
 
 /**
- * Gives up connecting after this many milliseconds (librados' `client_mount_timeout`, 300 s
- * unless ceph.conf says otherwise). A wrong key or an unreachable monitor fails only then.
+ * Gives up connecting after this many milliseconds (librados' `client_mount_timeout`):
+ * `RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS` unless ceph.conf sets another value than librados'
+ * own default (300 s). An unreachable monitor fails then, with `-ETIMEDOUT`; a key the
+ * monitors refuse fails within seconds.
  */
 int rbd_diffsync_cluster_set_connect_timeout_ms(struct rbd_diffsync_cluster *cluster,
                                                 uint64_t milliseconds);
+
+/**
+ * Fails an operation that the cluster has not answered after this many milliseconds with
+ * `-ETIMEDOUT`, instead of waiting for a stalled OSD or monitor for ever (librados'
+ * `rados_osd_op_timeout` and `rados_mon_op_timeout`): `RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS`
+ * unless ceph.conf sets them; 0 waits for ever. A transfer that times out leaves no end
+ * snapshot, and running it again resumes it.
+ */
+int rbd_diffsync_cluster_set_op_timeout_ms(struct rbd_diffsync_cluster *cluster,
+                                           uint64_t milliseconds);
 
 /**
  * Sets a librados or librbd option (`rbd --<key> <value>`), such as `rbd_default_pool` to
@@ -534,6 +662,17 @@ int rbd_diffsync_transfer_set_force(struct rbd_diffsync_transfer *transfer,
                                     bool on);
 
 /**
+ * After the writes, before the end snapshot, reads back every range the run wrote or zeroed
+ * from both images (the source at its end snapshot, the destination at HEAD) and compares
+ * them (the command line's `--verify`; `stats->bytes_verified`). A difference fails the run
+ * with `-RBD_DIFFSYNC_EMISMATCH`, `rbd_diffsync_transfer_last_error_offset` giving the first
+ * differing byte, and no end snapshot is created: running it again rewrites those ranges.
+ * Off by default.
+ */
+int rbd_diffsync_transfer_set_verify(struct rbd_diffsync_transfer *transfer,
+                                     bool on);
+
+/**
  * Calls `callback` with `user_data` during plans and runs: on their thread only, at most
  * every progress interval (default 200 ms) in every phase, also while a call to the cluster
  * blocks, and at every change of phase and at the end. A nonzero return stops the transfer.
@@ -583,6 +722,116 @@ int rbd_diffsync_transfer_cancel(const struct rbd_diffsync_transfer *transfer);
  * valid until its next failing call or its free.
  */
 const char *rbd_diffsync_transfer_last_error(const struct rbd_diffsync_transfer *transfer);
+
+/**
+ * The offset that the last call on `transfer` that failed named: for
+ * `-RBD_DIFFSYNC_EMISMATCH`, the first byte at which the images differ. Writes it into `*out`
+ * and returns 0; `-ENODATA` if that failure named no offset, or no call failed; `-EINVAL` for
+ * a NULL `transfer` or `out`.
+ */
+int rbd_diffsync_transfer_last_error_offset(const struct rbd_diffsync_transfer *transfer,
+                                            uint64_t *out);
+
+/**
+ * Makes an empty verification into `*out`, to free with `rbd_diffsync_verify_free`. Set its
+ * two images before running it.
+ */
+int rbd_diffsync_verify_new(struct rbd_diffsync_verify **out);
+
+/**
+ * Frees a verification, and finalizes its callback's `user_data`. NULL is a no-op. Not while
+ * a call on it runs.
+ */
+void rbd_diffsync_verify_free(struct rbd_diffsync_verify *verify);
+
+/**
+ * The first image, `[pool[/namespace]/]image[@snap]`; without `@snap`, HEAD. `-EINVAL` for a
+ * malformed spec.
+ */
+int rbd_diffsync_verify_set_source(struct rbd_diffsync_verify *verify,
+                                   const char *spec);
+
+/**
+ * The second image, `[pool[/namespace]/]image[@snap]`; without `@snap`, HEAD. `-EINVAL` for
+ * a malformed spec.
+ */
+int rbd_diffsync_verify_set_dest(struct rbd_diffsync_verify *verify,
+                                 const char *spec);
+
+/**
+ * The first image's cluster, and the second's unless `rbd_diffsync_verify_set_dest_cluster`
+ * says otherwise. The settings are copied: `cluster` may be changed or freed afterwards.
+ */
+int rbd_diffsync_verify_set_cluster(struct rbd_diffsync_verify *verify,
+                                    const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * The second image's cluster, when it is not the first's; NULL for the first's again. The
+ * settings are copied.
+ */
+int rbd_diffsync_verify_set_dest_cluster(struct rbd_diffsync_verify *verify,
+                                         const struct rbd_diffsync_cluster *cluster);
+
+/**
+ * The window of reads in flight, in chunks (default `RBD_DIFFSYNC_DEFAULT_WINDOW`, at most
+ * 1024): at most window × chunk size bytes are held at once. Checked when run (`-EINVAL`).
+ */
+int rbd_diffsync_verify_set_window(struct rbd_diffsync_verify *verify,
+                                   uint32_t chunks);
+
+/**
+ * The largest read in bytes (default `RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE`): a multiple of 4 KiB
+ * between 4 KiB and 1 GiB. Checked when run (`-EINVAL`).
+ */
+int rbd_diffsync_verify_set_chunk_size(struct rbd_diffsync_verify *verify,
+                                       uint64_t bytes);
+
+/**
+ * Calls `callback` with `user_data` during runs, as `rbd_diffsync_transfer_set_progress`
+ * does (same rules, same `finalizer`): the phases are connecting, scanning and verifying.
+ */
+int rbd_diffsync_verify_set_progress(struct rbd_diffsync_verify *verify,
+                                     rbd_diffsync_progress_cb callback,
+                                     void *user_data,
+                                     rbd_diffsync_finalizer finalizer);
+
+/**
+ * The least time between two progress calls, in milliseconds (default 200).
+ */
+int rbd_diffsync_verify_set_progress_interval_ms(struct rbd_diffsync_verify *verify,
+                                                 uint64_t milliseconds);
+
+/**
+ * Compares the two images, writing nothing; blocks until done. 0 when they are equal,
+ * filling in `*stats` unless it is NULL (set `stats->struct_size` first);
+ * `-RBD_DIFFSYNC_EMISMATCH` when they differ, in content or size, with
+ * `rbd_diffsync_verify_last_error_offset` giving the first byte that differs (for sizes that
+ * differ, the smaller size unless the content differs before). An image read at HEAD while
+ * another client writes it may of course differ.
+ */
+int rbd_diffsync_verify_run(struct rbd_diffsync_verify *verify,
+                            struct rbd_diffsync_verify_stats *stats);
+
+/**
+ * Stops the run in progress on `verify`, or if none is, the next one to start: it then fails
+ * with `-ECANCELED`. Returns at once; callable from any thread, also while another thread
+ * runs the verification.
+ */
+int rbd_diffsync_verify_cancel(const struct rbd_diffsync_verify *verify);
+
+/**
+ * The message of the last call on `verify` that failed (other than with a NULL handle), or ""
+ * if none did. Owned by `verify`: valid until its next failing call or its free.
+ */
+const char *rbd_diffsync_verify_last_error(const struct rbd_diffsync_verify *verify);
+
+/**
+ * The offset that the last call on `verify` that failed named: for `-RBD_DIFFSYNC_EMISMATCH`,
+ * the first byte at which the images differ. Writes it into `*out` and returns 0; `-ENODATA`
+ * if that failure named no offset, or no call failed; `-EINVAL` for a NULL `verify` or `out`.
+ */
+int rbd_diffsync_verify_last_error_offset(const struct rbd_diffsync_verify *verify,
+                                          uint64_t *out);
 
 #ifdef __cplusplus
 }  // extern "C"

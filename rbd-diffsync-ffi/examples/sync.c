@@ -6,7 +6,8 @@
  *   ./sync /etc/ceph/ceph.conf rbd/vol s1 s2 backups/vol.backup
  *
  * copies rbd/vol@s1 into backups/vol.backup (created, with snapshot s1), then what changed
- * between s1 and s2 (and snapshot s2).
+ * between s1 and s2 (and snapshot s2). Each run reads back what it wrote and compares it with
+ * the source before its snapshot is made.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <rbd_diffsync.h>
@@ -52,13 +53,18 @@ static int sync_image(rbd_diffsync_transfer *transfer, const char *label, const 
     if (isatty(2))
         fputc('\n', stderr);
     printf("%s: %s -> %s@%s%s%s: %llu bytes read, %llu written, %llu zeroed, "
-           "%llu skipped, %llu-byte image, %.2f s%s\n",
+           "%llu skipped, %llu verified, %llu-byte image, %.2f s%s\n",
            label, stats.source, stats.dest, stats.end_snap,
            stats.from_snap ? " from " : "", stats.from_snap ? stats.from_snap : "",
            (unsigned long long)stats.bytes_read, (unsigned long long)stats.bytes_written,
            (unsigned long long)stats.bytes_zeroed, (unsigned long long)stats.bytes_skipped,
-           (unsigned long long)stats.image_size, (double)stats.elapsed_ns / 1e9,
+           (unsigned long long)stats.bytes_verified, (unsigned long long)stats.image_size,
+           (double)stats.elapsed_ns / 1e9,
            stats.created_destination ? ", destination created" : "");
+    /* a rerun after an interruption starts from the interrupted run's checkpoint */
+    if (stats.bytes_resumed > 0)
+        printf("%s: %llu bytes done by the interrupted run, not again\n", label,
+               (unsigned long long)stats.bytes_resumed);
     return 0;
 }
 
@@ -83,7 +89,9 @@ int main(int argc, char **argv)
         (ret = rbd_diffsync_cluster_set_conf(cluster, argv[1])) < 0 ||
         (ret = rbd_diffsync_transfer_new(&transfer)) < 0 ||
         (ret = rbd_diffsync_transfer_set_cluster(transfer, cluster)) < 0 ||
-        (ret = rbd_diffsync_transfer_set_dest(transfer, argv[5])) < 0) {
+        (ret = rbd_diffsync_transfer_set_dest(transfer, argv[5])) < 0 ||
+        /* read back and compare what each run wrote, before its end snapshot */
+        (ret = rbd_diffsync_transfer_set_verify(transfer, true)) < 0) {
         fail(transfer, "setup", ret);
         goto out;
     }

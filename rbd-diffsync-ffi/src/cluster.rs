@@ -136,8 +136,10 @@ pub unsafe extern "C" fn rbd_diffsync_cluster_set_mon_host(
     }
 }
 
-/// Gives up connecting after this many milliseconds (librados' `client_mount_timeout`, 300 s
-/// unless ceph.conf says otherwise). A wrong key or an unreachable monitor fails only then.
+/// Gives up connecting after this many milliseconds (librados' `client_mount_timeout`):
+/// `RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS` unless ceph.conf sets another value than librados'
+/// own default (300 s). An unreachable monitor fails then, with `-ETIMEDOUT`; a key the
+/// monitors refuse fails within seconds.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_cluster_set_connect_timeout_ms(
     cluster: *mut rbd_diffsync_cluster,
@@ -146,6 +148,21 @@ pub unsafe extern "C" fn rbd_diffsync_cluster_set_connect_timeout_ms(
     let timeout = Duration::from_millis(milliseconds);
     // SAFETY: the caller passes NULL or a live handle.
     unsafe { set(cluster, || Ok(timeout), |s, t| s.connect_timeout(t)) }
+}
+
+/// Fails an operation that the cluster has not answered after this many milliseconds with
+/// `-ETIMEDOUT`, instead of waiting for a stalled OSD or monitor for ever (librados'
+/// `rados_osd_op_timeout` and `rados_mon_op_timeout`): `RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS`
+/// unless ceph.conf sets them; 0 waits for ever. A transfer that times out leaves no end
+/// snapshot, and running it again resumes it.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_diffsync_cluster_set_op_timeout_ms(
+    cluster: *mut rbd_diffsync_cluster,
+    milliseconds: u64,
+) -> c_int {
+    let timeout = Duration::from_millis(milliseconds);
+    // SAFETY: the caller passes NULL or a live handle.
+    unsafe { set(cluster, || Ok(timeout), |s, t| s.op_timeout(t)) }
 }
 
 /// Sets a librados or librbd option (`rbd --<key> <value>`), such as `rbd_default_pool` to

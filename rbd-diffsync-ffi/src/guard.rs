@@ -9,11 +9,13 @@ use std::sync::{Mutex, MutexGuard};
 /// Returned when a panic was caught at the boundary: a bug of this library, not of the caller.
 pub(crate) const PANIC_CODE: c_int = libc::ENOTRECOVERABLE;
 
-/// Why a call failed: a positive errno or library code, and a message.
+/// Why a call failed: a positive errno or library code, a message, and for a mismatch the
+/// first byte that differs.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) code: c_int,
     pub(crate) message: String,
+    pub(crate) offset: Option<u64>,
 }
 
 impl Failure {
@@ -21,6 +23,7 @@ impl Failure {
         Failure {
             code: libc::EINVAL,
             message: message.into(),
+            offset: None,
         }
     }
 }
@@ -30,24 +33,30 @@ impl From<rbd_diffsync::Error> for Failure {
         Failure {
             code: e.errno(),
             message: e.to_string(),
+            offset: e.offset(),
         }
     }
 }
 
-/// The message of the last failed call on a handle.
+/// The message of the last failed call on a handle, and the offset it named if any.
 #[derive(Debug, Default)]
-pub(crate) struct LastError(Mutex<CString>);
+pub(crate) struct LastError(Mutex<(CString, Option<u64>)>);
 
 impl LastError {
     /// Records `failure` and returns its negated code.
     pub(crate) fn set(&self, failure: Failure) -> c_int {
-        *lock(&self.0) = c_string(failure.message);
+        *lock(&self.0) = (c_string(failure.message), failure.offset);
         -failure.code
     }
 
     /// The message; it stays valid until the next failing call on the handle or its free.
     pub(crate) fn as_ptr(&self) -> *const c_char {
-        lock(&self.0).as_ptr()
+        lock(&self.0).0.as_ptr()
+    }
+
+    /// The offset of the last failure, for a mismatch.
+    pub(crate) fn offset(&self) -> Option<u64> {
+        lock(&self.0).1
     }
 }
 
@@ -102,6 +111,7 @@ pub(crate) unsafe fn with_handle<H: Handle>(
         Err(payload) => Failure {
             code: PANIC_CODE,
             message: panic_message(payload.as_ref()),
+            offset: None,
         },
     };
     h.last_error().set(failure)

@@ -12,16 +12,26 @@
 
 mod cluster;
 mod guard;
+mod job;
 mod transfer;
+mod verify;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::{Mutex, OnceLock};
 
-use rbd_diffsync::error::{code_name, describe_code, CODE_DESTINATION_CHANGED, LIBRARY_CODE_BASE};
+use rbd_diffsync::error::{
+    code_name, describe_code, CODE_DESTINATION_CHANGED, CODE_MISMATCH, LIBRARY_CODE_BASE,
+};
 
 pub use cluster::*;
+pub use job::{
+    rbd_diffsync_finalizer, rbd_diffsync_progress, rbd_diffsync_progress_cb,
+    RBD_DIFFSYNC_PHASE_COMMITTING, RBD_DIFFSYNC_PHASE_CONNECTING, RBD_DIFFSYNC_PHASE_COPYING,
+    RBD_DIFFSYNC_PHASE_SCANNING, RBD_DIFFSYNC_PHASE_UNKNOWN, RBD_DIFFSYNC_PHASE_VERIFYING,
+};
 pub use transfer::*;
+pub use verify::*;
 
 use guard::{guard, lock, Handle};
 
@@ -33,6 +43,11 @@ pub const RBD_DIFFSYNC_ABI_VERSION: u32 = 1;
 /// transfer of the same diff. Returned negated, as errnos are: `ret == -RBD_DIFFSYNC_EDESTCHANGED`.
 pub const RBD_DIFFSYNC_EDESTCHANGED: i32 = 4296;
 
+/// The library's code for two images found different by a verification (a transfer's
+/// `set_verify`, or `rbd_diffsync_verify_run`): `*_last_error_offset` gives the first byte that
+/// differs. Returned negated: `ret == -RBD_DIFFSYNC_EMISMATCH`.
+pub const RBD_DIFFSYNC_EMISMATCH: i32 = 4297;
+
 /// The first of the library's own codes: a failed call's code `ret` is one of them when
 /// `-ret >= RBD_DIFFSYNC_LIBRARY_CODE_BASE`, and `-errno` otherwise. Beyond every errno.
 pub const RBD_DIFFSYNC_LIBRARY_CODE_BASE: i32 = 4296;
@@ -43,12 +58,29 @@ pub const RBD_DIFFSYNC_DEFAULT_WINDOW: u32 = 16;
 /// Default chunk size of a transfer, in bytes (2 MiB).
 pub const RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE: u64 = 2097152;
 
+/// Default connect timeout, in milliseconds (30 s), where ceph.conf leaves librados' own
+/// (`client_mount_timeout`, 300 s): see `rbd_diffsync_cluster_set_connect_timeout_ms`.
+pub const RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS: u64 = 30000;
+
+/// Default operation timeout, in milliseconds (60 s), where ceph.conf leaves librados' own
+/// (`rados_osd_op_timeout` and `rados_mon_op_timeout`, 0: for ever): see
+/// `rbd_diffsync_cluster_set_op_timeout_ms`.
+pub const RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS: u64 = 60000;
+
 // The header's literals are the core's values.
 const _: () = {
     assert!(RBD_DIFFSYNC_EDESTCHANGED == CODE_DESTINATION_CHANGED);
+    assert!(RBD_DIFFSYNC_EMISMATCH == CODE_MISMATCH);
     assert!(RBD_DIFFSYNC_LIBRARY_CODE_BASE == LIBRARY_CODE_BASE);
     assert!(RBD_DIFFSYNC_DEFAULT_WINDOW as usize == rbd_diffsync::DEFAULT_WINDOW);
     assert!(RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE == rbd_diffsync::DEFAULT_CHUNK_SIZE);
+    assert!(
+        RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS as u128
+            == rbd_diffsync::DEFAULT_CONNECT_TIMEOUT.as_millis()
+    );
+    assert!(
+        RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS as u128 == rbd_diffsync::DEFAULT_OP_TIMEOUT.as_millis()
+    );
 };
 
 /// The library's version, such as `"0.1.0"`. Static.
@@ -157,7 +189,15 @@ mod tests {
             text(rbd_diffsync_strerror(-RBD_DIFFSYNC_EDESTCHANGED)),
             describe_code(CODE_DESTINATION_CHANGED)
         );
-        assert!(rbd_diffsync_code_name(-4297).is_null());
+        assert_eq!(
+            text(rbd_diffsync_code_name(-RBD_DIFFSYNC_EMISMATCH)),
+            "EMISMATCH"
+        );
+        assert_eq!(
+            text(rbd_diffsync_strerror(-RBD_DIFFSYNC_EMISMATCH)),
+            describe_code(CODE_MISMATCH)
+        );
+        assert!(rbd_diffsync_code_name(-4298).is_null());
         assert!(rbd_diffsync_code_name(i32::MIN).is_null());
         assert_eq!(text(rbd_diffsync_strerror(-99999)), "Unknown error code");
         // Interned: the same pointer each time.

@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,9 @@ static void test_null_arguments(void)
     rbd_diffsync_transfer *t = NULL;
     rbd_diffsync_stats stats = {.struct_size = sizeof stats};
     rbd_diffsync_plan plan = {.struct_size = sizeof plan};
+    rbd_diffsync_verify_stats vstats = {.struct_size = sizeof vstats};
+    rbd_diffsync_verify *v = NULL;
+    uint64_t offset = 7;
 
     /* NULL out-pointers and handles */
     CHECK_INT(rbd_diffsync_cluster_new(NULL), -EINVAL);
@@ -201,6 +205,7 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_cluster_set_keyring(NULL, "x"), -EINVAL);
     CHECK_INT(rbd_diffsync_cluster_set_mon_host(NULL, "x"), -EINVAL);
     CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(NULL, 1), -EINVAL);
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(NULL, 1), -EINVAL);
     CHECK_INT(rbd_diffsync_cluster_set_option(NULL, "k", "v"), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_source(NULL, "rbd/a@s"), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_dest(NULL, "rbd/b"), -EINVAL);
@@ -211,13 +216,28 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_transfer_set_chunk_size(NULL, 4096), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_whole_object(NULL, true), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_force(NULL, true), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_set_verify(NULL, true), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_progress(NULL, NULL, NULL, NULL), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_set_progress_interval_ms(NULL, 10), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_plan(NULL, &plan), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_run(NULL, &stats), -EINVAL);
     CHECK_INT(rbd_diffsync_transfer_cancel(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(NULL, &offset), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_new(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_source(NULL, "rbd/a@s"), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_dest(NULL, "rbd/b@s"), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_cluster(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_window(NULL, 4), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(NULL, 4096), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_progress(NULL, NULL, NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_progress_interval_ms(NULL, 10), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_run(NULL, &vstats), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_cancel(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(NULL, &offset), -EINVAL);
     CHECK(rbd_diffsync_cluster_last_error(NULL) != NULL);
     CHECK(rbd_diffsync_transfer_last_error(NULL) != NULL);
+    CHECK(rbd_diffsync_verify_last_error(NULL) != NULL);
 
     /* NULL arguments of live handles: -EINVAL, and a message naming the argument */
     CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
@@ -246,7 +266,26 @@ static void test_null_arguments(void)
     CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, NULL, NULL), 0);
     CHECK_INT(rbd_diffsync_transfer_set_dest_cluster(t, c), 0);
     CHECK_INT(rbd_diffsync_transfer_cancel(t), 0);
+    /* no failure named an offset yet; a NULL out is refused */
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, &offset), -ENODATA);
+    CHECK_INT(offset, 7);
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_transfer_last_error(t), "out is NULL");
     rbd_diffsync_transfer_free(t);
+
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_STR(rbd_diffsync_verify_last_error(v), "");
+    CHECK_INT(rbd_diffsync_verify_set_source(v, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_verify_last_error(v), "spec is NULL");
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_set_cluster(v, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_verify_last_error(v), "cluster is NULL");
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(v, NULL), 0);
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(v, c), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, NULL, NULL, NULL), 0);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), -ENODATA);
+    CHECK_INT(rbd_diffsync_verify_cancel(v), 0);
+    rbd_diffsync_verify_free(v);
     rbd_diffsync_cluster_free(c);
 }
 
@@ -309,8 +348,37 @@ static void test_settings_checked_by_run(void)
     rbd_diffsync_transfer_free(t);
 }
 
+/* The verify handle's settings, refused before it connects to anything. */
+static void test_verify_settings_checked_by_run(void)
+{
+    rbd_diffsync_verify_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_verify *v = NULL;
+
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL); /* no images */
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "no source");
+    CHECK_INT(rbd_diffsync_verify_set_source(v, "rbd/img@"), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "rbd/img@");
+    CHECK_INT(rbd_diffsync_verify_set_source(v, "rbd/a@s1"), 0);
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, "backups/b@s1"), 0);
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 0), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "window 0");
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 4), 0);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(v, 1000), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, NULL), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "chunk size 1000");
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &(uint64_t){0}), -ENODATA);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(v, 1 << 20), 0);
+    stats.struct_size = sizeof(size_t);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), "struct_size");
+    rbd_diffsync_verify_free(v);
+}
+
 static void test_codes_and_messages(void)
 {
+    /* every kind of error's codes (library.rs' table), named and described */
     static const struct {
         int errno_value;
         const char *name;
@@ -321,21 +389,38 @@ static void test_codes_and_messages(void)
         {EDQUOT, "EDQUOT"},   {EOPNOTSUPP, "EOPNOTSUPP"}, {ENOSYS, "ENOSYS"},
         {EIO, "EIO"},         {EXDEV, "EXDEV"},
     };
+    static const struct {
+        int code;
+        const char *name, *message;
+    } library[] = {
+        {RBD_DIFFSYNC_EDESTCHANGED, "EDESTCHANGED",
+         "Destination changed since the base snapshot"},
+        {RBD_DIFFSYNC_EMISMATCH, "EMISMATCH", "Images differ"},
+    };
     size_t i;
 
     for (i = 0; i < sizeof codes / sizeof *codes; i++) {
         CHECK_STR(rbd_diffsync_code_name(-codes[i].errno_value), codes[i].name);
         CHECK_STR(rbd_diffsync_strerror(-codes[i].errno_value), strerror(codes[i].errno_value));
     }
+    for (i = 0; i < sizeof library / sizeof *library; i++) {
+        CHECK(library[i].code >= RBD_DIFFSYNC_LIBRARY_CODE_BASE);
+        CHECK_STR(rbd_diffsync_code_name(-library[i].code), library[i].name);
+        CHECK_STR(rbd_diffsync_code_name(library[i].code), library[i].name);
+        CHECK_STR(rbd_diffsync_strerror(-library[i].code), library[i].message);
+    }
     CHECK_INT(RBD_DIFFSYNC_EDESTCHANGED, RBD_DIFFSYNC_LIBRARY_CODE_BASE);
     CHECK_INT(RBD_DIFFSYNC_LIBRARY_CODE_BASE, 4296);
-    CHECK_STR(rbd_diffsync_code_name(-RBD_DIFFSYNC_EDESTCHANGED), "EDESTCHANGED");
-    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_EDESTCHANGED),
-              "Destination changed since the base snapshot");
-    CHECK(rbd_diffsync_code_name(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1) == NULL);
-    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1), "Unknown error code");
+    CHECK_INT(RBD_DIFFSYNC_EMISMATCH, 4297);
+    /* a code beyond the errnos that is not the library's */
+    CHECK(rbd_diffsync_code_name(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1000) == NULL);
+    CHECK_STR(rbd_diffsync_strerror(-RBD_DIFFSYNC_LIBRARY_CODE_BASE - 1000),
+              "Unknown error code");
     CHECK(rbd_diffsync_code_name(0) == NULL);
     CHECK(rbd_diffsync_strerror(-ENOENT) == rbd_diffsync_strerror(-ENOENT)); /* static */
+    CHECK_INT(RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS, 30000);
+    CHECK_INT(RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS, 60000);
+    CHECK_INT(RBD_DIFFSYNC_PHASE_VERIFYING, 4);
 }
 
 static int finalized;
@@ -356,6 +441,7 @@ static int never_called(const rbd_diffsync_progress *p, void *user_data)
 static void test_finalizer_once(void)
 {
     rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_verify *v = NULL;
 
     finalized = 0;
     CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
@@ -374,6 +460,16 @@ static void test_finalizer_once(void)
     CHECK_INT(rbd_diffsync_transfer_set_progress(t, NULL, &finalized, count_finalize), 0);
     rbd_diffsync_transfer_free(t);
     CHECK_INT(finalized, 2);
+    /* the verify handle's likewise */
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, never_called, &finalized, count_finalize), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, never_called, &finalized, count_finalize), 0);
+    CHECK_INT(finalized, 3);
+    rbd_diffsync_verify_free(v);
+    CHECK_INT(finalized, 4);
+    CHECK_INT(rbd_diffsync_verify_set_progress(NULL, never_called, &finalized, count_finalize),
+              -EINVAL);
+    CHECK_INT(finalized, 4);
 }
 
 /* ---- against the cluster ---- */
@@ -431,6 +527,8 @@ static void test_plan_writes_nothing(void)
     CHECK_INT(plan.dest_size, 0);
     CHECK(plan.create_destination);
     CHECK(!plan.continues_interrupted && !plan.overwrites_destination);
+    CHECK_INT(plan.resume_from, 0);
+    CHECK_INT(plan.bytes_resumed, 0);
     CHECK(plan.diff_bytes > 0 && plan.data_bytes > 0);
     CHECK(rbd("info %s >/dev/null 2>&1", dest) != 0); /* not created */
 
@@ -441,6 +539,80 @@ static void test_plan_writes_nothing(void)
     CHECK_INT(newer.plan.struct_size, sizeof(rbd_diffsync_plan));
     CHECK_INT(newer.plan.source_size, 32 << 20);
     CHECK_INT((unsigned char)newer.later_fields[0], 0xa5); /* left alone */
+
+    /* a caller's struct from an older header, which ends before the fields added since */
+    memset(&plan, 0xa5, sizeof plan);
+    plan.struct_size = offsetof(rbd_diffsync_plan, resume_from);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, &plan), 0);
+    CHECK_INT(plan.struct_size, offsetof(rbd_diffsync_plan, resume_from));
+    CHECK_INT(plan.source_size, 32 << 20);
+    CHECK(plan.create_destination);
+    CHECK(plan.resume_from == 0xa5a5a5a5a5a5a5a5ULL); /* beyond its size: left alone */
+    rbd_diffsync_transfer_free(t);
+}
+
+/* Where to write the keyring of a key the cluster does not know. */
+static char bad_keyring[] = "/tmp/ffi2-c-api-keyring.XXXXXX";
+
+static double seconds_since(const struct timespec *start)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* The operation timeout is accepted and a plan runs with it; an unreachable monitor fails at
+ * the connect timeout; a key the monitors refuse fails at once with -EACCES. */
+static void test_timeouts_and_refused_key(void)
+{
+    static const char key[] = "[client.diffsync]\n\tkey = AQBnpSxlAAAAABAAk1yQ8Z6ZpQ7B5xL5nF5Zxw==\n";
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_transfer *t;
+    char source[128], dest[128];
+    struct timespec start;
+    int fd;
+
+    snprintf(source, sizeof source, "%s@s1", src);
+    dest_name(dest, sizeof dest, "plan");
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(c, 0), 0); /* for ever */
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(c, 20000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), 0);
+    rbd_diffsync_cluster_free(c);
+
+    /* nothing listens on port 1 */
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_mon_host(c, "127.0.0.1:1"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_op_timeout_ms(c, 2000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), -ETIMEDOUT);
+    CHECK(seconds_since(&start) < 20);
+    rbd_diffsync_cluster_free(c);
+
+    /* a well-formed key that is not client.diffsync's */
+    fd = mkstemp(bad_keyring);
+    CHECK(fd >= 0 && write(fd, key, strlen(key)) == (ssize_t)strlen(key));
+    if (fd >= 0)
+        close(fd);
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_id(c, "diffsync"), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_keyring(c, bad_keyring), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_connect_timeout_ms(c, 60000), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_cluster(t, c), 0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_INT(rbd_diffsync_transfer_plan(t, NULL), -EACCES);
+    CHECK(seconds_since(&start) < 20); /* refused, not timed out */
+    CHECK_CONTAINS(rbd_diffsync_transfer_last_error(t), "client.diffsync");
+    unlink(bad_keyring);
+    rbd_diffsync_cluster_free(c);
     rbd_diffsync_transfer_free(t);
 }
 
@@ -493,7 +665,7 @@ static void test_cluster_settings_apply(void)
 }
 
 struct progress_log {
-    int calls, copying, last_phase;
+    int calls, copying, verifying, last_phase;
     uint64_t last_total;
 };
 
@@ -505,6 +677,8 @@ static int log_progress(const rbd_diffsync_progress *p, void *user_data)
     CHECK(p->phase_name != NULL);
     log->calls++;
     log->copying += p->phase == RBD_DIFFSYNC_PHASE_COPYING;
+    log->verifying += p->phase == RBD_DIFFSYNC_PHASE_VERIFYING;
+    CHECK(p->phase != RBD_DIFFSYNC_PHASE_VERIFYING || strcmp(p->phase_name, "verifying") == 0);
     log->last_phase = (int)p->phase;
     log->last_total = p->bytes_total;
     return 0;
@@ -700,6 +874,152 @@ static void test_cancel_from_another_thread(void)
     rbd_diffsync_transfer_free(shared.transfer);
 }
 
+/* A run that reads back what it wrote; a caller's stats from an older header. */
+static void test_transfer_verifies(void)
+{
+    rbd_diffsync_stats stats;
+    struct progress_log log = {.last_phase = -1};
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+    uint64_t offset;
+
+    dest_name(dest, sizeof dest, "verified");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_set_verify(t, true), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_progress(t, log_progress, &log, NULL), 0);
+    memset(&stats, 0xa5, sizeof stats);
+    stats.struct_size = sizeof stats;
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK_INT(stats.struct_size, sizeof stats);
+    CHECK(stats.bytes_verified > 0);
+    CHECK_INT(stats.bytes_verified, stats.bytes_written + stats.bytes_zeroed + stats.bytes_skipped);
+    CHECK_INT(stats.bytes_resumed, 0);
+    CHECK(stats.broke_lock_of == NULL);
+    CHECK(log.verifying >= 1);
+    CHECK_INT(log.last_phase, RBD_DIFFSYNC_PHASE_COMMITTING);
+    CHECK(same_content(dest, "s1"));
+    CHECK_INT(rbd_diffsync_transfer_last_error_offset(t, &offset), -ENODATA);
+
+    /* the increment, with stats of the size an older header had: the fields added since are
+     * left alone */
+    snprintf(source, sizeof source, "%s@s2", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "s1"), 0);
+    memset(&stats, 0xa5, sizeof stats);
+    stats.struct_size = offsetof(rbd_diffsync_stats, bytes_resumed);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK_INT(stats.struct_size, offsetof(rbd_diffsync_stats, bytes_resumed));
+    CHECK_STR(stats.end_snap, "s2");
+    CHECK(!stats.created_destination && !stats.continued_interrupted);
+    CHECK(stats.diff_bytes > 0);
+    CHECK(stats.bytes_resumed == 0xa5a5a5a5a5a5a5a5ULL);
+    CHECK(stats.bytes_verified == 0xa5a5a5a5a5a5a5a5ULL);
+    CHECK(same_content(dest, "s2"));
+    rbd_diffsync_transfer_free(t);
+}
+
+/* Imports a 4 MiB image whose bytes are never zero, except the one at `zero_at` if it is below
+ * 4 MiB, and snapshots it as @v. */
+static int import_pattern(const char *image, long zero_at)
+{
+    char path[] = "/tmp/ffi2-c-api-image.XXXXXX";
+    static unsigned char data[4 << 20];
+    long i;
+    int fd, status;
+    FILE *f;
+
+    for (i = 0; i < (long)sizeof data; i++)
+        data[i] = (unsigned char)(i % 251 + 1);
+    if (zero_at < (long)sizeof data)
+        data[zero_at] = 0;
+    if ((fd = mkstemp(path)) < 0 || !(f = fdopen(fd, "wb")))
+        return -1;
+    status = fwrite(data, 1, sizeof data, f) == sizeof data ? 0 : -1;
+    fclose(f);
+    if (status == 0)
+        status = rbd("import --no-progress %s %s >/dev/null 2>&1", path, image) ||
+                 rbd("snap create %s@v >/dev/null 2>&1", image);
+    unlink(path);
+    return status;
+}
+
+static int count_verifying(const rbd_diffsync_progress *p, void *user_data)
+{
+    if (p->phase == RBD_DIFFSYNC_PHASE_VERIFYING)
+        ++*(int *)user_data;
+    return 0;
+}
+
+/* Two whole images compared: equal, then differing at a known byte, then cancelled. */
+static void test_verify_images(void)
+{
+    const long differs_at = (3 << 20) + 12345;
+    rbd_diffsync_verify_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_cluster *c = NULL;
+    rbd_diffsync_verify *v = NULL;
+    char a[128], b[128], bad[128], spec[160];
+    uint64_t offset = 0;
+    int verifying = 0;
+
+    snprintf(a, sizeof a, "%s-va", src);
+    dest_name(b, sizeof b, "vb");
+    dest_name(bad, sizeof bad, "vbad");
+    CHECK_INT(import_pattern(a, 1L << 30), 0);
+    CHECK_INT(import_pattern(b, 1L << 30), 0);
+    CHECK_INT(import_pattern(bad, differs_at), 0);
+
+    CHECK_INT(rbd_diffsync_cluster_new(&c), 0);
+    CHECK_INT(rbd_diffsync_cluster_set_conf(c, conf), 0);
+    CHECK_INT(rbd_diffsync_verify_new(&v), 0);
+    CHECK_INT(rbd_diffsync_verify_set_cluster(v, c), 0);
+    CHECK_INT(rbd_diffsync_verify_set_dest_cluster(v, c), 0);
+    rbd_diffsync_cluster_free(c);
+    snprintf(spec, sizeof spec, "%s@v", a);
+    CHECK_INT(rbd_diffsync_verify_set_source(v, spec), 0);
+    snprintf(spec, sizeof spec, "%s@v", b);
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, spec), 0);
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 4), 0);
+    CHECK_INT(rbd_diffsync_verify_set_chunk_size(v, 1 << 20), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress_interval_ms(v, 10), 0);
+    CHECK_INT(rbd_diffsync_verify_set_progress(v, count_verifying, &verifying, NULL), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), 0);
+    CHECK_INT(stats.struct_size, sizeof stats);
+    CHECK_CONTAINS(stats.source, a);
+    CHECK_STR(stats.dest, spec);
+    CHECK_INT(stats.image_size, 4 << 20);
+    CHECK_INT(stats.bytes_compared, 4 << 20); /* every byte is allocated */
+    CHECK_INT(stats.bytes_compared + stats.bytes_skipped, stats.image_size);
+    CHECK(stats.elapsed_ns > 0);
+    CHECK(verifying >= 1);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), -ENODATA);
+
+    snprintf(spec, sizeof spec, "%s@v", bad);
+    CHECK_INT(rbd_diffsync_verify_set_dest(v, spec), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -RBD_DIFFSYNC_EMISMATCH);
+    CHECK_CONTAINS(rbd_diffsync_verify_last_error(v), bad);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), 0);
+    CHECK_INT(offset, differs_at);
+    CHECK_STR(rbd_diffsync_code_name(-RBD_DIFFSYNC_EMISMATCH), "EMISMATCH");
+
+    /* the offset is that of the last failure: another failure without one replaces it */
+    CHECK_INT(rbd_diffsync_verify_set_window(v, 0), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -EINVAL);
+    CHECK_INT(rbd_diffsync_verify_last_error_offset(v, &offset), -ENODATA);
+    CHECK_INT(rbd_diffsync_verify_set_window(v, RBD_DIFFSYNC_DEFAULT_WINDOW), 0);
+
+    /* a cancel with no run in progress stops the next one */
+    CHECK_INT(rbd_diffsync_verify_cancel(v), 0);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -ECANCELED);
+    CHECK_INT(rbd_diffsync_verify_run(v, &stats), -RBD_DIFFSYNC_EMISMATCH);
+    rbd_diffsync_verify_free(v);
+    for (size_t i = 0; i < 3; i++) {
+        const char *image = i == 0 ? a : i == 1 ? b : bad;
+        rbd("snap purge %s >/dev/null 2>&1", image);
+        rbd("rm %s >/dev/null 2>&1", image);
+    }
+}
+
 static int setup(void)
 {
     snprintf(src, sizeof src, "rbd/capi-%d", (int)getpid());
@@ -716,8 +1036,8 @@ static int setup(void)
 
 static void cleanup(void)
 {
-    static const char *dests[] = {"missing", "plan",    "chain",    "changed",
-                                  "busy",    "stopped", "cancelled"};
+    static const char *dests[] = {"missing",   "plan",     "chain", "changed", "busy",
+                                  "stopped",   "cancelled", "verified"};
     char dest[128];
     size_t i;
 
@@ -743,6 +1063,7 @@ int main(int argc, char **argv)
     run_test("null_arguments", test_null_arguments);
     run_test("malformed_specs", test_malformed_specs);
     run_test("settings_checked_by_run", test_settings_checked_by_run);
+    run_test("verify_settings_checked_by_run", test_verify_settings_checked_by_run);
     run_test("codes_and_messages", test_codes_and_messages);
     run_test("finalizer_once", test_finalizer_once);
     if (!offline) {
@@ -755,11 +1076,14 @@ int main(int argc, char **argv)
         run_test("missing_conf_image_and_snapshot", test_missing_conf_image_and_snapshot);
         run_test("plan_writes_nothing", test_plan_writes_nothing);
         run_test("cluster_settings_apply", test_cluster_settings_apply);
+        run_test("timeouts_and_refused_key", test_timeouts_and_refused_key);
         run_test("full_then_incremental", test_full_then_incremental);
         run_test("destination_changed", test_destination_changed);
         run_test("destination_open_elsewhere", test_destination_open_elsewhere);
         run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
         run_test("cancel_from_another_thread", test_cancel_from_another_thread);
+        run_test("transfer_verifies", test_transfer_verifies);
+        run_test("verify_images", test_verify_images);
         cleanup();
     }
     printf("%d passed, %d failed\n", passed, failed);
