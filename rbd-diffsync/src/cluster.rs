@@ -340,6 +340,29 @@ impl Cluster {
             .unwrap_or_default())
     }
 
+    /// Blocklists the client at `address` (as `ceph osd blocklist add`, for an hour), then
+    /// waits for the OSD map that says so: its watches and requests are gone from then on.
+    pub(crate) fn blocklist(&self, address: &str) -> Result<()> {
+        let c_address = cstring("client address", address.as_bytes())?;
+        // SAFETY: the cluster is connected; librados only reads the NUL-terminated address.
+        let ret = unsafe {
+            sys::rados_blocklist_add(self.handle.rados, c_address.as_ptr().cast_mut(), 3600)
+        };
+        if ret < 0 {
+            return Err(Error::rbd("blocklist", address, ret.into()));
+        }
+        // SAFETY: the cluster is connected.
+        let ret = unsafe { raw::rados_wait_for_latest_osdmap(self.handle.rados) };
+        if ret < 0 {
+            return Err(Error::rbd(
+                "wait for the OSD map of",
+                self.label(),
+                ret.into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs a monitor command (JSON) and returns its output.
     pub(crate) fn mon_command(&self, command: &str) -> Result<Vec<u8>> {
         let c_command = cstring("monitor command", command.as_bytes())?;
@@ -477,7 +500,7 @@ impl Cluster {
         }
         let owned = PoolHandle {
             io,
-            _cluster: self.clone(),
+            cluster: self.clone(),
         };
         if let Some(ns) = namespace {
             let c_ns = cstring("namespace", ns.as_bytes())?;
@@ -525,7 +548,7 @@ fn get(handle: &Handle, key: &CStr) -> Option<String> {
 struct PoolHandle {
     io: rados_ioctx_t,
     // The ioctx must not outlive its cluster connection.
-    _cluster: Cluster,
+    cluster: Cluster,
 }
 
 // SAFETY: librados I/O contexts may be used from several threads once configured; the
@@ -554,7 +577,7 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("pool", &self.pool)
             .field("namespace", &self.namespace)
-            .field("cluster", &self.handle._cluster.label())
+            .field("cluster", &self.handle.cluster.label())
             .finish()
     }
 }
@@ -578,6 +601,37 @@ impl Pool {
     pub fn id(&self) -> i64 {
         // SAFETY: the ioctx is alive.
         unsafe { raw::rados_ioctx_get_id(self.handle.io) }
+    }
+
+    /// The cluster the pool is on.
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.handle.cluster
+    }
+
+    /// Removes `key` from the omap of the existing `object`.
+    pub(crate) fn omap_remove(&self, object: &str, key: &str) -> Result<()> {
+        let c_object = cstring("object name", object.as_bytes())?;
+        let c_key = cstring("omap key", key.as_bytes())?;
+        let keys = [c_key.as_ptr()];
+        // SAFETY: as in `omap_set`.
+        let ret = unsafe {
+            let op = raw::rados_create_write_op();
+            raw::rados_write_op_assert_exists(op);
+            raw::rados_write_op_omap_rm_keys(op, keys.as_ptr(), 1);
+            let ret = raw::rados_write_op_operate(
+                op,
+                self.handle.io,
+                c_object.as_ptr(),
+                ptr::null_mut(),
+                0,
+            );
+            raw::rados_release_write_op(op);
+            ret
+        };
+        if ret < 0 {
+            return Err(Error::rbd("remove omap key of", object, ret.into()));
+        }
+        Ok(())
     }
 
     /// Sets `key` to `value` in the omap of the existing `object`.

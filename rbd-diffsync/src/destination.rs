@@ -63,52 +63,82 @@ fn ranges(extents: Vec<DiffExtent>) -> Vec<(u64, u64)> {
 /// counts as dead: a live librbd client answers within milliseconds.
 const PREDECESSOR_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Names `me` as the client about to take the destination's lock, straight in the header's
+/// omap (librbd's metadata call would need the lock first), so that a run killed at any point
+/// after this is recognised by its rerun. Returns who was named before.
+pub(crate) fn claim(dest: &Image, me: &str) -> Result<Option<String>> {
+    let previous = dest.metadata_get(HOLDER_KEY)?;
+    // Best effort: without it a rerun waits for the watch of a run killed before its record
+    // was written, as it would have anyway.
+    let _ = dest.metadata_set_unlocked(HOLDER_KEY, me);
+    Ok(previous)
+}
+
+/// Gives a claim back after a refusal: the name that was there before, or none.
+pub(crate) fn unclaim(dest: &Image, previous: Option<&str>) {
+    let _ = match previous {
+        Some(previous) => dest.metadata_set_unlocked(HOLDER_KEY, previous),
+        None => dest.metadata_remove_unlocked(HOLDER_KEY),
+    };
+}
+
 /// Takes the destination's exclusive lock, unless its image lacks the feature. Returns the
-/// client whose lock it broke, if any.
+/// killed predecessor it fenced off, if any.
 ///
 /// A lock held by another client that still has the image open is refused at once, as
 /// [`ErrorKind::Busy`], naming it: taking it would make a live writer hand it over. The one
 /// exception is the transfer's own predecessor, named (address and nonce) by the in-progress
-/// record or the lock holder's key: if it does not answer a notification it was killed, and its lock is broken at once
-/// (librbd blocklists it) instead of when its watch expires; if it answers, it is still
-/// running, and that is refused.
+/// record or by the holder's key it wrote (`previous_holder`). A killed client keeps its
+/// watch, and its lock, until the watch expires, and every notification librbd sends meanwhile
+/// (metadata, snapshots) waits for it: so a predecessor that still watches the image and does
+/// not answer a notification is blocklisted at once (by breaking its lock if it holds it),
+/// and one that answers is still running, which is refused.
 pub(crate) fn lock(
     reporter: &mut Reporter,
     dest: &Arc<Image>,
     me: &str,
     record: Option<&Record>,
+    previous_holder: Option<&str>,
 ) -> Result<Option<String>> {
-    if dest.features()? & sys::RBD_FEATURE_EXCLUSIVE_LOCK == 0 {
-        return Ok(None);
-    }
+    let ours = |address: &str| {
+        record.is_some_and(|r| r.client == address) || previous_holder == Some(address)
+    };
     let path = dest.path().to_owned();
-    let owners: Vec<String> = dest
-        .lock_owners()?
+    let lockable = dest.features()? & sys::RBD_FEATURE_EXCLUSIVE_LOCK != 0;
+    let owners: Vec<String> = if lockable {
+        dest.lock_owners()?
+            .into_iter()
+            .filter(|o| o != me)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut watching: Vec<String> = dest
+        .watchers()?
         .into_iter()
-        .filter(|o| o != me)
+        .map(|w| w.address)
+        .filter(|a| a != me)
         .collect();
-    let mut broken = None;
+    watching.dedup();
     if let Some(owner) = owners.first() {
-        let watching = dest.watchers()?.iter().any(|w| w.address == *owner);
-        let holder = dest.metadata_get(HOLDER_KEY)?;
-        let predecessor =
-            record.is_some_and(|r| r.client == *owner) || holder.as_deref() == Some(owner);
-        if watching && !predecessor {
+        if watching.contains(owner) && !ours(owner) {
             return Err(locked_by(&path, owner));
         }
-        if watching && break_if_dead(reporter, dest, owner)? {
-            broken = Some(owner.clone());
+    }
+    let mut fenced = None;
+    for address in watching.iter().filter(|a| ours(a)) {
+        if fence_if_dead(reporter, dest, address, owners.contains(address))? {
+            fenced = Some(address.clone());
         }
     }
-    // Named before the lock is taken, so that a kill at any point after it leaves the lock
-    // recognisable. Best effort: without it a rerun waits for the lock of a run killed before
-    // its record was written, as it would have anyway.
-    let _ = dest.metadata_set_unlocked(HOLDER_KEY, me);
+    if !lockable {
+        return Ok(fenced);
+    }
     let image = dest.clone();
     let waiting_for = format!("the exclusive lock of {path}");
     match reporter.wait(waiting_for, true, move || image.acquire_exclusive_lock()) {
         Waited::Stopped => Err(reporter.stopped_error(&path)),
-        Waited::Done(Ok(())) => Ok(broken),
+        Waited::Done(Ok(())) => Ok(fenced),
         Waited::Done(Err(e)) if e.errno() == libc::EROFS => {
             let owner = dest
                 .lock_owners()
@@ -121,16 +151,23 @@ pub(crate) fn lock(
     }
 }
 
-/// Breaks the lock of the transfer's predecessor at `owner` if it does not answer; refuses if
-/// it does. Returns whether the lock was broken.
-fn break_if_dead(reporter: &mut Reporter, dest: &Arc<Image>, owner: &str) -> Result<bool> {
+/// Fences off the transfer's predecessor at `address`, which still watches the image, if it
+/// does not answer: breaks its lock if it `holds_lock` (librbd blocklists it), blocklists it
+/// otherwise. Refuses if it answers. Returns whether it was fenced off.
+fn fence_if_dead(
+    reporter: &mut Reporter,
+    dest: &Arc<Image>,
+    address: &str,
+    holds_lock: bool,
+) -> Result<bool> {
     let path = dest.path().to_owned();
-    let (image, address) = (dest.clone(), owner.to_owned());
+    let (image, client) = (dest.clone(), address.to_owned());
     let asked = format!(
-        "an answer from the client at {owner}, whose interrupted transfer left the lock of {path}"
+        "an answer from the client at {address}, an interrupted transfer into {path} that still \
+         watches it"
     );
     let answers = match reporter.wait(asked, true, move || {
-        image.answers(&address, PREDECESSOR_ANSWER_TIMEOUT)
+        image.answers(&client, PREDECESSOR_ANSWER_TIMEOUT)
     }) {
         Waited::Stopped => return Err(reporter.stopped_error(&path)),
         Waited::Done(answers) => answers?,
@@ -141,19 +178,26 @@ fn break_if_dead(reporter: &mut Reporter, dest: &Arc<Image>, owner: &str) -> Res
             libc::EBUSY,
             format!(
                 "image {path} is being written by an earlier transfer that is still running \
-                 (client {owner}, which holds its lock and answers): wait for it to end, or \
-                 stop it and run this again"
+                 (client {address}, which answers): wait for it to end, or stop it and run \
+                 this again"
             ),
         )
         .with_image(&path)),
-        // Its watch is gone: librbd breaks the lock itself.
+        // Its watch is gone meanwhile.
         None => Ok(false),
         Some(false) => {
-            let (image, address) = (dest.clone(), owner.to_owned());
-            let what = format!("the lock of {path} left by the killed client {owner} to break");
-            match reporter.wait(what, false, move || image.break_lock(&address)) {
+            let (image, client) = (dest.clone(), address.to_owned());
+            let what = format!("the killed client {address} to be fenced off {path}");
+            let fenced = reporter.wait(what, false, move || {
+                if holds_lock {
+                    image.break_lock(&client)
+                } else {
+                    image.pool().cluster().blocklist(&client)
+                }
+            });
+            match fenced {
                 Waited::Done(Ok(())) => Ok(true),
-                // Gone meanwhile (its watch expired): nothing to break.
+                // Its lock is gone meanwhile (its watch expired): nothing to break.
                 Waited::Done(Err(e)) if e.errno() == libc::ENOENT => Ok(false),
                 Waited::Done(Err(e)) => Err(e),
                 Waited::Stopped => unreachable!("a step that writes is not detached"),

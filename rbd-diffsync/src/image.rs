@@ -482,6 +482,13 @@ impl Image {
             .omap_set(&header, &format!("metadata_{key}"), value)
     }
 
+    /// Removes image metadata without the exclusive lock, as
+    /// [`metadata_set_unlocked`](Self::metadata_set_unlocked) sets it.
+    pub fn metadata_remove_unlocked(&self, key: &str) -> Result<()> {
+        let header = format!("rbd_header.{}", self.id()?);
+        self.pool.omap_remove(&header, &format!("metadata_{key}"))
+    }
+
     /// Breaks the exclusive lock held by the client at `owner`; librbd blocklists that
     /// client first, so that it can write nothing more even if it was alive after all.
     pub fn break_lock(&self, owner: &str) -> Result<()> {

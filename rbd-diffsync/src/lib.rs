@@ -48,11 +48,13 @@
 //! 5. **No other writer.** The destination's exclusive lock is held from the checks to the end
 //!    snapshot, in a mode in which librbd hands it to nobody: another client's writes fail
 //!    meanwhile. A destination locked by a live client is refused ([`Busy`](ErrorKind::Busy)),
-//!    naming it. The lock of the transfer's own predecessor (the client named in the record,
-//!    or in the lock-holder key it wrote just before taking the lock) is broken at once if
-//!    that client does not answer a notification within 2 s: it was killed, and librbd
-//!    blocklists it ([`TransferStats::broke_lock_of`]); one that answers is still running, and
-//!    the rerun is refused. No other client's lock is ever broken.
+//!    naming it. The transfer's own predecessor (the client named in the record, or in the
+//!    lock-holder key it wrote as soon as it had the destination open) is fenced off at once
+//!    if it still watches the destination but does not answer a notification within 2 s: it
+//!    was killed, and it is blocklisted, its lock broken if it held it
+//!    ([`TransferStats::broke_lock_of`]), instead of holding up the lock and every
+//!    notification until its watch expires (about 30 s); one that answers is still running,
+//!    and the rerun is refused. No other client's lock is ever broken.
 //! 9. **No hang.** Every call to the cluster has a timeout
 //!    ([`ClusterSpec::connect_timeout`], [`ClusterSpec::op_timeout`]: 30 s and 60 s by
 //!    default); a key the monitors refuse is reported as such within seconds

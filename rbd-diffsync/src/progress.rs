@@ -140,9 +140,9 @@ pub struct TransferStats {
     /// Bytes of the diff that the interrupted transfer of the very same diff had completed
     /// (below its checkpoint), and that this one did not do again.
     pub bytes_resumed: u64,
-    /// The address of the killed client of an interrupted transfer into the destination,
-    /// whose exclusive lock this transfer broke (librbd blocklisted it) instead of waiting
-    /// for its watch to expire.
+    /// The address of the killed client of an interrupted transfer into the destination that
+    /// this transfer fenced off (blocklisted, breaking its exclusive lock if it held it)
+    /// instead of waiting for its watch to expire.
     pub broke_lock_of: Option<String>,
     /// The snapshot created on the destination, if the source named one.
     pub end_snap: Option<String>,

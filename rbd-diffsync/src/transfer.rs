@@ -314,6 +314,17 @@ struct Source {
     record: Record,
 }
 
+/// The images open, before the checks.
+struct Opened {
+    source: Source,
+    dest_cluster: Cluster,
+    dest_pool: Pool,
+    /// `None` when the transfer creates the destination.
+    dest: Option<Arc<Image>>,
+    /// The destination client's address.
+    me: String,
+}
+
 /// Everything `run` needs once the checks have passed.
 struct Prepared {
     plan: Plan,
@@ -536,11 +547,47 @@ impl DiffTransfer {
         reporter.phase(Phase::Connecting);
         let (src_cluster, source) = self.open_source(reporter)?;
         let (dest_cluster, dest_pool, dest) = self.open_destination(reporter, src_cluster, lock)?;
-        let label = image_path(&dest_pool, self.dest.image());
+        let me = dest_cluster.address()?;
+        // Named as the writer to be as soon as the destination is open for writing: a rerun
+        // after a kill from here on recognises this client, its watch and its lock.
+        let claimed = match (&dest, lock) {
+            (Some(dest), true) => Some((dest.clone(), destination::claim(dest, &me)?)),
+            _ => None,
+        };
+        let previous_holder = claimed.as_ref().and_then(|(_, p)| p.clone());
+        let opened = Opened {
+            source,
+            dest_cluster,
+            dest_pool,
+            dest,
+            me,
+        };
+        let prepared = self.check(reporter, opened, lock, previous_holder.as_deref());
+        if let (Err(_), Some((dest, previous))) = (&prepared, &claimed) {
+            // Refused: nothing of this transfer stays on the destination.
+            destination::unclaim(dest, previous.as_deref());
+        }
+        prepared
+    }
 
+    /// The scan, the lock and the checks of `prepare`, once the images are open.
+    fn check(
+        &self,
+        reporter: &mut Reporter,
+        opened: Opened,
+        lock: bool,
+        previous_holder: Option<&str>,
+    ) -> Result<Prepared> {
+        let Opened {
+            source,
+            dest_cluster,
+            dest_pool,
+            dest,
+            me,
+        } = opened;
+        let label = image_path(&dest_pool, self.dest.image());
         reporter.phase(Phase::Scanning);
         let scan = self.scan_source(reporter, &source, &label)?;
-        let me = dest_cluster.address()?;
         let mut record = source.record.clone();
         record.client = me.clone();
         let mut broke_lock_of = None;
@@ -548,7 +595,8 @@ impl DiffTransfer {
             Some(dest) => {
                 if lock {
                     let previous = destination::read_record(dest)?;
-                    broke_lock_of = destination::lock(reporter, dest, &me, previous.as_ref())?;
+                    broke_lock_of =
+                        destination::lock(reporter, dest, &me, previous.as_ref(), previous_holder)?;
                 }
                 // Under the lock from here on: what is read now stays true until the end.
                 let (image, record, me) = (dest.clone(), record.clone(), me.clone());
@@ -556,14 +604,10 @@ impl DiffTransfer {
                 let force = self.overwrite_existing;
                 let stop = reporter.stop_check();
                 let what = format!("the checks of {label}");
-                let checked = detached(reporter, &label, what, move || {
+                detached(reporter, &label, what, move || {
                     check_destination(&image, end, from, &record, &me, force, &stop)
-                });
-                if checked.is_err() && lock {
-                    // Refused: nothing of this transfer stays on the destination.
-                    let _ = dest.metadata_remove(HOLDER_KEY);
-                }
-                checked.map_err(|e| self.stopped_or(reporter, e))?
+                })
+                .map_err(|e| self.stopped_or(reporter, e))?
             }
             None => Found::default(),
         };
@@ -776,7 +820,8 @@ impl DiffTransfer {
                 })?;
                 let me = dest_cluster.address()?;
                 record.client = me.clone();
-                destination::lock(reporter, &image, &me, None)?;
+                destination::claim(&image, &me)?;
+                destination::lock(reporter, &image, &me, None, None)?;
                 image
             }
         };

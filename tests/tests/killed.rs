@@ -137,6 +137,26 @@ fn killed_in_the_scan_then_in_the_copy_then_rerun_with_the_same_end() {
 }
 
 #[test]
+fn killed_in_the_scan_before_the_lock_the_rerun_fences_off_the_dead_watcher() {
+    let ch = chain("kill-scan");
+    let args = sync_args(&ch.c, &source(&ch, "s2"), &ch.dst, Some("s1"));
+    // Once the destination is open (its watch registered): before the lock and the record.
+    kill_at(&args, phase("scanning"));
+    assert_eq!(ch.c.snaps(&ch.dst), ["s1"]);
+    let (stats, stderr) = rerun(&args);
+    // Fenced off at once: neither the lock nor librbd's notifications (the record, the end
+    // snapshot) waited for the dead client's watch to expire (10 s on the test clusters).
+    assert_broke_the_lock(&stats);
+    let waits: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("\"waited\":3.") || l.contains("\"waited\":4."))
+        .collect();
+    assert!(waits.is_empty(), "waited: {waits:?}");
+    ch.c.assert_same(&source(&ch, "s2"), &format!("{}@s2", ch.dst));
+    assert_eq!(ch.c.snaps(&ch.dst), ["s1", "s2"]);
+}
+
+#[test]
 fn killed_in_the_copy_then_rerun_with_a_later_end_that_zeroes_what_it_wrote() {
     let ch = chain("kill-later");
     let args = sync_args(&ch.c, &source(&ch, "s2"), &ch.dst, Some("s1"));

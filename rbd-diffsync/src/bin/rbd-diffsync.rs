@@ -621,7 +621,8 @@ fn stats_text(json: bool, stats: &TransferStats) -> String {
     }
     if let Some(client) = &stats.broke_lock_of {
         lines.push(format!(
-            "  lock      broke the lock left by the killed client {client} (now blocklisted)"
+            "  fenced    the killed client {client} of the interrupted transfer (blocklisted, \
+             its lock broken)"
         ));
     }
     if stats.bytes_resumed > 0 {

@@ -96,6 +96,11 @@ extern "C" {
         timeouts: *mut *mut notify_timeout_t,
         nr_timeouts: *mut size_t,
     ) -> c_int;
+    pub(crate) fn rados_blocklist_add(
+        cluster: rados_t,
+        client_address: *mut c_char,
+        expire_seconds: u32,
+    ) -> c_int;
     pub(crate) fn rados_free_notify_response(
         acks: *mut notify_ack_t,
         nr_acks: size_t,
