@@ -270,17 +270,25 @@ fn a_destination_locked_by_a_live_client_is_refused_naming_it() {
     assert_changed_since_s1(&err, &ch.dst);
 }
 
-#[test]
-fn no_other_client_writes_while_a_transfer_holds_the_lock() {
-    let ch = chain("second-writer");
+/// Starts the slow transfer up to s2 on another thread; returns once it copies.
+fn copying_in_the_background(
+    ch: &Chain,
+) -> std::thread::JoinHandle<rbd_diffsync::Result<rbd_diffsync::TransferStats>> {
     let (copying_tx, copying) = mpsc::channel();
-    let transfer = slow(&ch, "s2").on_progress(move |p| {
+    let transfer = slow(ch, "s2").on_progress(move |p| {
         if p.phase == Phase::Copying && p.bytes_done > 0 {
             let _ = copying_tx.send(());
         }
     });
     let running = std::thread::spawn(move || transfer.run());
     copying.recv().expect("the transfer reaches the copy");
+    running
+}
+
+#[test]
+fn no_other_client_writes_while_a_transfer_holds_the_lock() {
+    let ch = chain("second-writer");
+    let running = copying_in_the_background(&ch);
     let writer = ch.c.open(&ch.dst);
     let err = writer.write(mib(60), &pattern(20, 4096)).unwrap_err();
     assert_eq!(err.errno(), libc::EROFS, "{err}");
@@ -292,14 +300,7 @@ fn no_other_client_writes_while_a_transfer_holds_the_lock() {
 #[test]
 fn a_rerun_while_the_first_run_is_alive_is_refused_and_its_lock_left_alone() {
     let ch = chain("alive");
-    let (copying_tx, copying) = mpsc::channel();
-    let transfer = slow(&ch, "s2").on_progress(move |p| {
-        if p.phase == Phase::Copying && p.bytes_done > 0 {
-            let _ = copying_tx.send(());
-        }
-    });
-    let running = std::thread::spawn(move || transfer.run());
-    copying.recv().expect("the transfer reaches the copy");
+    let running = copying_in_the_background(&ch);
     // The same transfer again: its predecessor by the record, but it answers.
     let err =
         ch.c.transfer(&format!("{}@s2", ch.src), &ch.dst, Some("s1"))
