@@ -5,6 +5,7 @@
 //!
 //! Every result is compared by md5 with its source snapshot before it counts.
 
+mod latency;
 mod measure;
 mod report;
 
@@ -100,6 +101,7 @@ fn main() {
     match raw.nth(1).as_deref() {
         Some(measure::TRANSFER_CMD) => std::process::exit(transfer_child(raw.collect())),
         Some(measure::VERIFY_CMD) => std::process::exit(verify_child(raw.collect())),
+        Some(latency::PROXY_CMD) => std::process::exit(latency::proxy_child(raw.collect())),
         _ => {}
     }
     let args = Args::parse();
