@@ -146,16 +146,23 @@ fn main() {
     println!("# rbd-diffsync-bench");
     println!();
     println!("{}", measure::machine_line(&bench.cluster));
+    let sparse = if args.no_sparse || !args.latency_ms.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; sparse {} GiB image with {} of its objects written",
+            sizes.sparse_image / GIB,
+            sizes.sparse_objects()
+        )
+    };
     println!(
         "inputs: dense {} MiB image ({} MiB random data in 4 MiB blocks, {} MiB of zeros, \
-         snapshot s1; {} MiB of random 64 KiB writes, snapshot s2); sparse {} GiB image \
-         with {} of its objects written; {} repetitions, medians",
+         snapshot s1; {} MiB of random 64 KiB writes, snapshot s2){sparse}; {} repetitions, \
+         medians",
         sizes.image / MIB,
         sizes.data / MIB,
         sizes.zeros / MIB,
         sizes.random / MIB,
-        sizes.sparse_image / GIB,
-        sizes.sparse_objects(),
         reps
     );
     println!();
