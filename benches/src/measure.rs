@@ -212,12 +212,15 @@ fn sample(started: Instant, usage: Usage) -> Sample {
     }
 }
 
+/// Environment variables of a client process: name and value.
+type Env = Vec<(String, String)>;
+
 /// The environment of the contenders' client processes: empty, or what sends them through
 /// the latency proxy (whose pid comes with it, to read its CPU time).
-static CLIENT_ENV: Mutex<(Vec<(String, String)>, Option<u32>)> = Mutex::new((Vec::new(), None));
+static CLIENT_ENV: Mutex<(Env, Option<u32>)> = Mutex::new((Vec::new(), None));
 
 /// Runs the contenders from now on with `env` set, behind the proxy `proxy_pid`.
-pub fn set_client_env(env: Vec<(String, String)>, proxy_pid: Option<u32>) {
+pub fn set_client_env(env: Env, proxy_pid: Option<u32>) {
     *CLIENT_ENV.lock().expect("not poisoned") = (env, proxy_pid);
 }
 
