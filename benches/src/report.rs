@@ -31,6 +31,16 @@ impl Row {
         (!v.is_empty()).then(|| median(v))
     }
 
+    /// Every run's seconds.
+    fn runs(&self) -> String {
+        let runs: Vec<String> = self
+            .samples
+            .iter()
+            .map(|s| format!("{:.2}", s.secs))
+            .collect();
+        runs.join(" ")
+    }
+
     fn median_of(&self, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
         let v: Vec<f64> = self.samples.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| median(v))
@@ -132,16 +142,11 @@ impl Table {
                 .filter(|r| r.case == case && r.setting == setting)
             {
                 let m = row.median();
-                let runs: Vec<String> = row
-                    .samples
-                    .iter()
-                    .map(|s| format!("{:.2}", s.secs))
-                    .collect();
                 let _ = writeln!(
                     out,
                     "| {case} | {setting} | {} | {m:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
                     cell(&row.who.name()),
-                    runs.join(" "),
+                    row.runs(),
                     row.bytes as f64 / MIB / m,
                     f(pipe.map(|p| p / m)),
                     f(no_cache.map(|p| p / m)),
@@ -179,18 +184,13 @@ impl Table {
             let ceiling = self.reference(&row.case, Contender::Ceiling);
             let ceiling_snap = self.reference(&row.case, Contender::CeilingSnap);
             let snapshot = row.median_snapshot();
-            let runs: Vec<String> = row
-                .samples
-                .iter()
-                .map(|s| format!("{:.2}", s.secs))
-                .collect();
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
                 row.case,
                 cell(&row.who.name()),
                 m,
-                runs.join(" "),
+                row.runs(),
                 row.bytes as f64 / MIB / m,
                 pipe.map_or("–".into(), |p| format!("{:.2}", p / m)),
                 ceiling.map_or("–".into(), |c| format!("{:.0}%", 100.0 * m / c)),
