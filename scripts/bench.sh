@@ -9,7 +9,9 @@
 #   3. runs the micro-benchmarks of the hot paths (zero detection, planner);
 #   4. stops the cluster.
 # Arguments go to rbd-diffsync-bench: `--small --reps 1` is the short form CI runs, `--sweep`
-# adds the sweep of window and chunk size, `--help` lists the rest.
+# adds the sweep of window and chunk size, `--latency-ms 0,1,3` times the pipes, `rbd deep cp`
+# and DiffTransfer behind a delay proxy at those round trips instead of the main table (needs
+# gcc for the shim; see BENCHMARKS.md), `--help` lists the rest.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -5,6 +5,7 @@
 //!
 //! Every result is compared by md5 with its source snapshot before it counts.
 
+mod latency;
 mod measure;
 mod report;
 
@@ -57,6 +58,14 @@ struct Args {
     /// Chunk size of DiffTransfer in bytes [default: the library's]
     #[arg(long)]
     chunk_size: Option<u64>,
+    /// Instead of the main table, time the pipe (with the rbd CLI's defaults and with
+    /// `rbd cache = false`), `rbd deep cp` and DiffTransfer on the dense image behind a delay
+    /// proxy between clients and OSDs, at each of these round trips in ms (e.g. `0,1,3`).
+    #[arg(long, value_delimiter = ',')]
+    latency_ms: Vec<f64>,
+    /// With --latency-ms: only these contenders (pipe, pipe-nocache, deepcp, ours).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// What the inputs are made of.
@@ -100,6 +109,7 @@ fn main() {
     match raw.nth(1).as_deref() {
         Some(measure::TRANSFER_CMD) => std::process::exit(transfer_child(raw.collect())),
         Some(measure::VERIFY_CMD) => std::process::exit(verify_child(raw.collect())),
+        Some(latency::PROXY_CMD) => std::process::exit(latency::proxy_child(raw.collect())),
         _ => {}
     }
     let args = Args::parse();
@@ -136,20 +146,42 @@ fn main() {
     println!("# rbd-diffsync-bench");
     println!();
     println!("{}", measure::machine_line(&bench.cluster));
+    let sparse = if args.no_sparse || !args.latency_ms.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; sparse {} GiB image with {} of its objects written",
+            sizes.sparse_image / GIB,
+            sizes.sparse_objects()
+        )
+    };
     println!(
         "inputs: dense {} MiB image ({} MiB random data in 4 MiB blocks, {} MiB of zeros, \
-         snapshot s1; {} MiB of random 64 KiB writes, snapshot s2); sparse {} GiB image \
-         with {} of its objects written; {} repetitions, medians",
+         snapshot s1; {} MiB of random 64 KiB writes, snapshot s2){sparse}; {} repetitions, \
+         medians",
         sizes.image / MIB,
         sizes.data / MIB,
         sizes.zeros / MIB,
         sizes.random / MIB,
-        sizes.sparse_image / GIB,
-        sizes.sparse_objects(),
         reps
     );
     println!();
 
+    if !args.latency_ms.is_empty() {
+        let dense = bench.make_dense(&sizes);
+        let mut contenders = vec![
+            Contender::Pipe,
+            Contender::PipeNoCache,
+            Contender::DeepCp,
+            ours,
+        ];
+        if !args.only.is_empty() {
+            contenders.retain(|c| args.only.iter().any(|o| o == c.slug()));
+        }
+        bench.latency_case(&dense, &sizes, reps, &args.latency_ms, &contenders);
+        bench.remove(&dense.image);
+        return;
+    }
     let dense = bench.make_dense(&sizes);
     let mut table = Table::default();
     bench.dense_case(&dense, &sizes, reps, ours, &mut table);
@@ -384,7 +416,7 @@ impl Bench {
         };
         self.verify(&copy_s1, &input.md5_s1, &who.name());
         let incr = match (&input.md5_s2, who) {
-            (Some(md5_s2), Contender::Pipe | Contender::Ours { .. }) => {
+            (Some(md5_s2), Contender::Pipe | Contender::PipeNoCache | Contender::Ours { .. }) => {
                 let src2 = format!("{}@s2", input.image);
                 let s = who.incremental(&self.cluster, &src2, &dest, "s1");
                 self.verify(&format!("{dest}@s2"), md5_s2, &who.name());
@@ -515,6 +547,53 @@ impl Bench {
             }
         }
         self.remove(&copy);
+    }
+
+    /// The dense case behind the latency proxy, at each round trip of `delays_ms`: every
+    /// contender behind the same proxy process, in an order that rotates between repetitions.
+    fn latency_case(
+        &self,
+        input: &Input,
+        sizes: &Sizes,
+        reps: usize,
+        delays_ms: &[f64],
+        contenders: &[Contender],
+    ) {
+        let dir = std::env::temp_dir().join(format!("{}-latency", self.tag));
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        let shim = latency::build_shim(&dir);
+        let full = format!("full, {} MiB image", sizes.image / MIB);
+        let incr = format!("incremental s1→s2, {} MiB image", sizes.image / MIB);
+        let mut t = Table::default();
+        for &delay in delays_ms {
+            let rig = latency::Rig::start(&self.cluster, &shim, delay);
+            measure::set_client_env(rig.env.clone(), Some(rig.pid()));
+            let rtt = format!("{delay} ms");
+            for rep in 0..reps {
+                for k in 0..contenders.len() {
+                    let who = contenders[(k + rep) % contenders.len()];
+                    eprintln!("{rtt}, rep {}/{reps}: {}", rep + 1, who.name());
+                    let (f, i) = self.full_then_incremental(input, who);
+                    t.add_at(&full, &rtt, who, input.full_bytes, f);
+                    if let Some(i) = i {
+                        t.add_at(&incr, &rtt, who, input.incr_bytes, i);
+                    }
+                }
+            }
+            measure::set_client_env(Vec::new(), None);
+            rig.stop();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("## Behind the latency proxy");
+        println!();
+        println!("{}", t.render_latency());
+        println!(
+            "Round trip: added by the proxy between the clients and the OSD (each direction \
+             delayed by half), monitor traffic direct. × pipe: against the pipe with the \
+             CLI's defaults at the same round trip; × no-cache pipe: against the pipe with \
+             `rbd cache = false`. Client CPU: user + system of every client process, summed \
+             (median); proxy CPU: the proxy's during the run (median)."
+        );
     }
 
     fn ours_full_and_incremental(&self, input: &Input, reps: usize, who: Contender, t: &mut Table) {

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use rbd_diffsync_tests::TestCluster;
@@ -21,6 +22,10 @@ pub struct Sample {
     pub secs: f64,
     /// Peak resident set of the contender's processes, summed, in KiB.
     pub rss_kib: Option<u64>,
+    /// CPU seconds (user + system) of the contender's processes, summed.
+    pub cpu_secs: Option<f64>,
+    /// CPU seconds of the latency proxy during the run, when behind it.
+    pub proxy_cpu_secs: Option<f64>,
     /// Of `secs`, the time the end snapshot took to create, where known.
     pub snapshot_secs: Option<f64>,
 }
@@ -30,6 +35,8 @@ pub struct Sample {
 pub enum Contender {
     /// `rbd export-diff | rbd import-diff`.
     Pipe,
+    /// The same pipe with `--rbd-cache=false` on both ends.
+    PipeNoCache,
     /// `rbd deep cp` (full only).
     DeepCp,
     /// `DiffTransfer`, in a child process.
@@ -52,6 +59,7 @@ impl Contender {
     pub fn name(&self) -> String {
         match self {
             Contender::Pipe => "rbd export-diff | rbd import-diff".into(),
+            Contender::PipeNoCache => "rbd export-diff | rbd import-diff, rbd cache = false".into(),
             Contender::DeepCp => "rbd deep cp".into(),
             Contender::Ours {
                 window: None,
@@ -73,6 +81,7 @@ impl Contender {
     pub fn slug(&self) -> &'static str {
         match self {
             Contender::Pipe => "pipe",
+            Contender::PipeNoCache => "pipe-nocache",
             Contender::DeepCp => "deepcp",
             Contender::Ours { .. } => "ours",
             Contender::Ceiling | Contender::CeilingSnap => "ceiling",
@@ -83,26 +92,27 @@ impl Contender {
     /// Times a full copy of `source` (image@snap) into `dest`, which does not exist yet.
     pub fn full(&self, cluster: &TestCluster, source: &str, dest: &str, size: u64) -> Sample {
         match self {
-            Contender::Pipe => {
+            Contender::Pipe | Contender::PipeNoCache => {
                 // import-diff needs the image; cinder creates it before the pipe too.
                 cluster.create(dest, size, None);
                 settle(cluster);
-                pipe(cluster, source, None, dest)
+                behind_proxy(|| pipe(cluster, source, None, dest, self.cache_off()))
             }
             Contender::DeepCp => {
                 settle(cluster);
-                let child = cluster
-                    .rbd_command()
-                    .args(["deep", "cp", "--no-progress", source, dest])
-                    .spawn()
-                    .expect("rbd runs");
-                let started = Instant::now();
-                let rss = wait_ok(child, "rbd deep cp");
-                sample(started, rss)
+                behind_proxy(|| {
+                    let child = client(cluster.rbd_command())
+                        .args(["deep", "cp", "--no-progress", source, dest])
+                        .spawn()
+                        .expect("rbd runs");
+                    let started = Instant::now();
+                    let usage = wait_ok(child, "rbd deep cp");
+                    sample(started, usage)
+                })
             }
             Contender::Ours { window, chunk_size } => {
                 settle(cluster);
-                ours(cluster, source, dest, None, *window, *chunk_size)
+                behind_proxy(|| ours(cluster, source, dest, None, *window, *chunk_size))
             }
             _ => unreachable!("only copies are full"),
         }
@@ -117,13 +127,20 @@ impl Contender {
         from: &str,
     ) -> Sample {
         settle(cluster);
-        match self {
-            Contender::Pipe => pipe(cluster, source, Some(from), dest),
+        behind_proxy(|| match self {
+            Contender::Pipe | Contender::PipeNoCache => {
+                pipe(cluster, source, Some(from), dest, self.cache_off())
+            }
             Contender::Ours { window, chunk_size } => {
                 ours(cluster, source, dest, Some(from), *window, *chunk_size)
             }
-            _ => unreachable!("only the pipe and DiffTransfer do incrementals"),
-        }
+            _ => unreachable!("only the pipes and DiffTransfer do incrementals"),
+        })
+    }
+
+    /// Whether the rbd CLI runs with its cache off.
+    fn cache_off(&self) -> bool {
+        *self == Contender::PipeNoCache
     }
 
     /// Times a comparison of `a` with `b`, both at a snapshot whose `rbd export | md5sum` is
@@ -137,7 +154,7 @@ impl Contender {
                     .into_iter()
                     .map(|image| cluster.spawn_md5(image))
                     .collect();
-                let mut rss = 0;
+                let mut usage = Usage::default();
                 for (export, mut sum) in sums {
                     let mut out = String::new();
                     sum.stdout
@@ -145,10 +162,10 @@ impl Contender {
                         .expect("piped")
                         .read_to_string(&mut out)
                         .expect("read md5sum");
-                    rss += wait_ok(export, "rbd export") + wait_ok(sum, "md5sum");
+                    usage = usage + wait_ok(export, "rbd export") + wait_ok(sum, "md5sum");
                     assert!(out.starts_with(md5), "md5 {out} is not {md5}");
                 }
-                sample(started, rss)
+                sample(started, usage)
             }
             Contender::Verify => {
                 let exe = std::env::current_exe().expect("own path");
@@ -168,17 +185,68 @@ impl Contender {
     }
 }
 
-fn sample(started: Instant, rss_kib: u64) -> Sample {
+/// What a contender's processes used: peak RSS in KiB and CPU seconds, each summed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    rss_kib: u64,
+    cpu_secs: f64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            rss_kib: self.rss_kib + o.rss_kib,
+            cpu_secs: self.cpu_secs + o.cpu_secs,
+        }
+    }
+}
+
+fn sample(started: Instant, usage: Usage) -> Sample {
     Sample {
         secs: started.elapsed().as_secs_f64(),
-        rss_kib: Some(rss_kib),
+        rss_kib: Some(usage.rss_kib),
+        cpu_secs: Some(usage.cpu_secs),
+        proxy_cpu_secs: None,
         snapshot_secs: None,
     }
 }
 
-/// Waits for `child` with wait4, so that its peak RSS comes back with it; panics unless it
-/// exited with 0.
-fn wait_ok(child: Child, what: &str) -> u64 {
+/// Environment variables of a client process: name and value.
+type Env = Vec<(String, String)>;
+
+/// The environment of the contenders' client processes: empty, or what sends them through
+/// the latency proxy (whose pid comes with it, to read its CPU time).
+static CLIENT_ENV: Mutex<(Env, Option<u32>)> = Mutex::new((Vec::new(), None));
+
+/// Runs the contenders from now on with `env` set, behind the proxy `proxy_pid`.
+pub fn set_client_env(env: Env, proxy_pid: Option<u32>) {
+    *CLIENT_ENV.lock().expect("not poisoned") = (env, proxy_pid);
+}
+
+/// `cmd` with the contenders' environment.
+fn client(mut cmd: Command) -> Command {
+    for (k, v) in &CLIENT_ENV.lock().expect("not poisoned").0 {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs `f`, adding the latency proxy's CPU seconds during it to its sample.
+fn behind_proxy(f: impl FnOnce() -> Sample) -> Sample {
+    let pid = CLIENT_ENV.lock().expect("not poisoned").1;
+    let before = pid.and_then(crate::latency::cpu_secs);
+    let mut s = f();
+    let after = pid.and_then(crate::latency::cpu_secs);
+    if let (Some(a), Some(b)) = (after, before) {
+        s.proxy_cpu_secs = Some(a - b);
+    }
+    s
+}
+
+/// Waits for `child` with wait4, so that its peak RSS and CPU time come back with it; panics
+/// unless it exited with 0.
+fn wait_ok(child: Child, what: &str) -> Usage {
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; all zeros is a valid value.
@@ -200,15 +268,41 @@ fn wait_ok(child: Child, what: &str) -> u64 {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{what} failed (wait status {status:#x})"
     );
-    usage.ru_maxrss as u64
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage {
+        rss_kib: usage.ru_maxrss as u64,
+        cpu_secs: secs(usage.ru_utime) + secs(usage.ru_stime),
+    }
 }
 
-/// `rbd export-diff [--from-snap F] source - | rbd import-diff - dest`.
-fn pipe(cluster: &TestCluster, source: &str, from: Option<&str>, dest: &str) -> Sample {
+/// `rbd export-diff [--from-snap F] source - | rbd import-diff - dest`, both with
+/// `--rbd-cache=false` when `cache_off`.
+fn pipe(
+    cluster: &TestCluster,
+    source: &str,
+    from: Option<&str>,
+    dest: &str,
+    cache_off: bool,
+) -> Sample {
+    let cache: &[&str] = if cache_off {
+        &["--rbd-cache=false"]
+    } else {
+        &[]
+    };
     let started = Instant::now();
-    let (export, import) = cluster.spawn_pipe(source, dest, from, Stdio::inherit());
-    let rss = wait_ok(export, "rbd export-diff") + wait_ok(import, "rbd import-diff");
-    sample(started, rss)
+    let mut export = client(cluster.export_diff(source, from))
+        .args(cache)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the rbd CLI runs");
+    let import = client(cluster.rbd_command())
+        .args(cache)
+        .args(["import-diff", "--no-progress", "-", dest])
+        .stdin(export.stdout.take().expect("piped"))
+        .spawn()
+        .expect("the rbd CLI runs");
+    let usage = wait_ok(export, "rbd export-diff") + wait_ok(import, "rbd import-diff");
+    sample(started, usage)
 }
 
 /// DiffTransfer in a child process (this binary, with [`TRANSFER_CMD`]).
@@ -222,7 +316,7 @@ fn ours(
 ) -> Sample {
     let exe = std::env::current_exe().expect("own path");
     let started = Instant::now();
-    let mut child = Command::new(exe)
+    let mut child = client(Command::new(exe))
         .arg(TRANSFER_CMD)
         .arg(&cluster.conf)
         .args([source, dest, from.unwrap_or("-")])
@@ -239,8 +333,8 @@ fn ours(
         .expect("piped")
         .read_to_string(&mut json)
         .expect("read the transfer's stats");
-    let rss = wait_ok(child, "DiffTransfer");
-    let mut s = sample(started, rss);
+    let usage = wait_ok(child, "DiffTransfer");
+    let mut s = sample(started, usage);
     let stats: serde_json::Value =
         serde_json::from_str(&json).expect("the transfer prints its stats");
     s.snapshot_secs = stats["snapshot_elapsed"].as_f64();
@@ -289,6 +383,8 @@ pub fn ceiling(
     Sample {
         secs,
         rss_kib: None,
+        cpu_secs: None,
+        proxy_cpu_secs: None,
         snapshot_secs: Some(snap_started.elapsed().as_secs_f64()),
     }
 }

@@ -9,6 +9,8 @@ const MIB: f64 = (1 << 20) as f64;
 #[derive(Debug)]
 struct Row {
     case: String,
+    /// What else the case was run under (the latency proxy's round trip), or empty.
+    setting: String,
     who: Contender,
     /// Changed bytes the case moves: the MiB/s column is of these.
     bytes: u64,
@@ -26,6 +28,21 @@ impl Row {
             .iter()
             .filter_map(|s| s.snapshot_secs)
             .collect();
+        (!v.is_empty()).then(|| median(v))
+    }
+
+    /// Every run's seconds.
+    fn runs(&self) -> String {
+        let runs: Vec<String> = self
+            .samples
+            .iter()
+            .map(|s| format!("{:.2}", s.secs))
+            .collect();
+        runs.join(" ")
+    }
+
+    fn median_of(&self, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        let v: Vec<f64> = self.samples.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| median(v))
     }
 
@@ -61,14 +78,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 impl Table {
     pub fn add(&mut self, case: &str, who: Contender, bytes: u64, sample: Sample) {
+        self.add_at(case, "", who, bytes, sample);
+    }
+
+    /// Adds a sample of `case` run under `setting` (such as a round trip).
+    pub fn add_at(
+        &mut self,
+        case: &str,
+        setting: &str,
+        who: Contender,
+        bytes: u64,
+        sample: Sample,
+    ) {
         match self
             .rows
             .iter_mut()
-            .find(|r| r.case == case && r.who == who)
+            .find(|r| r.case == case && r.setting == setting && r.who == who)
         {
             Some(row) => row.samples.push(sample),
             None => self.rows.push(Row {
                 case: case.to_owned(),
+                setting: setting.to_owned(),
                 who,
                 bytes,
                 samples: vec![sample],
@@ -77,10 +107,56 @@ impl Table {
     }
 
     fn reference(&self, case: &str, who: Contender) -> Option<f64> {
+        self.reference_at(case, "", who)
+    }
+
+    fn reference_at(&self, case: &str, setting: &str, who: Contender) -> Option<f64> {
         self.rows
             .iter()
-            .find(|r| r.case == case && r.who == who)
+            .find(|r| r.case == case && r.setting == setting && r.who == who)
             .map(Row::median)
+    }
+
+    /// The runs behind the latency proxy: per case and round trip, seconds, MiB/s, ratios to
+    /// both pipes, client and proxy CPU, peak RSS.
+    pub fn render_latency(&self) -> String {
+        let mut out = String::from(
+            "| case | round trip | contender | median s | runs (s) | MiB/s | × pipe | × no-cache pipe | client CPU s | proxy CPU s | peak RSS MiB |\n\
+             |---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let mut groups: Vec<(&str, &str)> = Vec::new();
+        for c in self.rows.iter().map(|r| r.case.as_str()) {
+            for row in self.rows.iter().filter(|r| r.case == c) {
+                if !groups.contains(&(c, row.setting.as_str())) {
+                    groups.push((c, &row.setting));
+                }
+            }
+        }
+        let f = |v: Option<f64>| v.map_or("–".into(), |s| format!("{s:.2}"));
+        for (case, setting) in groups {
+            let pipe = self.reference_at(case, setting, Contender::Pipe);
+            let no_cache = self.reference_at(case, setting, Contender::PipeNoCache);
+            for row in self
+                .rows
+                .iter()
+                .filter(|r| r.case == case && r.setting == setting)
+            {
+                let m = row.median();
+                let _ = writeln!(
+                    out,
+                    "| {case} | {setting} | {} | {m:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                    cell(&row.who.name()),
+                    row.runs(),
+                    row.bytes as f64 / MIB / m,
+                    f(pipe.map(|p| p / m)),
+                    f(no_cache.map(|p| p / m)),
+                    f(row.median_of(|s| s.cpu_secs)),
+                    f(row.median_of(|s| s.proxy_cpu_secs)),
+                    row.peak_rss_mib().map_or("–".into(), |r| format!("{r:.0}")),
+                );
+            }
+        }
+        out
     }
 
     /// The comparison: seconds, MiB/s of changed data, ratio to the pipe, share of the copy
@@ -108,18 +184,13 @@ impl Table {
             let ceiling = self.reference(&row.case, Contender::Ceiling);
             let ceiling_snap = self.reference(&row.case, Contender::CeilingSnap);
             let snapshot = row.median_snapshot();
-            let runs: Vec<String> = row
-                .samples
-                .iter()
-                .map(|s| format!("{:.2}", s.secs))
-                .collect();
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
                 row.case,
                 cell(&row.who.name()),
                 m,
-                runs.join(" "),
+                row.runs(),
                 row.bytes as f64 / MIB / m,
                 pipe.map_or("–".into(), |p| format!("{:.2}", p / m)),
                 ceiling.map_or("–".into(), |c| format!("{:.0}%", 100.0 * m / c)),
@@ -188,8 +259,32 @@ mod tests {
         Sample {
             secs,
             rss_kib: Some(2048),
+            cpu_secs: Some(secs / 2.0),
+            proxy_cpu_secs: Some(secs / 4.0),
             snapshot_secs: Some(secs / 10.0),
         }
+    }
+
+    #[test]
+    fn latency_rows_are_compared_with_both_pipes_at_the_same_round_trip() {
+        let mut t = Table::default();
+        let ours = Contender::Ours {
+            window: None,
+            chunk_size: None,
+        };
+        for (rtt, pipe, no_cache, us) in [("0 ms", 2.0, 4.0, 1.0), ("1 ms", 3.0, 8.0, 2.0)] {
+            t.add_at("incr", rtt, Contender::Pipe, 1 << 30, s(pipe));
+            t.add_at("incr", rtt, Contender::PipeNoCache, 1 << 30, s(no_cache));
+            t.add_at("incr", rtt, ours, 1 << 30, s(us));
+        }
+        let text = t.render_latency();
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines[5],
+            "| incr | 1 ms | DiffTransfer | 2.00 | 2.00 | 512 | 1.50 | 4.00 | 1.00 | 0.50 | 2 |"
+        );
+        assert!(lines[0].starts_with("| incr | 0 ms | rbd export-diff \\| rbd import-diff |"));
     }
 
     #[test]
