@@ -610,43 +610,40 @@ impl Pool {
 
     /// Removes `key` from the omap of the existing `object`.
     pub(crate) fn omap_remove(&self, object: &str, key: &str) -> Result<()> {
-        let c_object = cstring("object name", object.as_bytes())?;
         let c_key = cstring("omap key", key.as_bytes())?;
         let keys = [c_key.as_ptr()];
-        // SAFETY: as in `omap_set`.
-        let ret = unsafe {
-            let op = raw::rados_create_write_op();
-            raw::rados_write_op_assert_exists(op);
-            raw::rados_write_op_omap_rm_keys(op, keys.as_ptr(), 1);
-            let ret = raw::rados_write_op_operate(
-                op,
-                self.handle.io,
-                c_object.as_ptr(),
-                ptr::null_mut(),
-                0,
-            );
-            raw::rados_release_write_op(op);
-            ret
-        };
-        if ret < 0 {
-            return Err(Error::rbd("remove omap key of", object, ret.into()));
-        }
-        Ok(())
+        // SAFETY: `keys` outlives the op, which `omap_write` runs before returning.
+        self.omap_write(object, "remove omap key of", |op| unsafe {
+            raw::rados_write_op_omap_rm_keys(op, keys.as_ptr(), 1)
+        })
     }
 
     /// Sets `key` to `value` in the omap of the existing `object`.
     pub(crate) fn omap_set(&self, object: &str, key: &str, value: &str) -> Result<()> {
-        let c_object = cstring("object name", object.as_bytes())?;
         let c_key = cstring("omap key", key.as_bytes())?;
         let keys = [c_key.as_ptr()];
         let values = [value.as_ptr().cast::<c_char>()];
         let lens = [value.len()];
-        // SAFETY: the op is created, filled with pointers that outlive `operate`, run on the
-        // live ioctx, and released exactly once.
+        // SAFETY: the three arrays outlive the op, which `omap_write` runs before returning.
+        self.omap_write(object, "set omap key of", |op| unsafe {
+            raw::rados_write_op_omap_set(op, keys.as_ptr(), values.as_ptr(), lens.as_ptr(), 1)
+        })
+    }
+
+    /// Runs on the existing `object` a write op that `fill` fills in.
+    fn omap_write(
+        &self,
+        object: &str,
+        what: &str,
+        fill: impl FnOnce(raw::rados_write_op_t),
+    ) -> Result<()> {
+        let c_object = cstring("object name", object.as_bytes())?;
+        // SAFETY: the op is created, filled, run on the live ioctx and released exactly once;
+        // `fill` only adds steps to it.
         let ret = unsafe {
             let op = raw::rados_create_write_op();
             raw::rados_write_op_assert_exists(op);
-            raw::rados_write_op_omap_set(op, keys.as_ptr(), values.as_ptr(), lens.as_ptr(), 1);
+            fill(op);
             let ret = raw::rados_write_op_operate(
                 op,
                 self.handle.io,
@@ -658,7 +655,7 @@ impl Pool {
             ret
         };
         if ret < 0 {
-            return Err(Error::rbd("set omap key of", object, ret.into()));
+            return Err(Error::rbd(what, object, ret.into()));
         }
         Ok(())
     }

@@ -474,10 +474,15 @@ impl Image {
         check(ret, "acquire the exclusive lock of", &self.label)
     }
 
+    /// The image's header object, which holds its metadata and its watches.
+    fn header_object(&self) -> Result<String> {
+        Ok(format!("rbd_header.{}", self.id()?))
+    }
+
     /// Sets image metadata without the exclusive lock, which librbd's own call would take
     /// first: straight in the header object's omap, where librbd keeps it.
     pub fn metadata_set_unlocked(&self, key: &str, value: &str) -> Result<()> {
-        let header = format!("rbd_header.{}", self.id()?);
+        let header = self.header_object()?;
         self.pool
             .omap_set(&header, &format!("metadata_{key}"), value)
     }
@@ -485,7 +490,7 @@ impl Image {
     /// Removes image metadata without the exclusive lock, as
     /// [`metadata_set_unlocked`](Self::metadata_set_unlocked) sets it.
     pub fn metadata_remove_unlocked(&self, key: &str) -> Result<()> {
-        let header = format!("rbd_header.{}", self.id()?);
+        let header = self.header_object()?;
         self.pool.omap_remove(&header, &format!("metadata_{key}"))
     }
 
@@ -515,7 +520,7 @@ impl Image {
         if watches.is_empty() {
             return Ok(None);
         }
-        let header = format!("rbd_header.{}", self.id()?);
+        let header = self.header_object()?;
         let unanswered = self.pool.unanswered(&header, timeout)?;
         Ok(Some(!watches.iter().any(|w| unanswered.contains(w))))
     }
