@@ -148,6 +148,13 @@ fn timeout_defaults() -> [(&'static CStr, f64, Duration); 3] {
     ]
 }
 
+/// Requests in flight for librbd's management operations, diff_iterate's object listing
+/// among them, where ceph.conf leaves librbd's default (10): a diff scan is one request per
+/// object, so at 3 ms of round trip the default makes a 2 GiB image's scan take 0.24 s and 128
+/// 0.045 s. (librbd's default, ours.)
+const MANAGEMENT_OPS_DEFAULT: (&CStr, &str, &CStr) =
+    (c"rbd_concurrent_management_ops", "10", c"128");
+
 /// A duration option's value in seconds (librados prints them as `300` or `0.000000`).
 fn seconds(value: &str) -> Option<f64> {
     value.trim().trim_end_matches('s').parse().ok()
@@ -198,6 +205,10 @@ impl Cluster {
                 let value = cstring("option value", ours.as_secs_f64().to_string().as_bytes())?;
                 set(&handle, key, &value).map_err(|ret| fail("", ret))?;
             }
+        }
+        let (key, librbd_default, ours) = MANAGEMENT_OPS_DEFAULT;
+        if get(&handle, key).is_some_and(|v| v.trim() == librbd_default) {
+            set(&handle, key, ours).map_err(|ret| fail("", ret))?;
         }
         // SAFETY: as above; NULL means the CEPH_ARGS variable.
         let ret = unsafe { raw::rados_conf_parse_env(handle.rados, ptr::null()) };

@@ -186,7 +186,9 @@ impl TryFrom<&str> for ImageSpec {
 /// once; the cache would copy it again and hold memory per image), and, where ceph.conf
 /// leaves librados' defaults, timeouts that end a wait for a cluster that does not answer:
 /// [`DEFAULT_CONNECT_TIMEOUT`] and [`DEFAULT_OP_TIMEOUT`] (librados waits 300 s to connect,
-/// and for ever for an operation). It leaves librbd's
+/// and for ever for an operation), and `rbd_concurrent_management_ops = 128` where it leaves
+/// librbd's 10 (a diff scan lists each object of the image with one request: more of them at
+/// once keep its time from growing with the round trip to the OSDs). It leaves librbd's
 /// `rbd_disable_zero_copy_writes = true`: with zero-copy writes, librbd 16.2 never completes
 /// a write whose exclusive-lock acquisition is refused (`EROFS`), which would hang the
 /// transfer if its lock were taken from it.

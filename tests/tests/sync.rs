@@ -324,3 +324,13 @@ fn incremental_needs_no_zeroing_where_the_destination_was_empty() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn diff_scans_run_many_object_listings_at_once_unless_the_user_says_otherwise() {
+    use rbd_diffsync::internals::Cluster;
+    let c = cluster();
+    let ours = Cluster::connect(&c.spec()).unwrap();
+    assert_eq!(ours.config("rbd_concurrent_management_ops").unwrap(), "128");
+    let theirs = Cluster::connect(&c.spec().option("rbd_concurrent_management_ops", "7")).unwrap();
+    assert_eq!(theirs.config("rbd_concurrent_management_ops").unwrap(), "7");
+}
