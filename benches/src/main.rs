@@ -37,7 +37,8 @@ struct Args {
     /// Small inputs (256 MiB and 2 GiB images instead of 2 GiB and 20 GiB), for a quick check.
     #[arg(long)]
     small: bool,
-    /// Also time DiffTransfer over windows and chunk sizes, to choose the defaults.
+    /// Also time DiffTransfer over windows and chunk sizes, to choose the defaults; with
+    /// --latency-ms, at each round trip in place of the default setting, --reps times each.
     #[arg(long)]
     sweep: bool,
     /// Repetitions of each setting of the sweep.
@@ -178,7 +179,20 @@ fn main() {
         if !args.only.is_empty() {
             contenders.retain(|c| args.only.iter().any(|o| o == c.slug()));
         }
-        bench.latency_case(&dense, &sizes, reps, &args.latency_ms, &contenders);
+        if args.sweep {
+            contenders.retain(|c| !matches!(c, Contender::Ours { .. }));
+            contenders.extend(sweep_settings());
+        }
+        let table = bench.latency_case(&dense, &sizes, reps, &args.latency_ms, &contenders);
+        if args.sweep {
+            println!("## Sweep of DiffTransfer's window and chunk size behind the proxy");
+            println!();
+            println!("{}", table.render_latency_sweep());
+            println!(
+                "Each cell: median seconds (multiple of the best setting's median there). The \
+                 default is to be within 1.10 of the best in every column."
+            );
+        }
         bench.remove(&dense.image);
         return;
     }
@@ -204,20 +218,28 @@ fn main() {
     );
     if args.sweep {
         let mut sweep = Table::default();
-        for chunk in [MIB, 2 * MIB, 4 * MIB] {
-            for window in [8, 16, 32] {
-                let c = Contender::Ours {
-                    window: Some(window),
-                    chunk_size: Some(chunk),
-                };
-                bench.ours_full_and_incremental(&dense, args.sweep_reps, c, &mut sweep);
-            }
+        for c in sweep_settings() {
+            bench.ours_full_and_incremental(&dense, args.sweep_reps, c, &mut sweep);
         }
         println!("## Sweep of DiffTransfer's window and chunk size");
         println!();
         println!("{}", sweep.render_sweep());
     }
     bench.remove(&dense.image);
+}
+
+/// The settings of DiffTransfer that `--sweep` times: windows of 8 to 32 chunks of 1 to 4 MiB.
+fn sweep_settings() -> Vec<Contender> {
+    let mut settings = Vec::new();
+    for chunk in [MIB, 2 * MIB, 4 * MIB] {
+        for window in [8, 16, 32] {
+            settings.push(Contender::Ours {
+                window: Some(window),
+                chunk_size: Some(chunk),
+            });
+        }
+    }
+    settings
 }
 
 /// The child process that runs one DiffTransfer, so that its peak RSS is its own:
@@ -558,7 +580,7 @@ impl Bench {
         reps: usize,
         delays_ms: &[f64],
         contenders: &[Contender],
-    ) {
+    ) -> Table {
         let dir = std::env::temp_dir().join(format!("{}-latency", self.tag));
         std::fs::create_dir_all(&dir).expect("create a scratch directory");
         let shim = latency::build_shim(&dir);
@@ -592,8 +614,11 @@ impl Bench {
              delayed by half), monitor traffic direct. × pipe: against the pipe with the \
              CLI's defaults at the same round trip; × no-cache pipe: against the pipe with \
              `rbd cache = false`. Client CPU: user + system of every client process, summed \
-             (median); proxy CPU: the proxy's during the run (median)."
+             (median), and per GiB of the case's changed bytes; CPU / pipe's: against the \
+             pipe's two processes at the same round trip; proxy CPU: the proxy's during the \
+             run (median)."
         );
+        t
     }
 
     fn ours_full_and_incremental(&self, input: &Input, reps: usize, who: Contender, t: &mut Table) {

@@ -110,19 +110,78 @@ impl Table {
         self.reference_at(case, "", who)
     }
 
-    fn reference_at(&self, case: &str, setting: &str, who: Contender) -> Option<f64> {
+    fn row_at(&self, case: &str, setting: &str, who: Contender) -> Option<&Row> {
         self.rows
             .iter()
             .find(|r| r.case == case && r.setting == setting && r.who == who)
-            .map(Row::median)
+    }
+
+    fn reference_at(&self, case: &str, setting: &str, who: Contender) -> Option<f64> {
+        self.row_at(case, setting, who).map(Row::median)
+    }
+
+    /// The sweep behind the latency proxy: one line per setting of DiffTransfer, its median
+    /// in each case and round trip as a multiple of the best setting's there, and the worst
+    /// of those multiples (a default is to be within 1.10 of the best everywhere).
+    pub fn render_latency_sweep(&self) -> String {
+        let mut columns: Vec<(&str, &str)> = Vec::new();
+        let mut settings: Vec<Contender> = Vec::new();
+        for row in self
+            .rows
+            .iter()
+            .filter(|r| matches!(r.who, Contender::Ours { .. }))
+        {
+            if !columns.contains(&(row.case.as_str(), row.setting.as_str())) {
+                columns.push((&row.case, &row.setting));
+            }
+            if !settings.contains(&row.who) {
+                settings.push(row.who);
+            }
+        }
+        let mut out = String::from("| setting |");
+        for (case, setting) in &columns {
+            let _ = write!(out, " {} at {setting} |", cell(case));
+        }
+        out.push_str(" worst × best |\n|---|");
+        out.push_str(&"---:|".repeat(columns.len() + 1));
+        out.push('\n');
+        let best: Vec<Option<f64>> = columns
+            .iter()
+            .map(|&(case, setting)| {
+                settings
+                    .iter()
+                    .filter_map(|&who| self.reference_at(case, setting, who))
+                    .min_by(f64::total_cmp)
+            })
+            .collect();
+        for &who in &settings {
+            let _ = write!(out, "| {} |", cell(&who.name()));
+            let mut worst: Option<f64> = None;
+            for (&(case, setting), best) in columns.iter().zip(&best) {
+                match (self.reference_at(case, setting, who), best) {
+                    (Some(m), Some(b)) => {
+                        let ratio = m / b;
+                        worst = Some(worst.map_or(ratio, |w| w.max(ratio)));
+                        let _ = write!(out, " {m:.2} ({ratio:.2}) |");
+                    }
+                    _ => out.push_str(" – |"),
+                }
+            }
+            let _ = writeln!(
+                out,
+                " {} |",
+                worst.map_or("–".into(), |w| format!("{w:.2}"))
+            );
+        }
+        out
     }
 
     /// The runs behind the latency proxy: per case and round trip, seconds, MiB/s, ratios to
     /// both pipes, client and proxy CPU, peak RSS.
     pub fn render_latency(&self) -> String {
         let mut out = String::from(
-            "| case | round trip | contender | median s | runs (s) | MiB/s | × pipe | × no-cache pipe | client CPU s | proxy CPU s | peak RSS MiB |\n\
-             |---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+            "| case | round trip | contender | median s | runs (s) | MiB/s | × pipe | × no-cache pipe | client CPU s | CPU s/GiB | CPU / pipe's | proxy CPU s | peak RSS MiB |\n\
+             |---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let mut groups: Vec<(&str, &str)> = Vec::new();
         for c in self.rows.iter().map(|r| r.case.as_str()) {
@@ -136,21 +195,28 @@ impl Table {
         for (case, setting) in groups {
             let pipe = self.reference_at(case, setting, Contender::Pipe);
             let no_cache = self.reference_at(case, setting, Contender::PipeNoCache);
+            let pipe_cpu = self
+                .row_at(case, setting, Contender::Pipe)
+                .and_then(|r| r.median_of(|s| s.cpu_secs));
             for row in self
                 .rows
                 .iter()
                 .filter(|r| r.case == case && r.setting == setting)
             {
                 let m = row.median();
+                let cpu = row.median_of(|s| s.cpu_secs);
+                let gib = row.bytes as f64 / (1u64 << 30) as f64;
                 let _ = writeln!(
                     out,
-                    "| {case} | {setting} | {} | {m:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                    "| {case} | {setting} | {} | {m:.2} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                     cell(&row.who.name()),
                     row.runs(),
                     row.bytes as f64 / MIB / m,
                     f(pipe.map(|p| p / m)),
                     f(no_cache.map(|p| p / m)),
-                    f(row.median_of(|s| s.cpu_secs)),
+                    f(cpu),
+                    f(cpu.map(|c| c / gib)),
+                    f(cpu.zip(pipe_cpu).map(|(c, p)| c / p)),
                     f(row.median_of(|s| s.proxy_cpu_secs)),
                     row.peak_rss_mib().map_or("–".into(), |r| format!("{r:.0}")),
                 );
@@ -282,9 +348,38 @@ mod tests {
         assert_eq!(lines.len(), 6);
         assert_eq!(
             lines[5],
-            "| incr | 1 ms | DiffTransfer | 2.00 | 2.00 | 512 | 1.50 | 4.00 | 1.00 | 0.50 | 2 |"
+            "| incr | 1 ms | DiffTransfer | 2.00 | 2.00 | 512 | 1.50 | 4.00 | 1.00 | 1.00 | 0.67 | 0.50 | 2 |"
         );
         assert!(lines[0].starts_with("| incr | 0 ms | rbd export-diff \\| rbd import-diff |"));
+    }
+
+    #[test]
+    fn the_latency_sweep_compares_each_setting_with_the_best_at_each_round_trip() {
+        let mut t = Table::default();
+        let w = |window| Contender::Ours {
+            window: Some(window),
+            chunk_size: None,
+        };
+        t.add_at("incr", "0 ms", Contender::Pipe, 1 << 30, s(9.0));
+        for (rtt, a, b) in [("0 ms", 1.0, 1.2), ("3 ms", 3.0, 2.0)] {
+            t.add_at("incr", rtt, w(8), 1 << 30, s(a));
+            t.add_at("incr", rtt, w(32), 1 << 30, s(b));
+        }
+        let text = t.render_latency_sweep();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| setting | incr at 0 ms | incr at 3 ms | worst × best |"
+        );
+        assert_eq!(lines.len(), 4, "the pipe is no setting: {text}");
+        assert_eq!(
+            lines[2],
+            "| DiffTransfer window 8 chunk default | 1.00 (1.00) | 3.00 (1.50) | 1.50 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| DiffTransfer window 32 chunk default | 1.20 (1.20) | 2.00 (1.00) | 1.20 |"
+        );
     }
 
     #[test]
