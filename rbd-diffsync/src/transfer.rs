@@ -475,6 +475,75 @@ pub(crate) fn open_pool(cluster: &Cluster, spec: &ImageSpec) -> Result<(ImageSpe
     Ok((spec, pool))
 }
 
+/// Opens the source at its end snapshot and checks its snapshots: `from_name` must be one of
+/// them, not newer than the end.
+fn open_source(conn: &Cluster, spec: &ImageSpec, from_name: Option<&str>) -> Result<Source> {
+    let (spec, pool) = open_pool(conn, spec)?;
+    let image = Image::open_read_only(&pool, spec.image(), spec.snap())?;
+    let path = spec.image_path();
+    let snaps = image.snapshots()?;
+    let find = |name: &str| snaps.iter().find(|s| s.name == name).cloned();
+    let end = spec.snap().and_then(find);
+    let from = match from_name {
+        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
+        None => None,
+    };
+    if let (Some(from), Some(end)) = (&from, &end) {
+        if end.id < from.id {
+            return Err(Error::invalid(format!(
+                "from_snap {:?} is newer than the end snapshot {:?} of {path}",
+                from.name, end.name
+            ))
+            .with_image(path)
+            .with_snap(&from.name));
+        }
+    }
+    let snap_ref = |s: &Snapshot| SnapRef {
+        id: s.id,
+        name: s.name.clone(),
+    };
+    let record = Record {
+        fsid: conn.fsid()?,
+        pool_id: pool.id(),
+        namespace: pool.namespace().unwrap_or_default().to_owned(),
+        image_id: image.id()?,
+        source: path,
+        from: from.as_ref().map(snap_ref),
+        end: end.as_ref().map(snap_ref),
+        client: String::new(),
+        started: unix_now(),
+        done: 0,
+    };
+    Ok(Source {
+        info: image.info()?,
+        layout: image.layout()?,
+        image: Arc::new(image),
+        spec,
+        from,
+        record,
+    })
+}
+
+/// Opens the destination, for writing with `lock`; `None` for a full transfer's missing one.
+fn open_destination(
+    conn: &Cluster,
+    spec: &ImageSpec,
+    lock: bool,
+    incremental: bool,
+) -> Result<(Pool, Option<Arc<Image>>)> {
+    let (spec, pool) = open_pool(conn, spec)?;
+    let opened = if lock {
+        Image::open(&pool, spec.image())
+    } else {
+        Image::open_read_only(&pool, spec.image(), None)
+    };
+    match opened {
+        Ok(image) => Ok((pool, Some(Arc::new(image)))),
+        Err(e) if e.kind() == ErrorKind::NotFound && !incremental => Ok((pool, None)),
+        Err(e) => Err(e),
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -486,82 +555,59 @@ impl DiffTransfer {
         self.dest.image_path()
     }
 
-    /// Connects, opens the source at its end snapshot and checks its snapshots.
-    fn open_source(&self, reporter: &mut Reporter) -> Result<(Cluster, Source)> {
+    /// Connects to both clusters (one connection when they are the same), then opens the
+    /// source at its end snapshot (checking its snapshots) and the destination at once: for
+    /// writing with `lock`, `None` for a full transfer's missing one. Opening an image is a few
+    /// round trips to the OSDs; the two images' opens overlap.
+    fn open_images(&self, reporter: &mut Reporter, lock: bool) -> Result<Opened> {
         let label = self.dest_label();
-        let cluster = connect(reporter, &label, &self.source_cluster)?;
-        let (spec, from_name) = (self.source.clone(), self.from_snap.clone());
-        let conn = cluster.clone();
-        let source = detached(reporter, &label, format!("{spec} to open"), move || {
-            let (spec, pool) = open_pool(&conn, &spec)?;
-            let image = Image::open_read_only(&pool, spec.image(), spec.snap())?;
-            let path = spec.image_path();
-            let snaps = image.snapshots()?;
-            let find = |name: &str| snaps.iter().find(|s| s.name == name).cloned();
-            let end = spec.snap().and_then(find);
-            let from = match &from_name {
-                Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
-                None => None,
-            };
-            if let (Some(from), Some(end)) = (&from, &end) {
-                if end.id < from.id {
-                    return Err(Error::invalid(format!(
-                        "from_snap {:?} is newer than the end snapshot {:?} of {path}",
-                        from.name, end.name
-                    ))
-                    .with_image(path)
-                    .with_snap(&from.name));
-                }
-            }
-            let snap_ref = |s: &Snapshot| SnapRef {
-                id: s.id,
-                name: s.name.clone(),
-            };
-            let record = Record {
-                fsid: conn.fsid()?,
-                pool_id: pool.id(),
-                namespace: pool.namespace().unwrap_or_default().to_owned(),
-                image_id: image.id()?,
-                source: path,
-                from: from.as_ref().map(snap_ref),
-                end: end.as_ref().map(snap_ref),
-                client: String::new(),
-                started: unix_now(),
-                done: 0,
-            };
-            Ok(Source {
-                info: image.info()?,
-                layout: image.layout()?,
-                image: Arc::new(image),
-                spec,
-                from,
-                record,
+        let src_cluster = connect(reporter, &label, &self.source_cluster)?;
+        let dest_cluster = match &self.dest_cluster {
+            Some(spec) if *spec != self.source_cluster => connect(reporter, &label, spec)?,
+            _ => src_cluster.clone(),
+        };
+        let (src_conn, src_spec, from_name) = (
+            src_cluster.clone(),
+            self.source.clone(),
+            self.from_snap.clone(),
+        );
+        let (dest_conn, dest_spec, incremental) = (
+            dest_cluster.clone(),
+            self.dest.clone(),
+            self.from_snap.is_some(),
+        );
+        let what = format!("{} and {} to open", self.source, self.dest);
+        let (source, (dest_pool, dest)) = detached(reporter, &label, what, move || {
+            std::thread::scope(|s| {
+                let dest = s.spawn(|| open_destination(&dest_conn, &dest_spec, lock, incremental));
+                let source = open_source(&src_conn, &src_spec, from_name.as_deref());
+                let dest = dest.join().unwrap_or_else(|panic| resume_unwind(panic));
+                // The source's error first: without a source there is nothing to check.
+                Ok((source?, dest?))
             })
         })?;
-        Ok((cluster, source))
+        let me = dest_cluster.address()?;
+        Ok(Opened {
+            source,
+            dest_cluster,
+            dest_pool,
+            dest,
+            me,
+        })
     }
 
     /// Every check and the diff; nothing is written. With `lock`, the destination is opened
     /// for writing and its exclusive lock taken, and held until the transfer ends.
     fn prepare(&self, reporter: &mut Reporter, lock: bool) -> Result<Prepared> {
         reporter.phase(Phase::Connecting);
-        let (src_cluster, source) = self.open_source(reporter)?;
-        let (dest_cluster, dest_pool, dest) = self.open_destination(reporter, src_cluster, lock)?;
-        let me = dest_cluster.address()?;
+        let opened = self.open_images(reporter, lock)?;
         // Named as the writer to be as soon as the destination is open for writing: a rerun
         // after a kill from here on recognises this client, its watch and its lock.
-        let claimed = match (&dest, lock) {
-            (Some(dest), true) => Some((dest.clone(), destination::claim(dest, &me)?)),
+        let claimed = match (&opened.dest, lock) {
+            (Some(dest), true) => Some((dest.clone(), destination::claim(dest, &opened.me)?)),
             _ => None,
         };
         let previous_holder = claimed.as_ref().and_then(|(_, p)| p.clone());
-        let opened = Opened {
-            source,
-            dest_cluster,
-            dest_pool,
-            dest,
-            me,
-        };
         let prepared = self.check(reporter, opened, lock, previous_holder.as_deref());
         if let (Err(_), Some((dest, previous))) = (&prepared, &claimed) {
             // Refused: nothing of this transfer stays on the destination.
@@ -623,38 +669,6 @@ impl DiffTransfer {
             record,
             broke_lock_of,
         })
-    }
-
-    /// Connects to the destination's cluster (unless it is the source's) and opens the
-    /// destination, for writing with `lock`; `None` for a full transfer's missing one.
-    fn open_destination(
-        &self,
-        reporter: &mut Reporter,
-        src_cluster: Cluster,
-        lock: bool,
-    ) -> Result<(Cluster, Pool, Option<Arc<Image>>)> {
-        let label = self.dest_label();
-        let cluster = match &self.dest_cluster {
-            Some(spec) if *spec != self.source_cluster => connect(reporter, &label, spec)?,
-            _ => src_cluster,
-        };
-        let conn = cluster.clone();
-        let (spec, incremental) = (self.dest.clone(), self.from_snap.is_some());
-        let what = format!("{spec} to open");
-        let (pool, image) = detached(reporter, &label, what, move || {
-            let (spec, pool) = open_pool(&conn, &spec)?;
-            let opened = if lock {
-                Image::open(&pool, spec.image())
-            } else {
-                Image::open_read_only(&pool, spec.image(), None)
-            };
-            match opened {
-                Ok(image) => Ok((pool, Some(Arc::new(image)))),
-                Err(e) if e.kind() == ErrorKind::NotFound && !incremental => Ok((pool, None)),
-                Err(e) => Err(e),
-            }
-        })?;
-        Ok((cluster, pool, image))
     }
 
     /// The source's diff, and for an incremental the ranges it read as zeros at `from_snap`.
