@@ -149,7 +149,6 @@ extern "C" {
     ) -> c_int;
     pub(crate) fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;
     pub(crate) fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
-    #[cfg(feature = "internals")]
     pub(crate) fn rbd_get_flags(image: rbd_image_t, flags: *mut u64) -> c_int;
     pub(crate) fn rbd_get_stripe_unit(image: rbd_image_t, stripe_unit: *mut u64) -> c_int;
     pub(crate) fn rbd_get_stripe_count(image: rbd_image_t, stripe_count: *mut u64) -> c_int;
