@@ -8,6 +8,7 @@
 mod latency;
 mod measure;
 mod report;
+mod thin;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,6 +65,10 @@ struct Args {
     /// proxy between clients and OSDs, at each of these round trips in ms (e.g. `0,1,3`).
     #[arg(long, value_delimiter = ',')]
     latency_ms: Vec<f64>,
+    /// Instead of the main table, time a full copy and an incremental of a 5 TiB image
+    /// holding 4 MiB (the scan's case), DiffTransfer against the pipe.
+    #[arg(long)]
+    thin: bool,
     /// With --latency-ms: only these contenders (pipe, pipe-nocache, deepcp, ours).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -147,6 +152,16 @@ fn main() {
     println!("# rbd-diffsync-bench");
     println!();
     println!("{}", measure::machine_line(&bench.cluster));
+    if args.thin {
+        thin::run(
+            &bench.cluster,
+            &bench.pool,
+            &bench.dest_pool,
+            &bench.tag,
+            reps,
+        );
+        return;
+    }
     let sparse = if args.no_sparse || !args.latency_ms.is_empty() {
         String::new()
     } else {
@@ -168,6 +183,16 @@ fn main() {
     );
     println!();
 
+    if args.thin {
+        thin::run(
+            &bench.cluster,
+            &bench.pool,
+            &bench.dest_pool,
+            &bench.tag,
+            reps,
+        );
+        return;
+    }
     if !args.latency_ms.is_empty() {
         let dense = bench.make_dense(&sizes);
         let mut contenders = vec![

@@ -9,6 +9,7 @@ use crate::image::{Image, Snapshot};
 use crate::plan::{self, DiffExtent};
 use crate::progress::{Reporter, StopCheck, Waited};
 use crate::record::{Mismatch, Record, HOLDER_KEY, KEY};
+use crate::scan;
 use crate::sys;
 
 /// How long librados keeps a dead client's watch, after which librbd breaks its lock.
@@ -16,20 +17,18 @@ const WATCH_TIMEOUT_TEXT: &str = "osd_client_watch_timeout, 30 s by default";
 
 /// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
 /// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
+/// The exact ranges are found from the object map too where it can be trusted (see
+/// [`scan`](crate::scan)).
 pub(crate) fn allocated_ranges(
     image: &Image,
     size: u64,
     whole_object: bool,
     stop: &StopCheck,
 ) -> Result<Vec<(u64, u64)>> {
-    let mut allocated = Vec::new();
-    image.diff_iterate(None, 0, size, true, whole_object, |e| {
-        if e.exists {
-            allocated.push(e);
-        }
-        !stop.stopped()
-    })?;
-    Ok(ranges(plan::normalize(allocated)))
+    let method = scan::Method::choose(whole_object, &[image])?;
+    let mut allocated = scan::diff(image, None, size, method, stop)?;
+    allocated.retain(|e| e.exists);
+    Ok(ranges(allocated))
 }
 
 /// The ranges where `image` changed since its snapshot `from` (whole objects), including what

@@ -439,6 +439,11 @@ impl Image {
         check(ret, "diff", &target)
     }
 
+    /// The `RBD_FLAG_*` bits (object map invalid, ...) of the snapshot this image is open at.
+    pub fn flags(&self) -> Result<u64> {
+        self.get_u64("read flags", sys::rbd_get_flags)
+    }
+
     /// The addresses of the clients holding the exclusive lock (none when it is free).
     pub fn lock_owners(&self) -> Result<Vec<String>> {
         let mut mode: c_int = 0;
@@ -619,11 +624,6 @@ impl Image {
 /// Synchronous I/O and state, for the project's own tests.
 #[cfg(feature = "internals")]
 impl Image {
-    /// The `RBD_FLAG_*` bits (object map invalid, ...).
-    pub fn flags(&self) -> Result<u64> {
-        self.get_u64("read flags", sys::rbd_get_flags)
-    }
-
     /// Starts a discard of `[off, off + len)`.
     fn start_discard(&self, off: u64, len: u64, done: Completion) -> Result<()> {
         let c = PendingCompletion::new(done, self)?;

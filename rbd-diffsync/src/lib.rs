@@ -109,6 +109,7 @@ mod image;
 mod plan;
 mod progress;
 mod record;
+mod scan;
 mod spec;
 mod sys;
 mod transfer;
@@ -132,4 +133,5 @@ pub mod internals {
         ZERO_BLOCK,
     };
     pub use crate::record::KEY as RECORD_KEY;
+    pub use crate::scan::{scan_diff, Method as ScanMethod};
 }

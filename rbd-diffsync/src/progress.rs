@@ -199,6 +199,15 @@ pub(crate) struct StopCheck {
 }
 
 impl StopCheck {
+    /// One that never stops.
+    #[cfg(feature = "internals")]
+    pub(crate) fn never() -> StopCheck {
+        StopCheck {
+            cancel: CancelToken::new(),
+            halt: CancelToken::new(),
+        }
+    }
+
     pub(crate) fn stopped(&self) -> bool {
         self.cancel.is_cancelled() || self.halt.is_cancelled()
     }

@@ -17,6 +17,7 @@ use crate::progress::{
     Waited,
 };
 use crate::record::{Record, SnapRef, HOLDER_KEY, KEY};
+use crate::scan;
 use crate::spec::{ClusterSpec, ImageSpec};
 use crate::verify;
 
@@ -673,34 +674,35 @@ impl DiffTransfer {
 
     /// The source's diff, and for an incremental the ranges it read as zeros at `from_snap`.
     fn scan_source(&self, reporter: &mut Reporter, source: &Source, label: &str) -> Result<Scan> {
-        let (image, from, whole_object) = (
-            source.image.clone(),
-            self.from_snap.clone(),
-            self.whole_object,
-        );
+        let (image, from, whole_object) =
+            (source.image.clone(), source.from.clone(), self.whole_object);
+        let (pool, name) = (source.image.pool().clone(), source.spec.image().to_owned());
         let size = source.info.size;
         let what = match &self.from_snap {
             Some(from) => format!("the diff of {} since {from}", source.spec),
             None => format!("the allocated ranges of {}", source.spec),
         };
         let stop = reporter.stop_check();
-        let extents = detached(reporter, label, what, move || {
-            let mut extents = Vec::new();
-            image.diff_iterate(from.as_deref(), 0, size, true, whole_object, |e| {
-                extents.push(e);
-                !stop.stopped()
-            })?;
-            Ok(plan::normalize(extents))
+        let (extents, at_from) = detached(reporter, label, what, move || {
+            // The base too must have a valid object map for the diff to be read from it.
+            let at_from = match &from {
+                Some(from) => Some(Image::open_read_only(&pool, &name, Some(&from.name))?),
+                None => None,
+            };
+            let mut at = vec![&*image];
+            at.extend(at_from.as_ref());
+            let method = scan::Method::choose(whole_object, &at)?;
+            let from_name = from.as_ref().map(|f| f.name.as_str());
+            let extents = scan::diff(&image, from_name, size, method, &stop)?;
+            Ok((extents, at_from))
         })
         .map_err(|e| self.stopped_or(reporter, e))?;
-        let Some(from) = source.from.clone() else {
+        let (Some(from), Some(at_from)) = (source.from.clone(), at_from) else {
             return Ok(Scan {
                 extents,
                 zero_at_from: Vec::new(),
             });
         };
-        let pool = source.image.pool().clone();
-        let name = source.spec.image().to_owned();
         let what = format!(
             "the allocated ranges of {}@{}",
             source.spec.image_path(),
@@ -708,7 +710,6 @@ impl DiffTransfer {
         );
         let stop = reporter.stop_check();
         let zero_at_from = detached(reporter, label, what, move || {
-            let at_from = Image::open_read_only(&pool, &name, Some(&from.name))?;
             let allocated = destination::allocated_ranges(&at_from, from.size, true, &stop)?;
             Ok(plan::complement(&allocated, size))
         })

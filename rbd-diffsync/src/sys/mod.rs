@@ -36,6 +36,10 @@ pub(crate) const RBD_FEATURE_FAST_DIFF: u64 = 1 << 4;
 pub(crate) const RBD_FEATURE_DEEP_FLATTEN: u64 = 1 << 5;
 pub(crate) const RBD_FEATURE_JOURNALING: u64 = 1 << 6;
 
+// RBD_FLAG_* (librbd.h): what rbd_get_flags reports of the snapshot an image is open at.
+pub(crate) const RBD_FLAG_OBJECT_MAP_INVALID: u64 = 1 << 0;
+pub(crate) const RBD_FLAG_FAST_DIFF_INVALID: u64 = 1 << 1;
+
 // librados.h op flags, as the rbd CLI passes them: export reads sequentially without filling
 // the OSD's cache, import writes without caching.
 const LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL: c_int = 0x8;
@@ -145,7 +149,6 @@ extern "C" {
     ) -> c_int;
     pub(crate) fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;
     pub(crate) fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
-    #[cfg(feature = "internals")]
     pub(crate) fn rbd_get_flags(image: rbd_image_t, flags: *mut u64) -> c_int;
     pub(crate) fn rbd_get_stripe_unit(image: rbd_image_t, stripe_unit: *mut u64) -> c_int;
     pub(crate) fn rbd_get_stripe_count(image: rbd_image_t, stripe_count: *mut u64) -> c_int;
