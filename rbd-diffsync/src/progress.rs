@@ -196,6 +196,18 @@ pub(crate) enum Stop {
 pub(crate) struct StopCheck {
     cancel: CancelToken,
     halt: CancelToken,
+    /// Set when the step's result is no longer wanted (see [`StopCheck::abandonable`]).
+    abandon: CancelToken,
+}
+
+/// Cancels the token it holds when dropped: a step run in the background stops as soon as
+/// the code that would have waited for it is gone.
+pub(crate) struct AbandonOnDrop(CancelToken);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl StopCheck {
@@ -205,11 +217,23 @@ impl StopCheck {
         StopCheck {
             cancel: CancelToken::new(),
             halt: CancelToken::new(),
+            abandon: CancelToken::new(),
         }
     }
 
     pub(crate) fn stopped(&self) -> bool {
-        self.cancel.is_cancelled() || self.halt.is_cancelled()
+        self.cancel.is_cancelled() || self.halt.is_cancelled() || self.abandon.is_cancelled()
+    }
+
+    /// The same check, which also turns true once the guard returned with it is dropped.
+    pub(crate) fn abandonable(&self) -> (StopCheck, AbandonOnDrop) {
+        let abandon = CancelToken::new();
+        let check = StopCheck {
+            cancel: self.cancel.clone(),
+            halt: self.halt.clone(),
+            abandon: abandon.clone(),
+        };
+        (check, AbandonOnDrop(abandon))
     }
 }
 
@@ -281,6 +305,7 @@ impl Reporter {
         StopCheck {
             cancel: self.cancel.clone(),
             halt: self.halt.clone(),
+            abandon: CancelToken::new(),
         }
     }
 

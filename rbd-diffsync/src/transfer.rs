@@ -1,7 +1,8 @@
 //! `DiffTransfer`: what `rbd export-diff | rbd import-diff` does, checked first, done with a
 //! window of parallel I/O, and safe to interrupt and run again.
 
-use std::panic::resume_unwind;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::{image_path, Image, ImageInfo, Layout, Snapshot};
 use crate::plan::{self, DiffExtent, KnownZero, Piece};
 use crate::progress::{
-    CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck, TransferStats,
-    Waited,
+    AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck,
+    TransferStats, Waited,
 };
 use crate::record::{Record, SnapRef, HOLDER_KEY, KEY};
 use crate::scan;
@@ -350,6 +351,50 @@ struct Scan {
     zero_at_from: Vec<(u64, u64)>,
 }
 
+/// A scan of the source running on a thread of its own.
+struct ScanJob {
+    rx: mpsc::Receiver<std::thread::Result<Result<Scan>>>,
+    /// What it is, for progress while it is waited for.
+    what: String,
+    /// Stops the scan when the job is dropped unwaited.
+    _abandon: AbandonOnDrop,
+}
+
+/// The source's diff, and for an incremental the ranges it read as zeros at `from`, the two
+/// scans at once (with the object map, each is a pass over it). A `stop` that turns true ends
+/// them with `ECANCELED`.
+fn scan_source(
+    image: &Image,
+    name: &str,
+    from: Option<&Snapshot>,
+    size: u64,
+    whole_object: bool,
+    stop: &StopCheck,
+) -> Result<Scan> {
+    let Some(from) = from else {
+        let method = scan::Method::choose(whole_object, &[image])?;
+        return Ok(Scan {
+            extents: scan::diff(image, None, size, method, stop)?,
+            zero_at_from: Vec::new(),
+        });
+    };
+    // The base too must have a valid object map for the diff to be read from it.
+    let at_from = Image::open_read_only(image.pool(), name, Some(&from.name))?;
+    let method = scan::Method::choose(whole_object, &[image, &at_from])?;
+    std::thread::scope(|s| {
+        let zeros = s.spawn(|| {
+            let allocated = destination::allocated_ranges(&at_from, from.size, true, stop)?;
+            Ok(plan::complement(&allocated, size))
+        });
+        let extents = scan::diff(image, Some(&from.name), size, method, stop);
+        let zero_at_from = zeros.join().unwrap_or_else(|panic| resume_unwind(panic));
+        Ok(Scan {
+            extents: extents?,
+            zero_at_from: zero_at_from?,
+        })
+    })
+}
+
 /// What the checks found about the destination; the default is one to be created.
 #[derive(Default)]
 struct Found {
@@ -634,7 +679,9 @@ impl DiffTransfer {
         } = opened;
         let label = image_path(&dest_pool, self.dest.image());
         reporter.phase(Phase::Scanning);
-        let scan = self.scan_source(reporter, &source, &label)?;
+        // The scan of the source overlaps the lock and the checks of the destination: both
+        // are round trips to the OSDs, and neither needs the other.
+        let scanning = self.start_scan(reporter, &source);
         let mut record = source.record.clone();
         record.client = me.clone();
         let mut broke_lock_of = None;
@@ -658,6 +705,7 @@ impl DiffTransfer {
             }
             None => Found::default(),
         };
+        let scan = self.finish_scan(reporter, scanning, &label)?;
         let (pieces, known_zero, plan) = self.work(&source, scan, found, label);
         Ok(Prepared {
             plan,
@@ -672,52 +720,47 @@ impl DiffTransfer {
         })
     }
 
-    /// The source's diff, and for an incremental the ranges it read as zeros at `from_snap`.
-    fn scan_source(&self, reporter: &mut Reporter, source: &Source, label: &str) -> Result<Scan> {
+    /// Starts the source's scan on a thread of its own (see [`scan_source`]), to run while the
+    /// destination is locked and checked. The scan stops when the returned job is dropped
+    /// unwaited, as on an error of those checks.
+    fn start_scan(&self, reporter: &Reporter, source: &Source) -> ScanJob {
         let (image, from, whole_object) =
             (source.image.clone(), source.from.clone(), self.whole_object);
-        let (pool, name) = (source.image.pool().clone(), source.spec.image().to_owned());
-        let size = source.info.size;
+        let (name, size) = (source.spec.image().to_owned(), source.info.size);
         let what = match &self.from_snap {
             Some(from) => format!("the diff of {} since {from}", source.spec),
             None => format!("the allocated ranges of {}", source.spec),
         };
-        let stop = reporter.stop_check();
-        let (extents, at_from) = detached(reporter, label, what, move || {
-            // The base too must have a valid object map for the diff to be read from it.
-            let at_from = match &from {
-                Some(from) => Some(Image::open_read_only(&pool, &name, Some(&from.name))?),
-                None => None,
-            };
-            let mut at = vec![&*image];
-            at.extend(at_from.as_ref());
-            let method = scan::Method::choose(whole_object, &at)?;
-            let from_name = from.as_ref().map(|f| f.name.as_str());
-            let extents = scan::diff(&image, from_name, size, method, &stop)?;
-            Ok((extents, at_from))
-        })
-        .map_err(|e| self.stopped_or(reporter, e))?;
-        let (Some(from), Some(at_from)) = (source.from.clone(), at_from) else {
-            return Ok(Scan {
-                extents,
-                zero_at_from: Vec::new(),
+        let (stop, abandon) = reporter.stop_check().abandonable();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("rbd-diffsync-scan".to_owned())
+            .spawn(move || {
+                let scanned = catch_unwind(AssertUnwindSafe(|| {
+                    scan_source(&image, &name, from.as_ref(), size, whole_object, &stop)
+                }));
+                // Nobody waits any more when the job was dropped.
+                let _ = tx.send(scanned);
             });
-        };
-        let what = format!(
-            "the allocated ranges of {}@{}",
-            source.spec.image_path(),
-            from.name
-        );
-        let stop = reporter.stop_check();
-        let zero_at_from = detached(reporter, label, what, move || {
-            let allocated = destination::allocated_ranges(&at_from, from.size, true, &stop)?;
-            Ok(plan::complement(&allocated, size))
-        })
-        .map_err(|e| self.stopped_or(reporter, e))?;
-        Ok(Scan {
-            extents,
-            zero_at_from,
-        })
+        if let Err(e) = spawned {
+            panic!("cannot start a thread: {e}");
+        }
+        ScanJob {
+            rx,
+            what,
+            _abandon: abandon,
+        }
+    }
+
+    /// Waits for the scan started by [`start_scan`](Self::start_scan), the reporter ticking.
+    fn finish_scan(&self, reporter: &mut Reporter, job: ScanJob, label: &str) -> Result<Scan> {
+        let ScanJob { rx, what, _abandon } = job;
+        let scanned = detached(reporter, label, what, move || match rx.recv() {
+            Ok(Ok(scanned)) => scanned,
+            Ok(Err(panic)) => resume_unwind(panic),
+            Err(_) => unreachable!("the scan thread sends its result before it ends"),
+        });
+        scanned.map_err(|e| self.stopped_or(reporter, e))
     }
 
     /// What to do: the source's diff, plus the ranges the destination changed since
