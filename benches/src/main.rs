@@ -183,16 +183,6 @@ fn main() {
     );
     println!();
 
-    if args.thin {
-        thin::run(
-            &bench.cluster,
-            &bench.pool,
-            &bench.dest_pool,
-            &bench.tag,
-            reps,
-        );
-        return;
-    }
     if !args.latency_ms.is_empty() {
         let dense = bench.make_dense(&sizes);
         let mut contenders = vec![
