@@ -6,6 +6,7 @@
 //! Every result is compared by md5 with its source snapshot before it counts.
 
 mod latency;
+mod many;
 mod measure;
 mod report;
 mod thin;
@@ -72,6 +73,13 @@ struct Args {
     /// With --latency-ms: only these contenders (pipe, pipe-nocache, deepcp, ours).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Instead of the main table: 8 volumes synced at once by sync-many, at each of these
+    /// --parallel settings (e.g. `4,8`), against 8 pipes in parallel (see many.rs).
+    #[arg(long, value_delimiter = ',')]
+    many: Vec<usize>,
+    /// Instead of the main table: rate-limited transfers against their cap (see many.rs).
+    #[arg(long)]
+    max_rate_check: bool,
 }
 
 /// What the inputs are made of.
@@ -116,6 +124,7 @@ fn main() {
         Some(measure::TRANSFER_CMD) => std::process::exit(transfer_child(raw.collect())),
         Some(measure::VERIFY_CMD) => std::process::exit(verify_child(raw.collect())),
         Some(latency::PROXY_CMD) => std::process::exit(latency::proxy_child(raw.collect())),
+        Some(many::MANY_CMD) => std::process::exit(many::child(raw.collect())),
         _ => {}
     }
     let args = Args::parse();
@@ -160,6 +169,15 @@ fn main() {
             &bench.tag,
             reps,
         );
+        return;
+    }
+    if !args.many.is_empty() || args.max_rate_check {
+        if !args.many.is_empty() {
+            many::run_many(&bench, reps, &args.many);
+        }
+        if args.max_rate_check {
+            many::run_rate_check(&bench, reps);
+        }
         return;
     }
     let sparse = if args.no_sparse || !args.latency_ms.is_empty() {

@@ -7,10 +7,16 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
 
+use crate::budget::{Budget, RateLimit, Ticket};
 use crate::error::{Error, Result};
 use crate::plan::{zero_runs, KnownZero, Piece};
 use crate::progress::Reporter;
+
+/// The token of a wake-up that a shared [`Budget`] sends to an engine waiting for it: no
+/// request's completion.
+pub(crate) const WAKE: u64 = u64::MAX;
 
 /// The result of one request as the engine receives it.
 #[derive(Debug)]
@@ -89,6 +95,14 @@ pub(crate) struct Window {
     pub budget: usize,
     /// Requests in flight at most, whatever their size: reads, writes and zeroings together.
     pub max_requests: usize,
+}
+
+/// What the engine shares with other engines: a budget of memory and requests to draw from
+/// besides its own window, and rate limits on the bytes it reads.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Limits<'a> {
+    pub budget: Option<&'a Budget>,
+    pub rates: &'a [&'a RateLimit],
 }
 
 /// What the engine did, counted as requests completed successfully.
@@ -183,11 +197,33 @@ struct Run<'a> {
     /// The first piece not done: everything below its offset is.
     open: usize,
     marks: Option<&'a dyn Fn(u64)>,
+    /// The budget shared with other engines, and what this one holds of its bytes (its
+    /// requests in flight hold one request each).
+    budget: Option<&'a Budget>,
+    granted: usize,
+    byte_ticket: Option<Ticket>,
+    request_ticket: Option<Ticket>,
+    /// A draw from the shared budget was refused: the budget wakes the engine.
+    blocked: bool,
+    rates: &'a [&'a RateLimit],
+    /// The piece whose bytes the rate limits have reserved, and from when it may be read.
+    rate_ready: Option<(usize, Instant)>,
 }
 
 impl Drop for Run<'_> {
     fn drop(&mut self) {
+        let requests = self.in_flight;
         drain(&self.rx, &mut self.in_flight);
+        if let Some(budget) = self.budget {
+            budget.leave(&mut self.byte_ticket, &mut self.request_ticket);
+            // The memory goes before the budget says it is free.
+            self.spare.clear();
+            for slot in &mut self.slots {
+                slot.buf = Vec::new();
+            }
+            budget.give(self.granted, requests);
+            self.granted = 0;
+        }
     }
 }
 
@@ -196,10 +232,11 @@ impl Drop for Run<'_> {
 pub(crate) fn drain(rx: &Receiver<Done>, in_flight: &mut usize) {
     while *in_flight > 0 {
         // The loop's own sender keeps the channel open, so recv only returns on a completion.
-        if rx.recv().is_err() {
-            break;
+        match rx.recv() {
+            Err(_) => break,
+            Ok(done) if done.token == WAKE => {}
+            Ok(_) => *in_flight -= 1,
         }
-        *in_flight -= 1;
     }
 }
 
@@ -252,13 +289,91 @@ impl Run<'_> {
         self.counters.peak_held = self.counters.peak_held.max(self.charged + self.spare_bytes);
     }
 
-    /// Whether `piece` may start now. With nothing in flight there is always room, so that a
-    /// piece larger than the budget still moves.
-    fn has_room_for(&self, piece: &Piece) -> bool {
+    /// Whether piece `index` may start now. With nothing in flight there is always room in
+    /// the engine's own window, so that a piece larger than the budget still moves. Then the
+    /// rate limits must have let its bytes through, and the shared budget must have room for
+    /// its memory: a refusal there queues the engine, which the budget wakes.
+    fn reserve(&mut self, index: usize) -> bool {
+        let piece = self.pieces[index];
         let busy = self.slots.len() - self.idle.len();
-        busy == 0
+        let room = busy == 0
             || (self.in_flight < self.window.max_requests
-                && self.charged + read_charge(piece) <= self.window.budget)
+                && self.charged + read_charge(&piece) <= self.window.budget);
+        if !room {
+            return false;
+        }
+        if piece.data && !self.rates.is_empty() {
+            let ready = match self.rate_ready {
+                Some((i, ready)) if i == index => ready,
+                _ => {
+                    let ready = self
+                        .rates
+                        .iter()
+                        .map(|r| r.reserve(piece.len))
+                        .max()
+                        .expect("some rate limit");
+                    self.rate_ready = Some((index, ready));
+                    ready
+                }
+            };
+            if Instant::now() < ready {
+                return false;
+            }
+        }
+        let Some(budget) = self.budget else {
+            return true;
+        };
+        for attempt in 0..2 {
+            let need = (self.charged + self.spare_bytes + read_charge(&piece))
+                .saturating_sub(self.granted);
+            if need == 0 || budget.take_bytes(&mut self.byte_ticket, need, &self.tx) {
+                self.granted += need;
+                return true;
+            }
+            if attempt == 0 && self.spare_bytes > 0 {
+                // Spare buffers are of no use while waiting: let the others have them, and
+                // ask for what this piece needs without them.
+                self.spare.clear();
+                self.spare_bytes = 0;
+                self.give_back();
+            } else {
+                break;
+            }
+        }
+        self.blocked = true;
+        false
+    }
+
+    /// Gives the shared budget back the bytes this engine no longer holds.
+    fn give_back(&mut self) {
+        let held = self.charged + self.spare_bytes;
+        if let Some(budget) = self.budget {
+            if self.granted > held {
+                budget.give(self.granted - held, 0);
+                self.granted = held;
+            }
+        }
+    }
+
+    /// Draws a request from the shared budget, if there is one; a refusal queues the engine.
+    fn take_request(&mut self) -> bool {
+        match self.budget {
+            None => true,
+            Some(budget) => {
+                let ok = budget.take_request(&mut self.request_ticket, &self.tx);
+                self.blocked |= !ok;
+                ok
+            }
+        }
+    }
+
+    /// Submits `req` if the shared budget gives it a request, or queues it.
+    fn submit_or_queue(&mut self, req: Request) {
+        if self.queued.is_empty() && self.take_request() {
+            self.submit(req);
+        } else {
+            self.queued.push_back(req);
+        }
     }
 
     fn new_slot(&mut self, index: usize, buf: Vec<u8>) -> usize {
@@ -363,6 +478,9 @@ impl Run<'_> {
             Err(e) => {
                 self.started[token] = None;
                 self.free_tokens.push(token);
+                if let Some(budget) = self.budget {
+                    budget.give(0, 1);
+                }
                 self.fail(e);
                 self.settle(req.slot, false);
             }
@@ -418,7 +536,7 @@ impl Run<'_> {
             let buf = self.buffer(piece.len as usize);
             let i = self.new_slot(index, buf);
             self.slots[i].pending = 1;
-            self.submit(Request {
+            self.submit_or_queue(Request {
                 slot: i,
                 op: Op::Read,
                 off: piece.offset,
@@ -433,7 +551,7 @@ impl Run<'_> {
         } else {
             let i = self.new_slot(index, Vec::new());
             self.slots[i].pending = 1;
-            self.submit(Request {
+            self.submit_or_queue(Request {
                 slot: i,
                 op: Op::Zero,
                 off: piece.offset,
@@ -447,6 +565,9 @@ impl Run<'_> {
     /// Handles one completion; returns the bytes of a piece that finished with it.
     fn complete(&mut self, done: Done) -> u64 {
         self.in_flight -= 1;
+        if let Some(budget) = self.budget {
+            budget.give(0, 1);
+        }
         let token = done.token as usize;
         let req = self.started[token]
             .take()
@@ -539,6 +660,8 @@ pub(crate) struct Job<'a> {
     /// Receives the watermark each time it moves: the offset below which every piece is
     /// done (written and acknowledged).
     pub marks: Option<&'a dyn Fn(u64)>,
+    /// What it shares with other engines.
+    pub shared: Limits<'a>,
 }
 
 /// Copies the job's pieces from `source` to `sink`, as many at a time as the window allows,
@@ -557,6 +680,7 @@ pub(crate) fn run(
         known_zero,
         window,
         marks,
+        shared,
     } = job;
     let (tx, rx) = mpsc::channel();
     let mut run = Run {
@@ -585,25 +709,35 @@ pub(crate) fn run(
         finished: vec![false; pieces.len()],
         open: 0,
         marks,
+        budget: shared.budget,
+        granted: 0,
+        byte_ticket: None,
+        request_ticket: None,
+        blocked: false,
+        rates: shared.rates,
+        rate_ready: None,
     };
     let mut next = 0;
     loop {
+        run.blocked = false;
         if !run.stopping && reporter.stop().is_some() {
             run.stopping = true;
         }
         if run.winding_down() {
             run.drop_queued();
+            run.rate_ready = None;
         }
         // Writes of pieces already read come first: they free memory. A refused submission
         // ends this too.
         while !run.winding_down() && run.in_flight < run.window.max_requests {
-            let Some(req) = run.queued.pop_front() else {
+            if run.queued.is_empty() || !run.take_request() {
                 break;
-            };
+            }
+            let req = run.queued.pop_front().expect("not empty");
             run.submit(req);
         }
         while !run.winding_down() && run.queued.is_empty() && next < pieces.len() {
-            if !run.has_room_for(&pieces[next]) {
+            if !run.reserve(next) {
                 break;
             }
             let settled = run.start(next);
@@ -616,19 +750,55 @@ pub(crate) fn run(
                 }
             }
         }
+        run.give_back();
+        let rate_wait = run
+            .rate_ready
+            .filter(|&(i, _)| i == next)
+            .map(|(_, ready)| ready)
+            .filter(|&ready| ready > Instant::now());
         if run.in_flight == 0 && (run.queued.is_empty() || run.winding_down()) {
             run.drop_queued();
             if run.winding_down() || next == pieces.len() {
                 break;
             }
-            continue;
+            if !run.blocked && rate_wait.is_none() {
+                continue;
+            }
         }
-        let what = || format!("the cluster to complete the requests in flight to {dest}");
-        if let Some(done) = next_completion(&run.rx, reporter, what) {
+        let done = match rate_wait {
+            // Waits for the rate limit, or a completion before that.
+            Some(ready) => {
+                let timeout = (ready - Instant::now()).min(reporter.poll_interval());
+                match run.rx.recv_timeout(timeout) {
+                    Ok(done) => Some(done),
+                    Err(_) => {
+                        let rate = run.rates.iter().map(|r| r.rate()).min().unwrap_or(0);
+                        reporter.waiting_for(Some(format!(
+                            "the rate limit of {:.1} MiB/s",
+                            rate as f64 / (1u64 << 20) as f64
+                        )));
+                        reporter.tick();
+                        None
+                    }
+                }
+            }
+            None => {
+                let what = || {
+                    if run.in_flight == 0 && run.blocked {
+                        format!("memory or requests shared with other transfers, for {dest}")
+                    } else {
+                        format!("the cluster to complete the requests in flight to {dest}")
+                    }
+                };
+                next_completion(&run.rx, reporter, what)
+            }
+        };
+        if let Some(done) = done.filter(|d| d.token != WAKE) {
             let finished = run.complete(done);
             if finished > 0 {
                 reporter.advance(finished);
             }
+            run.give_back();
         }
     }
     reporter.waiting_for(None);

@@ -10,7 +10,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{run, Completion, Counters, DiffSink, DiffSource, Job, Window};
+use super::{run, Completion, Counters, DiffSink, DiffSource, Job, Limits, Window};
+use crate::budget::{Budget, RateLimit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::{normalize, pieces, DiffExtent, KnownZero, Piece, ZERO_BLOCK};
 use crate::progress::{CancelToken, Phase, Progress, Reporter};
@@ -752,6 +753,18 @@ fn copy(
     window: Window,
     reporter: &mut Reporter,
 ) -> Result<Counters> {
+    copy_shared(dev, pieces, known_zero, window, Limits::default(), reporter)
+}
+
+/// [`copy`], the engine sharing `shared` with others.
+fn copy_shared(
+    dev: &Device,
+    pieces: &[Piece],
+    known_zero: &KnownZero,
+    window: Window,
+    shared: Limits<'_>,
+    reporter: &mut Reporter,
+) -> Result<Counters> {
     reporter.phase(Phase::Copying);
     reporter.set_total(pieces.iter().map(|p| p.len).sum());
     // Whenever the watermark moves, the destination below it is final already.
@@ -776,6 +789,7 @@ fn copy(
         known_zero,
         window,
         marks: Some(&marks),
+        shared,
     };
     let result = run(dev, dev, job, reporter, DST);
     assert_eq!(dev.in_flight(), 0, "run returned with requests in flight");
@@ -1354,4 +1368,106 @@ fn a_stop_while_starting_pieces_starts_nothing_more() {
     // The read that completed after the stop wrote nothing.
     assert!(dev.dst().iter().all(|&b| b == MARKER));
     assert_eq!(done.load(Ordering::SeqCst), chunk);
+}
+
+#[test]
+fn engines_sharing_a_budget_stay_within_it_together_and_all_finish() {
+    let (src, extents) = mixed();
+    let chunk = 64 * KIB;
+    let c64 = chunk as usize;
+    let pieces = plan(&extents, chunk);
+    let none = KnownZero::Ranges(Vec::new());
+    let m = Model::new(&src, &pieces, &none);
+    // Each engine's own window is the whole budget: only the sharing holds them back.
+    let (bytes, requests) = (5 * c64, 10);
+    let budget = Budget::new(bytes, requests);
+    thread::scope(|s| {
+        let engines: Vec<_> = (0..4u64)
+            .map(|k| {
+                let (budget, src, pieces, none, m) = (&budget, &src, &pieces, &none, &m);
+                s.spawn(move || {
+                    let dev = Device::new(src.clone(), 40 + k);
+                    let done = Arc::new(AtomicU64::new(0));
+                    let mut r = reporter(&done, &CancelToken::new(), |_| true);
+                    let shared = Limits {
+                        budget: Some(budget),
+                        rates: &[],
+                    };
+                    let w = window(bytes, requests);
+                    let c = match copy_shared(&dev, pieces, none, w, shared, &mut r) {
+                        Ok(c) => c,
+                        Err(e) => panic!("engine {k}: {e:?}"),
+                    };
+                    let st = dev.stats();
+                    check_copy(&dev, pieces, m, &c, done.load(Ordering::SeqCst), &st);
+                    assert!(2 * st.peak_read_bytes as usize <= bytes);
+                })
+            })
+            .collect();
+        for e in engines {
+            e.join().expect("an engine finished");
+        }
+    });
+    let (peak_bytes, peak_requests) = budget.peaks();
+    assert!(peak_bytes <= bytes, "{peak_bytes} held at once");
+    assert!(peak_bytes >= 2 * c64, "{peak_bytes}");
+    assert!(
+        peak_requests <= requests,
+        "{peak_requests} requests at once"
+    );
+    assert_eq!(budget.used(), (0, 0), "everything given back");
+}
+
+#[test]
+fn a_rate_limited_engine_waits_for_its_bytes_and_still_stops() {
+    let size = 4 * MIB;
+    let src = random_bytes(size, 50);
+    let pieces = plan(&[ext(0, size, true)], 256 * KIB);
+    let none = KnownZero::Ranges(Vec::new());
+    // 16 MiB/s, a burst of 0.8 MiB: the last of the 16 pieces of 256 KiB may be read 0.2 s
+    // after the first.
+    let rate = RateLimit::new(16 * MIB);
+    let rates = [&rate];
+    let dev = Device::new(src.clone(), 51);
+    let done = Arc::new(AtomicU64::new(0));
+    let mut r = reporter(&done, &CancelToken::new(), |_| true);
+    let shared = Limits {
+        budget: None,
+        rates: &rates,
+    };
+    let started = Instant::now();
+    copy_shared(&dev, &pieces, &none, window(WIDE, 64), shared, &mut r).expect("copied");
+    assert!(
+        started.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(dev.dst(), src);
+
+    // Stopped while it waits for the rate: it returns within a poll interval or so.
+    let rate = RateLimit::new(MIB);
+    let rates = [&rate];
+    let dev = Device::new(src.clone(), 52);
+    let token = CancelToken::new();
+    let mut r = reporter(&done, &token, |_| true);
+    let shared = Limits {
+        budget: None,
+        rates: &rates,
+    };
+    let stopper = {
+        let token = token.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            token.cancel();
+        })
+    };
+    let started = Instant::now();
+    let err = copy_shared(&dev, &pieces, &none, window(WIDE, 64), shared, &mut r).unwrap_err();
+    stopper.join().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }

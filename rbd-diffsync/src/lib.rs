@@ -101,11 +101,13 @@
 
 pub mod error;
 
+mod budget;
 mod checkpoint;
 mod cluster;
 mod destination;
 mod engine;
 mod image;
+mod many;
 mod plan;
 mod progress;
 mod record;
@@ -116,6 +118,10 @@ mod transfer;
 mod verify;
 
 pub use error::{Error, ErrorKind, Result};
+pub use many::{
+    BatchProgress, BatchSettings, SyncMany, VolumeProgress, VolumeState, DEFAULT_BATCH_BUDGET,
+    DEFAULT_BATCH_REQUESTS, DEFAULT_PARALLEL,
+};
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 pub use spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use transfer::{DiffTransfer, Plan, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};

@@ -6,12 +6,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::budget::RateLimit;
 use crate::checkpoint::{self, Checkpointer};
 use crate::cluster::{Cluster, Pool};
 use crate::destination::{self, Checks, Verdict};
 use crate::engine::{self, Window};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{image_path, Image, ImageInfo, Layout, Snapshot};
+use crate::many::BatchLink;
 use crate::plan::{self, DiffExtent, KnownZero, Piece};
 use crate::progress::{
     AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck,
@@ -62,6 +64,9 @@ pub struct DiffTransfer {
     progress: Option<ProgressFn>,
     progress_interval: Duration,
     cancel: CancelToken,
+    rate_limit: Option<u64>,
+    /// What it shares with the other transfers of a batch.
+    batch: Option<Arc<BatchLink>>,
 }
 
 impl std::fmt::Debug for DiffTransfer {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for DiffTransfer {
             .field("whole_object", &self.whole_object)
             .field("overwrite_existing", &self.overwrite_existing)
             .field("verify", &self.verify)
+            .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +146,8 @@ impl DiffTransfer {
             progress: None,
             progress_interval: Duration::from_millis(200),
             cancel: CancelToken::new(),
+            rate_limit: None,
+            batch: None,
         }
     }
 
@@ -226,6 +234,19 @@ impl DiffTransfer {
     /// A token another thread may use to cancel the transfer.
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token;
+        self
+    }
+
+    /// Caps the bytes read from the source at `bytes_per_sec` on average (`--max-rate`); 0
+    /// removes the cap (the default). Only data counts: ranges made to read as zeros cost no
+    /// read and no data write, and are not held back. The cap is a token bucket holding 50 ms
+    /// of the rate (at least 64 KiB), drawn from before each piece is read: waiting for it,
+    /// the transfer still reports progress and stops when asked. In a [`SyncMany`] batch its
+    /// own cap applies besides the batch's.
+    ///
+    /// [`SyncMany`]: crate::SyncMany
+    pub fn rate_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.rate_limit = (bytes_per_sec > 0).then_some(bytes_per_sec);
         self
     }
 
@@ -500,6 +521,56 @@ fn waited<T: Send + 'static>(
     }
 }
 
+impl DiffTransfer {
+    /// Connects to the cluster of `spec`, or, in a batch, takes the batch's connection.
+    fn connect(&self, reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
+        let Some(batch) = &self.batch else {
+            return connect(reporter, dest, spec);
+        };
+        let (batch, owned) = (batch.clone(), spec.clone());
+        detached(
+            reporter,
+            dest,
+            format!("the monitors of {spec}"),
+            move || batch.connections.get(&owned),
+        )
+    }
+
+    /// Joins a batch: its budget, rate limit and connections are shared.
+    pub(crate) fn join_batch(&mut self, link: Arc<BatchLink>) {
+        self.batch = Some(link);
+    }
+
+    /// Takes the progress callback out, to be called by the batch's own.
+    pub(crate) fn take_progress(&mut self) -> Option<ProgressFn> {
+        self.progress.take()
+    }
+
+    /// The cancel token of the transfer.
+    pub(crate) fn token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// Source, destination and base, as given.
+    pub(crate) fn names(&self) -> (String, String, Option<String>) {
+        (
+            self.source.to_string(),
+            self.dest.to_string(),
+            self.from_snap.clone(),
+        )
+    }
+
+    /// The destination and its cluster, to find two transfers into one image.
+    pub(crate) fn dest_key(&self) -> (String, ClusterSpec) {
+        (
+            self.dest.to_string(),
+            self.dest_cluster
+                .clone()
+                .unwrap_or_else(|| self.source_cluster.clone()),
+        )
+    }
+}
+
 pub(crate) fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
     let owned = spec.clone();
     detached(
@@ -607,9 +678,9 @@ impl DiffTransfer {
     /// round trips to the OSDs; the two images' opens overlap.
     fn open_images(&self, reporter: &mut Reporter, lock: bool) -> Result<Opened> {
         let label = self.dest_label();
-        let src_cluster = connect(reporter, &label, &self.source_cluster)?;
+        let src_cluster = self.connect(reporter, &label, &self.source_cluster)?;
         let dest_cluster = match &self.dest_cluster {
-            Some(spec) if *spec != self.source_cluster => connect(reporter, &label, spec)?,
+            Some(spec) if *spec != self.source_cluster => self.connect(reporter, &label, spec)?,
             _ => src_cluster.clone(),
         };
         let (src_conn, src_spec, from_name) = (
@@ -914,11 +985,21 @@ impl DiffTransfer {
                 checkpoints.mark(mark);
             }
         };
+        let own_rate = self.rate_limit.map(RateLimit::new);
+        let batch = self.batch.as_deref();
+        let rates: Vec<&RateLimit> = own_rate
+            .iter()
+            .chain(batch.and_then(|b| b.rate.as_ref()))
+            .collect();
         let job = engine::Job {
             pieces: &pieces,
             known_zero: &known_zero,
             window,
             marks: Some(&marks),
+            shared: engine::Limits {
+                budget: batch.map(|b| &b.budget),
+                rates: &rates,
+            },
         };
         let copied = engine::run(&*source.image, &*dest, job, reporter, &label);
         if let Some(checkpoints) = checkpoints {

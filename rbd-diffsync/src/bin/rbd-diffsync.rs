@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rbd_diffsync::error::code_name;
 use rbd_diffsync::{
-    CancelToken, ClusterSpec, DiffTransfer, Error, ErrorKind, ImageSpec, Phase, Plan, Progress,
-    TransferStats, Verify, VerifyStats,
+    BatchProgress, CancelToken, ClusterSpec, DiffTransfer, Error, ErrorKind, ImageSpec, Phase,
+    Plan, Progress, SyncMany, TransferStats, Verify, VerifyStats, VolumeState,
 };
 use serde_json::json;
 
@@ -70,6 +70,57 @@ enum Command {
     /// neither has allocated, and naming the first byte that differs.
     #[command(after_help = EXIT_STATUS)]
     Verify(Box<VerifyArgs>),
+    /// Sync many volumes at once, as listed in JOB_FILE: over one connection per cluster,
+    /// within one memory budget and one rate limit, at most --parallel at a time. Each volume
+    /// is a `sync` of its own (checks, lock, end snapshot, resume); one that fails does not
+    /// stop the others.
+    #[command(after_help = SYNC_MANY_HELP)]
+    SyncMany(Box<SyncManyArgs>),
+}
+
+/// The job file and the exit status of `sync-many`, for `--help`.
+const SYNC_MANY_HELP: &str = "\
+Job file: one volume per line, blank lines and lines starting with # ignored. Either
+    SRC_IMAGE@SNAP DEST_IMAGE [FROM_SNAP]
+(whitespace-separated; FROM_SNAP makes it an incremental), or a JSON object
+    {\"source\": \"rbd/vol1@s2\", \"dest\": \"backups/vol1\", \"from_snap\": \"s1\", \"force\": false}
+(from_snap and force optional). The same destination twice is refused.
+
+Exit status: 0 when every volume was synced; otherwise that of the first volume that failed,
+in the order of the job file, as `sync` would have exited for it (125 when cancelled). The
+result names every volume that failed, with its error's kind, errno, message, image and
+snapshot (--format json: the \"volumes\" array).";
+
+#[derive(Args)]
+struct SyncManyArgs {
+    /// The job file, or - for stdin.
+    #[arg(value_name = "JOB_FILE")]
+    job: PathBuf,
+    /// Volumes synced at once.
+    #[arg(long, value_name = "N", default_value_t = rbd_diffsync::DEFAULT_PARALLEL)]
+    parallel: usize,
+    /// Largest request, in bytes, with an optional K, M or G suffix.
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Memory of all the volumes together, in chunks: data held at once (librados's receive
+    /// buffers included) is at most N × chunk size, whatever the number of volumes.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    window: usize,
+    /// Bytes per second read from the sources, all volumes together, at most: a number with
+    /// an optional K, M or G suffix (powers of 1024: 100M is 100 MiB/s). Only data counts,
+    /// not ranges made to read as zeros.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    max_rate: Option<u64>,
+    /// Diff by whole objects, as `rbd export-diff --whole-object`.
+    #[arg(long)]
+    whole_object: bool,
+    /// As `sync --force`, for every volume (a job line may also say "force": true).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    clusters: ClusterArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +158,11 @@ struct SyncArgs {
     /// Check everything and print what the sync would do, writing nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Bytes per second read from the source at most: a number with an optional K, M or G
+    /// suffix (powers of 1024: 100M is 100 MiB/s). Only data counts, not ranges made to read
+    /// as zeros.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    max_rate: Option<u64>,
     /// After the writes, before the end snapshot, read back what the sync wrote or zeroed from
     /// both images and compare; a difference fails the sync (exit status 201) and creates no
     /// end snapshot.
@@ -792,6 +848,16 @@ fn error_json(
     value
 }
 
+/// A failure of the command itself, not of a transfer: as [`fail`].
+fn fail_with(kind: ErrorKind, errno: i32, message: &str, json: bool) -> ExitCode {
+    eprintln!("rbd-diffsync: error: {message}");
+    if json {
+        let value = error_json(kind, errno, message, None, None, None);
+        print_out(&format!("{value}\n"));
+    }
+    ExitCode::from(exit_status(errno))
+}
+
 fn fail(e: &Error, json: bool) -> ExitCode {
     eprintln!("rbd-diffsync: error: {e}");
     if json {
@@ -821,6 +887,7 @@ fn sync(args: &SyncArgs, json: bool) -> Result<(), Error> {
         .whole_object(args.whole_object)
         .overwrite_existing(args.force)
         .verify(args.verify)
+        .rate_limit(args.max_rate.unwrap_or(0))
         .progress_interval(args.output.progress_interval);
     if let Some(from) = &args.from_snap {
         transfer = transfer.from_snap(from.clone());
@@ -937,6 +1004,327 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e, json),
             }
         }
+        Command::SyncMany(args) => {
+            let json = args.output.json();
+            match sync_many(&args, json) {
+                Ok(code) => code,
+                Err(e) => fail(&e, json),
+            }
+        }
+    }
+}
+
+/// One volume of a job file.
+#[derive(Debug, PartialEq, Eq)]
+struct JobLine {
+    source: String,
+    dest: String,
+    from_snap: Option<String>,
+    force: bool,
+}
+
+/// Reads a job file (see [`SYNC_MANY_HELP`]); what is wrong with it, if anything.
+fn parse_job(text: &str) -> Result<Vec<JobLine>, String> {
+    let mut jobs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: String| format!("job file, line {}: {why}", n + 1);
+        let job = if line.starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+            let text = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_owned);
+            if let Some(obj) = v.as_object() {
+                if let Some(k) = obj
+                    .keys()
+                    .find(|k| !["source", "dest", "from_snap", "force"].contains(&k.as_str()))
+                {
+                    return Err(bad(format!("unknown key {k:?}")));
+                }
+            }
+            JobLine {
+                source: text("source").ok_or_else(|| bad("no \"source\" string".into()))?,
+                dest: text("dest").ok_or_else(|| bad("no \"dest\" string".into()))?,
+                from_snap: text("from_snap"),
+                force: v.get("force").and_then(|x| x.as_bool()).unwrap_or(false),
+            }
+        } else {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                [source, dest] | [source, dest, _] => JobLine {
+                    source: source.to_owned(),
+                    dest: dest.to_owned(),
+                    from_snap: words.get(2).map(|s| (*s).to_owned()),
+                    force: false,
+                },
+                _ => {
+                    return Err(bad(
+                        "not SRC_IMAGE@SNAP DEST_IMAGE [FROM_SNAP] nor a JSON object".into(),
+                    ))
+                }
+            }
+        };
+        jobs.push(job);
+    }
+    if jobs.is_empty() {
+        return Err("the job file lists no volume".to_owned());
+    }
+    Ok(jobs)
+}
+
+fn sync_many(args: &SyncManyArgs, json: bool) -> Result<ExitCode, Error> {
+    let text = if args.job.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(&args.job)
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            let message = format!("cannot read the job file {}: {e}", args.job.display());
+            return Ok(fail_with(
+                ErrorKind::from_errno(errno),
+                errno,
+                &message,
+                json,
+            ));
+        }
+    };
+    let jobs = match parse_job(&text) {
+        Ok(jobs) => jobs,
+        Err(message) => {
+            let kind = ErrorKind::InvalidArgument;
+            return Ok(fail_with(kind, libc::EINVAL, &message, json));
+        }
+    };
+    let source_cluster = args.clusters.source();
+    let dest_cluster = args.clusters.dest(&source_cluster);
+    let mut transfers = Vec::new();
+    for job in &jobs {
+        let mut t = DiffTransfer::new(ImageSpec::parse(&job.source)?, ImageSpec::parse(&job.dest)?)
+            .cluster(source_cluster.clone())
+            .dest_cluster(dest_cluster.clone())
+            .chunk_size(args.chunk_size)
+            .window(args.window)
+            .whole_object(args.whole_object)
+            .overwrite_existing(args.force || job.force)
+            .progress_interval(args.output.progress_interval);
+        if let Some(from) = &job.from_snap {
+            t = t.from_snap(from.clone());
+        }
+        transfers.push(t);
+    }
+    // The window and chunk size are checked by each transfer (at most 1024 × 1 GiB).
+    let budget =
+        usize::try_from((args.window as u64).saturating_mul(args.chunk_size)).unwrap_or(usize::MAX);
+    let open = OpenLine::default();
+    let effect = "the requests in flight drain and no end snapshot is created, unless it is \
+                  being created already";
+    let cancel = cancel_on_signals(&open, effect);
+    let mut batch = SyncMany::new(transfers)
+        .parallel(args.parallel)
+        .memory_budget(budget)
+        .rate_limit(args.max_rate.unwrap_or(0))
+        .progress_interval(args.output.progress_interval)
+        .cancel_token(cancel);
+    if let Some(mode) = args.output.progress() {
+        batch = batch.on_progress(batch_printer(mode, open.clone()));
+    }
+    let started = Instant::now();
+    let results = batch.run();
+    open.end(&mut std::io::stderr().lock());
+    let elapsed = started.elapsed();
+    print_out(&many_text(json, &jobs, &results, elapsed));
+    let code = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .map_or(ExitCode::SUCCESS, |e| {
+            ExitCode::from(exit_status(e.errno()))
+        });
+    Ok(code)
+}
+
+/// The result of a batch: a line per volume and a summary, or one JSON object.
+fn many_text(
+    json: bool,
+    jobs: &[JobLine],
+    results: &[Result<TransferStats, Error>],
+    elapsed: Duration,
+) -> String {
+    let ok: Vec<&TransferStats> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let failed = results.len() - ok.len();
+    let sum = |f: fn(&TransferStats) -> u64| ok.iter().map(|s| f(s)).sum::<u64>();
+    let (read, written, zeroed, diff) = (
+        sum(|s| s.bytes_read),
+        sum(|s| s.bytes_written),
+        sum(|s| s.bytes_zeroed),
+        sum(|s| s.diff_bytes),
+    );
+    let secs = elapsed.as_secs_f64();
+    let per_sec = if secs > 0.0 { diff as f64 / secs } else { 0.0 };
+    if json {
+        let volumes: Vec<serde_json::Value> = jobs
+            .iter()
+            .zip(results)
+            .map(|(job, r)| {
+                let mut v = json!({
+                    "source": job.source,
+                    "dest": job.dest,
+                    "from_snap": job.from_snap,
+                    "ok": r.is_ok(),
+                });
+                match r {
+                    Ok(stats) => {
+                        let mut s = serde_json::to_value(stats).expect("stats serialise");
+                        s["throughput_bytes_per_sec"] = stats.throughput().into();
+                        v["stats"] = s;
+                    }
+                    Err(e) => {
+                        let e = error_json(
+                            e.kind(),
+                            e.errno(),
+                            e.message(),
+                            e.image(),
+                            e.snap(),
+                            e.offset(),
+                        );
+                        v["error"] = e["error"].clone();
+                    }
+                }
+                v
+            })
+            .collect();
+        let value = json!({
+            "volumes": volumes,
+            "succeeded": ok.len(),
+            "failed": failed,
+            "bytes_read": read,
+            "bytes_written": written,
+            "bytes_zeroed": zeroed,
+            "diff_bytes": diff,
+            "elapsed": secs,
+            "throughput_bytes_per_sec": per_sec,
+        });
+        return format!("{value}\n");
+    }
+    let mut lines = Vec::new();
+    for (job, r) in jobs.iter().zip(results) {
+        let kind = match &job.from_snap {
+            Some(from) => format!("incremental from {from}"),
+            None => "full".to_owned(),
+        };
+        lines.push(match r {
+            Ok(s) => format!(
+                "ok      {} -> {} ({kind}): {} written, {} zeroed in {:.2} s",
+                s.source,
+                s.dest,
+                mib(s.bytes_written),
+                mib(s.bytes_zeroed),
+                s.elapsed.as_secs_f64()
+            ),
+            Err(e) => format!(
+                "FAILED  {} -> {} ({kind}): {e} ({})",
+                job.source,
+                job.dest,
+                code_name(e.errno()).unwrap_or("error")
+            ),
+        });
+    }
+    lines.push(format!(
+        "synced {} of {} volumes, {failed} failed: diff {}, read {}, written {}, zeroed {} in \
+         {secs:.2} s ({:.1} MiB/s)",
+        ok.len(),
+        results.len(),
+        mib(diff),
+        mib(read),
+        mib(written),
+        mib(zeroed),
+        per_sec / (1u64 << 20) as f64
+    ));
+    lines.join("\n") + "\n"
+}
+
+/// The progress of a batch on stderr: a line when a volume starts or ends and every 5 s (a
+/// bar on a terminal), or one JSON object per report.
+fn batch_printer(
+    mode: ProgressMode,
+    open: OpenLine,
+) -> impl FnMut(&BatchProgress) + Send + 'static {
+    let width = terminal_width().unwrap_or(80).max(20);
+    let mut states: Vec<VolumeState> = Vec::new();
+    let mut last_line: Option<Instant> = None;
+    move |p: &BatchProgress| {
+        let mut err = std::io::stderr().lock();
+        if mode == ProgressMode::Json {
+            let volumes: Vec<serde_json::Value> = p
+                .volumes
+                .iter()
+                .map(|v| {
+                    json!({
+                        "dest": v.dest,
+                        "state": v.state.name(),
+                        "phase": v.phase.map(Phase::name),
+                        "bytes_done": v.bytes_done,
+                        "bytes_total": v.bytes_total,
+                        "waiting_for": v.waiting_for,
+                    })
+                })
+                .collect();
+            let value = json!({
+                "bytes_done": p.bytes_done,
+                "bytes_total": p.bytes_total,
+                "queued": p.queued,
+                "running": p.running,
+                "succeeded": p.succeeded,
+                "failed": p.failed,
+                "elapsed": (p.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "volumes": volumes,
+            });
+            let _ = writeln!(err, "{value}");
+            return;
+        }
+        let rate = p.bytes_done as f64 / p.elapsed.as_secs_f64().max(1e-3) / (1u64 << 20) as f64;
+        let total = format!(
+            "{} running, {} done, {} failed, {} queued; {} of {}, {rate:.1} MiB/s",
+            p.running,
+            p.succeeded,
+            p.failed,
+            p.queued,
+            mib(p.bytes_done),
+            mib(p.bytes_total)
+        );
+        if mode == ProgressMode::Bar {
+            let line: String = format!("volumes: {total}")
+                .chars()
+                .take(width - 1)
+                .collect();
+            let _ = write!(err, "\r{line}\x1b[K");
+            let _ = err.flush();
+            open.0.store(true, Ordering::SeqCst);
+            return;
+        }
+        states.resize(p.volumes.len(), VolumeState::Queued);
+        for (k, v) in p.volumes.iter().enumerate() {
+            if v.state != states[k] {
+                states[k] = v.state;
+                let _ = writeln!(
+                    err,
+                    "progress: [{}/{}] {} {}",
+                    k + 1,
+                    p.volumes.len(),
+                    v.dest,
+                    v.state.name()
+                );
+            }
+        }
+        if last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY) {
+            last_line = Some(Instant::now());
+            let _ = writeln!(err, "progress: {total}, {:.1} s", p.elapsed.as_secs_f64());
+        }
     }
 }
 
@@ -1024,6 +1412,39 @@ mod tests {
     }
 
     #[test]
+    fn job_files_take_text_and_json_lines() {
+        let jobs = parse_job(
+            "# volumes\n\nrbd/a@s2 backups/a s1\n  rbd/b@s1\tbackups/b\n\
+             {\"source\": \"rbd/c@s2\", \"dest\": \"backups/c\", \"from_snap\": \"s1\", \"force\": true}\n",
+        )
+        .unwrap();
+        let line = |s: &str, d: &str, f: Option<&str>, force| JobLine {
+            source: s.into(),
+            dest: d.into(),
+            from_snap: f.map(Into::into),
+            force,
+        };
+        assert_eq!(
+            jobs,
+            [
+                line("rbd/a@s2", "backups/a", Some("s1"), false),
+                line("rbd/b@s1", "backups/b", None, false),
+                line("rbd/c@s2", "backups/c", Some("s1"), true),
+            ]
+        );
+        for bad in [
+            "a",
+            "a b c d",
+            "{\"source\": \"a\"}",
+            "{\"source\": \"a\", \"dest\": \"b\", \"x\": 1}",
+            "{",
+            "# none",
+        ] {
+            assert!(parse_job(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn exit_statuses_are_codes_modulo_256() {
         assert_eq!(exit_status(libc::ENOENT), 2);
         assert_eq!(exit_status(libc::ECANCELED), 125);
@@ -1056,6 +1477,8 @@ mod tests {
             assert!(e.use_stderr(), "{bad:?}");
         }
         assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("2M"), Ok(2 << 20));
     }
 }

@@ -1,0 +1,448 @@
+//! What several transfers share: a [`Budget`] of memory and requests in flight, and a
+//! [`RateLimit`] on the bytes they read.
+//!
+//! Each engine draws from the budget before it starts a piece (bytes) and before it submits a
+//! request (one request), and gives back what it no longer holds. A draw that does not fit
+//! queues the engine, first come first served, one queue for bytes and one for requests: a
+//! queued engine is refused until it is first in its queue and what it asks for fits, so no
+//! engine starves. When what was given back lets the first one in a queue go, the budget wakes
+//! it by sending a wake-up token on the completion channel it waits on; so an engine blocked
+//! on the budget sleeps on that channel and never polls.
+//!
+//! No deadlock: bytes are given back when pieces finish, which needs only requests; requests
+//! are given back when requests in flight complete, which needs nothing. So a request waiter
+//! never waits for bytes, and the queue of requests is never behind the queue of bytes.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::Sender;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::engine::{Done, WAKE};
+
+/// A place in one of the budget's queues.
+pub(crate) type Ticket = u64;
+
+/// Memory and requests in flight shared by several engines: see the module's documentation.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    bytes: usize,
+    requests: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    ticket: Ticket,
+    amount: usize,
+    wake: Sender<Done>,
+    /// Whether it was sent a wake-up since it last asked.
+    woken: bool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    used: usize,
+    peak: usize,
+    waiters: VecDeque<Waiter>,
+}
+
+impl Queue {
+    fn fits(&self, amount: usize, total: usize) -> bool {
+        // Something larger than the whole budget goes once nothing else is held.
+        self.used + amount <= total || self.used == 0
+    }
+
+    /// The first waiter, when what it asks for fits and it was not told so yet.
+    fn wake_first(&mut self, total: usize) {
+        let fits = match self.waiters.front() {
+            Some(w) => !w.woken && self.fits(w.amount, total),
+            None => false,
+        };
+        if fits {
+            let w = self.waiters.front_mut().expect("checked");
+            w.woken = true;
+            // A receiver that is gone was an engine that has ended; it took itself out.
+            let _ = w.wake.send(Done {
+                token: WAKE,
+                ret: 0,
+            });
+        }
+    }
+
+    fn take(
+        &mut self,
+        total: usize,
+        next_ticket: &mut Ticket,
+        ticket: &mut Option<Ticket>,
+        amount: usize,
+        wake: &Sender<Done>,
+    ) -> bool {
+        let first = match (*ticket, self.waiters.front()) {
+            (_, None) => true,
+            (Some(t), Some(w)) => w.ticket == t,
+            (None, Some(_)) => false,
+        };
+        if first && self.fits(amount, total) {
+            if ticket.take().is_some() {
+                self.waiters.pop_front();
+            }
+            self.used += amount;
+            self.peak = self.peak.max(self.used);
+            // The next one may fit too.
+            self.wake_first(total);
+            return true;
+        }
+        match *ticket {
+            Some(t) => {
+                if let Some(w) = self.waiters.iter_mut().find(|w| w.ticket == t) {
+                    w.amount = amount;
+                    w.woken = false;
+                }
+            }
+            None => {
+                let t = *next_ticket;
+                *next_ticket += 1;
+                *ticket = Some(t);
+                self.waiters.push_back(Waiter {
+                    ticket: t,
+                    amount,
+                    wake: wake.clone(),
+                    woken: false,
+                });
+            }
+        }
+        // Asked again after a wake-up that someone else's draw made stale: it may fit now.
+        self.wake_first(total);
+        false
+    }
+
+    fn give(&mut self, amount: usize, total: usize) {
+        self.used -= amount;
+        self.wake_first(total);
+    }
+
+    fn leave(&mut self, ticket: &mut Option<Ticket>, total: usize) {
+        if let Some(t) = ticket.take() {
+            self.waiters.retain(|w| w.ticket != t);
+            self.wake_first(total);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    bytes: Queue,
+    requests: Queue,
+    next_ticket: Ticket,
+}
+
+impl Budget {
+    /// A budget of `bytes` held at once and `requests` in flight at once, both at least 1.
+    pub(crate) fn new(bytes: usize, requests: usize) -> Budget {
+        Budget {
+            bytes: bytes.max(1),
+            requests: requests.max(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Draws `bytes`, or queues the caller (`ticket` then says where) and returns `false`:
+    /// `wake` receives a wake-up token once it is first and they fit. Ask again then, with
+    /// the same ticket. Something larger than the whole budget is granted once nothing else
+    /// is held.
+    pub(crate) fn take_bytes(
+        &self,
+        ticket: &mut Option<Ticket>,
+        bytes: usize,
+        wake: &Sender<Done>,
+    ) -> bool {
+        let st = &mut *self.state();
+        st.bytes
+            .take(self.bytes, &mut st.next_ticket, ticket, bytes, wake)
+    }
+
+    /// Draws one request in flight, as [`take_bytes`](Self::take_bytes) draws bytes.
+    pub(crate) fn take_request(&self, ticket: &mut Option<Ticket>, wake: &Sender<Done>) -> bool {
+        let st = &mut *self.state();
+        st.requests
+            .take(self.requests, &mut st.next_ticket, ticket, 1, wake)
+    }
+
+    /// Gives back bytes and requests drawn before.
+    pub(crate) fn give(&self, bytes: usize, requests: usize) {
+        let mut st = self.state();
+        if bytes > 0 {
+            st.bytes.give(bytes, self.bytes);
+        }
+        if requests > 0 {
+            st.requests.give(requests, self.requests);
+        }
+    }
+
+    /// Leaves the queues the tickets are in (an engine that stops waiting).
+    pub(crate) fn leave(&self, bytes: &mut Option<Ticket>, requests: &mut Option<Ticket>) {
+        let mut st = self.state();
+        st.bytes.leave(bytes, self.bytes);
+        st.requests.leave(requests, self.requests);
+    }
+
+    /// The most bytes and requests held at once so far.
+    #[cfg(test)]
+    pub(crate) fn peaks(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.bytes.peak, st.requests.peak)
+    }
+
+    /// Bytes and requests held now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.bytes.used, st.requests.used)
+    }
+}
+
+/// The schedule of a rate limit, on a clock given to it (seconds since an origin): a token
+/// bucket of `burst` bytes filled at `rate` bytes per second, which may go into debt for a
+/// draw larger than what it holds. In the form of the generic cell rate algorithm: `tat` is
+/// the time at which the bucket would be full again.
+#[derive(Clone, Debug)]
+pub(crate) struct Schedule {
+    rate: f64,
+    /// Seconds the burst lasts at the rate.
+    tau: f64,
+    tat: f64,
+}
+
+impl Schedule {
+    /// `rate` bytes per second (at least 1), `burst` bytes at most at once after a pause.
+    pub(crate) fn new(rate: u64, burst: u64) -> Schedule {
+        let rate = rate.max(1) as f64;
+        Schedule {
+            rate,
+            tau: burst as f64 / rate,
+            tat: f64::NEG_INFINITY,
+        }
+    }
+
+    /// Reserves `bytes` at time `now`: returns how long to wait before using them (0 when
+    /// they may be used at once). The bytes may go once the bucket holds them, or, when there
+    /// are more of them than it holds, once it is full: it then goes into debt, which the
+    /// next reservations wait for. Reservations are served in the order they are made, so
+    /// every caller gets its turn.
+    pub(crate) fn reserve(&mut self, now: f64, bytes: u64) -> f64 {
+        let need = (bytes as f64 / self.rate).min(self.tau);
+        let wait = (self.tat - now - self.tau + need).max(0.0);
+        self.tat = self.tat.max(now + wait) + bytes as f64 / self.rate;
+        wait
+    }
+}
+
+/// A cap on the bytes per second read by one transfer, or by every transfer of a batch
+/// together: a token bucket (see [`Schedule`]) on the monotonic clock.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    rate: u64,
+    origin: Instant,
+    schedule: Mutex<Schedule>,
+}
+
+/// The burst of a rate limit: what it lets through at once after a pause, 50 ms at the rate,
+/// at least 64 KiB.
+fn burst(rate: u64) -> u64 {
+    (rate / 20).max(64 << 10)
+}
+
+impl RateLimit {
+    /// A cap of `bytes_per_sec` (at least 1).
+    pub(crate) fn new(bytes_per_sec: u64) -> RateLimit {
+        RateLimit {
+            rate: bytes_per_sec,
+            origin: Instant::now(),
+            schedule: Mutex::new(Schedule::new(bytes_per_sec, burst(bytes_per_sec))),
+        }
+    }
+
+    /// The cap, in bytes per second.
+    pub(crate) fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Reserves `bytes`: the instant from which they may be read.
+    pub(crate) fn reserve(&self, bytes: u64) -> Instant {
+        let now = Instant::now();
+        let since = now.saturating_duration_since(self.origin).as_secs_f64();
+        let wait = self
+            .schedule
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(since, bytes);
+        now + Duration::from_secs_f64(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
+
+    #[test]
+    fn a_draw_that_fits_is_granted_at_once_and_one_that_does_not_is_queued() {
+        let b = Budget::new(100, 2);
+        let (tx, rx) = mpsc::channel();
+        let (mut t1, mut t2) = (None, None);
+        assert!(b.take_bytes(&mut t1, 60, &tx));
+        assert!(t1.is_none());
+        assert!(!b.take_bytes(&mut t2, 50, &tx));
+        assert!(t2.is_some());
+        // A later draw that would fit waits behind the first one queued.
+        let mut t3 = None;
+        assert!(!b.take_bytes(&mut t3, 10, &tx));
+        assert!(rx.try_recv().is_err(), "nobody woken yet");
+        b.give(60, 0);
+        // The first in the queue is woken, and only it.
+        assert_eq!(rx.try_recv().unwrap().token, WAKE);
+        assert!(rx.try_recv().is_err());
+        assert!(!b.take_bytes(&mut t3, 10, &tx), "not first");
+        assert!(b.take_bytes(&mut t2, 50, &tx));
+        assert!(t2.is_none());
+        // Its grant woke the next, which fits beside it.
+        assert_eq!(rx.try_recv().unwrap().token, WAKE);
+        assert!(b.take_bytes(&mut t3, 10, &tx));
+        assert_eq!(b.used(), (60, 0));
+        assert_eq!(b.peaks(), (60, 0));
+    }
+
+    #[test]
+    fn more_than_the_whole_budget_goes_once_nothing_else_is_held() {
+        let b = Budget::new(100, 1);
+        let (tx, rx) = mpsc::channel();
+        let (mut t1, mut t2) = (None, None);
+        assert!(b.take_bytes(&mut t1, 10, &tx));
+        assert!(!b.take_bytes(&mut t2, 500, &tx));
+        b.give(10, 0);
+        assert_eq!(rx.try_recv().unwrap().token, WAKE);
+        assert!(b.take_bytes(&mut t2, 500, &tx));
+        // Requests are a queue of their own: not held up by bytes.
+        let mut r = None;
+        assert!(b.take_request(&mut r, &tx));
+        let mut r2 = None;
+        assert!(!b.take_request(&mut r2, &tx));
+        b.leave(&mut None, &mut r2);
+        assert!(r2.is_none());
+        b.give(500, 1);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_passes_its_turn_on() {
+        let b = Budget::new(100, 1);
+        let (tx1, _rx1) = mpsc::channel();
+        let (tx2, rx2) = mpsc::channel();
+        let (mut t0, mut t1, mut t2) = (None, None, None);
+        assert!(b.take_bytes(&mut t0, 100, &tx1));
+        assert!(!b.take_bytes(&mut t1, 100, &tx1));
+        assert!(!b.take_bytes(&mut t2, 50, &tx2));
+        b.give(100, 0);
+        b.leave(&mut t1, &mut None);
+        assert_eq!(rx2.try_recv().unwrap().token, WAKE);
+        assert!(b.take_bytes(&mut t2, 50, &tx2));
+    }
+
+    /// Threads drawing and giving back at random: what is held never exceeds the budget,
+    /// every thread finishes (no deadlock, no starvation), and every wait ends with a
+    /// wake-up.
+    #[test]
+    fn concurrent_users_stay_within_the_budget_and_all_finish() {
+        let b = Arc::new(Budget::new(1000, 8));
+        let held = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6u64)
+            .map(|n| {
+                let (b, held, peak) = (b.clone(), held.clone(), peak.clone());
+                thread::spawn(move || {
+                    let (tx, rx) = mpsc::channel();
+                    let mut seed = n * 7919 + 1;
+                    for _ in 0..300 {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        let want = 50 + (seed >> 33) as usize % 400;
+                        let mut ticket = None;
+                        while !b.take_bytes(&mut ticket, want, &tx) {
+                            let done = rx
+                                .recv_timeout(Duration::from_secs(5))
+                                .expect("woken within 5 s");
+                            assert_eq!(done.token, WAKE);
+                        }
+                        let mut rt = None;
+                        while !b.take_request(&mut rt, &tx) {
+                            rx.recv_timeout(Duration::from_secs(5)).expect("woken");
+                        }
+                        let now = held.fetch_add(want, Ordering::SeqCst) + want;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        thread::yield_now();
+                        held.fetch_sub(want, Ordering::SeqCst);
+                        b.give(want, 1);
+                        // Stale wake-ups from grants made while it did not wait.
+                        while rx.try_recv().is_ok() {}
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a user finished");
+        }
+        assert!(peak.load(Ordering::SeqCst) <= 1000);
+        assert!(b.peaks().0 <= 1000 && b.peaks().1 <= 8);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn the_schedule_holds_the_rate_with_a_burst_after_a_pause() {
+        // 1000 bytes/s, a burst of 100 bytes.
+        let mut s = Schedule::new(1000, 100);
+        // At the start a burst is let through at once.
+        assert!(s.reserve(10.0, 100) < 1e-9);
+        // Then each 100 bytes wait 0.1 s more than the previous ones.
+        let w = s.reserve(10.0, 100);
+        assert!((w - 0.1).abs() < 1e-9, "{w}");
+        let w = s.reserve(10.0, 100);
+        assert!((w - 0.2).abs() < 1e-9, "{w}");
+        // Taken on time, 1000 bytes need a second: the rate holds over any run.
+        let mut now = 10.3;
+        let mut sent = 0;
+        while now < 20.3 {
+            let w = s.reserve(now, 50);
+            now += w;
+            sent += 50;
+        }
+        let rate = sent as f64 / 10.0;
+        assert!((rate - 1000.0).abs() <= 15.0, "{rate}");
+        // After a long pause, no more than the burst goes at once.
+        let mut now = 100.0;
+        assert!(s.reserve(now, 60) < 1e-9);
+        assert!(s.reserve(now, 40) < 1e-9);
+        let w = s.reserve(now, 10);
+        assert!((w - 0.01).abs() < 1e-9, "{w}");
+        // A draw larger than the burst goes when the bucket is full, into debt that the next
+        // draws wait for.
+        now = 200.0;
+        assert!(s.reserve(now, 1000) < 1e-9);
+        let w = s.reserve(now, 100);
+        assert!((w - 1.0).abs() < 1e-9, "{w}");
+    }
+
+    #[test]
+    fn reservations_are_served_in_turn() {
+        let mut s = Schedule::new(100, 10);
+        let waits: Vec<f64> = (0..5).map(|_| s.reserve(0.0, 10)).collect();
+        for (k, w) in waits.iter().enumerate() {
+            assert!((w - 0.1 * k as f64).abs() < 1e-9, "{waits:?}");
+        }
+    }
+}

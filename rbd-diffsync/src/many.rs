@@ -1,0 +1,549 @@
+//! `SyncMany`: many transfers at once, over one connection per cluster, within one budget of
+//! memory and requests and one rate limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::budget::{Budget, RateLimit};
+use crate::cluster::Cluster;
+use crate::error::{Error, ErrorKind, Result, Task};
+use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
+use crate::spec::ClusterSpec;
+use crate::transfer::{DiffTransfer, DEFAULT_CHUNK_SIZE};
+
+/// Volumes transferred at once by default: with more, a one-node cluster gains nothing
+/// (BENCHMARKS.md, "Many volumes at once").
+pub const DEFAULT_PARALLEL: usize = 4;
+/// Memory the transfers of a batch hold at once by default, librados's receive buffers
+/// included: 32 chunks of 2 MiB.
+pub const DEFAULT_BATCH_BUDGET: usize = 32 * DEFAULT_CHUNK_SIZE as usize;
+/// Requests in flight at once by default, for all the transfers of a batch together.
+pub const DEFAULT_BATCH_REQUESTS: usize = 256;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a connection attempt gave, kept for the other transfers of the batch.
+type Connected = std::result::Result<Cluster, (ErrorKind, i32, String)>;
+
+/// One connection per cluster: the first transfer that needs one connects, the others of the
+/// batch wait for it and share it; a failure is given to each of them, not tried again.
+#[derive(Default)]
+pub(crate) struct Connections {
+    clusters: Mutex<HashMap<ClusterSpec, Arc<Mutex<Option<Connected>>>>>,
+}
+
+impl Connections {
+    pub(crate) fn get(&self, spec: &ClusterSpec) -> Result<Cluster> {
+        let cell = lock(&self.clusters)
+            .entry(spec.clone())
+            .or_default()
+            .clone();
+        let mut slot = lock(&cell);
+        let connected = slot.get_or_insert_with(|| {
+            Cluster::connect(spec).map_err(|e| (e.kind(), e.errno(), e.message().to_owned()))
+        });
+        match connected {
+            Ok(cluster) => Ok(cluster.clone()),
+            Err((kind, errno, message)) => Err(Error::new(*kind, *errno, message.clone())),
+        }
+    }
+}
+
+/// What the transfers of a batch share.
+pub(crate) struct BatchLink {
+    pub budget: Budget,
+    pub rate: Option<RateLimit>,
+    pub connections: Connections,
+}
+
+/// The settings of a batch, shared by its transfers. Each transfer keeps its own settings
+/// besides (chunk size, window, `overwrite_existing`, its own rate limit...): its window still
+/// bounds what it holds, and the batch's budget bounds what they hold together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchSettings {
+    /// Transfers running at once, at least 1 (default [`DEFAULT_PARALLEL`]); the others wait
+    /// their turn, in the order given.
+    pub parallel: usize,
+    /// Bytes of data all the transfers hold at once, librados's receive buffers included
+    /// (default [`DEFAULT_BATCH_BUDGET`], 64 MiB). A piece larger than the whole budget
+    /// still goes, alone.
+    pub memory_budget: usize,
+    /// Requests in flight at once, for all the transfers together (default
+    /// [`DEFAULT_BATCH_REQUESTS`]).
+    pub max_requests: usize,
+    /// Bytes per second read by all the transfers together, at most (see
+    /// [`DiffTransfer::rate_limit`]); `None` for no cap.
+    pub rate_limit: Option<u64>,
+    /// The least time between two calls of the batch's progress callback (default 200 ms).
+    pub progress_interval: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            parallel: DEFAULT_PARALLEL,
+            memory_budget: DEFAULT_BATCH_BUDGET,
+            max_requests: DEFAULT_BATCH_REQUESTS,
+            rate_limit: None,
+            progress_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where a volume of a batch is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum VolumeState {
+    /// Waiting for its turn.
+    Queued,
+    /// Its transfer runs.
+    Running,
+    /// Its transfer succeeded.
+    Succeeded,
+    /// Its transfer failed (or was cancelled before it started).
+    Failed,
+}
+
+impl VolumeState {
+    /// `"queued"`, `"running"`, `"succeeded"` or `"failed"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumeState::Queued => "queued",
+            VolumeState::Running => "running",
+            VolumeState::Succeeded => "succeeded",
+            VolumeState::Failed => "failed",
+        }
+    }
+}
+
+/// Where one volume of a batch is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct VolumeProgress {
+    /// The source, as given.
+    pub source: String,
+    /// The destination, as given.
+    pub dest: String,
+    /// Queued, running, or how it ended.
+    pub state: VolumeState,
+    /// What its transfer does, once it runs.
+    pub phase: Option<Phase>,
+    /// Bytes of its transfer done.
+    pub bytes_done: u64,
+    /// Bytes of its transfer in all; 0 until its diff is known.
+    pub bytes_total: u64,
+    /// What it has been waiting for, for more than a second.
+    pub waiting_for: Option<String>,
+}
+
+/// Where a batch is, as given to its progress callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchProgress {
+    /// Each volume, in the order given.
+    pub volumes: Vec<VolumeProgress>,
+    /// Bytes done, of every volume.
+    pub bytes_done: u64,
+    /// Bytes in all, of the volumes whose diff is known.
+    pub bytes_total: u64,
+    /// Volumes queued, running, succeeded and failed.
+    pub queued: usize,
+    /// See `queued`.
+    pub running: usize,
+    /// See `queued`.
+    pub succeeded: usize,
+    /// See `queued`.
+    pub failed: usize,
+    /// Time since the batch started.
+    pub elapsed: Duration,
+}
+
+impl BatchProgress {
+    fn of(volumes: &[VolumeProgress], started: Instant) -> BatchProgress {
+        let count = |s: VolumeState| volumes.iter().filter(|v| v.state == s).count();
+        BatchProgress {
+            bytes_done: volumes.iter().map(|v| v.bytes_done).sum(),
+            bytes_total: volumes.iter().map(|v| v.bytes_total).sum(),
+            queued: count(VolumeState::Queued),
+            running: count(VolumeState::Running),
+            succeeded: count(VolumeState::Succeeded),
+            failed: count(VolumeState::Failed),
+            volumes: volumes.to_vec(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+type BatchProgressFn = Box<dyn FnMut(&BatchProgress) -> bool + Send>;
+
+/// Many [`DiffTransfer`]s at once (`rbd-diffsync sync-many`): at most
+/// [`parallel`](BatchSettings::parallel) of them run at a time, over one connection per
+/// cluster, drawing their memory and requests in flight from one budget and their reads from
+/// one rate limit. Each is a normal transfer, with every check and guarantee of
+/// [`DiffTransfer::run`] (its own lock, record, end snapshot as commit marker, resume); one
+/// that fails does not stop the others. [`run`](Self::run) returns each one's result, in the
+/// order given.
+///
+/// ```no_run
+/// use rbd_diffsync::{ClusterSpec, DiffTransfer, SyncMany};
+///
+/// let conf = ClusterSpec::new().conf("/etc/ceph/ceph.conf");
+/// let mut transfers = Vec::new();
+/// for v in ["vol-1", "vol-2", "vol-3"] {
+///     transfers.push(
+///         DiffTransfer::new(format!("volumes/{v}@s2").parse()?, format!("backups/{v}").parse()?)
+///             .from_snap("s1")
+///             .cluster(conf.clone()),
+///     );
+/// }
+/// let results = SyncMany::new(transfers)
+///     .parallel(4)
+///     .rate_limit(200 << 20)
+///     .run();
+/// for r in &results {
+///     match r {
+///         Ok(stats) => println!("{}: {} bytes written", stats.dest, stats.bytes_written),
+///         Err(e) => eprintln!("failed: {e} (errno {})", e.errno()),
+///     }
+/// }
+/// # Ok::<(), rbd_diffsync::Error>(())
+/// ```
+pub struct SyncMany {
+    transfers: Vec<DiffTransfer>,
+    settings: BatchSettings,
+    progress: Option<BatchProgressFn>,
+    cancel: CancelToken,
+}
+
+impl std::fmt::Debug for SyncMany {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncMany")
+            .field("transfers", &self.transfers)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncMany {
+    /// A batch of these transfers, with the default settings.
+    pub fn new(transfers: Vec<DiffTransfer>) -> Self {
+        SyncMany {
+            transfers,
+            settings: BatchSettings::default(),
+            progress: None,
+            cancel: CancelToken::new(),
+        }
+    }
+
+    /// All the settings at once.
+    pub fn settings(mut self, settings: BatchSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Transfers running at once (`--parallel`).
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.settings.parallel = n;
+        self
+    }
+
+    /// Bytes of data held at once by all the transfers together.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.settings.memory_budget = bytes;
+        self
+    }
+
+    /// Requests in flight at once, for all the transfers together.
+    pub fn max_requests(mut self, n: usize) -> Self {
+        self.settings.max_requests = n;
+        self
+    }
+
+    /// Bytes per second read by all the transfers together (`--max-rate`); 0 for no cap.
+    pub fn rate_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.settings.rate_limit = (bytes_per_sec > 0).then_some(bytes_per_sec);
+        self
+    }
+
+    /// The least time between two calls of the progress callback.
+    pub fn progress_interval(mut self, interval: Duration) -> Self {
+        self.settings.progress_interval = interval;
+        self
+    }
+
+    /// Cancels every transfer of the batch: those running stop as their own cancel token
+    /// would stop them, those not started fail with [`Cancelled`](ErrorKind::Cancelled).
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Called on the thread that runs the batch, at most every
+    /// [`progress_interval`](Self::progress_interval) and when a volume ends, with every
+    /// volume's progress and the totals. Returning `ControlFlow::Break(())` cancels the
+    /// batch; a panic cancels it too, and is resumed once every transfer has stopped. A
+    /// transfer's own progress callback is still called, on the thread that runs it.
+    pub fn on_progress<R: ProgressFlow>(
+        mut self,
+        mut f: impl FnMut(&BatchProgress) -> R + Send + 'static,
+    ) -> Self {
+        self.progress = Some(Box::new(move |p| f(p).keep_going()));
+        self
+    }
+
+    fn check_settings(&self) -> Result<()> {
+        let s = &self.settings;
+        if s.parallel == 0 || s.parallel > 1024 {
+            return Err(Error::invalid(format!(
+                "parallel {} is not between 1 and 1024",
+                s.parallel
+            )));
+        }
+        if s.memory_budget == 0 || s.max_requests == 0 {
+            return Err(Error::invalid(
+                "the memory budget and the requests of a batch must be above 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the transfers, at most `parallel` at a time, and returns each one's result in
+    /// the order given. Settings out of range fail every transfer with
+    /// [`InvalidArgument`](ErrorKind::InvalidArgument), and so does a second transfer into
+    /// the same destination image.
+    pub fn run(mut self) -> Vec<Result<TransferStats>> {
+        let started = Instant::now();
+        let n = self.transfers.len();
+        if let Err(e) = self.check_settings() {
+            let (kind, errno, message) = (e.kind(), e.errno(), e.message().to_owned());
+            return (0..n)
+                .map(|_| Err(Error::new(kind, errno, message.clone())))
+                .collect();
+        }
+        let settings = self.settings.clone();
+        let link = Arc::new(BatchLink {
+            budget: Budget::new(settings.memory_budget, settings.max_requests),
+            rate: settings.rate_limit.map(RateLimit::new),
+            connections: Connections::default(),
+        });
+        let volumes: Arc<Mutex<Vec<VolumeProgress>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let mut results: Vec<Option<Result<TransferStats>>> = (0..n).map(|_| None).collect();
+        let mut queue = VecDeque::new();
+        let mut tokens = Vec::new();
+        let mut seen = HashMap::new();
+        for (i, mut t) in std::mem::take(&mut self.transfers).into_iter().enumerate() {
+            let (source, dest, _) = t.names();
+            lock(&volumes).push(VolumeProgress {
+                source,
+                dest: dest.clone(),
+                state: VolumeState::Queued,
+                phase: None,
+                bytes_done: 0,
+                bytes_total: 0,
+                waiting_for: None,
+            });
+            if let Some(first) = seen.insert(t.dest_key(), i) {
+                results[i] = Some(Err(Error::invalid(format!(
+                    "the destination {dest} is that of transfer {} of the batch too",
+                    first + 1
+                ))
+                .with_image(&dest)));
+                lock(&volumes)[i].state = VolumeState::Failed;
+                continue;
+            }
+            t.join_batch(link.clone());
+            let mut own = t.take_progress();
+            let shared = volumes.clone();
+            t = t.on_progress(move |p: &Progress| {
+                {
+                    let mut v = lock(&shared);
+                    let v = &mut v[i];
+                    v.phase = Some(p.phase);
+                    v.bytes_done = p.bytes_done;
+                    v.bytes_total = p.bytes_total;
+                    v.waiting_for.clone_from(&p.waiting_for);
+                }
+                if own.as_mut().is_none_or(|f| f(p)) {
+                    std::ops::ControlFlow::Continue(())
+                } else {
+                    std::ops::ControlFlow::Break(())
+                }
+            });
+            tokens.push(t.token());
+            queue.push_back((i, t));
+        }
+        let queue = Mutex::new(queue);
+        let done = Mutex::new(results);
+        let stopping = CancelToken::new();
+        if self.cancel.is_cancelled() {
+            stopping.cancel();
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        let mut callback_panic = None;
+        let mut transfer_panic = None;
+        thread::scope(|s| {
+            let workers: Vec<_> = (0..settings.parallel.min(lock(&queue).len()))
+                .map(|_| {
+                    let (tx, queue, done, volumes, stopping) =
+                        (tx.clone(), &queue, &done, &volumes, &stopping);
+                    let batch_cancel = self.cancel.clone();
+                    s.spawn(move || {
+                        let mut panic = None;
+                        loop {
+                            let Some((i, t)) = lock(queue).pop_front() else {
+                                break;
+                            };
+                            let result = if stopping.is_cancelled() || batch_cancel.is_cancelled() {
+                                let (_, dest, _) = t.names();
+                                Err(Error::cancelled(
+                                    &dest,
+                                    "cancelled before it started",
+                                    Task::Transfer,
+                                ))
+                            } else {
+                                lock(volumes)[i].state = VolumeState::Running;
+                                match catch_unwind(AssertUnwindSafe(|| t.run())) {
+                                    Ok(result) => result,
+                                    Err(p) => {
+                                        // The transfer's own callback panicked: every other
+                                        // transfer stops, and the panic goes on afterwards.
+                                        stopping.cancel();
+                                        let dest = lock(volumes)[i].dest.clone();
+                                        panic.get_or_insert(p);
+                                        Err(Error::cancelled(
+                                            &dest,
+                                            "stopped: the progress callback panicked",
+                                            Task::Transfer,
+                                        ))
+                                    }
+                                }
+                            };
+                            lock(volumes)[i].state = if result.is_ok() {
+                                VolumeState::Succeeded
+                            } else {
+                                VolumeState::Failed
+                            };
+                            lock(done)[i] = Some(result);
+                            let _ = tx.send(());
+                        }
+                        panic
+                    })
+                })
+                .collect();
+            drop(tx);
+            let interval = settings.progress_interval;
+            let poll = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
+            let mut last: Option<Instant> = None;
+            let mut callback = self.progress.take();
+            let mut cancelled = false;
+            loop {
+                let finished = match rx.recv_timeout(poll) {
+                    Ok(()) => false,
+                    Err(mpsc::RecvTimeoutError::Timeout) => false,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                };
+                let mut stop = self.cancel.is_cancelled() || stopping.is_cancelled();
+                let due = last.is_none_or(|l| l.elapsed() >= interval);
+                if let Some(f) = callback.as_mut().filter(|_| due || finished) {
+                    last = Some(Instant::now());
+                    let p = BatchProgress::of(&lock(&volumes), started);
+                    match catch_unwind(AssertUnwindSafe(|| f(&p))) {
+                        Ok(true) => {}
+                        Ok(false) => stop = true,
+                        Err(p) => {
+                            callback_panic = Some(p);
+                            callback = None;
+                            stop = true;
+                        }
+                    }
+                }
+                if stop && !cancelled {
+                    cancelled = true;
+                    stopping.cancel();
+                    for t in &tokens {
+                        t.cancel();
+                    }
+                }
+                if finished {
+                    break;
+                }
+            }
+            for w in workers {
+                let panic = w.join().unwrap_or_else(Some);
+                if transfer_panic.is_none() {
+                    transfer_panic = panic;
+                }
+            }
+        });
+        if let Some(p) = transfer_panic.or(callback_panic) {
+            resume_unwind(p);
+        }
+        done.into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .into_iter()
+            .map(|r| r.expect("every transfer has a result"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> crate::ImageSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bad_settings_and_a_second_transfer_into_one_image_fail_without_connecting() {
+        let results = SyncMany::new(vec![
+            DiffTransfer::new(spec("a/b@s"), spec("c/d")),
+            DiffTransfer::new(spec("a/e@s"), spec("c/f")),
+        ])
+        .parallel(0)
+        .run();
+        assert_eq!(results.len(), 2);
+        for r in results {
+            assert_eq!(r.unwrap_err().errno(), libc::EINVAL);
+        }
+        // Both fail: the first on the wrong window (before connecting), the second because
+        // its destination is the first's.
+        let results = SyncMany::new(vec![
+            DiffTransfer::new(spec("a/b@s"), spec("c/d")).window(0),
+            DiffTransfer::new(spec("a/e@s"), spec("c/d")),
+        ])
+        .run();
+        let errors: Vec<Error> = results.into_iter().map(|r| r.unwrap_err()).collect();
+        assert_eq!(errors[0].errno(), libc::EINVAL, "{}", errors[0]);
+        assert_eq!(errors[1].errno(), libc::EINVAL);
+        assert!(errors[1].message().contains("transfer 1"), "{}", errors[1]);
+        assert_eq!(errors[1].image(), Some("c/d"));
+    }
+
+    #[test]
+    fn a_cancelled_batch_starts_nothing() {
+        let token = CancelToken::new();
+        token.cancel();
+        let transfers = (0..3)
+            .map(|k| DiffTransfer::new(spec(&format!("a/b{k}@s")), spec(&format!("c/d{k}"))))
+            .collect();
+        let results = SyncMany::new(transfers)
+            .parallel(1)
+            .cancel_token(token)
+            .run();
+        // The first may have started before the cancellation was seen; none got further.
+        for r in results {
+            assert!(r.is_err());
+        }
+    }
+}

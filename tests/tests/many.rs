@@ -1,0 +1,187 @@
+//! `SyncMany` and `rbd-diffsync sync-many` against the live cluster: many volumes at once,
+//! one failing without stopping the others, and the rate limit.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rbd_diffsync::{DiffTransfer, ErrorKind, SyncMany, VolumeState};
+use rbd_diffsync_tests::{cli, cluster, json_exit, mib, stderr, TestCluster};
+
+/// `n` source images of 8 MiB with data at s1 and more at s2; their destination names.
+fn volumes(c: &TestCluster, n: u64, seed: u64) -> Vec<(String, String)> {
+    (0..n)
+        .map(|k| {
+            let src = c.new_image("rbd", "many");
+            let dst = c.new_image("backups", "many");
+            c.create(&src, mib(8), None);
+            c.write(&src, k * 65536, mib(2) as usize, seed + k);
+            c.snap(&src, "s1");
+            c.write(&src, mib(5) + k * 4096, 200_000, seed + 100 + k);
+            c.snap(&src, "s2");
+            (src, dst)
+        })
+        .collect()
+}
+
+#[test]
+fn many_volumes_full_then_incremental_give_identical_copies() {
+    let c = cluster();
+    let vols = volumes(&c, 4, 900);
+    let batch = |snap: &str, from: Option<&str>| -> Vec<DiffTransfer> {
+        vols.iter()
+            .map(|(src, dst)| c.transfer(&format!("{src}@{snap}"), dst, from))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    let results = SyncMany::new(batch("s1", None))
+        .parallel(3)
+        .memory_budget(mib(4) as usize)
+        .progress_interval(Duration::from_millis(20))
+        .on_progress(move |p| seen.push((p.running, p.volumes.len())))
+        .run();
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let results = SyncMany::new(batch("s2", Some("s1"))).parallel(2).run();
+    for ((src, dst), r) in vols.iter().zip(&results) {
+        let stats = r.as_ref().expect("incremental synced");
+        assert_eq!(stats.from_snap.as_deref(), Some("s1"));
+        assert_eq!(c.snaps(dst), ["s1", "s2"]);
+        for snap in ["s1", "s2"] {
+            assert_eq!(
+                c.md5(&format!("{dst}@{snap}")),
+                c.md5(&format!("{src}@{snap}")),
+                "{dst}@{snap}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_failing_volume_does_not_stop_the_others() {
+    let c = cluster();
+    let vols = volumes(&c, 3, 950);
+    // The second: its destination exists and holds data (EEXIST without force); the third:
+    // its source snapshot is missing (ENOENT).
+    c.create(&vols[1].1, mib(8), None);
+    c.write(&vols[1].1, 0, 4096, 1);
+    let transfers = vec![
+        c.transfer(&format!("{}@s1", vols[0].0), &vols[0].1, None),
+        c.transfer(&format!("{}@s1", vols[1].0), &vols[1].1, None),
+        c.transfer(&format!("{}@nosuch", vols[2].0), &vols[2].1, None),
+    ];
+    let states = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = states.clone();
+    let results = SyncMany::new(transfers)
+        .on_progress(move |p| {
+            *seen.lock().unwrap() = p.volumes.iter().map(|v| v.state).collect();
+        })
+        .run();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert_eq!(
+        c.md5(&format!("{}@s1", vols[0].1)),
+        c.md5(&format!("{}@s1", vols[0].0))
+    );
+    let e = results[1].as_ref().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::Exists, libc::EEXIST),
+        "{e}"
+    );
+    let e = results[2].as_ref().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::NotFound, libc::ENOENT),
+        "{e}"
+    );
+    assert_eq!(e.snap(), Some("nosuch"));
+    assert!(!c.exists(&vols[2].1));
+    assert_eq!(
+        *states.lock().unwrap(),
+        [
+            VolumeState::Succeeded,
+            VolumeState::Failed,
+            VolumeState::Failed
+        ]
+    );
+
+    // The command line says the same: which volume failed, its errno, exit status of the
+    // first failure.
+    let dst = c.new_image("backups", "many");
+    let job = format!(
+        "# a job\n{src}@s2 {dst}\n{{\"source\": \"{src}@nosuch\", \"dest\": \"{other}\"}}\n",
+        src = vols[2].0,
+        other = c.new_image("backups", "many"),
+    );
+    let mut child = cli()
+        .env_remove("CEPH_ARGS")
+        .args([
+            "sync-many",
+            "--json",
+            "--no-progress",
+            "--parallel",
+            "2",
+            "-c",
+        ])
+        .arg(&c.conf)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v = json_exit(&out, libc::ENOENT);
+    assert_eq!(
+        (v["succeeded"].as_u64(), v["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let vols_json = v["volumes"].as_array().unwrap();
+    assert_eq!(vols_json[0]["ok"], true);
+    assert_eq!(vols_json[0]["stats"]["end_snap"], "s2");
+    let e = &vols_json[1]["error"];
+    assert_eq!(vols_json[1]["ok"], false);
+    assert_eq!(
+        (e["errno"].as_i64(), e["code"].as_str()),
+        (Some(2), Some("ENOENT")),
+        "{v}"
+    );
+    assert_eq!(e["snap"], "nosuch");
+    assert!(stderr(&out).is_empty() || !stderr(&out).contains("panicked"));
+    assert_eq!(
+        c.md5(&format!("{dst}@s2")),
+        c.md5(&format!("{}@s2", vols[2].0))
+    );
+}
+
+#[test]
+fn a_rate_limited_sync_takes_at_least_its_time() {
+    let c = cluster();
+    let src = c.new_image("rbd", "many-rate");
+    let dst = c.new_image("backups", "many-rate");
+    c.create(&src, mib(8), None);
+    c.write(&src, 0, mib(4) as usize, 990);
+    c.snap(&src, "s1");
+    // 4 MiB at 2 MiB/s: the last 2 MiB chunk may not be read before 1 s (2 MiB, less the
+    // 64 KiB burst, at the rate), whatever else is slow.
+    let started = Instant::now();
+    let out = cli()
+        .env_remove("CEPH_ARGS")
+        .args(["sync", "--no-progress", "--max-rate", "2M", "-c"])
+        .arg(&c.conf)
+        .args([&format!("{src}@s1"), &dst])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+    assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
+}
