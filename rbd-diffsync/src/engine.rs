@@ -154,7 +154,8 @@ struct Slot {
     /// The piece's index in the job.
     index: usize,
     /// Bytes of the budget it holds: twice its length while read (our buffer and librados's),
-    /// its length while written, nothing for a zeroing piece.
+    /// its length plus its data runs' while written (librbd's copy of what it writes),
+    /// nothing for a zeroing piece.
     charge: usize,
     /// Its requests not yet completed, queued ones included.
     pending: u32,
@@ -612,16 +613,20 @@ impl Run<'_> {
     /// unless the destination reads zeros there already. After an error or a stop nothing is
     /// queued and the piece does not count as done.
     fn read_done(&mut self, i: usize) {
-        let slot = &mut self.slots[i];
-        let piece = slot.piece;
-        // librados has freed its receive buffer: only ours is held now.
-        self.charged -= slot.charge - piece.len as usize;
-        slot.charge = piece.len as usize;
-        if self.winding_down() {
+        let piece = self.slots[i].piece;
+        let runs = if self.winding_down() {
             self.slots[i].failed = true;
-            return;
-        }
-        let runs = zero_runs(&self.slots[i].buf, piece.offset);
+            Vec::new()
+        } else {
+            zero_runs(&self.slots[i].buf, piece.offset)
+        };
+        // librados has freed its receive buffer; librbd copies the data it is given to write
+        // (zero-copy writes are off): our buffer and that copy of its data runs are held now.
+        let copied: usize = runs.iter().filter(|r| !r.zero).map(|r| r.len).sum();
+        let slot = &mut self.slots[i];
+        let charge = piece.len as usize + copied;
+        self.charged -= slot.charge - charge;
+        slot.charge = charge;
         for run in runs {
             let off = piece.offset + run.start as u64;
             let len = run.len as u64;
