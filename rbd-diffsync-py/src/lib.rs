@@ -6,6 +6,8 @@
 //! moment to check for signals (so Ctrl-C raises `KeyboardInterrupt`) and, at the rate the
 //! caller chose, to call the Python callback. A Python exception from either stops the
 //! transfer, which then cleans up as it does for a cancel, and is raised once it has stopped.
+//! A batch (`SyncMany`) runs the same way: its transfers run on threads of the core that never
+//! touch Python, and the batch's progress callback, on the calling thread, is the one bridged.
 
 use std::collections::HashMap;
 use std::ffi::CString;
