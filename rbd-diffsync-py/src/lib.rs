@@ -6,20 +6,24 @@
 //! moment to check for signals (so Ctrl-C raises `KeyboardInterrupt`) and, at the rate the
 //! caller chose, to call the Python callback. A Python exception from either stops the
 //! transfer, which then cleans up as it does for a cancel, and is raised once it has stopped.
+//! A batch (`SyncMany`) runs the same way: its transfers run on threads of the core that never
+//! touch Python, and the batch's progress callback, on the calling thread, is the one bridged.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyDict, PyList, PyType};
 
 use rbd_diffsync as core;
-use rbd_diffsync::{CancelToken, ErrorKind, ImageSpec, Phase};
+use rbd_diffsync::{CancelToken, ErrorKind, ImageSpec, Phase, VolumeState};
 
 /// How often the running transfer looks for signals (Ctrl-C) when nothing else calls into
 /// Python; progress callbacks are throttled separately, to the caller's interval.
@@ -67,6 +71,8 @@ fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
         base.bind(py).setattr("image", py.None())?;
         base.bind(py).setattr("snap", py.None())?;
         base.bind(py).setattr("offset", py.None())?;
+        // What a cancelled batch had done: set on the CancelledError of SyncMany.run().
+        base.bind(py).setattr("results", py.None())?;
         let mut kinds = Vec::new();
         for kind in ErrorKind::ALL {
             let name = cstring(format!("rbd_diffsync.{}", class_name(kind)))?;
@@ -133,6 +139,12 @@ fn invalid(py: Python<'_>, message: String) -> PyErr {
 
 fn parse_spec(py: Python<'_>, spec: &str) -> PyResult<ImageSpec> {
     ImageSpec::parse(spec).map_err(|e| to_py_err(py, &e))
+}
+
+/// A rate in bytes per second: None or 0 for no cap (0).
+fn rate(py: Python<'_>, value: Option<i64>) -> PyResult<u64> {
+    let value = value.unwrap_or(0);
+    u64::try_from(value).map_err(|_| invalid(py, format!("rate_limit {value} is negative")))
 }
 
 fn seconds(py: Python<'_>, what: &str, value: f64) -> PyResult<Duration> {
@@ -423,39 +435,71 @@ impl From<core::Plan> for PyPlan {
     }
 }
 
+/// A progress report of the core that the bridge hands to the Python callback.
+trait Report {
+    /// What, once it changes, makes the Python callback due however recent its last call.
+    type Mark: PartialEq + Send + 'static;
+    fn mark(&self) -> Self::Mark;
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>>;
+}
+
+impl Report for core::Progress {
+    /// The phase, and the bytes done once they reach the total.
+    type Mark = (Phase, Option<u64>);
+
+    fn mark(&self) -> Self::Mark {
+        let reached = self.bytes_total > 0 && self.bytes_done == self.bytes_total;
+        (self.phase, reached.then_some(self.bytes_done))
+    }
+
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(Bound::new(py, PyProgress::from(self))?.into_any())
+    }
+}
+
+impl Report for core::BatchProgress {
+    /// The state of each volume.
+    type Mark = Vec<VolumeState>;
+
+    fn mark(&self) -> Self::Mark {
+        self.volumes.iter().map(|v| v.state).collect()
+    }
+
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(Bound::new(py, PyBatchProgress::new(py, self)?)?.into_any())
+    }
+}
+
 /// What the core's progress callback shares with the Python side of one run.
-struct Bridge {
+struct Bridge<M> {
     callback: Option<Py<PyAny>>,
     interval: Duration,
     last_call: Option<Instant>,
-    last_phase: Option<Phase>,
-    last_done: u64,
-    /// The exception that stopped the transfer: raised once it has stopped.
+    last_mark: Option<M>,
+    /// The exception that stopped the run: raised once it has stopped.
     error: Option<PyErr>,
-    /// Set once the bridge asked the transfer to stop: the callback is not called again
-    /// while the transfer winds down.
+    /// Set once the bridge asked the run to stop: the callback is not called again while it
+    /// winds down.
     stopped: bool,
 }
 
-impl Bridge {
-    /// Whether the Python callback is due: at every change of phase, when the total is
-    /// reached, and otherwise at most every `interval`.
-    fn due(&self, p: &core::Progress, now: Instant) -> bool {
-        let reached = p.bytes_total > 0 && p.bytes_done == p.bytes_total;
-        self.last_phase != Some(p.phase)
-            || (reached && self.last_done != p.bytes_done)
+impl<M: PartialEq> Bridge<M> {
+    /// Whether the Python callback is due: when the report's mark changes (a change of phase,
+    /// the total reached, a volume of a batch ending), and otherwise at most every `interval`.
+    fn due(&self, mark: &M, now: Instant) -> bool {
+        self.last_mark.as_ref() != Some(mark)
             || self
                 .last_call
                 .is_none_or(|last| now - last >= self.interval)
     }
 
-    fn on_progress(&mut self, py: Python<'_>, p: &core::Progress) -> ControlFlow<()> {
+    fn on_progress<P: Report<Mark = M>>(&mut self, py: Python<'_>, p: &P) -> ControlFlow<()> {
         let flow = self.report(py, p);
         self.stopped |= flow.is_break();
         flow
     }
 
-    fn report(&mut self, py: Python<'_>, p: &core::Progress) -> ControlFlow<()> {
+    fn report<P: Report<Mark = M>>(&mut self, py: Python<'_>, p: &P) -> ControlFlow<()> {
         if self.stopped {
             return ControlFlow::Break(());
         }
@@ -463,17 +507,20 @@ impl Bridge {
             self.error = Some(e);
             return ControlFlow::Break(());
         }
+        if self.callback.is_none() {
+            return ControlFlow::Continue(());
+        }
         let now = Instant::now();
-        if self.callback.is_none() || !self.due(p, now) {
+        let mark = p.mark();
+        if !self.due(&mark, now) {
             return ControlFlow::Continue(());
         }
         self.last_call = Some(now);
-        self.last_phase = Some(p.phase);
-        self.last_done = p.bytes_done;
+        self.last_mark = Some(mark);
         let Some(callback) = &self.callback else {
             return ControlFlow::Continue(());
         };
-        match callback.call1(py, (PyProgress::from(p),)) {
+        match p.to_py(py).and_then(|arg| callback.call1(py, (arg,))) {
             Ok(value) if value.bind(py).is(pyo3::types::PyBool::new(py, false)) => {
                 ControlFlow::Break(())
             }
@@ -487,27 +534,30 @@ impl Bridge {
 }
 
 /// The core's progress callback that the bridge installs.
-type Hook = Box<dyn FnMut(&core::Progress) -> ControlFlow<()> + Send>;
+type Hook<P> = Box<dyn FnMut(&P) -> ControlFlow<()> + Send>;
 
-/// A core builder that reports progress: a transfer or a verification.
+/// A core builder that reports progress: a transfer, a verification or a batch.
 trait Reporting: Send {
-    /// Calls `hook` at most every `interval`.
-    fn reporting(self, interval: Duration, hook: Hook) -> Self;
+    type Progress: Report;
+    /// Calls `hook` at most every `interval`, on the thread that runs it.
+    fn reporting(self, interval: Duration, hook: Hook<Self::Progress>) -> Self;
 }
 
 impl Reporting for core::DiffTransfer {
-    fn reporting(self, interval: Duration, hook: Hook) -> Self {
+    type Progress = core::Progress;
+    fn reporting(self, interval: Duration, hook: Hook<core::Progress>) -> Self {
         self.progress_interval(interval).on_progress(hook)
     }
 }
 
 impl Reporting for core::Verify {
-    fn reporting(self, interval: Duration, hook: Hook) -> Self {
+    type Progress = core::Progress;
+    fn reporting(self, interval: Duration, hook: Hook<core::Progress>) -> Self {
         self.progress_interval(interval).on_progress(hook)
     }
 }
 
-/// Runs `f` (a core transfer, plan or verification) with the GIL released, the bridge
+/// Runs `f` (a core transfer, plan, verification or batch) with the GIL released, the bridge
 /// reporting and checking signals; raises the bridge's exception, if one stopped it, or the
 /// core's error.
 fn run_bridged<B: Reporting, T: Send>(
@@ -517,17 +567,16 @@ fn run_bridged<B: Reporting, T: Send>(
     builder: B,
     f: impl FnOnce(B) -> core::Result<T> + Send,
 ) -> PyResult<T> {
-    let bridge = Arc::new(Mutex::new(Bridge {
+    let bridge = Arc::new(Mutex::new(Bridge::<<B::Progress as Report>::Mark> {
         callback,
         interval,
         last_call: None,
-        last_phase: None,
-        last_done: 0,
+        last_mark: None,
         error: None,
         stopped: false,
     }));
     let shared = bridge.clone();
-    let hook: Hook = Box::new(move |p: &core::Progress| {
+    let hook: Hook<B::Progress> = Box::new(move |p: &B::Progress| {
         Python::attach(|py| match shared.lock() {
             Ok(mut bridge) => bridge.on_progress(py, p),
             Err(_) => ControlFlow::Break(()),
@@ -600,13 +649,15 @@ struct PyDiffTransfer {
     whole_object: bool,
     force: bool,
     verify: bool,
+    /// Bytes per second read from the source, at most; 0 for no cap.
+    rate_limit: u64,
     settings: Settings,
 }
 
 #[pymethods]
 impl PyDiffTransfer {
     #[new]
-    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, whole_object=false, force=false, verify=false, progress_interval=0.2))]
+    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, whole_object=false, force=false, verify=false, rate_limit=None, progress_interval=0.2))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -620,9 +671,11 @@ impl PyDiffTransfer {
         whole_object: bool,
         force: bool,
         verify: bool,
+        rate_limit: Option<i64>,
         progress_interval: f64,
     ) -> PyResult<Self> {
         let source = parse_spec(py, source)?;
+        let rate_limit = rate(py, rate_limit)?;
         let dest = parse_spec(py, dest)?;
         let settings = Settings::new(
             py,
@@ -639,6 +692,7 @@ impl PyDiffTransfer {
             whole_object,
             force,
             verify,
+            rate_limit,
             settings,
         })
     }
@@ -687,6 +741,12 @@ impl PyDiffTransfer {
         self.from_snap.as_deref()
     }
 
+    /// The cap on the bytes per second read from the source, or None.
+    #[getter(rate_limit)]
+    fn max_rate(&self) -> Option<u64> {
+        (self.rate_limit > 0).then_some(self.rate_limit)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "DiffTransfer({:?}, {:?}, from_snap={:?})",
@@ -707,6 +767,7 @@ impl PyDiffTransfer {
             .whole_object(self.whole_object)
             .overwrite_existing(self.force)
             .verify(self.verify)
+            .rate_limit(self.rate_limit)
             .cancel_token(s.token.clone());
         if let Some(from) = &self.from_snap {
             t = t.from_snap(from.clone());
@@ -832,6 +893,360 @@ impl PyVerify {
     }
 }
 
+/// Where one volume of a batch is, in a `BatchProgress`.
+#[pyclass(frozen, get_all, module = "rbd_diffsync", name = "VolumeProgress")]
+struct PyVolumeProgress {
+    source: String,
+    dest: String,
+    state: &'static str,
+    phase: Option<&'static str>,
+    bytes_done: u64,
+    bytes_total: u64,
+    waiting_for: Option<String>,
+}
+
+#[pymethods]
+impl PyVolumeProgress {
+    fn __repr__(&self) -> String {
+        format!(
+            "VolumeProgress(dest={:?}, state={:?}, phase={:?}, bytes_done={}, bytes_total={})",
+            self.dest, self.state, self.phase, self.bytes_done, self.bytes_total
+        )
+    }
+}
+
+impl From<&core::VolumeProgress> for PyVolumeProgress {
+    fn from(v: &core::VolumeProgress) -> Self {
+        PyVolumeProgress {
+            source: v.source.clone(),
+            dest: v.dest.clone(),
+            state: v.state.name(),
+            phase: v.phase.map(Phase::name),
+            bytes_done: v.bytes_done,
+            bytes_total: v.bytes_total,
+            waiting_for: v.waiting_for.clone(),
+        }
+    }
+}
+
+/// Where a batch is, as given to its progress callback.
+#[pyclass(frozen, module = "rbd_diffsync", name = "BatchProgress")]
+struct PyBatchProgress {
+    volumes: Vec<Py<PyVolumeProgress>>,
+    #[pyo3(get)]
+    bytes_done: u64,
+    #[pyo3(get)]
+    bytes_total: u64,
+    #[pyo3(get)]
+    queued: usize,
+    #[pyo3(get)]
+    running: usize,
+    #[pyo3(get)]
+    succeeded: usize,
+    #[pyo3(get)]
+    failed: usize,
+    #[pyo3(get)]
+    elapsed: f64,
+}
+
+impl PyBatchProgress {
+    fn new(py: Python<'_>, p: &core::BatchProgress) -> PyResult<Self> {
+        let volumes = p
+            .volumes
+            .iter()
+            .map(|v| Py::new(py, PyVolumeProgress::from(v)))
+            .collect::<PyResult<_>>()?;
+        Ok(PyBatchProgress {
+            volumes,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            queued: p.queued,
+            running: p.running,
+            succeeded: p.succeeded,
+            failed: p.failed,
+            elapsed: p.elapsed.as_secs_f64(),
+        })
+    }
+}
+
+#[pymethods]
+impl PyBatchProgress {
+    /// Each volume, in the order given.
+    #[getter]
+    fn volumes(&self, py: Python<'_>) -> Vec<Py<PyVolumeProgress>> {
+        self.volumes.iter().map(|v| v.clone_ref(py)).collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "BatchProgress(queued={}, running={}, succeeded={}, failed={}, bytes_done={}, \
+             bytes_total={}, elapsed={:.3})",
+            self.queued,
+            self.running,
+            self.succeeded,
+            self.failed,
+            self.bytes_done,
+            self.bytes_total,
+            self.elapsed
+        )
+    }
+}
+
+/// A core batch as the bridge runs it: each transfer runs with a token of this run, which the
+/// batch may cancel, and the `cancel()` of its `DiffTransfer` object reaches it through
+/// `links`; `stopped` tells whether the bridge stopped the batch.
+struct Batch {
+    many: core::SyncMany,
+    /// The token of each `DiffTransfer` object, and the token its transfer runs with.
+    links: Vec<(CancelToken, CancelToken)>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Reporting for Batch {
+    type Progress = core::BatchProgress;
+    fn reporting(mut self, interval: Duration, mut hook: Hook<core::BatchProgress>) -> Self {
+        let links = std::mem::take(&mut self.links);
+        let stopped = self.stopped.clone();
+        self.many =
+            self.many
+                .progress_interval(interval)
+                .on_progress(move |p: &core::BatchProgress| {
+                    for (own, run) in &links {
+                        if own.is_cancelled() {
+                            run.cancel();
+                        }
+                    }
+                    let flow = hook(p);
+                    if flow.is_break() {
+                        stopped.store(true, Ordering::Relaxed);
+                    }
+                    flow
+                });
+        self
+    }
+}
+
+// The defaults of the signature of `SyncMany`, written out so that Python shows them.
+const _: () = assert!(
+    core::DEFAULT_PARALLEL == 4
+        && core::DEFAULT_BATCH_BUDGET == 67108864
+        && core::DEFAULT_BATCH_REQUESTS == 256
+);
+
+/// Many transfers at once, over one connection per cluster, within one budget.
+#[pyclass(frozen, module = "rbd_diffsync", name = "SyncMany")]
+struct PySyncMany {
+    transfers: Vec<Py<PyDiffTransfer>>,
+    parallel: usize,
+    memory_budget: usize,
+    max_requests: usize,
+    /// 0 for no cap.
+    rate_limit: u64,
+    progress_interval: Duration,
+    token: CancelToken,
+}
+
+/// A count of a batch's settings, between `least` and `most`.
+fn count(py: Python<'_>, what: &str, value: i64, least: i64, most: i64) -> PyResult<usize> {
+    if value < least || value > most {
+        let range = if most == i64::MAX {
+            format!("at least {least}")
+        } else {
+            format!("between {least} and {most}")
+        };
+        return Err(invalid(py, format!("{what} {value} is not {range}")));
+    }
+    usize::try_from(value).map_err(|_| invalid(py, format!("{what} {value} is too large")))
+}
+
+#[pymethods]
+impl PySyncMany {
+    #[new]
+    #[pyo3(signature = (transfers, *, parallel=4, memory_budget=67108864, max_requests=256, rate_limit=None, progress_interval=0.2))]
+    fn new(
+        py: Python<'_>,
+        transfers: &Bound<'_, PyAny>,
+        parallel: i64,
+        memory_budget: i64,
+        max_requests: i64,
+        rate_limit: Option<i64>,
+        progress_interval: f64,
+    ) -> PyResult<Self> {
+        let mut list: Vec<Py<PyDiffTransfer>> = Vec::new();
+        let mut seen: HashMap<(String, core::ClusterSpec), usize> = HashMap::new();
+        for (i, t) in transfers.try_iter()?.enumerate() {
+            let t = t?.cast_into::<PyDiffTransfer>()?;
+            let key = {
+                let t = t.get();
+                let s = &t.settings;
+                let cluster = s.dest_cluster.as_ref().unwrap_or(&s.cluster);
+                (t.dest.to_string(), cluster.clone())
+            };
+            if let Some(first) = seen.insert(key, i) {
+                return Err(invalid(
+                    py,
+                    format!(
+                        "transfers {} and {} write the same destination, {}",
+                        first + 1,
+                        i + 1,
+                        t.get().dest
+                    ),
+                ));
+            }
+            list.push(t.unbind());
+        }
+        Ok(PySyncMany {
+            transfers: list,
+            parallel: count(py, "parallel", parallel, 1, 1024)?,
+            memory_budget: count(py, "memory_budget", memory_budget, 1, i64::MAX)?,
+            max_requests: count(py, "max_requests", max_requests, 1, i64::MAX)?,
+            rate_limit: rate(py, rate_limit)?,
+            progress_interval: seconds(py, "progress_interval", progress_interval)?,
+            token: CancelToken::new(),
+        })
+    }
+
+    /// Runs the transfers, the GIL released; returns each one's TransferStats or Error.
+    #[pyo3(signature = (progress=None))]
+    fn run(&self, py: Python<'_>, progress: Option<Py<PyAny>>) -> PyResult<Vec<Py<PyAny>>> {
+        let mut transfers = Vec::with_capacity(self.transfers.len());
+        let mut links = Vec::with_capacity(self.transfers.len());
+        for t in &self.transfers {
+            let t = t.get();
+            let own = t.settings.token.clone();
+            let token = CancelToken::new();
+            if own.is_cancelled() {
+                token.cancel();
+            }
+            transfers.push(
+                t.transfer()
+                    .progress_interval(self.progress_interval)
+                    .cancel_token(token.clone()),
+            );
+            links.push((own, token));
+        }
+        let stopped = Arc::new(AtomicBool::new(false));
+        let batch = Batch {
+            many: core::SyncMany::new(transfers)
+                .parallel(self.parallel)
+                .memory_budget(self.memory_budget)
+                .max_requests(self.max_requests)
+                .rate_limit(self.rate_limit)
+                .cancel_token(self.token.clone()),
+            links,
+            stopped: stopped.clone(),
+        };
+        let results = run_bridged(py, progress, self.progress_interval, batch, |b| {
+            Ok(b.many.run())
+        })?;
+        let total = results.len();
+        let mut unfinished = 0;
+        let mut out = Vec::with_capacity(total);
+        for result in results {
+            out.push(match result {
+                Ok(stats) => Py::new(py, PyTransferStats::from(stats))?.into_any(),
+                Err(e) => {
+                    if e.kind() == ErrorKind::Cancelled {
+                        unfinished += 1;
+                    }
+                    to_py_err(py, &e).into_value(py).into_any()
+                }
+            });
+        }
+        if unfinished > 0 && (stopped.load(Ordering::Relaxed) || self.token.is_cancelled()) {
+            let error = new_error(
+                py,
+                ErrorKind::Cancelled,
+                libc::ECANCELED,
+                &format!("the batch was cancelled: {unfinished} of its {total} transfers did not complete"),
+                Context::default(),
+            );
+            error.value(py).setattr("results", PyList::new(py, &out)?)?;
+            return Err(error);
+        }
+        Ok(out)
+    }
+
+    /// Stops the running batch (from any thread) and every later run of this object.
+    fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether cancel() was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    #[getter]
+    fn transfers(&self, py: Python<'_>) -> Vec<Py<PyDiffTransfer>> {
+        self.transfers.iter().map(|t| t.clone_ref(py)).collect()
+    }
+
+    #[getter]
+    fn parallel(&self) -> usize {
+        self.parallel
+    }
+
+    #[getter]
+    fn memory_budget(&self) -> usize {
+        self.memory_budget
+    }
+
+    #[getter]
+    fn max_requests(&self) -> usize {
+        self.max_requests
+    }
+
+    #[getter]
+    fn rate_limit(&self) -> Option<u64> {
+        (self.rate_limit > 0).then_some(self.rate_limit)
+    }
+
+    #[getter]
+    fn progress_interval(&self) -> f64 {
+        self.progress_interval.as_secs_f64()
+    }
+
+    fn __len__(&self) -> usize {
+        self.transfers.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SyncMany(<{} transfers>, parallel={})",
+            self.transfers.len(),
+            self.parallel
+        )
+    }
+}
+
+/// `SyncMany(transfers, ...).run(progress)`.
+#[pyfunction]
+#[pyo3(signature = (transfers, *, parallel=4, memory_budget=67108864, max_requests=256, rate_limit=None, progress=None, progress_interval=0.2))]
+#[allow(clippy::too_many_arguments)]
+fn sync_many(
+    py: Python<'_>,
+    transfers: &Bound<'_, PyAny>,
+    parallel: i64,
+    memory_budget: i64,
+    max_requests: i64,
+    rate_limit: Option<i64>,
+    progress: Option<Py<PyAny>>,
+    progress_interval: f64,
+) -> PyResult<Vec<Py<PyAny>>> {
+    PySyncMany::new(
+        py,
+        transfers,
+        parallel,
+        memory_budget,
+        max_requests,
+        rate_limit,
+        progress_interval,
+    )?
+    .run(py, progress)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -842,6 +1257,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPlan>()?;
     m.add_class::<PyVerify>()?;
     m.add_class::<PyVerifyStats>()?;
+    m.add_class::<PySyncMany>()?;
+    m.add_class::<PyBatchProgress>()?;
+    m.add_class::<PyVolumeProgress>()?;
+    m.add_function(wrap_pyfunction!(sync_many, m)?)?;
     let exc = exceptions(py)?;
     m.add("Error", exc.base.bind(py))?;
     let by_kind = PyDict::new(py);
@@ -852,6 +1271,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ERROR_CLASSES", by_kind)?;
     m.add("DEFAULT_CHUNK_SIZE", core::DEFAULT_CHUNK_SIZE)?;
     m.add("DEFAULT_WINDOW", core::DEFAULT_WINDOW)?;
+    m.add("DEFAULT_PARALLEL", core::DEFAULT_PARALLEL)?;
+    m.add("DEFAULT_BATCH_BUDGET", core::DEFAULT_BATCH_BUDGET)?;
+    m.add("DEFAULT_BATCH_REQUESTS", core::DEFAULT_BATCH_REQUESTS)?;
     m.add(
         "DEFAULT_CONNECT_TIMEOUT",
         core::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),

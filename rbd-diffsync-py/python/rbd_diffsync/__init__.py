@@ -16,7 +16,8 @@ after every write succeeded::
 
 ``DiffTransfer(..., verify=True)`` reads back what it wrote before making the end snapshot, and
 :class:`Verify` compares two whole images (``Verify("rbd/vol@s2", "backups/vol.backup@s2",
-cluster=cluster).run()``).
+cluster=cluster).run()``). :func:`sync_many` (or :class:`SyncMany`) runs many transfers at once
+and returns each one's :class:`TransferStats` or :class:`Error`, in the order given.
 
 Failures raise :class:`Error`, an :class:`OSError` whose ``errno`` is the exact system errno
 (or :data:`DESTINATION_CHANGED`, :data:`MISMATCH`), through a subclass per kind:

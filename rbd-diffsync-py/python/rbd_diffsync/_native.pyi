@@ -5,6 +5,7 @@ from typing import Callable, Final, Iterable, Literal, Mapping, Optional, Union,
 
 _Path = Union[str, "os.PathLike[str]"]
 _PhaseName = Literal["connecting", "scanning", "copying", "verifying", "committing"]
+_VolumeStateName = Literal["queued", "running", "succeeded", "failed"]
 _ErrorKindName = Literal[
     "invalid_argument",
     "not_found",
@@ -23,12 +24,16 @@ _ErrorKindName = Literal[
 
 __all__ = [
     "__version__",
+    "BatchProgress",
     "BusyError",
     "CancelledError",
     "ClusterSpec",
+    "DEFAULT_BATCH_BUDGET",
+    "DEFAULT_BATCH_REQUESTS",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_OP_TIMEOUT",
+    "DEFAULT_PARALLEL",
     "DEFAULT_WINDOW",
     "DESTINATION_CHANGED",
     "DestinationChangedError",
@@ -46,11 +51,14 @@ __all__ = [
     "PermissionDeniedError",
     "Plan",
     "Progress",
+    "SyncMany",
     "TimeoutError",
     "TransferStats",
     "UnsupportedError",
     "Verify",
     "VerifyStats",
+    "VolumeProgress",
+    "sync_many",
 ]
 
 __version__: Final[str]
@@ -58,6 +66,9 @@ DEFAULT_CHUNK_SIZE: Final[int]
 DEFAULT_WINDOW: Final[int]
 DEFAULT_CONNECT_TIMEOUT: Final[float]
 DEFAULT_OP_TIMEOUT: Final[float]
+DEFAULT_PARALLEL: Final[int]
+DEFAULT_BATCH_BUDGET: Final[int]
+DEFAULT_BATCH_REQUESTS: Final[int]
 DESTINATION_CHANGED: Final[int]
 MISMATCH: Final[int]
 ERROR_CLASSES: Final[dict[str, type[Error]]]
@@ -71,6 +82,9 @@ class Error(OSError):
     image: Optional[str]
     snap: Optional[str]
     offset: Optional[int]
+    results: Optional[list[Union[TransferStats, Error]]]
+    """Set on the CancelledError of a cancelled batch (SyncMany.run(), sync_many()): each
+    transfer's TransferStats or Error, in the order given; None otherwise."""
 
 class InvalidArgumentError(Error):
     """A malformed spec, a setting out of range or a combination that cannot work (EINVAL)."""
@@ -98,7 +112,8 @@ class MismatchError(Error):
     differs before it)."""
 
 class CancelledError(Error):
-    """cancel(), or a progress callback returning False, stopped the transfer (ECANCELED)."""
+    """cancel(), or a progress callback returning False, stopped the transfer or the batch
+    (ECANCELED); ``results`` holds what a cancelled batch had done."""
 
 class TimeoutError(Error):
     """A cluster did not answer in time (ETIMEDOUT)."""
@@ -271,7 +286,8 @@ class DiffTransfer:
     image was empty (a full transfer).
 
     ``cluster`` is the source's cluster, and the destination's unless ``dest_cluster`` is
-    given. ``chunk_size`` (bytes, a multiple of 4096) and ``window`` (chunks in flight) bound
+    given. ``rate_limit`` caps the bytes read from the source at that many per second on
+    average (None or 0: no cap); zeroed ranges cost nothing. ``chunk_size`` (bytes, a multiple of 4096) and ``window`` (chunks in flight) bound
     the memory used; ``whole_object`` diffs by whole objects; ``force`` allows writing over
     what the destination holds (a full transfer into an image with data or snapshots, an
     incremental into an image changed since ``from_snap``); ``verify`` reads back every range
@@ -293,6 +309,7 @@ class DiffTransfer:
         whole_object: bool = False,
         force: bool = False,
         verify: bool = False,
+        rate_limit: Optional[int] = None,
         progress_interval: float = 0.2,
     ) -> DiffTransfer: ...
     def plan(self, progress: Optional[_ProgressCallback] = None) -> Plan:
@@ -315,6 +332,9 @@ class DiffTransfer:
     def dest(self) -> str: ...
     @property
     def from_snap(self) -> Optional[str]: ...
+    @property
+    def rate_limit(self) -> Optional[int]:
+        """The cap in bytes per second, or None."""
 
 @final
 class VerifyStats:
@@ -370,3 +390,115 @@ class Verify:
     def a(self) -> str: ...
     @property
     def b(self) -> str: ...
+
+@final
+class VolumeProgress:
+    """Where one volume of a batch is: its source and destination as given, its ``state``,
+    the ``phase`` of its transfer once it runs (else None), the bytes of its transfer done and
+    in all (0 until its diff is known), and what it has waited for over a second, if
+    anything."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def dest(self) -> str: ...
+    @property
+    def state(self) -> _VolumeStateName: ...
+    @property
+    def phase(self) -> Optional[_PhaseName]: ...
+    @property
+    def bytes_done(self) -> int: ...
+    @property
+    def bytes_total(self) -> int: ...
+    @property
+    def waiting_for(self) -> Optional[str]: ...
+
+@final
+class BatchProgress:
+    """Where a batch is: each volume in the order given, the bytes done of every volume, the
+    bytes in all of the volumes whose diff is known, how many volumes are queued, running,
+    succeeded and failed, and the seconds since the batch started."""
+
+    @property
+    def volumes(self) -> list[VolumeProgress]: ...
+    @property
+    def bytes_done(self) -> int: ...
+    @property
+    def bytes_total(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def succeeded(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+
+_BatchProgressCallback = Callable[[BatchProgress], Optional[bool]]
+_BatchResult = Union[TransferStats, Error]
+
+@final
+class SyncMany:
+    """Many transfers at once (``rbd-diffsync sync-many``): at most ``parallel`` of them run
+    at a time, the others wait their turn in the order given, over one connection per
+    cluster; together they hold at most ``memory_budget`` bytes of data and ``max_requests``
+    requests in flight, and read at most ``rate_limit`` bytes per second (None or 0: no cap).
+    Each transfer keeps its own settings (window, chunk size, its own rate limit...) and every
+    check and guarantee of DiffTransfer.run(). The transfers must be DiffTransfer objects
+    writing different destinations; that, a count out of range and negative numbers raise
+    InvalidArgumentError here."""
+
+    def __new__(
+        cls,
+        transfers: Iterable[DiffTransfer],
+        *,
+        parallel: int = 4,
+        memory_budget: int = 67108864,
+        max_requests: int = 256,
+        rate_limit: Optional[int] = None,
+        progress_interval: float = 0.2,
+    ) -> SyncMany: ...
+    def run(self, progress: Optional[_BatchProgressCallback] = None) -> list[_BatchResult]:
+        """Runs the transfers with the GIL released and returns, in the order given, each
+        one's TransferStats, or the Error that failed it: one that fails does not stop the
+        others, and nothing is raised for it. Raised are only: CancelledError when cancel(),
+        or ``progress`` returning False, stopped the batch before every transfer ended (its
+        ``results`` hold the list run() would have returned); and, as they are once every
+        transfer has stopped, an exception ``progress`` raises and KeyboardInterrupt (Ctrl-C,
+        noticed within 50 ms). ``progress`` is called on this thread with a BatchProgress
+        whenever a volume starts or ends, and otherwise at most every ``progress_interval``
+        seconds. The cancel() of a DiffTransfer of the batch stops that transfer only (a
+        CancelledError in its place)."""
+    def cancel(self) -> None:
+        """Stops the running batch, from any thread, and every later run() of this object:
+        run() raises CancelledError."""
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def transfers(self) -> list[DiffTransfer]: ...
+    @property
+    def parallel(self) -> int: ...
+    @property
+    def memory_budget(self) -> int: ...
+    @property
+    def max_requests(self) -> int: ...
+    @property
+    def rate_limit(self) -> Optional[int]: ...
+    @property
+    def progress_interval(self) -> float: ...
+    def __len__(self) -> int: ...
+
+def sync_many(
+    transfers: Iterable[DiffTransfer],
+    *,
+    parallel: int = 4,
+    memory_budget: int = 67108864,
+    max_requests: int = 256,
+    rate_limit: Optional[int] = None,
+    progress: Optional[_BatchProgressCallback] = None,
+    progress_interval: float = 0.2,
+) -> list[_BatchResult]:
+    """``SyncMany(transfers, ...).run(progress)``: each transfer's TransferStats or Error, in
+    the order given."""
