@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use rbd_diffsync::{ClusterSpec, DiffTransfer, Phase, SyncMany, VolumeState};
 use rbd_diffsync_tests::TestCluster;
 
+use crate::measure::{self, wait_ok};
+use crate::report::median;
 use crate::{settle, Bench, Input, Sizes, MIB};
 
 /// First argument that makes the benchmark binary run one batch itself:
@@ -57,36 +59,6 @@ pub fn child(args: Vec<String>) -> i32 {
     i32::from(!ok)
 }
 
-/// Peak RSS (KiB) and CPU seconds of a child, waited for with wait4; panics unless it exited
-/// with 0.
-fn wait_ok(child: Child, what: &str) -> (u64, f64) {
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; all zeros is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our own child, not yet reaped; both pointers are valid.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        assert!(
-            err.kind() == std::io::ErrorKind::Interrupted,
-            "{what}: {err}"
-        );
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{what} failed (wait status {status:#x})"
-    );
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        usage.ru_maxrss as u64,
-        secs(usage.ru_utime) + secs(usage.ru_stime),
-    )
-}
-
 /// One timed run of a whole batch: seconds, peak RSS in MiB (of the one process, or summed
 /// over the pipes' processes) and CPU seconds summed.
 #[derive(Clone, Copy, Debug)]
@@ -94,16 +66,6 @@ struct Run {
     secs: f64,
     rss_mib: f64,
     cpu: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 struct Batch<'a> {
@@ -144,7 +106,10 @@ impl Batch<'_> {
             .expect("piped")
             .write_all(jobs.as_bytes())
             .expect("write the jobs");
-        let (rss, cpu) = wait_ok(child, "SyncMany");
+        let measure::Usage {
+            rss_kib: rss,
+            cpu_secs: cpu,
+        } = wait_ok(child, "SyncMany");
         Run {
             secs: started.elapsed().as_secs_f64(),
             rss_mib: rss as f64 / 1024.0,
@@ -186,7 +151,10 @@ impl Batch<'_> {
         let (mut rss, mut cpu) = (0, 0.0);
         for (e, i) in children {
             for (c, what) in [(e, "rbd export-diff"), (i, "rbd import-diff")] {
-                let (r, u) = wait_ok(c, what);
+                let measure::Usage {
+                    rss_kib: r,
+                    cpu_secs: u,
+                } = wait_ok(c, what);
                 rss += r;
                 cpu += u;
             }

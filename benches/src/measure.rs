@@ -188,8 +188,8 @@ impl Contender {
 /// What a contender's processes used: peak RSS in KiB and CPU seconds, each summed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
-    rss_kib: u64,
-    cpu_secs: f64,
+    pub rss_kib: u64,
+    pub cpu_secs: f64,
 }
 
 impl std::ops::Add for Usage {
@@ -246,7 +246,7 @@ fn behind_proxy(f: impl FnOnce() -> Sample) -> Sample {
 
 /// Waits for `child` with wait4, so that its peak RSS and CPU time come back with it; panics
 /// unless it exited with 0.
-fn wait_ok(child: Child, what: &str) -> Usage {
+pub fn wait_ok(child: Child, what: &str) -> Usage {
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; all zeros is a valid value.

@@ -66,7 +66,8 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (of an even count, the mean of the middle two).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {

@@ -120,9 +120,7 @@ fn cell(v: &[f64]) -> String {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    crate::report::median(v.to_vec())
 }
 
 fn write_at(cluster: &TestCluster, image: &str, offsets: &[u64], seed: u64) {
