@@ -457,6 +457,13 @@ pub unsafe extern "C" fn rbd_diffsync_batch_run(batch: *mut rbd_diffsync_batch) 
                     message.to_string_lossy()
                 )
             });
+            // How each ended, also those the progress did not report (settings refused).
+            for (v, o) in lock(&b.volumes).iter_mut().zip(&outcomes) {
+                v.state = match o.result {
+                    Ok(_) => RBD_DIFFSYNC_VOLUME_SUCCEEDED,
+                    Err(_) => RBD_DIFFSYNC_VOLUME_FAILED,
+                };
+            }
             *lock(&b.outcomes) = outcomes;
             if let Some(message) = summary {
                 // Kept as a failure's message, though the call returns the count.
@@ -515,7 +522,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_volume_count(
 unsafe fn with_outcome(
     batch: *const rbd_diffsync_batch,
     index: usize,
-    f: impl FnOnce(&Outcome) -> Result<c_int, Failure>,
+    f: impl FnOnce(Option<&Outcome>) -> Result<c_int, Failure>,
 ) -> c_int {
     let mut code = 0;
     // SAFETY: the caller's promise.
@@ -529,10 +536,7 @@ unsafe fn with_outcome(
                     offset: None,
                 });
             }
-            code = match lock(&b.outcomes).get(index) {
-                Some(o) => f(o)?,
-                None => -libc::ENODATA,
-            };
+            code = f(lock(&b.outcomes).get(index))?;
             Ok(())
         })
     };
@@ -555,9 +559,10 @@ pub unsafe extern "C" fn rbd_diffsync_batch_volume_result(
     // SAFETY: the caller passes NULL or a live handle.
     unsafe {
         with_outcome(batch, index, |o| {
-            Ok(match &o.result {
-                Ok(_) => 0,
-                Err((code, _)) => -code,
+            Ok(match o.map(|o| &o.result) {
+                Some(Ok(_)) => 0,
+                Some(Err((code, _))) => -code,
+                None => -libc::ENODATA,
             })
         })
     }
@@ -580,7 +585,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_volume_stats(
                 return Err(Failure::invalid("stats is NULL"));
             }
             let size = out_size(stats.cast(), STATS_V1_SIZE, "rbd_diffsync_stats")?;
-            let Ok(s) = &o.result else {
+            let Some((Ok(s), o)) = o.map(|o| (&o.result, o)) else {
                 return Ok(-libc::ENODATA);
             };
             let mut kept = Kept::new(lock(&o.strings));
