@@ -17,6 +17,13 @@
  *   rbd_diffsync_verify holds a comparison of two whole images (each at a snapshot or HEAD, on
  *   one cluster or two), set up with the same setters; rbd_diffsync_verify_run() reads both
  *   and fails with -RBD_DIFFSYNC_EMISMATCH, naming the first byte that differs, if they differ.
+ *   rbd_diffsync_batch runs many transfers at once: rbd_diffsync_batch_add() takes a copy of a
+ *   transfer's settings as they are at that moment (later changes to the transfer do not
+ *   reach the batch); rbd_diffsync_batch_run() runs them, at most `parallel` at a time, over
+ *   one connection per cluster, within one memory budget, one limit of requests and one rate
+ *   limit, and returns 0 when all succeeded or the number of volumes that failed (> 0);
+ *   rbd_diffsync_batch_volume_result(), _volume_error_message() and _volume_stats() give each
+ *   volume's outcome by its index (from 0, in the order added).
  *
  * OWNERSHIP
  *   - Handles are opaque. Each `*_new(&out)` makes one the caller owns and frees with the
@@ -33,18 +40,21 @@
  *     afterwards.
  *   - user_data of a progress callback stays the caller's; the optional finalizer given with it
  *     is called exactly once, with user_data, when the callback is replaced or the transfer or
- *     verify handle is freed (after any run using it returned), on the thread doing that;
- *     never if rbd_diffsync_transfer_set_progress() (_verify_set_progress()) failed or was
- *     given a NULL callback.
+ *     verify or batch handle is freed (after any run using it returned), on the thread doing
+ *     that; never if rbd_diffsync_transfer_set_progress() (_verify_set_progress(),
+ *     _batch_set_progress()) failed or was given a NULL callback. A batch does not take the
+ *     progress callback of the transfers added to it.
  *
  * STRUCTS THAT GROW
- *   rbd_diffsync_stats, rbd_diffsync_plan and rbd_diffsync_verify_stats start with
+ *   rbd_diffsync_stats, rbd_diffsync_plan, rbd_diffsync_verify_stats and
+ *   rbd_diffsync_volume_progress start with
  *   `size_t struct_size`: set it to the struct's sizeof before the call. The library fills in
  *   the fields that both its and your version of the struct have and writes that length back;
  *   fields are only ever added at the end, so a program built with an older header keeps
  *   working (the fields it does not know are not written), as does one built with a newer
  *   header against an older library (check struct_size before reading later fields).
- *   rbd_diffsync_progress, which the library hands to you, says its own size likewise.
+ *   rbd_diffsync_progress and rbd_diffsync_batch_progress, which the library hands to you, say
+ *   their own size likewise.
  *   A NULL stats or plan pointer means the caller does not want them.
  *
  * ERRORS
@@ -59,7 +69,11 @@
  *   rbd_diffsync_strerror(code) describes any code and rbd_diffsync_code_name(code) names it
  *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
  *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
- *   rbd_diffsync_transfer_last_error / rbd_diffsync_verify_last_error; successes leave it.
+ *   rbd_diffsync_transfer_last_error / rbd_diffsync_verify_last_error /
+ *   rbd_diffsync_batch_last_error; successes leave it. rbd_diffsync_batch_run() is the one
+ *   function that returns a positive count: the volumes that failed, each with its own code
+ *   (rbd_diffsync_batch_volume_result) and message (rbd_diffsync_batch_volume_error_message),
+ *   the batch's last error then summing them up.
  *   For a failure that names an offset (-RBD_DIFFSYNC_EMISMATCH: the first byte that
  *   differs), rbd_diffsync_transfer_last_error_offset / _verify_last_error_offset give it,
  *   and -ENODATA otherwise.
@@ -71,17 +85,22 @@
  * THREADS
  *   - Different handles may be used on different threads at the same time; a handle may move
  *     between threads.
- *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel() and
- *     rbd_diffsync_verify_cancel(), which may be called from any thread at any time while the
- *     handle lives, also while another thread is in rbd_diffsync_transfer_run() or _plan(), or
- *     rbd_diffsync_verify_run(), on it. No call may overlap a handle's `*_free`.
+ *   - Calls on one handle must not overlap, except rbd_diffsync_transfer_cancel(),
+ *     rbd_diffsync_verify_cancel(), rbd_diffsync_batch_cancel() and
+ *     rbd_diffsync_batch_volume_progress(), which may be called from any thread at any time
+ *     while the handle lives, also while another thread is in rbd_diffsync_transfer_run() or
+ *     _plan(), rbd_diffsync_verify_run() or rbd_diffsync_batch_run() on it. No call may
+ *     overlap a handle's `*_free`.
  *   - rbd_diffsync_version, _abi_version, _strerror and _code_name are thread-safe.
- *   - rbd_diffsync_transfer_run(), _plan() and rbd_diffsync_verify_run() block until done.
+ *   - rbd_diffsync_transfer_run(), _plan(), rbd_diffsync_verify_run() and
+ *     rbd_diffsync_batch_run() block until done. A batch runs its transfers on threads of its
+ *     own; its progress callback runs on the thread that called rbd_diffsync_batch_run().
  *     The progress callback runs on the thread that called them, never on another, before
  *     they return; it is called at most every progress interval (default 200 ms), in every
  *     phase, also while a call to a cluster blocks. It returns 0 to go on; nonzero stops the
- *     transfer or verification, which then fails with -ECANCELED. It must not unwind out of the call (no C++ exception, no longjmp), nor call
- *     the library on the same handle except its cancel.
+ *     transfer or verification, which then fails with -ECANCELED (a batch: every volume not
+ *     done). It must not unwind out of the call (no C++ exception, no longjmp), nor call the
+ *     library on the same handle except its cancel (and for a batch _volume_progress()).
  *
  * VERSIONS
  *   The shared library's soname carries the ABI version (librbd_diffsync.so.1 for
@@ -150,6 +169,47 @@
 #define RBD_DIFFSYNC_DEFAULT_OP_TIMEOUT_MS 60000
 
 /**
+ * Volume state in `rbd_diffsync_volume_progress.state`: waiting for its turn.
+ */
+#define RBD_DIFFSYNC_VOLUME_QUEUED 0
+
+/**
+ * Its transfer runs.
+ */
+#define RBD_DIFFSYNC_VOLUME_RUNNING 1
+
+/**
+ * Its transfer succeeded.
+ */
+#define RBD_DIFFSYNC_VOLUME_SUCCEEDED 2
+
+/**
+ * Its transfer failed, or was cancelled before it started.
+ */
+#define RBD_DIFFSYNC_VOLUME_FAILED 3
+
+/**
+ * A state added after this header.
+ */
+#define RBD_DIFFSYNC_VOLUME_UNKNOWN 4294967295
+
+/**
+ * Default number of volumes a batch transfers at once.
+ */
+#define RBD_DIFFSYNC_DEFAULT_PARALLEL 4
+
+/**
+ * Default memory budget of a batch, in bytes (64 MiB): the data all its transfers hold at
+ * once.
+ */
+#define RBD_DIFFSYNC_DEFAULT_BATCH_BUDGET 67108864
+
+/**
+ * Default number of requests in flight at once, for all the transfers of a batch.
+ */
+#define RBD_DIFFSYNC_DEFAULT_BATCH_REQUESTS 256
+
+/**
  * Phase in `rbd_diffsync_progress.phase`: connecting to the clusters and opening the images.
  */
 #define RBD_DIFFSYNC_PHASE_CONNECTING 0
@@ -183,6 +243,11 @@
 #define RBD_DIFFSYNC_PHASE_UNKNOWN 4294967295
 
 /**
+ * Many transfers run at once: see `rbd_diffsync_batch_new`.
+ */
+typedef struct rbd_diffsync_batch rbd_diffsync_batch;
+
+/**
  * How to reach a cluster: what the rbd CLI's `-c`, `--id`, `-n`, `--cluster`, `-k`, `-m` and
  * `--<option> <value>` say. Unset, as the rbd CLI with no options: `CEPH_ARGS`, then
  * /etc/ceph/ceph.conf, as `client.admin`. Only settings: nothing connects until a transfer
@@ -206,136 +271,60 @@ typedef struct rbd_diffsync_transfer rbd_diffsync_transfer;
 typedef struct rbd_diffsync_verify rbd_diffsync_verify;
 
 /**
- * Where a running transfer or verification is, as given to the progress callback. Valid only
- * during the call. Fields may be added at the end: `struct_size` is the size the library
- * filled in.
+ * Where a running batch is, as given to its progress callback: the totals of its volumes.
+ * Valid only during the call. Fields may be added at the end: `struct_size` is the size the
+ * library filled in.
  */
-typedef struct rbd_diffsync_progress {
+typedef struct rbd_diffsync_batch_progress {
     /**
      * `sizeof` the struct as this library knows it.
      */
     size_t struct_size;
     /**
-     * One of the `RBD_DIFFSYNC_PHASE_*` values.
-     */
-    uint32_t phase;
-    /**
-     * `"connecting"`, `"scanning"`, `"copying"`, `"verifying"` or `"committing"`.
-     */
-    const char *phase_name;
-    /**
-     * Bytes of the phase done (copied, zeroed or found to need nothing; compared).
+     * Bytes done, of every volume.
      */
     uint64_t bytes_done;
     /**
-     * Bytes of the phase in all; 0 until known.
+     * Bytes in all, of the volumes whose diff is known.
      */
     uint64_t bytes_total;
     /**
-     * Nanoseconds since the transfer or verification started.
+     * Volumes waiting for their turn.
+     */
+    size_t queued;
+    /**
+     * Volumes whose transfer runs.
+     */
+    size_t running;
+    /**
+     * Volumes whose transfer succeeded.
+     */
+    size_t succeeded;
+    /**
+     * Volumes whose transfer failed.
+     */
+    size_t failed;
+    /**
+     * Nanoseconds since the batch started.
      */
     uint64_t elapsed_ns;
-    /**
-     * What it has been waiting for, for more than a second (a cluster's answer, a lock,
-     * requests in flight), or NULL.
-     */
-    const char *waiting_for;
-    /**
-     * For how many nanoseconds it has waited for that.
-     */
-    uint64_t waited_ns;
-} rbd_diffsync_progress;
+} rbd_diffsync_batch_progress;
 
 /**
- * A progress callback: called on the thread running `rbd_diffsync_transfer_run`,
- * `rbd_diffsync_transfer_plan` or `rbd_diffsync_verify_run`, never on another. Return 0 to go
- * on; any other value stops the call as a cancel would (it then fails with `-ECANCELED`); the
- * end may still be reported after that. It must not unwind (C++ exceptions, longjmp) out of
- * the call.
+ * A batch progress callback: called on the thread running `rbd_diffsync_batch_run`, never on
+ * another, at most every progress interval and when a volume ends. Return 0 to go on; any
+ * other value cancels the batch as `rbd_diffsync_batch_cancel` would. It must not unwind out
+ * of the call; of the library it may call `rbd_diffsync_batch_volume_progress` and
+ * `rbd_diffsync_batch_cancel` on the batch, and no other function on it.
  */
-typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
-                                        void *user_data);
+typedef int (*rbd_diffsync_batch_progress_cb)(const struct rbd_diffsync_batch_progress *progress,
+                                              void *user_data);
 
 /**
  * Releases a callback's `user_data`: called once, when the callback is replaced or the
  * handle freed, and after any run using it has returned, on the thread doing that.
  */
 typedef void (*rbd_diffsync_finalizer)(void *user_data);
-
-/**
- * What a transfer would do, filled in by `rbd_diffsync_transfer_plan`; sized and owned as
- * `rbd_diffsync_stats` is.
- */
-typedef struct rbd_diffsync_plan {
-    /**
-     * In: `sizeof(rbd_diffsync_plan)`; out: the bytes filled in.
-     */
-    size_t struct_size;
-    /**
-     * The source, `pool[/namespace]/image[@snap]`, its pool resolved.
-     */
-    const char *source;
-    /**
-     * The destination image, `pool[/namespace]/image`, its pool resolved.
-     */
-    const char *dest;
-    /**
-     * The base of an incremental; NULL for a full transfer.
-     */
-    const char *from_snap;
-    /**
-     * The snapshot the transfer would create on the destination; NULL for a source at HEAD.
-     */
-    const char *end_snap;
-    /**
-     * The source size, which the destination will have.
-     */
-    uint64_t source_size;
-    /**
-     * The destination's size now; 0 when the transfer creates it.
-     */
-    uint64_t dest_size;
-    /**
-     * Ranges of the source's diff (after merging neighbours of the same kind).
-     */
-    uint64_t extents;
-    /**
-     * Bytes of those ranges.
-     */
-    uint64_t diff_bytes;
-    /**
-     * Bytes to read from the source: the diff's data ranges and ranges of the destination to
-     * rewrite (from `resume_from` on).
-     */
-    uint64_t data_bytes;
-    /**
-     * Bytes to make read as zeros (some may need no request).
-     */
-    uint64_t zero_bytes;
-    /**
-     * Whether the transfer would create the destination.
-     */
-    bool create_destination;
-    /**
-     * Whether the destination holds the writes of an interrupted transfer of the same diff,
-     * which the transfer would complete.
-     */
-    bool continues_interrupted;
-    /**
-     * Whether the transfer would write over data or changes that `set_force` allowed.
-     */
-    bool overwrites_destination;
-    /**
-     * Where the transfer would resume: the checkpoint of the interrupted transfer of the very
-     * same diff (source image, base and end snapshot), below which it had written
-     * everything; 0 when it starts from the beginning.
-     */
-    uint64_t resume_from;
-    /**
-     * Bytes of the diff below `resume_from`, done by the interrupted transfer and not again.
-     */
-    uint64_t bytes_resumed;
-} rbd_diffsync_plan;
 
 /**
  * What a finished transfer did, filled in by `rbd_diffsync_transfer_run`. Set `struct_size`
@@ -434,6 +423,164 @@ typedef struct rbd_diffsync_stats {
 } rbd_diffsync_stats;
 
 /**
+ * Where one volume of a batch is, filled in by `rbd_diffsync_batch_volume_progress`; sized
+ * as `rbd_diffsync_stats` is (set `struct_size` first).
+ */
+typedef struct rbd_diffsync_volume_progress {
+    /**
+     * In: `sizeof(rbd_diffsync_volume_progress)`; out: the bytes filled in.
+     */
+    size_t struct_size;
+    /**
+     * One of the `RBD_DIFFSYNC_VOLUME_*` values.
+     */
+    uint32_t state;
+    /**
+     * One of the `RBD_DIFFSYNC_PHASE_*` values once its transfer runs;
+     * `RBD_DIFFSYNC_PHASE_UNKNOWN` before.
+     */
+    uint32_t phase;
+    /**
+     * The phase's name (static), or NULL before its transfer runs.
+     */
+    const char *phase_name;
+    /**
+     * Bytes of its transfer done.
+     */
+    uint64_t bytes_done;
+    /**
+     * Bytes of its transfer in all; 0 until its diff is known.
+     */
+    uint64_t bytes_total;
+} rbd_diffsync_volume_progress;
+
+/**
+ * Where a running transfer or verification is, as given to the progress callback. Valid only
+ * during the call. Fields may be added at the end: `struct_size` is the size the library
+ * filled in.
+ */
+typedef struct rbd_diffsync_progress {
+    /**
+     * `sizeof` the struct as this library knows it.
+     */
+    size_t struct_size;
+    /**
+     * One of the `RBD_DIFFSYNC_PHASE_*` values.
+     */
+    uint32_t phase;
+    /**
+     * `"connecting"`, `"scanning"`, `"copying"`, `"verifying"` or `"committing"`.
+     */
+    const char *phase_name;
+    /**
+     * Bytes of the phase done (copied, zeroed or found to need nothing; compared).
+     */
+    uint64_t bytes_done;
+    /**
+     * Bytes of the phase in all; 0 until known.
+     */
+    uint64_t bytes_total;
+    /**
+     * Nanoseconds since the transfer or verification started.
+     */
+    uint64_t elapsed_ns;
+    /**
+     * What it has been waiting for, for more than a second (a cluster's answer, a lock,
+     * requests in flight), or NULL.
+     */
+    const char *waiting_for;
+    /**
+     * For how many nanoseconds it has waited for that.
+     */
+    uint64_t waited_ns;
+} rbd_diffsync_progress;
+
+/**
+ * A progress callback: called on the thread running `rbd_diffsync_transfer_run`,
+ * `rbd_diffsync_transfer_plan` or `rbd_diffsync_verify_run`, never on another. Return 0 to go
+ * on; any other value stops the call as a cancel would (it then fails with `-ECANCELED`); the
+ * end may still be reported after that. It must not unwind (C++ exceptions, longjmp) out of
+ * the call.
+ */
+typedef int (*rbd_diffsync_progress_cb)(const struct rbd_diffsync_progress *progress,
+                                        void *user_data);
+
+/**
+ * What a transfer would do, filled in by `rbd_diffsync_transfer_plan`; sized and owned as
+ * `rbd_diffsync_stats` is.
+ */
+typedef struct rbd_diffsync_plan {
+    /**
+     * In: `sizeof(rbd_diffsync_plan)`; out: the bytes filled in.
+     */
+    size_t struct_size;
+    /**
+     * The source, `pool[/namespace]/image[@snap]`, its pool resolved.
+     */
+    const char *source;
+    /**
+     * The destination image, `pool[/namespace]/image`, its pool resolved.
+     */
+    const char *dest;
+    /**
+     * The base of an incremental; NULL for a full transfer.
+     */
+    const char *from_snap;
+    /**
+     * The snapshot the transfer would create on the destination; NULL for a source at HEAD.
+     */
+    const char *end_snap;
+    /**
+     * The source size, which the destination will have.
+     */
+    uint64_t source_size;
+    /**
+     * The destination's size now; 0 when the transfer creates it.
+     */
+    uint64_t dest_size;
+    /**
+     * Ranges of the source's diff (after merging neighbours of the same kind).
+     */
+    uint64_t extents;
+    /**
+     * Bytes of those ranges.
+     */
+    uint64_t diff_bytes;
+    /**
+     * Bytes to read from the source: the diff's data ranges and ranges of the destination to
+     * rewrite (from `resume_from` on).
+     */
+    uint64_t data_bytes;
+    /**
+     * Bytes to make read as zeros (some may need no request).
+     */
+    uint64_t zero_bytes;
+    /**
+     * Whether the transfer would create the destination.
+     */
+    bool create_destination;
+    /**
+     * Whether the destination holds the writes of an interrupted transfer of the same diff,
+     * which the transfer would complete.
+     */
+    bool continues_interrupted;
+    /**
+     * Whether the transfer would write over data or changes that `set_force` allowed.
+     */
+    bool overwrites_destination;
+    /**
+     * Where the transfer would resume: the checkpoint of the interrupted transfer of the very
+     * same diff (source image, base and end snapshot), below which it had written
+     * everything; 0 when it starts from the beginning.
+     */
+    uint64_t resume_from;
+    /**
+     * Bytes of the diff below `resume_from`, done by the interrupted transfer and not again.
+     */
+    uint64_t bytes_resumed;
+} rbd_diffsync_plan;
+
+/**
  * What a verification that found both images equal did, filled in by
  * `rbd_diffsync_verify_run`; sized and owned as `rbd_diffsync_stats` is (its strings by the
  * verify handle).
@@ -499,6 +646,157 @@ const char *rbd_diffsync_strerror(int code);
  * `"EDESTCHANGED"`, or NULL for one the library does not name. Static; thread-safe.
  */
 const char *rbd_diffsync_code_name(int code);
+
+/**
+ * Makes an empty batch into `*out`, to free with `rbd_diffsync_batch_free`: add transfers
+ * with `rbd_diffsync_batch_add`, then run it. At most `parallel` transfers run at once, over
+ * one connection per cluster, their data drawn from one memory budget, their requests from
+ * one limit and their reads from one rate limit; each is a normal transfer, with every check
+ * and guarantee of `rbd_diffsync_transfer_run`, and one that fails does not stop the others.
+ */
+int rbd_diffsync_batch_new(struct rbd_diffsync_batch **out);
+
+/**
+ * Frees a batch, and finalizes its callback's `user_data`. NULL is a no-op. Not while a call
+ * on it runs.
+ */
+void rbd_diffsync_batch_free(struct rbd_diffsync_batch *batch);
+
+/**
+ * Adds a volume: a copy of `transfer`'s settings as they are at this moment (source,
+ * destination, `from_snap`, clusters, window, chunk size, switches, rate limit, progress
+ * interval); changing or freeing `transfer` afterwards does not change the batch. Its
+ * progress callback is not taken (the batch has its own), nor does its cancel reach the
+ * batch. `-EINVAL` for a NULL `transfer`, or one without a source or a destination; other
+ * settings are checked when the batch runs, as that volume's result. Volumes keep the order
+ * they were added in, from index 0.
+ */
+int rbd_diffsync_batch_add(struct rbd_diffsync_batch *batch,
+                           const struct rbd_diffsync_transfer *transfer);
+
+/**
+ * Volumes transferred at once, 1 to 1024 (default `RBD_DIFFSYNC_DEFAULT_PARALLEL`); the
+ * others wait their turn, in the order added. Checked when the batch runs: out of range,
+ * every volume fails with `-EINVAL`.
+ */
+int rbd_diffsync_batch_set_parallel(struct rbd_diffsync_batch *batch,
+                                    uint32_t n);
+
+/**
+ * Bytes of data all the transfers of the batch hold at once, librados's receive buffers
+ * included (default `RBD_DIFFSYNC_DEFAULT_BATCH_BUDGET`); each transfer's window still bounds
+ * what it holds. A request larger than the whole budget still goes, alone. Checked when the
+ * batch runs: 0 fails every volume with `-EINVAL`.
+ */
+int rbd_diffsync_batch_set_memory_budget(struct rbd_diffsync_batch *batch,
+                                         uint64_t bytes);
+
+/**
+ * Requests in flight at once, for all the transfers of the batch together (default
+ * `RBD_DIFFSYNC_DEFAULT_BATCH_REQUESTS`). Checked when the batch runs: 0 fails every volume
+ * with `-EINVAL`.
+ */
+int rbd_diffsync_batch_set_max_requests(struct rbd_diffsync_batch *batch,
+                                        uint32_t n);
+
+/**
+ * Caps the bytes read by all the transfers of the batch together at `bytes_per_sec` on
+ * average; 0 removes the cap (the default). A transfer's own cap
+ * (`rbd_diffsync_transfer_set_rate_limit`) applies besides.
+ */
+int rbd_diffsync_batch_set_rate_limit(struct rbd_diffsync_batch *batch,
+                                      uint64_t bytes_per_sec);
+
+/**
+ * Calls `callback` with `user_data` during runs of the batch, with the totals of its
+ * volumes: on the thread running it only, at most every progress interval (default 200 ms)
+ * and when a volume ends. A nonzero return cancels the batch. `finalizer` (may be NULL) is
+ * called with `user_data` once the callback is replaced or the batch freed. A NULL `callback`
+ * removes the callback; `finalizer` is then not called, nor when this call fails.
+ */
+int rbd_diffsync_batch_set_progress(struct rbd_diffsync_batch *batch,
+                                    rbd_diffsync_batch_progress_cb callback,
+                                    void *user_data,
+                                    rbd_diffsync_finalizer finalizer);
+
+/**
+ * The least time between two calls of the batch's progress callback, in milliseconds
+ * (default 200).
+ */
+int rbd_diffsync_batch_set_progress_interval_ms(struct rbd_diffsync_batch *batch,
+                                                uint64_t milliseconds);
+
+/**
+ * Runs every volume of the batch, at most `parallel` at a time, and blocks until all have
+ * ended. Returns 0 when every volume succeeded (an empty batch too); the number of volumes
+ * that failed (> 0) otherwise, the batch's last error then naming the first of them, and
+ * `rbd_diffsync_batch_volume_result` giving each one's code; a negative code only when the
+ * batch could not run at all (`-EINVAL` for a NULL `batch`). A cancel, or a nonzero return
+ * of the progress callback, stops every volume: those running fail with `-ECANCELED` as a
+ * cancelled transfer does, those not started with `-ECANCELED` too. A batch may be run again,
+ * each volume from its settings as added: a volume cancelled or failed mid-way is then
+ * completed, one that succeeded fails with `-EEXIST` (its end snapshot exists).
+ */
+int rbd_diffsync_batch_run(struct rbd_diffsync_batch *batch);
+
+/**
+ * Cancels the run in progress on `batch`, or if none is, the next one to start: every
+ * volume stops, those running as `rbd_diffsync_transfer_cancel` stops a transfer, those not
+ * started fail with `-ECANCELED` at once. Returns at once; callable from any thread, also
+ * while another thread runs the batch, and from its progress callback.
+ */
+int rbd_diffsync_batch_cancel(const struct rbd_diffsync_batch *batch);
+
+/**
+ * The number of volumes added to `batch`; 0 for NULL.
+ */
+size_t rbd_diffsync_batch_volume_count(const struct rbd_diffsync_batch *batch);
+
+/**
+ * How volume `index` (from 0, in the order added) ended in the last run: 0 if its transfer
+ * succeeded, its negative code if it failed (its message is
+ * `rbd_diffsync_batch_volume_error_message`). `-ENODATA` for a volume added since the last
+ * run, or before any run; `-ERANGE` for an index beyond the volumes; `-EINVAL` for a NULL
+ * batch.
+ */
+int rbd_diffsync_batch_volume_result(const struct rbd_diffsync_batch *batch,
+                                     size_t index);
+
+/**
+ * Fills in `*stats` (set `stats->struct_size` first) with what the transfer of volume
+ * `index` did in the last run, when it succeeded: 0. Its strings are owned by the batch,
+ * valid until its next run or its free. `-ENODATA` when the volume failed or has not run;
+ * `-ERANGE` for an index beyond the volumes; `-EINVAL` for a NULL `batch` or `stats`.
+ */
+int rbd_diffsync_batch_volume_stats(const struct rbd_diffsync_batch *batch,
+                                    size_t index,
+                                    struct rbd_diffsync_stats *stats);
+
+/**
+ * The message of volume `index`'s failure in the last run, naming the cluster, image and
+ * snapshot concerned; "" if it succeeded; NULL for a NULL `batch`, an index beyond the
+ * volumes or a volume that has not run. Owned by the batch: valid until its next run or its
+ * free.
+ */
+const char *rbd_diffsync_batch_volume_error_message(const struct rbd_diffsync_batch *batch,
+                                                    size_t index);
+
+/**
+ * Where volume `index` is: during a run as last reported (also from the batch's progress
+ * callback, and from any thread), and after it how it ended. Fills in `*out` (set
+ * `out->struct_size` first) and returns 0; before any run a volume is queued. `-ERANGE` for
+ * an index beyond the volumes; `-EINVAL` for a NULL `batch` or `out`.
+ */
+int rbd_diffsync_batch_volume_progress(const struct rbd_diffsync_batch *batch,
+                                       size_t index,
+                                       struct rbd_diffsync_volume_progress *out);
+
+/**
+ * The message of the last call on `batch` that failed (other than with a NULL handle), or ""
+ * if none did; after a run with failed volumes, a summary naming the first of them. Owned by
+ * `batch`: valid until its next failing call or its free.
+ */
+const char *rbd_diffsync_batch_last_error(const struct rbd_diffsync_batch *batch);
 
 /**
  * Makes cluster settings with nothing set into `*out`, to free with
@@ -671,6 +969,16 @@ int rbd_diffsync_transfer_set_force(struct rbd_diffsync_transfer *transfer,
  */
 int rbd_diffsync_transfer_set_verify(struct rbd_diffsync_transfer *transfer,
                                      bool on);
+
+/**
+ * Caps the bytes the transfer reads from the source at `bytes_per_sec` on average (the
+ * command line's `--max-rate`); 0 removes the cap (the default). Only data counts: ranges
+ * made to read as zeros are not held back. While it waits for the cap the transfer still
+ * reports progress and can be cancelled. In a batch (`rbd_diffsync_batch_add`) its own cap
+ * applies besides the batch's.
+ */
+int rbd_diffsync_transfer_set_rate_limit(struct rbd_diffsync_transfer *transfer,
+                                         uint64_t bytes_per_sec);
 
 /**
  * Calls `callback` with `user_data` during plans and runs: on their thread only, at most

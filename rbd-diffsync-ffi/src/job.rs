@@ -118,7 +118,7 @@ impl Callback {
     }
 }
 
-fn phase_code(phase: Phase) -> u32 {
+pub(crate) fn phase_code(phase: Phase) -> u32 {
     match phase {
         Phase::Connecting => RBD_DIFFSYNC_PHASE_CONNECTING,
         Phase::Scanning => RBD_DIFFSYNC_PHASE_SCANNING,
@@ -179,7 +179,7 @@ builder!(DiffTransfer);
 builder!(Verify);
 
 /// The settings every handle that runs has.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Common {
     source: Option<ImageSpec>,
     dest: Option<ImageSpec>,
@@ -192,6 +192,11 @@ pub(crate) struct Common {
 }
 
 impl Common {
+    /// Forgets the progress callback (a copy taken into a batch reports through the batch's).
+    pub(crate) fn drop_progress(&mut self) {
+        self.progress = None;
+    }
+
     /// The core's builder as set: `what` names it in the error for a missing image.
     pub(crate) fn builder<B: Builder>(&self, what: &str) -> Result<B, Failure> {
         let (Some(source), Some(dest)) = (&self.source, &self.dest) else {
@@ -250,6 +255,11 @@ pub(crate) trait Runs: Handle {
 impl<S> Job<S> {
     pub(crate) fn set(&self, f: impl FnOnce(&mut S)) {
         f(&mut lock(&self.settings));
+    }
+
+    /// What `f` makes of the settings now.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&lock(&self.settings))
     }
 
     /// Runs `op` on the builder `make` makes of the settings now, with the token a cancel
@@ -451,7 +461,11 @@ pub(crate) unsafe fn last_error_offset<H: Handle>(handle: *const H, out: *mut u6
 /// # Safety
 ///
 /// `out` is NULL or points to a struct whose first field is its `size_t` size.
-unsafe fn out_size(out: *const usize, least: usize, what: &str) -> Result<usize, Failure> {
+pub(crate) unsafe fn out_size(
+    out: *const usize,
+    least: usize,
+    what: &str,
+) -> Result<usize, Failure> {
     if out.is_null() {
         return Ok(0);
     }
@@ -471,7 +485,7 @@ unsafe fn out_size(out: *const usize, least: usize, what: &str) -> Result<usize,
 /// # Safety
 ///
 /// `out` is NULL or points to `size` writable bytes, `size` at least that of a `usize`.
-unsafe fn fill<T>(out: *mut T, size: usize, mut value: T) {
+pub(crate) unsafe fn fill<T>(out: *mut T, size: usize, mut value: T) {
     if out.is_null() {
         return;
     }
@@ -488,7 +502,13 @@ unsafe fn fill<T>(out: *mut T, size: usize, mut value: T) {
 /// The strings of a struct filled in, kept in the handle for the caller to read.
 pub(crate) struct Kept<'a>(MutexGuard<'a, Vec<CString>>);
 
-impl Kept<'_> {
+impl<'a> Kept<'a> {
+    /// Keeps strings in `strings`, in place of those it held.
+    pub(crate) fn new(mut strings: MutexGuard<'a, Vec<CString>>) -> Self {
+        strings.clear();
+        Kept(strings)
+    }
+
     /// `s` as a C string the handle owns; NULL for `None`.
     pub(crate) fn keep(&mut self, s: Option<&str>) -> *const c_char {
         match s {

@@ -10,6 +10,7 @@
 // What each function requires of its pointers is said once for all, in the header's conventions.
 #![allow(clippy::missing_safety_doc)]
 
+mod batch;
 mod cluster;
 mod guard;
 mod job;
@@ -24,6 +25,7 @@ use rbd_diffsync::error::{
     code_name, describe_code, CODE_DESTINATION_CHANGED, CODE_MISMATCH, LIBRARY_CODE_BASE,
 };
 
+pub use batch::*;
 pub use cluster::*;
 pub use job::{
     rbd_diffsync_finalizer, rbd_diffsync_progress, rbd_diffsync_progress_cb,

@@ -112,19 +112,46 @@ pub struct rbd_diffsync_plan {
     pub bytes_resumed: u64,
 }
 
+/// `s` as the C struct, its strings kept in `kept`.
+pub(crate) fn stats_of(s: &TransferStats, kept: &mut Kept) -> rbd_diffsync_stats {
+    rbd_diffsync_stats {
+        struct_size: 0,
+        source: kept.keep(Some(&s.source)),
+        dest: kept.keep(Some(&s.dest)),
+        from_snap: kept.keep(s.from_snap.as_deref()),
+        end_snap: kept.keep(s.end_snap.as_deref()),
+        bytes_read: s.bytes_read,
+        bytes_written: s.bytes_written,
+        bytes_zeroed: s.bytes_zeroed,
+        bytes_skipped: s.bytes_skipped,
+        extents: s.extents,
+        diff_bytes: s.diff_bytes,
+        image_size: s.image_size,
+        elapsed_ns: nanos(s.elapsed),
+        snapshot_elapsed_ns: nanos(s.snapshot_elapsed),
+        throughput: s.throughput(),
+        created_destination: s.created_destination,
+        continued_interrupted: s.continued_interrupted,
+        bytes_resumed: s.bytes_resumed,
+        broke_lock_of: kept.keep(s.broke_lock_of.as_deref()),
+        bytes_verified: s.bytes_verified,
+    }
+}
+
 /// The sizes of the structs in ABI version 1, the least a caller may pass: up to the first
 /// field added after it. Fixed for good.
-const STATS_V1_SIZE: usize = offset_of!(rbd_diffsync_stats, bytes_resumed);
+pub(crate) const STATS_V1_SIZE: usize = offset_of!(rbd_diffsync_stats, bytes_resumed);
 const PLAN_V1_SIZE: usize = offset_of!(rbd_diffsync_plan, resume_from);
 
 /// What the setters set.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Settings {
     common: Common,
     from_snap: Option<String>,
     whole_object: bool,
     force: bool,
     verify: bool,
+    rate_limit: u64,
 }
 
 impl job::Settings for Settings {
@@ -134,13 +161,14 @@ impl job::Settings for Settings {
 }
 
 impl Settings {
-    fn transfer(&self) -> Result<DiffTransfer, Failure> {
+    pub(crate) fn transfer(&self) -> Result<DiffTransfer, Failure> {
         let mut t = self
             .common
             .builder::<DiffTransfer>("transfer")?
             .whole_object(self.whole_object)
             .overwrite_existing(self.force)
-            .verify(self.verify);
+            .verify(self.verify)
+            .rate_limit(self.rate_limit);
         if let Some(from) = &self.from_snap {
             t = t.from_snap(from.clone());
         }
@@ -320,6 +348,26 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_verify(
     unsafe { set_switch(transfer, on, |s, on| s.verify = on) }
 }
 
+/// Caps the bytes the transfer reads from the source at `bytes_per_sec` on average (the
+/// command line's `--max-rate`); 0 removes the cap (the default). Only data counts: ranges
+/// made to read as zeros are not held back. While it waits for the cap the transfer still
+/// reports progress and can be cancelled. In a batch (`rbd_diffsync_batch_add`) its own cap
+/// applies besides the batch's.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_diffsync_transfer_set_rate_limit(
+    transfer: *mut rbd_diffsync_transfer,
+    bytes_per_sec: u64,
+) -> c_int {
+    // SAFETY: the caller passes NULL or a live handle.
+    unsafe {
+        job::set(
+            transfer,
+            || Ok(bytes_per_sec),
+            |s, rate| s.rate_limit = rate,
+        )
+    }
+}
+
 /// Calls `callback` with `user_data` during plans and runs: on their thread only, at most
 /// every progress interval (default 200 ms) in every phase, also while a call to the cluster
 /// blocks, and at every change of phase and at the end. A nonzero return stops the transfer.
@@ -387,31 +435,17 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_run(
     transfer: *mut rbd_diffsync_transfer,
     stats: *mut rbd_diffsync_stats,
 ) -> c_int {
-    let build = |s: TransferStats, kept: &mut Kept| rbd_diffsync_stats {
-        struct_size: 0,
-        source: kept.keep(Some(&s.source)),
-        dest: kept.keep(Some(&s.dest)),
-        from_snap: kept.keep(s.from_snap.as_deref()),
-        end_snap: kept.keep(s.end_snap.as_deref()),
-        bytes_read: s.bytes_read,
-        bytes_written: s.bytes_written,
-        bytes_zeroed: s.bytes_zeroed,
-        bytes_skipped: s.bytes_skipped,
-        extents: s.extents,
-        diff_bytes: s.diff_bytes,
-        image_size: s.image_size,
-        elapsed_ns: nanos(s.elapsed),
-        snapshot_elapsed_ns: nanos(s.snapshot_elapsed),
-        throughput: s.throughput(),
-        created_destination: s.created_destination,
-        continued_interrupted: s.continued_interrupted,
-        bytes_resumed: s.bytes_resumed,
-        broke_lock_of: kept.keep(s.broke_lock_of.as_deref()),
-        bytes_verified: s.bytes_verified,
-    };
     let out = Out::new(stats, "rbd_diffsync_stats", STATS_V1_SIZE);
     // SAFETY: the caller passes NULL or live pointers (conventions in the header).
-    unsafe { go_and_fill(transfer, out, Settings::transfer, DiffTransfer::run, build) }
+    unsafe {
+        go_and_fill(
+            transfer,
+            out,
+            Settings::transfer,
+            DiffTransfer::run,
+            |s, kept| stats_of(&s, kept),
+        )
+    }
 }
 
 /// Stops the run or plan in progress on `transfer`, or if none is, the next one to start: it

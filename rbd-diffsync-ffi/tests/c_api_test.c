@@ -474,6 +474,90 @@ static void test_finalizer_once(void)
 
 /* ---- against the cluster ---- */
 
+static int batch_never_called(const rbd_diffsync_batch_progress *p, void *user_data)
+{
+    (void)p;
+    (void)user_data;
+    return 0;
+}
+
+/* The batch's NULL checks, index checks and settings checked by its run; no cluster needed. */
+static void test_batch_arguments(void)
+{
+    rbd_diffsync_batch *b = NULL;
+    rbd_diffsync_transfer *t = NULL;
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_volume_progress vp = {.struct_size = sizeof vp};
+
+    rbd_diffsync_batch_free(NULL);
+    CHECK_INT(rbd_diffsync_transfer_set_rate_limit(NULL, 1), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_new(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_add(NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_parallel(NULL, 2), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_memory_budget(NULL, 1 << 20), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_max_requests(NULL, 8), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_rate_limit(NULL, 1), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_progress(NULL, NULL, NULL, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_progress_interval_ms(NULL, 10), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_run(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_cancel(NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_count(NULL), 0);
+    CHECK_INT(rbd_diffsync_batch_volume_result(NULL, 0), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_stats(NULL, 0, &stats), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(NULL, 0, &vp), -EINVAL);
+    CHECK(rbd_diffsync_batch_volume_error_message(NULL, 0) == NULL);
+    CHECK(rbd_diffsync_batch_last_error(NULL) != NULL);
+
+    CHECK_INT(rbd_diffsync_batch_new(&b), 0);
+    CHECK_STR(rbd_diffsync_batch_last_error(b), "");
+    CHECK_INT(rbd_diffsync_batch_run(b), 0); /* empty */
+    CHECK_INT(rbd_diffsync_batch_add(b, NULL), -EINVAL);
+    CHECK_STR(rbd_diffsync_batch_last_error(b), "transfer is NULL");
+    CHECK_INT(rbd_diffsync_transfer_new(&t), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, "rbd/a@s"), 0);
+    CHECK_INT(rbd_diffsync_batch_add(b, t), -EINVAL); /* no destination */
+    CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "no source or no destination");
+    CHECK_INT(rbd_diffsync_batch_volume_count(b), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, "backups/a"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_rate_limit(t, 1 << 20), 0);
+    CHECK_INT(rbd_diffsync_batch_add(b, t), 0);
+    CHECK_INT(rbd_diffsync_batch_volume_count(b), 1);
+    CHECK_INT(rbd_diffsync_batch_volume_result(b, 0), -ENODATA); /* not run yet */
+    CHECK_INT(rbd_diffsync_batch_volume_result(b, 1), -ERANGE);
+    CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "beyond the 1 volumes");
+    CHECK_INT(rbd_diffsync_batch_volume_stats(b, 0, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(b, 0, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(b, 0, &vp), 0);
+    CHECK_INT(vp.state, RBD_DIFFSYNC_VOLUME_QUEUED);
+    CHECK(vp.phase_name == NULL);
+    CHECK(rbd_diffsync_batch_volume_error_message(b, 0) == NULL);
+
+    /* settings out of range fail every volume with -EINVAL, before connecting */
+    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 0), 0);
+    CHECK_INT(rbd_diffsync_batch_run(b), 1);
+    CHECK_INT(rbd_diffsync_batch_volume_result(b, 0), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_batch_volume_error_message(b, 0), "parallel");
+    CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "1 of 1 volumes failed");
+    CHECK_INT(rbd_diffsync_batch_volume_stats(b, 0, &stats), -ENODATA);
+    stats.struct_size = 8;
+    CHECK_INT(rbd_diffsync_batch_volume_stats(b, 0, &stats), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(b, 0, &vp), 0);
+    CHECK_INT(vp.state, RBD_DIFFSYNC_VOLUME_FAILED);
+
+    /* the finalizer: once when replaced, none for NULL, once at free */
+    finalized = 0;
+    CHECK_INT(rbd_diffsync_batch_set_progress(b, batch_never_called, &finalized, count_finalize),
+              0);
+    CHECK_INT(rbd_diffsync_batch_set_progress(b, NULL, &finalized, count_finalize), 0);
+    CHECK_INT(finalized, 1);
+    CHECK_INT(rbd_diffsync_batch_set_progress(b, batch_never_called, &finalized, count_finalize),
+              0);
+    rbd_diffsync_transfer_free(t); /* the batch keeps its copy */
+    CHECK_INT(rbd_diffsync_batch_volume_count(b), 1);
+    rbd_diffsync_batch_free(b);
+    CHECK_INT(finalized, 2);
+}
+
 static void test_missing_conf_image_and_snapshot(void)
 {
     rbd_diffsync_cluster *c = NULL;
@@ -874,6 +958,236 @@ static void test_cancel_from_another_thread(void)
     rbd_diffsync_transfer_free(shared.transfer);
 }
 
+struct batch_log {
+    int calls;
+    rbd_diffsync_batch_progress last;
+};
+
+static int log_batch(const rbd_diffsync_batch_progress *p, void *user_data)
+{
+    struct batch_log *log = user_data;
+
+    CHECK(p->struct_size >= sizeof *p);
+    CHECK(p->bytes_done <= p->bytes_total || p->bytes_total == 0);
+    log->calls++;
+    log->last = *p;
+    return 0;
+}
+
+/* A batch of transfers named dest_name(prefix + k), k < n: source src@snap, from `from`. */
+static rbd_diffsync_batch *batch_of(const char *prefix, int n, const char *snap,
+                                    const char *from, uint64_t chunk, uint64_t own_rate)
+{
+    rbd_diffsync_batch *b = NULL;
+    char dest[128], source[128], what[32];
+    int k;
+
+    CHECK_INT(rbd_diffsync_batch_new(&b), 0);
+    snprintf(source, sizeof source, "%s@%s", src, snap);
+    for (k = 0; k < n; k++) {
+        rbd_diffsync_transfer *t;
+
+        snprintf(what, sizeof what, "%s%d", prefix, k);
+        dest_name(dest, sizeof dest, what);
+        t = transfer_of(source, dest);
+        CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, from), 0);
+        if (chunk)
+            CHECK_INT(rbd_diffsync_transfer_set_chunk_size(t, chunk), 0);
+        CHECK_INT(rbd_diffsync_transfer_set_rate_limit(t, own_rate), 0);
+        CHECK_INT(rbd_diffsync_batch_add(b, t), 0);
+        /* taken as it was when added */
+        CHECK_INT(rbd_diffsync_transfer_set_source(t, "rbd/elsewhere@s9"), 0);
+        rbd_diffsync_transfer_free(t);
+    }
+    CHECK_INT(rbd_diffsync_batch_volume_count(b), n);
+    return b;
+}
+
+/* Three volumes full, then two of them incremental under the batch's rate limit and the third
+ * alone under its own: every destination reads as the source, and neither run is faster than
+ * its cap allows (less a chunk per volume and the 64 KiB burst). */
+static void test_batch_full_then_incremental(void)
+{
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_volume_progress vp = {.struct_size = sizeof vp};
+    struct batch_log log = {0};
+    rbd_diffsync_batch *b;
+    rbd_diffsync_transfer *t;
+    struct timespec start;
+    uint64_t read = 0;
+    double took, rate = 512 << 10;
+    char dest[128], source[128], what[32];
+    int k;
+
+    b = batch_of("many", 3, "s1", NULL, 0, 0);
+    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 2), 0);
+    CHECK_INT(rbd_diffsync_batch_set_memory_budget(b, 16 << 20), 0);
+    CHECK_INT(rbd_diffsync_batch_set_max_requests(b, 32), 0);
+    CHECK_INT(rbd_diffsync_batch_set_progress_interval_ms(b, 20), 0);
+    CHECK_INT(rbd_diffsync_batch_set_progress(b, log_batch, &log, NULL), 0);
+    CHECK_INT(rbd_diffsync_batch_run(b), 0);
+    CHECK(log.calls >= 1);
+    CHECK_INT(log.last.succeeded, 3);
+    CHECK_INT(log.last.queued + log.last.running + log.last.failed, 0);
+    snprintf(source, sizeof source, "%s@s1", src);
+    for (k = 0; k < 3; k++) {
+        snprintf(what, sizeof what, "many%d", k);
+        dest_name(dest, sizeof dest, what);
+        CHECK_INT(rbd_diffsync_batch_volume_result(b, k), 0);
+        CHECK_STR(rbd_diffsync_batch_volume_error_message(b, k), "");
+        CHECK_INT(rbd_diffsync_batch_volume_stats(b, k, &stats), 0);
+        CHECK_INT(stats.struct_size, sizeof stats);
+        CHECK_STR(stats.source, source);
+        CHECK_STR(stats.dest, dest);
+        CHECK_STR(stats.end_snap, "s1");
+        CHECK(stats.created_destination);
+        CHECK_INT(rbd_diffsync_batch_volume_progress(b, k, &vp), 0);
+        CHECK_INT(vp.state, RBD_DIFFSYNC_VOLUME_SUCCEEDED);
+        CHECK(same_content(dest, "s1"));
+    }
+    rbd_diffsync_batch_free(b);
+
+    b = batch_of("many", 2, "s2", "s1", 64 << 10, 0);
+    CHECK_INT(rbd_diffsync_batch_set_rate_limit(b, (uint64_t)rate), 0);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_INT(rbd_diffsync_batch_run(b), 0);
+    took = seconds_since(&start);
+    for (k = 0; k < 2; k++) {
+        snprintf(what, sizeof what, "many%d", k);
+        dest_name(dest, sizeof dest, what);
+        CHECK_INT(rbd_diffsync_batch_volume_stats(b, k, &stats), 0);
+        CHECK_STR(stats.from_snap, "s1");
+        read += stats.bytes_read;
+        CHECK(same_content(dest, "s2"));
+        CHECK_STR(snaps(dest), "s1 s2 ");
+    }
+    CHECK(read > (256 << 10));
+    if (took < (read - 3 * (64 << 10)) / rate)
+        fprintf(stderr, "%.3f s for %llu bytes at %.0f B/s\n", took, (unsigned long long)read,
+                rate);
+    CHECK(took >= (read - 3 * (64 << 10)) / rate);
+    rbd_diffsync_batch_free(b);
+
+    /* a transfer's own rate limit, alone */
+    rate = 256 << 10;
+    dest_name(dest, sizeof dest, "many2");
+    snprintf(source, sizeof source, "%s@s2", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_transfer_set_from_snap(t, "s1"), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_chunk_size(t, 64 << 10), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_rate_limit(t, (uint64_t)rate), 0);
+    CHECK_INT(rbd_diffsync_transfer_run(t, &stats), 0);
+    CHECK(stats.bytes_read > (128 << 10));
+    CHECK(stats.elapsed_ns / 1e9 >= (stats.bytes_read - 2 * (64 << 10)) / rate);
+    CHECK(same_content(dest, "s2"));
+    rbd_diffsync_transfer_free(t);
+}
+
+/* One volume of a batch fails, with its own code and message; the other succeeds. */
+static void test_batch_one_bad_volume(void)
+{
+    rbd_diffsync_stats stats = {.struct_size = sizeof stats};
+    rbd_diffsync_volume_progress vp = {.struct_size = sizeof vp};
+    rbd_diffsync_batch *b = NULL;
+    rbd_diffsync_transfer *t;
+    char dest[128], source[128];
+
+    CHECK_INT(rbd_diffsync_batch_new(&b), 0);
+    dest_name(dest, sizeof dest, "badok");
+    snprintf(source, sizeof source, "%s@s1", src);
+    t = transfer_of(source, dest);
+    CHECK_INT(rbd_diffsync_batch_add(b, t), 0);
+    dest_name(dest, sizeof dest, "badx");
+    snprintf(source, sizeof source, "%s@nosuch", src);
+    CHECK_INT(rbd_diffsync_transfer_set_source(t, source), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_dest(t, dest), 0);
+    CHECK_INT(rbd_diffsync_batch_add(b, t), 0);
+    rbd_diffsync_transfer_free(t);
+
+    CHECK_INT(rbd_diffsync_batch_run(b), 1);
+    CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "1 of 2 volumes failed");
+    CHECK_INT(rbd_diffsync_batch_volume_result(b, 0), 0);
+    CHECK_INT(rbd_diffsync_batch_volume_result(b, 1), -ENOENT);
+    CHECK_CONTAINS(rbd_diffsync_batch_volume_error_message(b, 1), "nosuch");
+    CHECK_INT(rbd_diffsync_batch_volume_stats(b, 1, &stats), -ENODATA);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(b, 1, &vp), 0);
+    CHECK_INT(vp.state, RBD_DIFFSYNC_VOLUME_FAILED);
+    CHECK_INT(rbd_diffsync_batch_volume_stats(b, 0, &stats), 0);
+    CHECK_STR(stats.end_snap, "s1");
+    dest_name(dest, sizeof dest, "badok");
+    CHECK(same_content(dest, "s1"));
+    dest_name(dest, sizeof dest, "badx");
+    CHECK_STR(snaps(dest), "");
+    rbd_diffsync_batch_free(b);
+}
+
+struct batch_cancel_shared {
+    rbd_diffsync_batch *batch;
+    sem_t copying;
+    atomic_int posted;
+    int running_seen;
+};
+
+static int post_when_batch_copies(const rbd_diffsync_batch_progress *p, void *user_data)
+{
+    struct batch_cancel_shared *shared = user_data;
+    rbd_diffsync_volume_progress vp = {.struct_size = sizeof vp};
+
+    /* the volumes' progress may be read from the callback */
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared->batch, 0, &vp), 0);
+    if (vp.state == RBD_DIFFSYNC_VOLUME_RUNNING && vp.phase_name != NULL)
+        shared->running_seen = 1;
+    if (p->bytes_done > 0 && atomic_exchange(&shared->posted, 1) == 0)
+        sem_post(&shared->copying);
+    return 0;
+}
+
+static void *cancel_batch_when_copying(void *arg)
+{
+    struct batch_cancel_shared *shared = arg;
+
+    sem_wait(&shared->copying);
+    CHECK_INT(rbd_diffsync_batch_cancel(shared->batch), 0);
+    return NULL;
+}
+
+static void test_batch_cancel_from_another_thread(void)
+{
+    struct batch_cancel_shared shared = {0};
+    pthread_t canceller;
+    char dest[128], what[32];
+    int k;
+
+    /* one 4 KiB request at a time per volume: slow enough for the cancel to land mid-copy */
+    shared.batch = batch_of("bcancel", 3, "s1", NULL, 4096, 0);
+    atomic_init(&shared.posted, 0);
+    CHECK_INT(sem_init(&shared.copying, 0, 0), 0);
+    CHECK_INT(rbd_diffsync_batch_set_parallel(shared.batch, 2), 0);
+    CHECK_INT(rbd_diffsync_batch_set_max_requests(shared.batch, 2), 0);
+    CHECK_INT(rbd_diffsync_batch_set_progress_interval_ms(shared.batch, 10), 0);
+    CHECK_INT(rbd_diffsync_batch_set_progress(shared.batch, post_when_batch_copies, &shared, NULL),
+              0);
+    CHECK_INT(pthread_create(&canceller, NULL, cancel_batch_when_copying, &shared), 0);
+    CHECK_INT(rbd_diffsync_batch_run(shared.batch), 3);
+    pthread_join(canceller, NULL);
+    CHECK_INT(atomic_load(&shared.posted), 1);
+    CHECK(shared.running_seen);
+    for (k = 0; k < 3; k++) {
+        snprintf(what, sizeof what, "bcancel%d", k);
+        dest_name(dest, sizeof dest, what);
+        CHECK_INT(rbd_diffsync_batch_volume_result(shared.batch, k), -ECANCELED);
+        CHECK_STR(snaps(dest), "");
+    }
+    CHECK_CONTAINS(rbd_diffsync_batch_volume_error_message(shared.batch, 2), "before it started");
+
+    /* a cancel with no run in progress stops the next one, before anything starts */
+    CHECK_INT(rbd_diffsync_batch_cancel(shared.batch), 0);
+    CHECK_INT(rbd_diffsync_batch_run(shared.batch), 3);
+    CHECK_INT(rbd_diffsync_batch_volume_result(shared.batch, 0), -ECANCELED);
+    sem_destroy(&shared.copying);
+    rbd_diffsync_batch_free(shared.batch);
+}
+
 /* A run that reads back what it wrote; a caller's stats from an older header. */
 static void test_transfer_verifies(void)
 {
@@ -1037,7 +1351,9 @@ static int setup(void)
 static void cleanup(void)
 {
     static const char *dests[] = {"missing",   "plan",     "chain", "changed", "busy",
-                                  "stopped",   "cancelled", "verified"};
+                                  "stopped",   "cancelled", "verified", "many0", "many1",
+                                  "many2",     "badok",     "badx",     "bcancel0", "bcancel1",
+                                  "bcancel2"};
     char dest[128];
     size_t i;
 
@@ -1066,6 +1382,7 @@ int main(int argc, char **argv)
     run_test("verify_settings_checked_by_run", test_verify_settings_checked_by_run);
     run_test("codes_and_messages", test_codes_and_messages);
     run_test("finalizer_once", test_finalizer_once);
+    run_test("batch_arguments", test_batch_arguments);
     if (!offline) {
         conf = argv[1];
         if (setup() != 0) {
@@ -1083,6 +1400,9 @@ int main(int argc, char **argv)
         run_test("callback_stops_the_transfer", test_callback_stops_the_transfer);
         run_test("cancel_from_another_thread", test_cancel_from_another_thread);
         run_test("transfer_verifies", test_transfer_verifies);
+        run_test("batch_full_then_incremental", test_batch_full_then_incremental);
+        run_test("batch_one_bad_volume", test_batch_one_bad_volume);
+        run_test("batch_cancel_from_another_thread", test_batch_cancel_from_another_thread);
         run_test("verify_images", test_verify_images);
         cleanup();
     }
