@@ -148,7 +148,7 @@
 /**
  * Default window of a transfer, in chunks.
  */
-#define RBD_DIFFSYNC_DEFAULT_WINDOW 16
+#define RBD_DIFFSYNC_DEFAULT_WINDOW 32
 
 /**
  * Default chunk size of a transfer, in bytes (2 MiB).

@@ -55,7 +55,7 @@ pub const RBD_DIFFSYNC_EMISMATCH: i32 = 4297;
 pub const RBD_DIFFSYNC_LIBRARY_CODE_BASE: i32 = 4296;
 
 /// Default window of a transfer, in chunks.
-pub const RBD_DIFFSYNC_DEFAULT_WINDOW: u32 = 16;
+pub const RBD_DIFFSYNC_DEFAULT_WINDOW: u32 = 32;
 
 /// Default chunk size of a transfer, in bytes (2 MiB).
 pub const RBD_DIFFSYNC_DEFAULT_CHUNK_SIZE: u64 = 2097152;

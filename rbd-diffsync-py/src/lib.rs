@@ -592,7 +592,7 @@ fn run_bridged<B: Reporting, T: Send>(
 }
 
 // The defaults of the signature of `DiffTransfer`, written out so that Python shows them.
-const _: () = assert!(core::DEFAULT_CHUNK_SIZE == 2097152 && core::DEFAULT_WINDOW == 16);
+const _: () = assert!(core::DEFAULT_CHUNK_SIZE == 2097152 && core::DEFAULT_WINDOW == 32);
 
 /// What a transfer and a verification are both given: the clusters, the I/O settings, the
 /// progress interval and the token of cancel().
@@ -657,7 +657,7 @@ struct PyDiffTransfer {
 #[pymethods]
 impl PyDiffTransfer {
     #[new]
-    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, whole_object=false, force=false, verify=false, rate_limit=None, progress_interval=0.2))]
+    #[pyo3(signature = (source, dest, *, from_snap=None, cluster=None, dest_cluster=None, chunk_size=2097152, window=32, whole_object=false, force=false, verify=false, rate_limit=None, progress_interval=0.2))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -826,7 +826,7 @@ struct PyVerify {
 #[pymethods]
 impl PyVerify {
     #[new]
-    #[pyo3(signature = (a, b, *, cluster=None, dest_cluster=None, chunk_size=2097152, window=16, progress_interval=0.2))]
+    #[pyo3(signature = (a, b, *, cluster=None, dest_cluster=None, chunk_size=2097152, window=32, progress_interval=0.2))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

@@ -305,7 +305,7 @@ class DiffTransfer:
         cluster: Optional[ClusterSpec] = None,
         dest_cluster: Optional[ClusterSpec] = None,
         chunk_size: int = 2097152,
-        window: int = 16,
+        window: int = 32,
         whole_object: bool = False,
         force: bool = False,
         verify: bool = False,
@@ -373,7 +373,7 @@ class Verify:
         cluster: Optional[ClusterSpec] = None,
         dest_cluster: Optional[ClusterSpec] = None,
         chunk_size: int = 2097152,
-        window: int = 16,
+        window: int = 32,
         progress_interval: float = 0.2,
     ) -> Verify: ...
     def run(self, progress: Optional[_ProgressCallback] = None) -> VerifyStats:
