@@ -245,8 +245,11 @@ impl DiffTransfer {
     /// removes the cap (the default). Only data counts: ranges made to read as zeros cost no
     /// read and no data write, and are not held back. The cap is a token bucket holding 50 ms
     /// of the rate (at least 64 KiB), drawn from before each piece is read: waiting for it,
-    /// the transfer still reports progress and stops when asked. In a [`SyncMany`] batch its
-    /// own cap applies besides the batch's.
+    /// the transfer still reports progress and stops when asked. A piece larger than what the
+    /// bucket holds is read once the bucket is full, and the pieces after it wait for the
+    /// debt: a transfer of `data` bytes takes at least `(data - bucket - one chunk) / rate`,
+    /// and one of a single chunk is not held back at all. In a [`SyncMany`] batch its own
+    /// cap applies besides the batch's.
     ///
     /// [`SyncMany`]: crate::SyncMany
     pub fn rate_limit(mut self, bytes_per_sec: u64) -> Self {
