@@ -477,7 +477,8 @@ typedef struct rbd_diffsync_progress {
      */
     uint64_t bytes_done;
     /**
-     * Bytes of the phase in all; 0 until known.
+     * Bytes of the phase in all, as far as known; 0 until known. While copying a diff of
+     * more than about 8192 pieces it may grow: the diff is scanned a bounded way ahead.
      */
     uint64_t bytes_total;
     /**

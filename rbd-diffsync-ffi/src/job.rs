@@ -42,7 +42,8 @@ pub struct rbd_diffsync_progress {
     pub phase_name: *const c_char,
     /// Bytes of the phase done (copied, zeroed or found to need nothing; compared).
     pub bytes_done: u64,
-    /// Bytes of the phase in all; 0 until known.
+    /// Bytes of the phase in all, as far as known; 0 until known. While copying a diff of
+    /// more than about 8192 pieces it may grow: the diff is scanned a bounded way ahead.
     pub bytes_total: u64,
     /// Nanoseconds since the transfer or verification started.
     pub elapsed_ns: u64,

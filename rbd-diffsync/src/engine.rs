@@ -97,6 +97,61 @@ pub(crate) struct Window {
     pub max_requests: usize,
 }
 
+/// What a [`Feed`] has for the engine.
+pub(crate) enum Next {
+    /// The next piece.
+    Piece(Piece),
+    /// Nothing yet: the feed wakes the engine (a [`WAKE`] completion) when it has more.
+    Later,
+    /// No more pieces.
+    End,
+    /// No more pieces: the feed failed.
+    Failed(Error),
+}
+
+/// Where the engine's pieces come from: in order of offset, each starting at or after the end
+/// of the one before.
+pub(crate) trait Feed {
+    /// The next piece, if it is known yet. After [`Next::Later`] the feed sends a [`WAKE`]
+    /// through `waker` once it has another answer.
+    fn next(&mut self, waker: &Sender<Done>) -> Next;
+
+    /// Bytes of every piece known so far, those not yet taken included: the transfer's total
+    /// as far as it is known.
+    fn planned(&self) -> u64;
+}
+
+/// A feed of pieces all known beforehand.
+#[cfg(test)]
+pub(crate) struct Listed<'a> {
+    pieces: std::slice::Iter<'a, Piece>,
+    total: u64,
+}
+
+#[cfg(test)]
+impl<'a> Listed<'a> {
+    pub(crate) fn new(pieces: &'a [Piece]) -> Listed<'a> {
+        Listed {
+            pieces: pieces.iter(),
+            total: pieces.iter().map(|p| p.len).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Feed for Listed<'_> {
+    fn next(&mut self, _: &Sender<Done>) -> Next {
+        match self.pieces.next() {
+            Some(&p) => Next::Piece(p),
+            None => Next::End,
+        }
+    }
+
+    fn planned(&self) -> u64 {
+        self.total
+    }
+}
+
 /// What the engine shares with other engines: a budget of memory and requests to draw from
 /// besides its own window, and rate limits on the bytes it reads.
 #[derive(Clone, Copy, Default)]
@@ -151,7 +206,7 @@ struct Slot {
     /// The piece's data; uninitialised until the read has filled it.
     buf: Vec<u8>,
     piece: Piece,
-    /// The piece's index in the job.
+    /// The piece's index in the job: the how-manieth the feed gave.
     index: usize,
     /// Bytes of the budget it holds: twice its length while read (our buffer and librados's),
     /// its length plus its data runs' while written (librbd's copy of what it writes),
@@ -192,11 +247,19 @@ struct Run<'a> {
     error: Option<Error>,
     /// The transfer was asked to stop: nothing more is started.
     stopping: bool,
-    /// The job's pieces, and which of them are done.
-    pieces: &'a [Piece],
-    finished: Vec<bool>,
-    /// The first piece not done: everything below its offset is.
+    feed: &'a mut (dyn Feed + 'a),
+    /// The feed's next piece, taken from it but not started.
+    upcoming: Option<Piece>,
+    /// The feed said [`Next::Later`] when last asked: it will wake the engine.
+    feed_later: bool,
+    /// The feed said [`Next::End`] (or failed).
+    feed_ended: bool,
+    /// The pieces started and not yet below the watermark, from the first one not done
+    /// (index `open`: everything below its offset is done), with whether each is done.
+    started_pieces: VecDeque<(Piece, bool)>,
     open: usize,
+    /// The end of the last piece started.
+    end: u64,
     marks: Option<&'a dyn Fn(u64)>,
     /// The budget shared with other engines, and what this one holds of its bytes (its
     /// requests in flight hold one request each).
@@ -285,6 +348,42 @@ impl Run<'_> {
         self.error.is_some() || self.stopping
     }
 
+    /// Piece `index`, started and not yet below the watermark.
+    fn piece(&self, index: usize) -> Piece {
+        self.started_pieces[index - self.open].0
+    }
+
+    /// The next piece to start, asked of the feed if need be.
+    fn upcoming(&mut self) -> Option<Piece> {
+        if self.upcoming.is_none() && !self.feed_ended {
+            self.feed_later = false;
+            match self.feed.next(&self.tx) {
+                Next::Piece(piece) => self.upcoming = Some(piece),
+                Next::Later => self.feed_later = true,
+                Next::End => self.feed_ended = true,
+                Next::Failed(e) => {
+                    self.feed_ended = true;
+                    self.fail(e);
+                }
+            }
+        }
+        self.upcoming
+    }
+
+    /// Takes the upcoming piece as the next one started: its index.
+    fn take_upcoming(&mut self) -> usize {
+        let piece = self.upcoming.take().expect("an upcoming piece");
+        debug_assert!(piece.offset >= self.end, "the feed's pieces go up");
+        self.end = piece.offset + piece.len;
+        self.started_pieces.push_back((piece, false));
+        self.open + self.started_pieces.len() - 1
+    }
+
+    /// Every piece of the feed has been started.
+    fn all_started(&self) -> bool {
+        self.feed_ended && self.upcoming.is_none()
+    }
+
     fn note_peaks(&mut self) {
         self.counters.peak_requests = self.counters.peak_requests.max(self.in_flight);
         self.counters.peak_held = self.counters.peak_held.max(self.charged + self.spare_bytes);
@@ -294,8 +393,7 @@ impl Run<'_> {
     /// the engine's own window, so that a piece larger than the budget still moves. Then the
     /// rate limits must have let its bytes through, and the shared budget must have room for
     /// its memory: a refusal there queues the engine, which the budget wakes.
-    fn reserve(&mut self, index: usize) -> bool {
-        let piece = self.pieces[index];
+    fn reserve(&mut self, index: usize, piece: Piece) -> bool {
         let busy = self.slots.len() - self.idle.len();
         let room = busy == 0
             || (self.in_flight < self.window.max_requests
@@ -378,7 +476,7 @@ impl Run<'_> {
     }
 
     fn new_slot(&mut self, index: usize, buf: Vec<u8>) -> usize {
-        let piece = self.pieces[index];
+        let piece = self.piece(index);
         let slot = Slot {
             buf,
             piece,
@@ -512,17 +610,18 @@ impl Run<'_> {
     /// Piece `index` has been written: moves the watermark (the offset below which every
     /// piece is done) past it and the pieces done before it, and reports it.
     fn piece_done(&mut self, index: usize) {
-        self.finished[index] = true;
+        self.started_pieces[index - self.open].1 = true;
         let before = self.open;
-        while self.open < self.pieces.len() && self.finished[self.open] {
+        while self.started_pieces.front().is_some_and(|&(_, done)| done) {
+            self.started_pieces.pop_front();
             self.open += 1;
         }
         if self.open == before {
             return;
         }
-        let mark = match self.pieces.get(self.open) {
-            Some(next) => next.offset,
-            None => self.pieces.last().map_or(0, |p| p.offset + p.len),
+        let mark = match (self.started_pieces.front().map(|p| p.0), self.upcoming) {
+            (Some(next), _) | (None, Some(next)) => next.offset,
+            (None, None) => self.end,
         };
         if let Some(marks) = self.marks {
             marks(mark);
@@ -532,7 +631,7 @@ impl Run<'_> {
     /// Starts `piece`, or settles it at once when it needs no request. Returns the bytes
     /// settled at once.
     fn start(&mut self, index: usize) -> u64 {
-        let piece = self.pieces[index];
+        let piece = self.piece(index);
         if piece.data {
             let buf = self.buffer(piece.len as usize);
             let i = self.new_slot(index, buf);
@@ -659,7 +758,7 @@ impl Run<'_> {
 
 /// What the engine is to do.
 pub(crate) struct Job<'a> {
-    pub pieces: &'a [Piece],
+    pub pieces: &'a mut (dyn Feed + 'a),
     pub known_zero: &'a KnownZero,
     pub window: Window,
     /// Receives the watermark each time it moves: the offset below which every piece is
@@ -710,9 +809,13 @@ pub(crate) fn run(
         counters: Counters::default(),
         error: None,
         stopping: false,
-        pieces,
-        finished: vec![false; pieces.len()],
+        feed: pieces,
+        upcoming: None,
+        feed_later: false,
+        feed_ended: false,
+        started_pieces: VecDeque::new(),
         open: 0,
+        end: 0,
         marks,
         budget: shared.budget,
         granted: 0,
@@ -722,7 +825,6 @@ pub(crate) fn run(
         rates: shared.rates,
         rate_ready: None,
     };
-    let mut next = 0;
     loop {
         run.blocked = false;
         if !run.stopping && reporter.stop().is_some() {
@@ -741,12 +843,16 @@ pub(crate) fn run(
             let req = run.queued.pop_front().expect("not empty");
             run.submit(req);
         }
-        while !run.winding_down() && run.queued.is_empty() && next < pieces.len() {
-            if !run.reserve(next) {
+        while !run.winding_down() && run.queued.is_empty() {
+            let Some(piece) = run.upcoming() else {
+                break;
+            };
+            let next = run.open + run.started_pieces.len();
+            if !run.reserve(next, piece) {
                 break;
             }
-            let settled = run.start(next);
-            next += 1;
+            let index = run.take_upcoming();
+            let settled = run.start(index);
             if settled > 0 {
                 reporter.advance(settled);
                 // The callback may have said to stop: start nothing more.
@@ -755,7 +861,9 @@ pub(crate) fn run(
                 }
             }
         }
+        reporter.set_total(run.feed.planned());
         run.give_back();
+        let next = run.open + run.started_pieces.len();
         let rate_wait = run
             .rate_ready
             .filter(|&(i, _)| i == next)
@@ -763,10 +871,10 @@ pub(crate) fn run(
             .filter(|&ready| ready > Instant::now());
         if run.in_flight == 0 && (run.queued.is_empty() || run.winding_down()) {
             run.drop_queued();
-            if run.winding_down() || next == pieces.len() {
+            if run.winding_down() || run.all_started() {
                 break;
             }
-            if !run.blocked && rate_wait.is_none() {
+            if !run.blocked && !run.feed_later && rate_wait.is_none() {
                 continue;
             }
         }
@@ -791,6 +899,8 @@ pub(crate) fn run(
                 let what = || {
                     if run.in_flight == 0 && run.blocked {
                         format!("memory or requests shared with other transfers, for {dest}")
+                    } else if run.in_flight == 0 && run.feed_later {
+                        format!("the diff scan of the source, for {dest}")
                     } else {
                         format!("the cluster to complete the requests in flight to {dest}")
                     }

@@ -10,11 +10,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{run, Completion, Counters, DiffSink, DiffSource, Job, Limits, Window};
+use super::{run, Completion, Counters, DiffSink, DiffSource, Feed, Job, Limits, Listed, Window};
 use crate::budget::{Budget, RateLimit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::{normalize, pieces, DiffExtent, KnownZero, Piece, ZERO_BLOCK};
 use crate::progress::{CancelToken, Phase, Progress, Reporter};
+use crate::stream::{Queue, Totals};
 
 /// What the destination holds where nothing was written or zeroed.
 const MARKER: u8 = 0xA5;
@@ -765,6 +766,20 @@ fn copy_shared(
     shared: Limits<'_>,
     reporter: &mut Reporter,
 ) -> Result<Counters> {
+    copy_fed(dev, pieces, known_zero, window, shared, reporter, false)
+}
+
+/// [`copy_shared`]; with `trickle`, the pieces come through a planning queue from a thread
+/// that adds a few at a time, now and then after a pause, as the planning of a transfer does.
+fn copy_fed(
+    dev: &Device,
+    pieces: &[Piece],
+    known_zero: &KnownZero,
+    window: Window,
+    shared: Limits<'_>,
+    reporter: &mut Reporter,
+    trickle: bool,
+) -> Result<Counters> {
     reporter.phase(Phase::Copying);
     reporter.set_total(pieces.iter().map(|p| p.len).sum());
     // Whenever the watermark moves, the destination below it is final already.
@@ -784,14 +799,38 @@ fn copy_shared(
         );
         last.set(mark);
     };
-    let job = Job {
-        pieces,
-        known_zero,
-        window,
-        marks: Some(&marks),
-        shared,
-    };
-    let result = run(dev, dev, job, reporter, DST);
+    let queue = Queue::default();
+    let result = thread::scope(|s| {
+        let mut listed = Listed::new(pieces);
+        let mut queued = &queue;
+        let feed: &mut dyn Feed = if trickle {
+            s.spawn(|| {
+                let mut rng = Rng::new(pieces.len() as u64);
+                for batch in pieces.chunks(3) {
+                    if rng.below(4) == 0 {
+                        thread::sleep(Duration::from_millis(rng.below(3)));
+                    }
+                    if queue.push(batch.to_vec()).is_err() {
+                        return;
+                    }
+                }
+                queue.finish(Ok(Totals::default()));
+            });
+            &mut queued
+        } else {
+            &mut listed
+        };
+        let job = Job {
+            pieces: feed,
+            known_zero,
+            window,
+            marks: Some(&marks),
+            shared,
+        };
+        let result = run(dev, dev, job, reporter, DST);
+        queue.close();
+        result
+    });
     assert_eq!(dev.in_flight(), 0, "run returned with requests in flight");
     if result.is_ok() {
         let end = pieces.last().map_or(0, |p| p.offset + p.len);
@@ -886,6 +925,71 @@ fn copies_the_diff_with_completions_out_of_order() {
         let order: Vec<usize> = st.log.iter().map(|e| e.completed.unwrap()).collect();
         assert!(order.windows(2).any(|w| w[0] > w[1]), "{order:?}");
     }
+}
+
+#[test]
+fn pieces_that_arrive_while_the_copy_runs_are_all_copied_in_order() {
+    let (src, extents) = mixed();
+    let expected = image_of(&src, &extents);
+    let none = KnownZero::Ranges(Vec::new());
+    for (seed, chunk, w) in [
+        (4, 128 * KIB, window(8 * 128 * KIB as usize, 16)),
+        (5, 64 * KIB, window(WIDE, 2)),
+        (6, 16 * KIB, window(WIDE, 64)),
+    ] {
+        let pieces = plan(&extents, chunk);
+        let m = Model::new(&src, &pieces, &none);
+        let dev = Device::new(src.clone(), seed);
+        let done = Arc::new(AtomicU64::new(0));
+        let mut reporter = reporter(&done, &CancelToken::new(), |_| true);
+        reporter.phase(Phase::Copying);
+        let c = copy_fed(
+            &dev,
+            &pieces,
+            &none,
+            w,
+            Limits::default(),
+            &mut reporter,
+            true,
+        )
+        .unwrap_or_else(|e| panic!("copy failed: {e:?}"));
+        check_copy(
+            &dev,
+            &pieces,
+            &m,
+            &c,
+            done.load(Ordering::SeqCst),
+            &dev.stats(),
+        );
+        assert_same_image(&dev.dst(), &expected, "destination");
+    }
+}
+
+#[test]
+fn a_failed_planning_stops_the_copy_with_its_error() {
+    let (src, extents) = mixed();
+    let pieces = plan(&extents, 64 * KIB);
+    let dev = Device::new(src, 7);
+    let queue = Queue::default();
+    queue.push(pieces[..4].to_vec()).unwrap();
+    queue.finish(Err(Error::from_errno(libc::EIO, "the scan failed")));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut reporter = reporter(&done, &CancelToken::new(), |_| true);
+    let none = KnownZero::Ranges(Vec::new());
+    let mut feed = &queue;
+    let job = Job {
+        pieces: &mut feed,
+        known_zero: &none,
+        window: window(WIDE, 8),
+        marks: None,
+        shared: Limits::default(),
+    };
+    let e = run(&dev, &dev, job, &mut reporter, DST).unwrap_err();
+    assert_eq!((e.errno(), e.message()), (libc::EIO, "the scan failed"));
+    assert_eq!(dev.in_flight(), 0);
+    // What was planned before the failure was copied or is in flight no more.
+    let started: u64 = pieces[..4].iter().map(|p| p.len).sum();
+    assert!(done.load(Ordering::SeqCst) <= started);
 }
 
 #[test]

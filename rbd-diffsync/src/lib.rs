@@ -113,6 +113,7 @@ mod progress;
 mod record;
 mod scan;
 mod spec;
+mod stream;
 mod sys;
 mod transfer;
 mod verify;

@@ -51,7 +51,10 @@ pub struct Progress {
     pub phase: Phase,
     /// Bytes of the transfer done (copied, zeroed or found to need nothing).
     pub bytes_done: u64,
-    /// Bytes of the transfer in all; 0 until the diff is known.
+    /// Bytes of the transfer in all, as far as they are known: 0 until the copy starts. The
+    /// exact diff is scanned a bounded way ahead of the copy, so for an image whose diff
+    /// holds more than about 8192 pieces this grows during [`Phase::Copying`] until the scan
+    /// has reached the end.
     pub bytes_total: u64,
     /// Time since the transfer started.
     pub elapsed: Duration,

@@ -12,21 +12,18 @@
 //! One exact call lists the snapshots of the objects of its range with
 //! `rbd_concurrent_management_ops` requests in flight, but calls follow one another; so ranges
 //! a few objects apart are scanned in one call (the objects between cost a request each, in
-//! parallel), and the calls themselves run on a few threads.
+//! parallel), and the calls run a cell of objects at a time on a few threads
+//! ([`crate::stream`]), the copy starting with the first cell.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::Image;
 use crate::plan::{self, DiffExtent};
 use crate::progress::StopCheck;
+use crate::stream::{self, Outline};
 use crate::sys;
 
 /// Ranges at most this many objects apart are scanned by one exact call.
 const GAP_OBJECTS: u64 = 8;
-/// Exact calls running at once, each with librbd's own parallelism inside.
-const THREADS: usize = 4;
 
 /// How a diff is found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,9 +63,58 @@ pub(crate) fn object_map_usable(image: &Image) -> Result<bool> {
     Ok(image.flags()? & invalid == 0)
 }
 
+/// What a transfer's scan finds before its copy starts (see [`crate::stream`]): for a
+/// whole-object diff the diff itself; for an exact one the ranges to scan exactly while the
+/// copy runs, which with a usable object map are the objects it says changed (coalesced).
+pub(crate) fn outline(
+    image: &Image,
+    from: Option<&str>,
+    size: u64,
+    method: Method,
+    stop: &StopCheck,
+) -> Result<Outline> {
+    if method == Method::Exact {
+        return Ok(Outline::Scan(if size > 0 {
+            vec![(0, size)]
+        } else {
+            Vec::new()
+        }));
+    }
+    let mut extents = Vec::new();
+    image.diff_iterate(from, 0, size, true, true, |e| {
+        extents.push(e);
+        !stop.stopped()
+    })?;
+    if method == Method::WholeObject {
+        return Ok(Outline::Known(plan::normalize(extents)));
+    }
+    let layout = image.layout()?;
+    Ok(Outline::Scan(coalesce(
+        &extents,
+        GAP_OBJECTS << layout.order,
+    )))
+}
+
+/// The exact diff of `image` (at the snapshot it is open at) since `from` over
+/// `[offset, offset + len)`, sorted. A `stop` that turns true ends it with `ECANCELED`.
+pub(crate) fn exact(
+    image: &Image,
+    from: Option<&str>,
+    offset: u64,
+    len: u64,
+    stop: &StopCheck,
+) -> Result<Vec<DiffExtent>> {
+    let mut extents = Vec::new();
+    image.diff_iterate(from, offset, len, true, false, |e| {
+        extents.push(e);
+        !stop.stopped()
+    })?;
+    Ok(plan::normalize(extents))
+}
+
 /// The diff of `image` (at the snapshot it is open at) since `from` (or since it was empty)
-/// over `[0, size)`, parent data included, normalised. A `stop` that turns true ends the scan
-/// with `ECANCELED`.
+/// over `[0, size)`, parent data included, normalised: found as a transfer finds it, cell by
+/// cell (see [`crate::stream`]). A `stop` that turns true ends the scan with `ECANCELED`.
 pub(crate) fn diff(
     image: &Image,
     from: Option<&str>,
@@ -76,18 +122,14 @@ pub(crate) fn diff(
     method: Method,
     stop: &StopCheck,
 ) -> Result<Vec<DiffExtent>> {
-    let whole = method != Method::Exact;
-    let mut extents = Vec::new();
-    image.diff_iterate(from, 0, size, true, whole, |e| {
-        extents.push(e);
-        !stop.stopped()
-    })?;
-    if method != Method::Narrowed {
-        return Ok(plan::normalize(extents));
+    match outline(image, from, size, method, stop)? {
+        Outline::Known(extents) => Ok(extents),
+        Outline::Scan(ranges) => {
+            let cell = stream::cell_size(image.layout()?.order);
+            let scan = |offset, len| exact(image, from, offset, len, stop);
+            stream::scan_all(&ranges, cell, size, &scan)
+        }
     }
-    let layout = image.layout()?;
-    let ranges = coalesce(&extents, GAP_OBJECTS << layout.order);
-    exact_over(image, from, &ranges, stop)
 }
 
 /// The diff of `image` (at the snapshot it is open at) since `from` over the whole image, as a
@@ -124,60 +166,6 @@ pub(crate) fn coalesce(extents: &[DiffExtent], gap: u64) -> Vec<(u64, u64)> {
         }
     }
     out.into_iter().map(|(s, e)| (s, e - s)).collect()
-}
-
-/// The exact diff over each of `ranges`, normalised: the calls on up to [`THREADS`] threads.
-fn exact_over(
-    image: &Image,
-    from: Option<&str>,
-    ranges: &[(u64, u64)],
-    stop: &StopCheck,
-) -> Result<Vec<DiffExtent>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
-    let found = Mutex::new(Vec::new());
-    let work = || {
-        let mut mine = Vec::new();
-        while !failed.load(Ordering::Relaxed) {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(offset, len)) = ranges.get(i) else {
-                break;
-            };
-            let scanned = image.diff_iterate(from, offset, len, true, false, |e| {
-                mine.push(e);
-                !stop.stopped()
-            });
-            if let Err(e) = scanned {
-                failed.store(true, Ordering::Relaxed);
-                let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                if first.as_ref().is_none_or(|(j, _)| i < *j) {
-                    *first = Some((i, e));
-                }
-                break;
-            }
-        }
-        found
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&mut mine);
-    };
-    let threads = THREADS.min(ranges.len());
-    if threads <= 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(work);
-            }
-            work();
-        });
-    }
-    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    let found = found.into_inner().unwrap_or_else(|p| p.into_inner());
-    Ok(plan::normalize(found))
 }
 
 #[cfg(test)]

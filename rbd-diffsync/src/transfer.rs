@@ -14,7 +14,7 @@ use crate::engine::{self, Window};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{image_path, Image, ImageInfo, Layout, Snapshot};
 use crate::many::BatchLink;
-use crate::plan::{self, DiffExtent, KnownZero, Piece};
+use crate::plan::{self, KnownZero};
 use crate::progress::{
     AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck,
     TransferStats, Waited,
@@ -22,6 +22,7 @@ use crate::progress::{
 use crate::record::{Record, SnapRef, HOLDER_KEY, KEY};
 use crate::scan;
 use crate::spec::{ClusterSpec, ImageSpec};
+use crate::stream::{self, Outline, Planner, Queue};
 use crate::verify;
 
 /// Default size of one data chunk: half the default RBD object size. With the default window
@@ -298,7 +299,9 @@ impl DiffTransfer {
         self.check_settings()?;
         let mut reporter = self.reporter(started);
         reporter.dry_run();
-        let result = self.prepare(&mut reporter, false).map(|p| p.plan);
+        let result = self
+            .prepare(&mut reporter, false)
+            .and_then(|prepared| self.count(prepared, &mut reporter));
         if let Some(panic) = reporter.take_panic() {
             resume_unwind(panic);
         }
@@ -321,6 +324,33 @@ impl DiffTransfer {
             resume_unwind(panic);
         }
         result
+    }
+
+    /// The plan with its counts, the diff scanned to the end (nothing is kept of it).
+    fn count(&self, prepared: Prepared, reporter: &mut Reporter) -> Result<Plan> {
+        let Prepared {
+            mut plan,
+            source,
+            planner,
+            ..
+        } = prepared;
+        let (image, from, stop) = (
+            source.image.clone(),
+            self.from_snap.clone(),
+            reporter.stop_check(),
+        );
+        let what = format!("the diff of {}", source.spec);
+        let totals = detached(reporter, &plan.dest, what, move || {
+            let scan = |offset, len| scan::exact(&image, from.as_deref(), offset, len, &stop);
+            planner.run(&scan, &mut |_| Ok(()))
+        })
+        .map_err(|e| self.stopped_or(reporter, e))?;
+        plan.extents = totals.extents;
+        plan.diff_bytes = totals.diff_bytes;
+        plan.bytes_resumed = totals.bytes_resumed;
+        plan.data_bytes = totals.data_bytes;
+        plan.zero_bytes = totals.zero_bytes;
+        Ok(plan)
     }
 
     fn reporter(&mut self, started: Instant) -> Reporter {
@@ -363,17 +393,17 @@ struct Prepared {
     dest_cluster: Cluster,
     /// `None` when the transfer creates the destination.
     dest: Option<Arc<Image>>,
-    pieces: Vec<Piece>,
+    planner: Planner,
     known_zero: KnownZero,
     record: Record,
     /// The killed predecessor whose lock was broken.
     broke_lock_of: Option<String>,
 }
 
-/// What the source's scan found.
+/// What the source's scan found before the copy.
 struct Scan {
-    /// The diff, normalised.
-    extents: Vec<DiffExtent>,
+    /// The diff, or where to scan it exactly while the copy runs.
+    outline: Outline,
     /// For an incremental, the ranges the source read as zeros at `from_snap` (whole
     /// objects: only ever too few).
     zero_at_from: Vec<(u64, u64)>,
@@ -402,7 +432,7 @@ fn scan_source(
     let Some(from) = from else {
         let method = scan::Method::choose(whole_object, &[image])?;
         return Ok(Scan {
-            extents: scan::diff(image, None, size, method, stop)?,
+            outline: scan::outline(image, None, size, method, stop)?,
             zero_at_from: Vec::new(),
         });
     };
@@ -414,10 +444,10 @@ fn scan_source(
             let allocated = destination::allocated_ranges(&at_from, from.size, true, stop)?;
             Ok(plan::complement(&allocated, size))
         });
-        let extents = scan::diff(image, Some(&from.name), size, method, stop);
+        let outline = scan::outline(image, Some(&from.name), size, method, stop);
         let zero_at_from = zeros.join().unwrap_or_else(|panic| resume_unwind(panic));
         Ok(Scan {
-            extents: extents?,
+            outline: outline?,
             zero_at_from: zero_at_from?,
         })
     })
@@ -784,14 +814,14 @@ impl DiffTransfer {
             None => Found::default(),
         };
         let scan = self.finish_scan(reporter, scanning, &label)?;
-        let (pieces, known_zero, plan) = self.work(&source, scan, found, label);
+        let (planner, known_zero, plan) = self.work(&source, scan, found, label);
         Ok(Prepared {
             plan,
             source,
             dest_pool,
             dest_cluster,
             dest,
-            pieces,
+            planner,
             known_zero,
             record,
             broke_lock_of,
@@ -844,25 +874,22 @@ impl DiffTransfer {
     /// What to do: the source's diff, plus the ranges the destination changed since
     /// `from_snap` that the diff does not cover (read from the source), plus, for a full
     /// transfer into an existing image, what it holds outside the diff (zeroed); and where
-    /// the destination reads zeros already.
+    /// the destination reads zeros already. The diff's exact extents are found cell by cell
+    /// while the copy runs (see [`crate::stream`]): the plan's counts of them are not known
+    /// yet.
     fn work(
         &self,
         source: &Source,
         scan: Scan,
         found: Found,
         label: String,
-    ) -> (Vec<Piece>, KnownZero, Plan) {
+    ) -> (Planner, KnownZero, Plan) {
         let size = source.info.size;
-        let extents = scan.extents;
-        let covered: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
-        let rewrite = plan::subtract(&clip(&found.verdict.changed, size), &covered);
-        let (stale, known_zero) = match (&found.allocated, found.size) {
+        let (stale, known_zero) = match (found.allocated, found.size) {
             (Some(allocated), _) => {
-                let allocated = clip(allocated, size);
-                (
-                    plan::subtract(&allocated, &covered),
-                    KnownZero::Ranges(plan::complement(&allocated, size)),
-                )
+                let allocated = clip(&allocated, size);
+                let known_zero = KnownZero::Ranges(plan::complement(&allocated, size));
+                (allocated, known_zero)
             }
             (None, Some(_)) => (
                 Vec::new(),
@@ -870,27 +897,18 @@ impl DiffTransfer {
             ),
             (None, None) => (Vec::new(), KnownZero::All),
         };
-        let extra = |ranges: Vec<(u64, u64)>, exists| {
-            ranges.into_iter().map(move |(offset, len)| DiffExtent {
-                offset,
-                len,
-                exists,
-            })
-        };
-        let mut work = extents.clone();
-        work.extend(extra(rewrite, true));
-        work.extend(extra(stale, false));
         let resume_from = found.verdict.resume_from;
-        let (work, _) = plan::from_offset(plan::normalize(work), resume_from);
-        let (_, bytes_resumed) = plan::from_offset(extents.clone(), resume_from);
-        let pieces = plan::pieces(&work, self.chunk_size, self.chunk_size * ZERO_CHUNK_FACTOR);
-        let (data_bytes, zero_bytes) = pieces.iter().fold((0, 0), |(d, z), p| {
-            if p.data {
-                (d + p.len, z)
-            } else {
-                (d, z + p.len)
-            }
-        });
+        let planner = Planner {
+            outline: scan.outline,
+            cell: stream::cell_size(source.layout.order),
+            size,
+            rewrite: clip(&found.verdict.changed, size),
+            stale,
+            resume_from,
+            chunk: self.chunk_size,
+            zero_chunk: self.chunk_size * ZERO_CHUNK_FACTOR,
+            keep_ranges: self.verify,
+        };
         let plan = Plan {
             source: source.spec.to_string(),
             dest: label,
@@ -901,14 +919,14 @@ impl DiffTransfer {
             create_destination: found.size.is_none(),
             continues_interrupted: found.verdict.continued,
             resume_from,
-            bytes_resumed,
+            bytes_resumed: 0,
             overwrites_destination: found.verdict.overwrites,
-            extents: extents.len() as u64,
-            diff_bytes: extents.iter().map(|e| e.len).sum(),
-            data_bytes,
-            zero_bytes,
+            extents: 0,
+            diff_bytes: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
         };
-        (pieces, known_zero, plan)
+        (planner, known_zero, plan)
     }
 
     /// A scan stopped by the halt token reports ECANCELED: say why it stopped.
@@ -932,7 +950,7 @@ impl DiffTransfer {
             dest_pool,
             dest_cluster,
             dest,
-            pieces,
+            planner,
             known_zero,
             mut record,
             broke_lock_of,
@@ -978,8 +996,6 @@ impl DiffTransfer {
             })?;
         }
 
-        reporter.set_total(pieces.iter().map(|p| p.len).sum());
-        reporter.phase(Phase::Copying);
         let window = io_window(self.chunk_size, self.window);
         // Checkpoints are of use only to a rerun of the same diff, which a source read at
         // HEAD never has.
@@ -998,8 +1014,26 @@ impl DiffTransfer {
             .iter()
             .chain(batch.and_then(|b| b.rate.as_ref()))
             .collect();
+        // The plan is made cell by cell on a thread of its own, a bounded queue ahead of the
+        // copy.
+        let queue = Arc::new(Queue::default());
+        let planning = start_planning(
+            planner,
+            source.image.clone(),
+            self.from_snap.clone(),
+            queue.clone(),
+            reporter.stop_check(),
+        );
+        // The copy starts with the first pieces planned (for most images, all of them).
+        while !queue.wait_ready(reporter.poll_interval()) && reporter.stop().is_none() {
+            reporter.waiting_for(Some(format!("the diff scan of {}", source.spec)));
+            reporter.tick();
+        }
+        reporter.set_total(queue.planned());
+        reporter.phase(Phase::Copying);
+        let mut feed = &*queue;
         let job = engine::Job {
-            pieces: &pieces,
+            pieces: &mut feed,
             known_zero: &known_zero,
             window,
             marks: Some(&marks),
@@ -1009,10 +1043,22 @@ impl DiffTransfer {
             },
         };
         let copied = engine::run(&*source.image, &*dest, job, reporter, &label);
+        // Nothing more is taken from the queue: a planning still running stops.
+        queue.close();
         if let Some(checkpoints) = checkpoints {
             checkpoints.finish(copied.is_err());
         }
+        // A copy that ended took every piece: the planning has ended. One that failed may
+        // have failed for a panic of the planning; a planning still running is left to stop.
+        if copied.is_ok() || planning.is_finished() {
+            if let Err(panic) = planning.join() {
+                resume_unwind(panic);
+            }
+        }
         let counters = copied?;
+        let totals = queue
+            .totals()
+            .expect("a planning whose every piece was copied has succeeded");
         if reporter.stop().is_some() {
             return Err(reporter.stopped_error(&label));
         }
@@ -1021,7 +1067,7 @@ impl DiffTransfer {
             verify::written(
                 &source.image,
                 &dest,
-                &pieces,
+                &totals.ranges,
                 chunk,
                 window,
                 reporter,
@@ -1069,18 +1115,51 @@ impl DiffTransfer {
             bytes_zeroed: counters.zeroed,
             bytes_skipped: counters.skipped,
             bytes_verified,
-            extents: plan.extents,
-            diff_bytes: plan.diff_bytes,
+            extents: totals.extents,
+            diff_bytes: totals.diff_bytes,
             image_size: source.info.size,
             created_destination: plan.create_destination,
             continued_interrupted: plan.continues_interrupted,
-            bytes_resumed: plan.bytes_resumed,
+            bytes_resumed: totals.bytes_resumed,
             broke_lock_of,
             end_snap: plan.end_snap.clone(),
             elapsed: started.elapsed(),
             snapshot_elapsed,
         })
     }
+}
+
+/// Starts planning the transfer's pieces into `queue` on a thread of its own, the exact diff
+/// of `image` since `from` scanned as it goes; the queue ends with what it found, or its
+/// error.
+fn start_planning(
+    planner: Planner,
+    image: Arc<Image>,
+    from: Option<String>,
+    queue: Arc<Queue>,
+    stop: StopCheck,
+) -> std::thread::JoinHandle<()> {
+    let spawned = std::thread::Builder::new()
+        .name("rbd-diffsync-plan".to_owned())
+        .spawn(move || {
+            let scan = |offset, len| scan::exact(&image, from.as_deref(), offset, len, &stop);
+            let planned = catch_unwind(AssertUnwindSafe(|| {
+                planner.run(&scan, &mut |pieces| queue.push(pieces))
+            }));
+            match planned {
+                Ok(result) => queue.finish(result),
+                Err(panic) => {
+                    // The engine stops; the caller raises the panic once it has.
+                    queue.finish(Err(Error::new(
+                        ErrorKind::Other,
+                        libc::EIO,
+                        "the planning of the transfer panicked",
+                    )));
+                    resume_unwind(panic)
+                }
+            }
+        });
+    spawned.unwrap_or_else(|e| panic!("cannot start a thread: {e}"))
 }
 
 /// A write that timed out or was refused for space: if the destination's pool is marked full,

@@ -559,20 +559,19 @@ pub(crate) fn compare(
     }
 }
 
-/// A transfer's check of what it wrote: its `pieces`, read from `source` (at its end snapshot)
+/// A transfer's check of what it wrote: the `ranges` of its pieces, read from `source` (at its end snapshot)
 /// and from `dest` (at HEAD, after the writes) in chunks of at most `chunk` bytes, compared. Returns the bytes compared; a
 /// difference is an error naming `dest` (`label`) and the first offset that differs.
 pub(crate) fn written(
     source: &Image,
     dest: &Image,
-    pieces: &[Piece],
+    ranges: &[(u64, u64)],
     chunk: u64,
     window: Window,
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<u64> {
-    let ranges: Vec<(u64, u64)> = pieces.iter().map(|p| (p.offset, p.len)).collect();
-    let ranges = union(&ranges, &[]);
+    let ranges = union(ranges, &[]);
     reporter.restart(Phase::Verifying, ranges.iter().map(|r| r.1).sum());
     let compared = compare([source, dest], &ranges, chunk, window, reporter, label)?;
     match compared.first_difference {

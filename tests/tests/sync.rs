@@ -3,6 +3,7 @@
 
 use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync};
 
+use rbd_diffsync::internals::{normalize, DiffExtent};
 use rbd_diffsync::{CancelToken, ErrorKind};
 
 #[test]
@@ -333,4 +334,92 @@ fn diff_scans_run_many_object_listings_at_once_unless_the_user_says_otherwise() 
     assert_eq!(ours.config("rbd_concurrent_management_ops").unwrap(), "128");
     let theirs = Cluster::connect(&c.spec().option("rbd_concurrent_management_ops", "7")).unwrap();
     assert_eq!(theirs.config("rbd_concurrent_management_ops").unwrap(), "7");
+}
+
+/// The planning's cells are 256 MiB: a 1.25 GiB image has five.
+const CELL: u64 = 256 << 20;
+
+/// `rbd diff` of `image` since `from`, merged as the transfer counts it: (ranges, bytes).
+fn diff_counts(c: &rbd_diffsync_tests::TestCluster, image: &str, from: Option<&str>) -> (u64, u64) {
+    let merged = normalize(
+        c.diff(image, from)
+            .into_iter()
+            .map(|(offset, len, exists)| DiffExtent {
+                offset,
+                len,
+                exists,
+            })
+            .collect(),
+    );
+    (merged.len() as u64, merged.iter().map(|e| e.len).sum())
+}
+
+#[test]
+fn a_diff_across_many_cells_is_copied_while_it_is_scanned() {
+    let c = cluster();
+    // With fast-diff the cells' exact scans cover what the object map names; without, every
+    // cell is scanned.
+    for features in [
+        "layering,exclusive-lock,object-map,fast-diff",
+        "layering,exclusive-lock",
+    ] {
+        let src = c.new_image("rbd", "cells");
+        let dst = c.new_image("backups", "cells");
+        c.rbd(&[
+            "create",
+            "--size",
+            "1280M",
+            "--image-feature",
+            features,
+            &src,
+        ]);
+        // Writes across cell boundaries, and many small ones between.
+        for k in 1..5u64 {
+            c.write(&src, k * CELL - 40_000, 100_000, k);
+        }
+        for i in 0..150u64 {
+            c.write(&src, i * mib(8) + 4096 * (i % 7), 4096, 100 + i);
+        }
+        c.snap(&src, "s1");
+        let source = format!("{src}@s1");
+        let (extents, bytes) = diff_counts(&c, &source, None);
+        let plan = c.transfer(&source, &dst, None).plan().unwrap();
+        assert_eq!(
+            (plan.extents, plan.diff_bytes),
+            (extents, bytes),
+            "{features}"
+        );
+        let full = c.sync_and_check(&source, &dst, None);
+        assert_eq!(
+            (full.extents, full.diff_bytes),
+            (extents, bytes),
+            "{features}"
+        );
+
+        for k in 1..5u64 {
+            c.write(&src, k * CELL - 4096, 8192, 10 + k);
+        }
+        c.write(&src, 3 * CELL + mib(100), mib(9) as usize, 20);
+        c.snap(&src, "s2");
+        let source = format!("{src}@s2");
+        let (extents, bytes) = diff_counts(&c, &source, Some("s1"));
+        let plan = c.transfer(&source, &dst, Some("s1")).plan().unwrap();
+        assert_eq!(
+            (plan.extents, plan.diff_bytes),
+            (extents, bytes),
+            "{features}"
+        );
+        let incr = c.sync_and_check(&source, &dst, Some("s1"));
+        assert_eq!(
+            (incr.extents, incr.diff_bytes),
+            (extents, bytes),
+            "{features}"
+        );
+        assert_eq!(
+            incr.bytes_written,
+            4 * 8192 + mib(9),
+            "{features}: {incr:?}"
+        );
+        assert_eq!(c.snaps(&dst), ["s1", "s2"]);
+    }
 }
