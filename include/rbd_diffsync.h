@@ -449,7 +449,7 @@ typedef struct rbd_diffsync_volume_progress {
      */
     uint64_t bytes_done;
     /**
-     * Bytes of its transfer in all; 0 until its diff is known.
+     * Bytes of its transfer in all, as far as known; 0 until its copy starts.
      */
     uint64_t bytes_total;
 } rbd_diffsync_volume_progress;
@@ -677,8 +677,8 @@ int rbd_diffsync_batch_add(struct rbd_diffsync_batch *batch,
 
 /**
  * Volumes transferred at once, 1 to 1024 (default `RBD_DIFFSYNC_DEFAULT_PARALLEL`); the
- * others wait their turn, in the order added. Checked when the batch runs: out of range,
- * every volume fails with `-EINVAL`.
+ * others wait their turn, in the order added. Out of range: `-EINVAL`, and the setting is
+ * unchanged.
  */
 int rbd_diffsync_batch_set_parallel(struct rbd_diffsync_batch *batch,
                                     uint32_t n);
@@ -686,16 +686,15 @@ int rbd_diffsync_batch_set_parallel(struct rbd_diffsync_batch *batch,
 /**
  * Bytes of data all the transfers of the batch hold at once, librados's receive buffers
  * included (default `RBD_DIFFSYNC_DEFAULT_BATCH_BUDGET`); each transfer's window still bounds
- * what it holds. A request larger than the whole budget still goes, alone. Checked when the
- * batch runs: 0 fails every volume with `-EINVAL`.
+ * what it holds. A request larger than the whole budget still goes, alone. 0: `-EINVAL`, and
+ * the setting is unchanged.
  */
 int rbd_diffsync_batch_set_memory_budget(struct rbd_diffsync_batch *batch,
                                          uint64_t bytes);
 
 /**
  * Requests in flight at once, for all the transfers of the batch together (default
- * `RBD_DIFFSYNC_DEFAULT_BATCH_REQUESTS`). Checked when the batch runs: 0 fails every volume
- * with `-EINVAL`.
+ * `RBD_DIFFSYNC_DEFAULT_BATCH_REQUESTS`). 0: `-EINVAL`, and the setting is unchanged.
  */
 int rbd_diffsync_batch_set_max_requests(struct rbd_diffsync_batch *batch,
                                         uint32_t n);

@@ -7,10 +7,13 @@ use std::ptr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rbd_diffsync::{BatchProgress, CancelToken, Phase, SyncMany, TransferStats, VolumeState};
+use rbd_diffsync::{
+    BatchProgress, BatchSettings as CoreSettings, CancelToken, Phase, SyncMany, TransferStats,
+    VolumeState,
+};
 
 use crate::guard::{free_handle, guard, lock, new_handle, with_handle, Failure, Handle, LastError};
-use crate::job::{self, fill, nanos, out_size, rbd_diffsync_finalizer, Kept};
+use crate::job::{self, fill, nanos, out_size, rbd_diffsync_finalizer, Callback, Kept};
 use crate::transfer::{self, rbd_diffsync_stats, rbd_diffsync_transfer, Settings, STATS_V1_SIZE};
 
 /// Volume state in `rbd_diffsync_volume_progress.state`: waiting for its turn.
@@ -80,7 +83,7 @@ pub struct rbd_diffsync_volume_progress {
     pub phase_name: *const c_char,
     /// Bytes of its transfer done.
     pub bytes_done: u64,
-    /// Bytes of its transfer in all; 0 until its diff is known.
+    /// Bytes of its transfer in all, as far as known; 0 until its copy starts.
     pub bytes_total: u64,
 }
 
@@ -98,31 +101,8 @@ pub type rbd_diffsync_batch_progress_cb = Option<
     ) -> c_int,
 >;
 
-/// The user's batch callback, its data and finalizer.
-#[derive(Debug)]
-struct Callback {
-    call: unsafe extern "C" fn(*const rbd_diffsync_batch_progress, *mut c_void) -> c_int,
-    user_data: *mut c_void,
-    finalizer: rbd_diffsync_finalizer,
-}
-
-// SAFETY: the library calls `call` only on the thread running the batch, one run at a time
-// (calls on a handle do not overlap), and the finalizer once; the header says `user_data`
-// may be used so.
-unsafe impl Send for Callback {}
-// SAFETY: shared references only reach `call` through a run, as above.
-unsafe impl Sync for Callback {}
-
-impl Drop for Callback {
-    fn drop(&mut self) {
-        if let Some(finalize) = self.finalizer {
-            // SAFETY: the user's finalizer with the user's data, called once.
-            unsafe { finalize(self.user_data) }
-        }
-    }
-}
-
-impl Callback {
+/// The user's batch callback: reports the batch's totals.
+impl Callback<rbd_diffsync_batch_progress> {
     fn report(&self, p: &BatchProgress) -> ControlFlow<()> {
         let progress = rbd_diffsync_batch_progress {
             struct_size: BATCH_PROGRESS_V1_SIZE,
@@ -134,12 +114,7 @@ impl Callback {
             failed: p.failed,
             elapsed_ns: nanos(p.elapsed),
         };
-        // SAFETY: the user's callback with a progress that outlives the call and the user's
-        // data, on the thread running the batch.
-        match unsafe { (self.call)(&progress, self.user_data) } {
-            0 => ControlFlow::Continue(()),
-            _ => ControlFlow::Break(()),
-        }
+        self.call(&progress)
     }
 }
 
@@ -152,7 +127,39 @@ struct BatchSettings {
     max_requests: Option<usize>,
     rate_limit: u64,
     progress_interval: Option<Duration>,
-    progress: Option<Arc<Callback>>,
+    progress: Option<Arc<Callback<rbd_diffsync_batch_progress>>>,
+}
+
+impl BatchSettings {
+    /// The core's settings of the batch.
+    fn core(&self) -> CoreSettings {
+        let mut out = CoreSettings::default();
+        if let Some(n) = self.parallel {
+            out.parallel = n;
+        }
+        if let Some(bytes) = self.memory_budget {
+            out.memory_budget = bytes;
+        }
+        if let Some(n) = self.max_requests {
+            out.max_requests = n;
+        }
+        out.rate_limit = (self.rate_limit > 0).then_some(self.rate_limit);
+        if let Some(interval) = self.progress_interval {
+            out.progress_interval = interval;
+        }
+        out
+    }
+
+    /// Makes `change`, unless it leaves a setting out of range: then nothing is changed and
+    /// the error names it.
+    fn change(&mut self, change: impl FnOnce(&mut Self)) -> Result<(), Failure> {
+        let before = (self.parallel, self.memory_budget, self.max_requests);
+        change(self);
+        self.core().check().map_err(|e| {
+            (self.parallel, self.memory_budget, self.max_requests) = before;
+            Failure::from(e)
+        })
+    }
 }
 
 /// Where a volume is, as last reported.
@@ -264,26 +271,21 @@ pub unsafe extern "C" fn rbd_diffsync_batch_add(
 }
 
 /// Volumes transferred at once, 1 to 1024 (default `RBD_DIFFSYNC_DEFAULT_PARALLEL`); the
-/// others wait their turn, in the order added. Checked when the batch runs: out of range,
-/// every volume fails with `-EINVAL`.
+/// others wait their turn, in the order added. Out of range: `-EINVAL`, and the setting is
+/// unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_batch_set_parallel(
     batch: *mut rbd_diffsync_batch,
     n: u32,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe {
-        set(batch, |s| {
-            s.parallel = Some(n as usize);
-            Ok(())
-        })
-    }
+    unsafe { set(batch, |s| s.change(|s| s.parallel = Some(n as usize))) }
 }
 
 /// Bytes of data all the transfers of the batch hold at once, librados's receive buffers
 /// included (default `RBD_DIFFSYNC_DEFAULT_BATCH_BUDGET`); each transfer's window still bounds
-/// what it holds. A request larger than the whole budget still goes, alone. Checked when the
-/// batch runs: 0 fails every volume with `-EINVAL`.
+/// what it holds. A request larger than the whole budget still goes, alone. 0: `-EINVAL`, and
+/// the setting is unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_batch_set_memory_budget(
     batch: *mut rbd_diffsync_batch,
@@ -292,27 +294,20 @@ pub unsafe extern "C" fn rbd_diffsync_batch_set_memory_budget(
     // SAFETY: the caller passes NULL or a live handle.
     unsafe {
         set(batch, |s| {
-            s.memory_budget = Some(usize::try_from(bytes).unwrap_or(usize::MAX));
-            Ok(())
+            s.change(|s| s.memory_budget = Some(usize::try_from(bytes).unwrap_or(usize::MAX)))
         })
     }
 }
 
 /// Requests in flight at once, for all the transfers of the batch together (default
-/// `RBD_DIFFSYNC_DEFAULT_BATCH_REQUESTS`). Checked when the batch runs: 0 fails every volume
-/// with `-EINVAL`.
+/// `RBD_DIFFSYNC_DEFAULT_BATCH_REQUESTS`). 0: `-EINVAL`, and the setting is unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_batch_set_max_requests(
     batch: *mut rbd_diffsync_batch,
     n: u32,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe {
-        set(batch, |s| {
-            s.max_requests = Some(n as usize);
-            Ok(())
-        })
-    }
+    unsafe { set(batch, |s| s.change(|s| s.max_requests = Some(n as usize))) }
 }
 
 /// Caps the bytes read by all the transfers of the batch together at `bytes_per_sec` on
@@ -399,20 +394,8 @@ pub unsafe extern "C" fn rbd_diffsync_batch_run(batch: *mut rbd_diffsync_batch) 
                     transfers.push(v.transfer()?);
                 }
                 let mut many = SyncMany::new(transfers)
-                    .rate_limit(s.rate_limit)
+                    .settings(s.core())
                     .cancel_token(token.clone());
-                if let Some(n) = s.parallel {
-                    many = many.parallel(n);
-                }
-                if let Some(bytes) = s.memory_budget {
-                    many = many.memory_budget(bytes);
-                }
-                if let Some(n) = s.max_requests {
-                    many = many.max_requests(n);
-                }
-                if let Some(interval) = s.progress_interval {
-                    many = many.progress_interval(interval);
-                }
                 let callback = s.progress.clone();
                 let volumes = Arc::clone(&b.volumes);
                 many = many.on_progress(move |p: &BatchProgress| {

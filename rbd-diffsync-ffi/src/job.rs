@@ -72,21 +72,21 @@ pub type rbd_diffsync_finalizer = Option<unsafe extern "C" fn(user_data: *mut c_
 /// The user's callback, its data and finalizer; finalized when the last run using it and the
 /// handle holding it are done with it.
 #[derive(Debug)]
-pub(crate) struct Callback {
-    call: unsafe extern "C" fn(*const rbd_diffsync_progress, *mut c_void) -> c_int,
-    user_data: *mut c_void,
-    finalizer: rbd_diffsync_finalizer,
+pub(crate) struct Callback<P> {
+    pub(crate) call: unsafe extern "C" fn(*const P, *mut c_void) -> c_int,
+    pub(crate) user_data: *mut c_void,
+    pub(crate) finalizer: rbd_diffsync_finalizer,
 }
 
-// SAFETY: the library never calls `call` concurrently nor off the thread that runs the transfer
-// or verification (the core calls progress callbacks on its calling thread only), and calls
-// `finalizer` once, on the thread that drops the last reference: what the header promises the
-// user, who vouches that `user_data` may be used so.
-unsafe impl Send for Callback {}
+// SAFETY: the library never calls `call` concurrently nor off the thread that runs the
+// transfer, verification or batch (the core calls progress callbacks on its calling thread
+// only), and calls `finalizer` once, on the thread that drops the last reference: what the
+// header promises the user, who vouches that `user_data` may be used so.
+unsafe impl<P> Send for Callback<P> {}
 // SAFETY: shared references only reach `call` through a run, as above.
-unsafe impl Sync for Callback {}
+unsafe impl<P> Sync for Callback<P> {}
 
-impl Drop for Callback {
+impl<P> Drop for Callback<P> {
     fn drop(&mut self) {
         if let Some(finalize) = self.finalizer {
             // SAFETY: the user's finalizer with the user's data, called once.
@@ -95,7 +95,19 @@ impl Drop for Callback {
     }
 }
 
-impl Callback {
+impl<P> Callback<P> {
+    /// Calls the user's callback with `progress`: `Break` when it asks to stop.
+    pub(crate) fn call(&self, progress: &P) -> ControlFlow<()> {
+        // SAFETY: the user's callback with a progress that outlives the call and the user's
+        // data, on the thread running the job.
+        match unsafe { (self.call)(progress, self.user_data) } {
+            0 => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
+    }
+}
+
+impl Callback<rbd_diffsync_progress> {
     /// Reports `p`: `Break` when the callback asks to stop.
     fn report(&self, p: &Progress) -> ControlFlow<()> {
         let phase_name = c_string(p.phase.name());
@@ -110,12 +122,7 @@ impl Callback {
             waiting_for: waiting_for.as_ref().map_or(ptr::null(), |w| w.as_ptr()),
             waited_ns: nanos(p.waited),
         };
-        // SAFETY: the user's callback with a progress that outlives the call and the user's
-        // data, on the thread running the transfer.
-        match unsafe { (self.call)(&progress, self.user_data) } {
-            0 => ControlFlow::Continue(()),
-            _ => ControlFlow::Break(()),
-        }
+        self.call(&progress)
     }
 }
 
@@ -142,7 +149,7 @@ pub(crate) trait Builder: Sized {
     fn chunk_size(self, bytes: u64) -> Self;
     fn window(self, chunks: usize) -> Self;
     fn progress_interval(self, interval: Duration) -> Self;
-    fn on_progress(self, callback: Arc<Callback>) -> Self;
+    fn on_progress(self, callback: Arc<Callback<rbd_diffsync_progress>>) -> Self;
     fn cancel_token(self, token: CancelToken) -> Self;
 }
 
@@ -167,7 +174,7 @@ macro_rules! builder {
             fn progress_interval(self, interval: Duration) -> Self {
                 <$t>::progress_interval(self, interval)
             }
-            fn on_progress(self, callback: Arc<Callback>) -> Self {
+            fn on_progress(self, callback: Arc<Callback<rbd_diffsync_progress>>) -> Self {
                 <$t>::on_progress(self, move |p| callback.report(p))
             }
             fn cancel_token(self, token: CancelToken) -> Self {
@@ -188,7 +195,7 @@ pub(crate) struct Common {
     dest_cluster: Option<ClusterSpec>,
     chunk_size: Option<u64>,
     window: Option<usize>,
-    progress: Option<Arc<Callback>>,
+    progress: Option<Arc<Callback<rbd_diffsync_progress>>>,
     progress_interval: Option<Duration>,
 }
 

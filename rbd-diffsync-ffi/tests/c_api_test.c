@@ -520,6 +520,7 @@ static void test_batch_arguments(void)
     CHECK_INT(rbd_diffsync_batch_volume_count(b), 0);
     CHECK_INT(rbd_diffsync_transfer_set_dest(t, "backups/a"), 0);
     CHECK_INT(rbd_diffsync_transfer_set_rate_limit(t, 1 << 20), 0);
+    CHECK_INT(rbd_diffsync_transfer_set_window(t, 0), 0); /* refused when it runs */
     CHECK_INT(rbd_diffsync_batch_add(b, t), 0);
     CHECK_INT(rbd_diffsync_batch_volume_count(b), 1);
     CHECK_INT(rbd_diffsync_batch_volume_result(b, 0), -ENODATA); /* not run yet */
@@ -532,11 +533,20 @@ static void test_batch_arguments(void)
     CHECK(vp.phase_name == NULL);
     CHECK(rbd_diffsync_batch_volume_error_message(b, 0) == NULL);
 
-    /* settings out of range fail every volume with -EINVAL, before connecting */
-    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 0), 0);
+    /* settings out of range are refused when set, and change nothing */
+    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 0), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "parallel 0 is not between 1 and 1024");
+    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 1025), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_memory_budget(b, 0), -EINVAL);
+    CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "must be above 0");
+    CHECK_INT(rbd_diffsync_batch_set_max_requests(b, 0), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 1024), 0);
+    CHECK_INT(rbd_diffsync_batch_set_parallel(b, 1), 0);
+
+    /* a volume that fails before connecting (a window out of range) */
     CHECK_INT(rbd_diffsync_batch_run(b), 1);
     CHECK_INT(rbd_diffsync_batch_volume_result(b, 0), -EINVAL);
-    CHECK_CONTAINS(rbd_diffsync_batch_volume_error_message(b, 0), "parallel");
+    CHECK_CONTAINS(rbd_diffsync_batch_volume_error_message(b, 0), "window");
     CHECK_CONTAINS(rbd_diffsync_batch_last_error(b), "1 of 1 volumes failed");
     CHECK_INT(rbd_diffsync_batch_volume_stats(b, 0, &stats), -ENODATA);
     stats.struct_size = 8;

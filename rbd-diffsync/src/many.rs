@@ -97,6 +97,26 @@ impl Default for BatchSettings {
     }
 }
 
+impl BatchSettings {
+    /// Whether every setting is in range: if not, an
+    /// [`InvalidArgument`](ErrorKind::InvalidArgument) error naming the first that is not.
+    /// [`SyncMany::run`] checks them too, and then fails every transfer with that error.
+    pub fn check(&self) -> Result<()> {
+        if self.parallel == 0 || self.parallel > 1024 {
+            return Err(Error::invalid(format!(
+                "parallel {} is not between 1 and 1024",
+                self.parallel
+            )));
+        }
+        if self.memory_budget == 0 || self.max_requests == 0 {
+            return Err(Error::invalid(
+                "the memory budget and the requests of a batch must be above 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where a volume of a batch is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -140,7 +160,7 @@ pub struct VolumeProgress {
     pub phase: Option<Phase>,
     /// Bytes of its transfer done.
     pub bytes_done: u64,
-    /// Bytes of its transfer in all; 0 until its diff is known.
+    /// Bytes of its transfer in all, as far as known (see [`Progress::bytes_total`]).
     pub bytes_total: u64,
     /// What it has been waiting for, for more than a second.
     pub waiting_for: Option<String>,
@@ -301,22 +321,6 @@ impl SyncMany {
         self
     }
 
-    fn check_settings(&self) -> Result<()> {
-        let s = &self.settings;
-        if s.parallel == 0 || s.parallel > 1024 {
-            return Err(Error::invalid(format!(
-                "parallel {} is not between 1 and 1024",
-                s.parallel
-            )));
-        }
-        if s.memory_budget == 0 || s.max_requests == 0 {
-            return Err(Error::invalid(
-                "the memory budget and the requests of a batch must be above 0",
-            ));
-        }
-        Ok(())
-    }
-
     /// Runs the transfers, at most `parallel` at a time, and returns each one's result in
     /// the order given. Settings out of range fail every transfer with
     /// [`InvalidArgument`](ErrorKind::InvalidArgument), and so does a second transfer into
@@ -324,7 +328,7 @@ impl SyncMany {
     pub fn run(mut self) -> Vec<Result<TransferStats>> {
         let started = Instant::now();
         let n = self.transfers.len();
-        if let Err(e) = self.check_settings() {
+        if let Err(e) = self.settings.check() {
             let (kind, errno, message) = (e.kind(), e.errno(), e.message().to_owned());
             return (0..n)
                 .map(|_| Err(Error::new(kind, errno, message.clone())))
