@@ -185,3 +185,83 @@ fn a_rate_limited_sync_takes_at_least_its_time() {
     assert!(took >= Duration::from_millis(950), "{took:?}");
     assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
 }
+
+#[test]
+fn a_cancelled_batch_is_completed_by_running_it_again() {
+    let c = cluster();
+    let vols: Vec<(String, String)> = (0..4u64)
+        .map(|k| {
+            let src = c.new_image("rbd", "many-rerun");
+            c.create(&src, mib(16), None);
+            c.write(&src, 0, mib(6) as usize, 1000 + k);
+            c.write(&src, mib(10) + k * 4096, mib(3) as usize, 1100 + k);
+            c.snap(&src, "s1");
+            (src, c.new_image("backups", "many-rerun"))
+        })
+        .collect();
+    let batch = || -> Vec<DiffTransfer> {
+        vols.iter()
+            .map(|(src, dst)| {
+                c.transfer(&format!("{src}@s1"), dst, None)
+                    .chunk_size(mib(1))
+            })
+            .collect()
+    };
+    // Slowed down by the rate limit, and cancelled once a third of it is copied.
+    let token = rbd_diffsync::CancelToken::new();
+    let cancel = token.clone();
+    let first = SyncMany::new(batch())
+        .parallel(2)
+        .rate_limit(mib(12))
+        .cancel_token(token)
+        .progress_interval(Duration::from_millis(10))
+        .on_progress(move |p| {
+            if p.bytes_total > 0 && p.bytes_done * 3 >= mib(36) {
+                cancel.cancel();
+            }
+        })
+        .run();
+    let cancelled = first
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Cancelled))
+        .count();
+    assert!(cancelled >= 2, "{first:?}");
+    for ((_, dst), r) in vols.iter().zip(&first) {
+        match r {
+            Ok(_) => assert_eq!(c.snaps(dst), ["s1"]),
+            Err(e) => {
+                assert_eq!(
+                    (e.errno(), e.image()),
+                    (libc::ECANCELED, Some(dst.as_str()))
+                );
+                assert!(
+                    !c.exists(dst) || c.snaps(dst).is_empty(),
+                    "{dst}: no end snapshot"
+                );
+            }
+        }
+    }
+
+    // The same batch again: what was cancelled completes (continuing what it wrote); what was
+    // done says so.
+    let second = SyncMany::new(batch()).parallel(2).run();
+    assert!(
+        second
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(|s| s.continued_interrupted)),
+        "{second:?}"
+    );
+    for (((src, dst), before), after) in vols.iter().zip(&first).zip(&second) {
+        match (before, after) {
+            (Ok(_), Err(e)) => assert_eq!((e.kind(), e.errno()), (ErrorKind::Exists, libc::EEXIST)),
+            (Err(_), Ok(_)) => {}
+            _ => panic!("{dst}: {before:?} then {after:?}"),
+        }
+        assert_eq!(c.snaps(dst), ["s1"]);
+        assert_eq!(
+            c.md5(&format!("{dst}@s1")),
+            c.md5(&format!("{src}@s1")),
+            "{dst}"
+        );
+    }
+}
