@@ -176,8 +176,9 @@ class ClusterSpec:
 
 @final
 class Progress:
-    """Where a running transfer is: its phase, bytes done of bytes in all (0 until the diff is
-    known), seconds since it started, and what it has waited for over a second, if anything."""
+    """Where a running transfer is: its phase, bytes done of bytes in all (0 until the copy
+    starts; for a diff of more than about 8192 pieces it grows while the scan runs ahead of the
+    copy), seconds since it started, and what it has waited for over a second, if anything."""
 
     @property
     def phase(self) -> _PhaseName: ...
@@ -395,8 +396,8 @@ class Verify:
 class VolumeProgress:
     """Where one volume of a batch is: its source and destination as given, its ``state``,
     the ``phase`` of its transfer once it runs (else None), the bytes of its transfer done and
-    in all (0 until its diff is known), and what it has waited for over a second, if
-    anything."""
+    in all (as far as known; 0 until its copy starts), and what it has waited for over a
+    second, if anything."""
 
     @property
     def source(self) -> str: ...
