@@ -125,6 +125,21 @@ fn planner(outline: Outline, rng: &mut Rng) -> Planner {
     }
 }
 
+/// A planner of 4 KiB pieces over `ranges` to scan, with nothing else to write.
+fn scanning(ranges: Vec<(u64, u64)>, cell: u64, size: u64) -> Planner {
+    Planner {
+        outline: Outline::Scan(ranges),
+        cell,
+        size,
+        rewrite: Vec::new(),
+        stale: Vec::new(),
+        resume_from: 0,
+        chunk: 4096,
+        zero_chunk: 4096,
+        keep_ranges: false,
+    }
+}
+
 #[test]
 fn cells_plan_what_the_whole_diff_plans() {
     let mut rng = Rng(0x5eed_1234_5678_9abc);
@@ -220,17 +235,7 @@ fn an_extent_across_cells_counts_once() {
         len: 5000,
         exists: true,
     }];
-    let p = Planner {
-        outline: Outline::Scan(vec![(0, 8192)]),
-        cell: 2048,
-        size: 8192,
-        rewrite: Vec::new(),
-        stale: Vec::new(),
-        resume_from: 0,
-        chunk: 4096,
-        zero_chunk: 4096,
-        keep_ranges: false,
-    };
+    let p = scanning(vec![(0, 8192)], 2048, 8192);
     let totals = p.run(&scan_of(&extents), &mut |_| Ok(())).unwrap();
     assert_eq!((totals.extents, totals.diff_bytes), (1, 5000));
     assert!(totals.ranges.is_empty());
@@ -251,17 +256,11 @@ fn only_the_ranges_of_the_outline_are_scanned_and_the_first_error_in_order_wins(
             exists: true,
         }])
     };
-    let p = Planner {
-        outline: Outline::Scan(vec![(4096, 8192), (40960, 4096), (49152, 4096)]),
-        cell: 4096,
-        size: 1 << 16,
-        rewrite: Vec::new(),
-        stale: Vec::new(),
-        resume_from: 0,
-        chunk: 4096,
-        zero_chunk: 4096,
-        keep_ranges: false,
-    };
+    let p = scanning(
+        vec![(4096, 8192), (40960, 4096), (49152, 4096)],
+        4096,
+        1 << 16,
+    );
     let mut got = Vec::new();
     let e = p
         .run(&scan, &mut |pieces| {
@@ -285,17 +284,7 @@ fn an_error_of_the_receiver_stops_the_scans() {
             exists: true,
         }])
     };
-    let p = Planner {
-        outline: Outline::Scan(vec![(0, 1 << 30)]),
-        cell: 4096,
-        size: 1 << 30,
-        rewrite: Vec::new(),
-        stale: Vec::new(),
-        resume_from: 0,
-        chunk: 4096,
-        zero_chunk: 4096,
-        keep_ranges: false,
-    };
+    let p = scanning(vec![(0, 1 << 30)], 4096, 1 << 30);
     let mut cells = 0;
     let e = p
         .run(&scan, &mut |_| {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use rbd_diffsync::internals::{Cluster, Image, Pool};
+use rbd_diffsync::internals::{normalize, Cluster, DiffExtent, Image, Pool};
 use rbd_diffsync::{ClusterSpec, DiffTransfer, ImageSpec, TransferStats, Verify};
 
 pub use rbd_diffsync;
@@ -281,6 +281,21 @@ impl TestCluster {
                 )
             })
             .collect()
+    }
+
+    /// [`diff`](Self::diff) as extents, neighbours of the same kind merged as the transfer
+    /// merges them.
+    pub fn diff_extents(&self, image: &str, from_snap: Option<&str>) -> Vec<DiffExtent> {
+        normalize(
+            self.diff(image, from_snap)
+                .into_iter()
+                .map(|(offset, len, exists)| DiffExtent {
+                    offset,
+                    len,
+                    exists,
+                })
+                .collect(),
+        )
     }
 
     /// A fresh image name in `pool`.

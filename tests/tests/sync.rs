@@ -3,7 +3,6 @@
 
 use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync};
 
-use rbd_diffsync::internals::{normalize, DiffExtent};
 use rbd_diffsync::{CancelToken, ErrorKind};
 
 #[test]
@@ -341,16 +340,7 @@ const CELL: u64 = 256 << 20;
 
 /// `rbd diff` of `image` since `from`, merged as the transfer counts it: (ranges, bytes).
 fn diff_counts(c: &rbd_diffsync_tests::TestCluster, image: &str, from: Option<&str>) -> (u64, u64) {
-    let merged = normalize(
-        c.diff(image, from)
-            .into_iter()
-            .map(|(offset, len, exists)| DiffExtent {
-                offset,
-                len,
-                exists,
-            })
-            .collect(),
-    );
+    let merged = c.diff_extents(image, from);
     (merged.len() as u64, merged.iter().map(|e| e.len).sum())
 }
 

@@ -31,20 +31,6 @@ fn scanned(
     scan_diff(&at, base.as_ref(), from, false).unwrap()
 }
 
-/// `rbd diff --format json`, merged as the scan merges it.
-fn rbd_diff(c: &TestCluster, image: &str, from: Option<&str>) -> Vec<DiffExtent> {
-    normalize(
-        c.diff(image, from)
-            .into_iter()
-            .map(|(offset, len, exists)| DiffExtent {
-                offset,
-                len,
-                exists,
-            })
-            .collect(),
-    )
-}
-
 /// librbd's exact diff of `image@snap` since `from`, asked for directly around each of
 /// `writes` (two objects either side), for an image too large for `rbd diff`: nothing else
 /// changed, which the caller checks with whole-object diffs.
@@ -262,7 +248,7 @@ fn the_narrowed_scan_of_a_striped_image_is_the_exact_diff() {
     c.snap(&src, "s1");
     let (method, extents) = scanned(&c, &src, "s1", None);
     assert_eq!(method, ScanMethod::Narrowed);
-    assert_eq!(extents, rbd_diff(&c, &format!("{src}@s1"), None));
+    assert_eq!(extents, c.diff_extents(&format!("{src}@s1"), None));
     c.sync_and_check(&format!("{src}@s1"), &dst, None);
 
     let img = c.open(&src);
@@ -273,7 +259,7 @@ fn the_narrowed_scan_of_a_striped_image_is_the_exact_diff() {
     c.snap(&src, "s2");
     let (method, extents) = scanned(&c, &src, "s2", Some("s1"));
     assert_eq!(method, ScanMethod::Narrowed);
-    assert_eq!(extents, rbd_diff(&c, &format!("{src}@s2"), Some("s1")));
+    assert_eq!(extents, c.diff_extents(&format!("{src}@s2"), Some("s1")));
     c.sync_and_check(&format!("{src}@s2"), &dst, Some("s1"));
 }
 
@@ -296,7 +282,7 @@ fn the_narrowed_scan_of_a_clone_is_the_exact_diff_with_its_parent() {
     c.snap(&child, "c1");
     let (method, extents) = scanned(&c, &child, "c1", None);
     assert_eq!(method, ScanMethod::Narrowed);
-    assert_eq!(extents, rbd_diff(&c, &format!("{child}@c1"), None));
+    assert_eq!(extents, c.diff_extents(&format!("{child}@c1"), None));
     assert!(
         extents.iter().any(|e| e.offset == 0),
         "parent data: {extents:?}"
@@ -308,7 +294,7 @@ fn the_narrowed_scan_of_a_clone_is_the_exact_diff_with_its_parent() {
     c.snap(&child, "c2");
     let (method, extents) = scanned(&c, &child, "c2", Some("c1"));
     assert_eq!(method, ScanMethod::Narrowed);
-    assert_eq!(extents, rbd_diff(&c, &format!("{child}@c2"), Some("c1")));
+    assert_eq!(extents, c.diff_extents(&format!("{child}@c2"), Some("c1")));
     c.sync_and_check(&format!("{child}@c2"), &dst, Some("c1"));
 }
 
@@ -334,7 +320,7 @@ fn without_a_usable_object_map_the_scan_is_the_exact_pass() {
     c.snap(&plain, "s1");
     let (method, extents) = scanned(&c, &plain, "s1", None);
     assert_eq!(method, ScanMethod::Exact);
-    assert_eq!(extents, rbd_diff(&c, &format!("{plain}@s1"), None));
+    assert_eq!(extents, c.diff_extents(&format!("{plain}@s1"), None));
     c.sync_and_check(&format!("{plain}@s1"), &dst, None);
 
     // An object map flagged invalid at the base of an incremental, then at its end too.
@@ -349,7 +335,7 @@ fn without_a_usable_object_map_the_scan_is_the_exact_pass() {
         lose_object_map(&c, &src, snap);
         let (method, extents) = scanned(&c, &src, "s2", Some("s1"));
         assert_eq!(method, ScanMethod::Exact, "object map of {snap} lost");
-        assert_eq!(extents, rbd_diff(&c, &format!("{src}@s2"), Some("s1")));
+        assert_eq!(extents, c.diff_extents(&format!("{src}@s2"), Some("s1")));
     }
 }
 
