@@ -567,6 +567,22 @@ fn run_bridged<B: Reporting, T: Send>(
     builder: B,
     f: impl FnOnce(B) -> core::Result<T> + Send,
 ) -> PyResult<T> {
+    let (error, result) = run_bridged_keeping(py, callback, interval, builder, f);
+    if let Some(error) = error {
+        return Err(error);
+    }
+    result.map_err(|e| to_py_err(py, &e))
+}
+
+/// [`run_bridged`], keeping what the run returned beside the exception of the callback or of
+/// a signal, if any.
+fn run_bridged_keeping<B: Reporting, T: Send>(
+    py: Python<'_>,
+    callback: Option<Py<PyAny>>,
+    interval: Duration,
+    builder: B,
+    f: impl FnOnce(B) -> core::Result<T> + Send,
+) -> (Option<PyErr>, core::Result<T>) {
     let bridge = Arc::new(Mutex::new(Bridge::<<B::Progress as Report>::Mark> {
         callback,
         interval,
@@ -585,10 +601,7 @@ fn run_bridged<B: Reporting, T: Send>(
     let builder = builder.reporting(SIGNAL_TICK.min(interval), hook);
     let result = py.detach(move || f(builder));
     let error = bridge.lock().ok().and_then(|mut b| b.error.take());
-    if let Some(error) = error {
-        return Err(error);
-    }
-    result.map_err(|e| to_py_err(py, &e))
+    (error, result)
 }
 
 // The defaults of the signature of `DiffTransfer`, written out so that Python shows them.
@@ -1136,9 +1149,11 @@ impl PySyncMany {
             links,
             stopped: stopped.clone(),
         };
-        let results = run_bridged(py, progress, self.progress_interval, batch, |b| {
-            Ok(b.many.run())
-        })?;
+        let (raised, results) =
+            run_bridged_keeping(py, progress, self.progress_interval, batch, |b| {
+                Ok(b.many.run())
+            });
+        let results = results.map_err(|e| to_py_err(py, &e))?;
         let total = results.len();
         let mut unfinished = 0;
         let mut out = Vec::with_capacity(total);
@@ -1152,6 +1167,12 @@ impl PySyncMany {
                     to_py_err(py, &e).into_value(py).into_any()
                 }
             });
+        }
+        if let Some(raised) = raised {
+            // Ctrl-C, or an exception of the callback: it says what each volume did too.
+            // An exception that takes no attributes is raised as it is.
+            let _ = raised.value(py).setattr("results", PyList::new(py, &out)?);
+            return Err(raised);
         }
         if unfinished > 0 && (stopped.load(Ordering::Relaxed) || self.token.is_cancelled()) {
             let error = new_error(

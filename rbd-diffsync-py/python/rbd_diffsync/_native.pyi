@@ -468,7 +468,8 @@ class SyncMany:
         or ``progress`` returning False, stopped the batch before every transfer ended (its
         ``results`` hold the list run() would have returned); and, as they are once every
         transfer has stopped, an exception ``progress`` raises and KeyboardInterrupt (Ctrl-C,
-        noticed within 50 ms). ``progress`` is called on this thread with a BatchProgress
+        noticed within 50 ms), with that list as their ``results`` attribute too.
+        ``progress`` is called on this thread with a BatchProgress
         whenever a volume starts or ends, and otherwise at most every ``progress_interval``
         seconds. The cancel() of a DiffTransfer of the batch stops that transfer only (a
         CancelledError in its place)."""
