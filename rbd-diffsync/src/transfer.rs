@@ -1042,7 +1042,14 @@ impl DiffTransfer {
                 rates: &rates,
             },
         };
-        let copied = engine::run(&*source.image, &*dest, job, reporter, &label);
+        // A scan stopped by a cancel fails the planning with ECANCELED: say why it stopped.
+        let copied = engine::run(&*source.image, &*dest, job, reporter, &label).map_err(|e| {
+            if e.kind() == ErrorKind::Cancelled {
+                self.stopped_or(reporter, e)
+            } else {
+                e
+            }
+        });
         // Nothing more is taken from the queue: a planning still running stops.
         queue.close();
         if let Some(checkpoints) = checkpoints {
