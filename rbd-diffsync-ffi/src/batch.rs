@@ -122,43 +122,20 @@ impl Callback<rbd_diffsync_batch_progress> {
 #[derive(Debug, Default)]
 struct BatchSettings {
     volumes: Vec<Settings>,
-    parallel: Option<usize>,
-    memory_budget: Option<usize>,
-    max_requests: Option<usize>,
-    rate_limit: u64,
-    progress_interval: Option<Duration>,
+    /// Parallelism, budget, rate limit and progress interval, as the core takes them.
+    core: CoreSettings,
     progress: Option<Arc<Callback<rbd_diffsync_batch_progress>>>,
 }
 
 impl BatchSettings {
-    /// The core's settings of the batch.
-    fn core(&self) -> CoreSettings {
-        let mut out = CoreSettings::default();
-        if let Some(n) = self.parallel {
-            out.parallel = n;
-        }
-        if let Some(bytes) = self.memory_budget {
-            out.memory_budget = bytes;
-        }
-        if let Some(n) = self.max_requests {
-            out.max_requests = n;
-        }
-        out.rate_limit = (self.rate_limit > 0).then_some(self.rate_limit);
-        if let Some(interval) = self.progress_interval {
-            out.progress_interval = interval;
-        }
-        out
-    }
-
-    /// Makes `change`, unless it leaves a setting out of range: then nothing is changed and
-    /// the error names it.
-    fn change(&mut self, change: impl FnOnce(&mut Self)) -> Result<(), Failure> {
-        let before = (self.parallel, self.memory_budget, self.max_requests);
-        change(self);
-        self.core().check().map_err(|e| {
-            (self.parallel, self.memory_budget, self.max_requests) = before;
-            Failure::from(e)
-        })
+    /// Makes `change` to the core's settings, unless it leaves one out of range: then nothing
+    /// is changed and the error names it.
+    fn change(&mut self, change: impl FnOnce(&mut CoreSettings)) -> Result<(), Failure> {
+        let mut changed = self.core.clone();
+        change(&mut changed);
+        changed.check()?;
+        self.core = changed;
+        Ok(())
     }
 }
 
@@ -279,7 +256,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_set_parallel(
     n: u32,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe { set(batch, |s| s.change(|s| s.parallel = Some(n as usize))) }
+    unsafe { set(batch, |s| s.change(|c| c.parallel = n as usize)) }
 }
 
 /// Bytes of data all the transfers of the batch hold at once, librados's receive buffers
@@ -294,7 +271,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_set_memory_budget(
     // SAFETY: the caller passes NULL or a live handle.
     unsafe {
         set(batch, |s| {
-            s.change(|s| s.memory_budget = Some(usize::try_from(bytes).unwrap_or(usize::MAX)))
+            s.change(|c| c.memory_budget = usize::try_from(bytes).unwrap_or(usize::MAX))
         })
     }
 }
@@ -307,7 +284,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_set_max_requests(
     n: u32,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe { set(batch, |s| s.change(|s| s.max_requests = Some(n as usize))) }
+    unsafe { set(batch, |s| s.change(|c| c.max_requests = n as usize)) }
 }
 
 /// Caps the bytes read by all the transfers of the batch together at `bytes_per_sec` on
@@ -321,7 +298,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_set_rate_limit(
     // SAFETY: the caller passes NULL or a live handle.
     unsafe {
         set(batch, |s| {
-            s.rate_limit = bytes_per_sec;
+            s.core.rate_limit = (bytes_per_sec > 0).then_some(bytes_per_sec);
             Ok(())
         })
     }
@@ -365,7 +342,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_set_progress_interval_ms(
     // SAFETY: the caller passes NULL or a live handle.
     unsafe {
         set(batch, |s| {
-            s.progress_interval = Some(Duration::from_millis(milliseconds));
+            s.core.progress_interval = Duration::from_millis(milliseconds);
             Ok(())
         })
     }
@@ -394,7 +371,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_run(batch: *mut rbd_diffsync_batch) 
                     transfers.push(v.transfer()?);
                 }
                 let mut many = SyncMany::new(transfers)
-                    .settings(s.core())
+                    .settings(s.core.clone())
                     .cancel_token(token.clone());
                 let callback = s.progress.clone();
                 let volumes = Arc::clone(&b.volumes);
