@@ -96,7 +96,8 @@ pub(crate) fn outline(
 }
 
 /// The exact diff of `image` (at the snapshot it is open at) since `from` over
-/// `[offset, offset + len)`, sorted. A `stop` that turns true ends it with `ECANCELED`.
+/// `[offset, offset + len)`, as librbd reports it (its callers normalise what they gather). A
+/// `stop` that turns true ends it with `ECANCELED`.
 pub(crate) fn exact(
     image: &Image,
     from: Option<&str>,
@@ -109,7 +110,7 @@ pub(crate) fn exact(
         extents.push(e);
         !stop.stopped()
     })?;
-    Ok(plan::normalize(extents))
+    Ok(extents)
 }
 
 /// The diff of `image` (at the snapshot it is open at) since `from` (or since it was empty)

@@ -137,7 +137,7 @@ impl Clipper<'_> {
     }
 }
 
-/// The exact diff of one range, sorted: what a cell's scan calls.
+/// The exact diff of one range (normalised by the caller): what a cell's scan calls.
 pub(crate) type ScanFn<'a> = dyn Fn(u64, u64) -> Result<Vec<DiffExtent>> + Sync + 'a;
 
 impl Planner {
@@ -344,39 +344,30 @@ fn ordered(
                 if p.quit || p.exhausted {
                     return;
                 }
-                if p.taken - p.consumed < LOOKAHEAD {
-                    break;
+                if p.taken - p.consumed >= LOOKAHEAD {
+                    p = changed.wait(p).unwrap_or_else(PoisonError::into_inner);
+                    continue;
                 }
-                p = changed.wait(p).unwrap_or_else(PoisonError::into_inner);
-            }
-            // Cells with nothing to scan are settled at once, in order.
-            loop {
+                let i = p.taken;
                 match p.units.next() {
                     None => {
                         p.exhausted = true;
                         changed.notify_all();
                         return;
                     }
+                    // A cell with nothing to scan is settled at once, in order.
                     Some((start, ranges)) if ranges.is_empty() => {
-                        let i = p.taken;
                         p.taken += 1;
                         p.results.insert(i, (start, Ok(Ok(Vec::new()))));
                         changed.notify_all();
-                        if p.taken - p.consumed >= LOOKAHEAD {
-                            break (usize::MAX, 0, Vec::new());
-                        }
                     }
                     Some((start, ranges)) => {
-                        let i = p.taken;
                         p.taken += 1;
                         break (i, start, ranges);
                     }
                 }
             }
         };
-        if i == usize::MAX {
-            continue;
-        }
         let found = catch_unwind(AssertUnwindSafe(|| scan_cell(&ranges)));
         lock(&pool).results.insert(i, (start, found));
         changed.notify_all();
@@ -385,10 +376,9 @@ fn ordered(
         for _ in 0..THREADS {
             s.spawn(worker);
         }
-        let quit = |e: Error| {
+        let quit = || {
             lock(&pool).quit = true;
             changed.notify_all();
-            Err(e)
         };
         loop {
             let next = {
@@ -409,14 +399,17 @@ fn ordered(
             match next {
                 None => return Ok(()),
                 Some((_, Err(panic))) => {
-                    lock(&pool).quit = true;
-                    changed.notify_all();
+                    quit();
                     resume_unwind(panic)
                 }
-                Some((_, Ok(Err(e)))) => return quit(e),
+                Some((_, Ok(Err(e)))) => {
+                    quit();
+                    return Err(e);
+                }
                 Some((start, Ok(Ok(found)))) => {
                     if let Err(e) = each(start, found) {
-                        return quit(e);
+                        quit();
+                        return Err(e);
                     }
                 }
             }
