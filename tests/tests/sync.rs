@@ -3,7 +3,10 @@
 
 use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync};
 
-use rbd_diffsync::{CancelToken, ErrorKind};
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use rbd_diffsync::{CancelToken, ErrorKind, Phase};
 
 #[test]
 fn full_sync_then_a_chain_of_incrementals() {
@@ -412,4 +415,50 @@ fn a_diff_across_many_cells_is_copied_while_it_is_scanned() {
         );
         assert_eq!(c.snaps(&dst), ["s1", "s2"]);
     }
+}
+
+#[test]
+fn a_transfer_cancelled_while_its_scan_is_ahead_is_completed_by_a_rerun() {
+    let c = cluster();
+    let src = c.new_image("rbd", "cells-cancel");
+    let dst = c.new_image("backups", "cells-cancel");
+    // Without an object map every cell is scanned; data in each of the five.
+    c.rbd(&[
+        "create",
+        "--size",
+        "1280M",
+        "--image-feature",
+        "layering,exclusive-lock",
+        &src,
+    ]);
+    for k in 0..5u64 {
+        c.write(&src, k * CELL + 12_345, mib(3) as usize, 300 + k);
+    }
+    c.snap(&src, "s1");
+    let source = format!("{src}@s1");
+    // Stopped at the first bytes copied: the scan of the later cells is still ahead.
+    let err = c
+        .transfer(&source, &dst, None)
+        .chunk_size(mib(1))
+        .window(1)
+        .progress_interval(Duration::from_millis(1))
+        .on_progress(|p| {
+            if p.phase == Phase::Copying && p.bytes_done > 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .run()
+        .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::Cancelled, libc::ECANCELED),
+        "{err}"
+    );
+    assert_eq!(err.image(), Some(dst.as_str()));
+    assert!(c.snaps(&dst).is_empty(), "no end snapshot");
+    let stats = c.sync_and_check(&source, &dst, None);
+    assert!(stats.continued_interrupted, "{stats:?}");
+    assert_eq!(c.snaps(&dst), ["s1"]);
 }
