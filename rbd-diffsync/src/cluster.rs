@@ -619,6 +619,64 @@ impl Pool {
         &self.handle.cluster
     }
 
+    /// The first bytes of `object`, at most `max`; `None` if it does not exist.
+    pub(crate) fn read(&self, object: &str, max: usize) -> Result<Option<Vec<u8>>> {
+        let c_object = cstring("object name", object.as_bytes())?;
+        let mut buf = vec![0u8; max];
+        // SAFETY: the ioctx is alive; the name is NUL-terminated; the buffer holds `max` bytes.
+        let ret = unsafe {
+            raw::rados_read(
+                self.handle.io,
+                c_object.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                max,
+                0,
+            )
+        };
+        match usize::try_from(ret) {
+            Ok(len) => {
+                buf.truncate(len);
+                Ok(Some(buf))
+            }
+            Err(_) if ret == -libc::ENOENT => Ok(None),
+            Err(_) => Err(Error::rbd("read", object, ret.into())),
+        }
+    }
+
+    /// The value of `key` in the omap of `object`; `None` if either is missing.
+    pub(crate) fn omap_get(&self, object: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let c_object = cstring("object name", object.as_bytes())?;
+        let c_key = cstring("omap key", key.as_bytes())?;
+        let keys = [c_key.as_ptr()];
+        let mut iter: raw::rados_omap_iter_t = ptr::null_mut();
+        let mut step = 0;
+        // SAFETY: the op is created, filled, run on the live ioctx and released exactly once;
+        // `keys` outlives it; the iterator it fills is read, then ended, only if it ran.
+        unsafe {
+            let op = raw::rados_create_read_op();
+            raw::rados_read_op_omap_get_vals_by_keys(op, keys.as_ptr(), 1, &mut iter, &mut step);
+            let ret = raw::rados_read_op_operate(op, self.handle.io, c_object.as_ptr(), 0);
+            raw::rados_release_read_op(op);
+            if ret == -libc::ENOENT {
+                return Ok(None);
+            }
+            if ret < 0 || step < 0 {
+                return Err(Error::rbd("read omap of", object, ret.min(step).into()));
+            }
+            let mut value = None;
+            let (mut k, mut v, mut len) = (ptr::null_mut(), ptr::null_mut(), 0);
+            if raw::rados_omap_get_next(iter, &mut k, &mut v, &mut len) == 0 && !k.is_null() {
+                value = Some(if v.is_null() {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(v.cast::<u8>(), len).to_vec()
+                });
+            }
+            raw::rados_omap_get_end(iter);
+            Ok(value)
+        }
+    }
+
     /// Removes `key` from the omap of the existing `object`.
     pub(crate) fn omap_remove(&self, object: &str, key: &str) -> Result<()> {
         let c_key = cstring("omap key", key.as_bytes())?;

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Pool;
 use crate::error::{Error, ErrorKind, Result, CODE_DESTINATION_CHANGED};
-use crate::image::{Image, Snapshot};
+use crate::image::{Header, Image, Snapshot};
 use crate::plan::{self, DiffExtent};
 use crate::progress::{Reporter, StopCheck, Waited};
 use crate::record::{Mismatch, Record, HOLDER_KEY, KEY};
@@ -65,20 +66,47 @@ const PREDECESSOR_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Names `me` as the client about to take the destination's lock, straight in the header's
 /// omap (librbd's metadata call would need the lock first), so that a run killed at any point
 /// after this is recognised by its rerun. Returns who was named before.
-pub(crate) fn claim(dest: &Image, me: &str) -> Result<Option<String>> {
-    let previous = dest.metadata_get(HOLDER_KEY)?;
+fn claim(header: &Header, me: &str) -> Result<Option<String>> {
+    let previous = header.metadata_get(HOLDER_KEY)?;
     // Best effort: without it a rerun waits for the watch of a run killed before its record
     // was written, as it would have anyway.
-    let _ = dest.metadata_set_unlocked(HOLDER_KEY, me);
+    let _ = header.metadata_set(HOLDER_KEY, me);
     Ok(previous)
 }
 
 /// Gives a claim back after a refusal: the name that was there before, or none.
 pub(crate) fn unclaim(dest: &Image, previous: Option<&str>) {
+    if let Ok(header) = dest.header() {
+        give_back(&header, previous);
+    }
+}
+
+fn give_back(header: &Header, previous: Option<&str>) {
     let _ = match previous {
-        Some(previous) => dest.metadata_set_unlocked(HOLDER_KEY, previous),
-        None => dest.metadata_remove_unlocked(HOLDER_KEY),
+        Some(previous) => header.metadata_set(HOLDER_KEY, previous),
+        None => header.metadata_remove(HOLDER_KEY),
     };
+}
+
+/// Opens the image `name` for writing, named as written by `me` (see [`claim`]) before
+/// librbd's open registers this client's watch: a run killed while the image opens is
+/// recognised by its rerun, which fences off its watch at once instead of waiting for
+/// librbd's notifications to it to time out. Returns the image and who was named before.
+pub(crate) fn open_claimed(pool: &Pool, name: &str, me: &str) -> Result<(Image, Option<String>)> {
+    let Some(header) = Header::find(pool, name)? else {
+        // Missing (the open says so) or of the old format: named once open.
+        let image = Image::open(pool, name)?;
+        let previous = claim(&image.header()?, me)?;
+        return Ok((image, previous));
+    };
+    let previous = claim(&header, me)?;
+    match Image::open(pool, name) {
+        Ok(image) => Ok((image, previous)),
+        Err(e) => {
+            give_back(&header, previous.as_deref());
+            Err(e)
+        }
+    }
 }
 
 /// Takes the destination's exclusive lock, unless its image lacks the feature. Returns the

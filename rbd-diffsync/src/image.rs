@@ -484,19 +484,12 @@ impl Image {
         Ok(format!("rbd_header.{}", self.id()?))
     }
 
-    /// Sets image metadata without the exclusive lock, which librbd's own call would take
-    /// first: straight in the header object's omap, where librbd keeps it.
-    pub fn metadata_set_unlocked(&self, key: &str, value: &str) -> Result<()> {
-        let header = self.header_object()?;
-        self.pool
-            .omap_set(&header, &format!("metadata_{key}"), value)
-    }
-
-    /// Removes image metadata without the exclusive lock, as
-    /// [`metadata_set_unlocked`](Self::metadata_set_unlocked) sets it.
-    pub fn metadata_remove_unlocked(&self, key: &str) -> Result<()> {
-        let header = self.header_object()?;
-        self.pool.omap_remove(&header, &format!("metadata_{key}"))
+    /// The image's header, whose metadata can be changed without the exclusive lock.
+    pub(crate) fn header(&self) -> Result<Header> {
+        Ok(Header {
+            pool: self.pool.clone(),
+            object: self.header_object()?,
+        })
     }
 
     /// Breaks the exclusive lock held by the client at `owner`; librbd blocklists that
@@ -796,4 +789,52 @@ impl PendingCompletion {
         }
         Err(err())
     }
+}
+
+/// An image's header object, reached without opening the image (which registers a watch) and
+/// without its exclusive lock, which librbd's metadata calls would take first. Metadata is
+/// kept in its omap, under `metadata_<key>`, where librbd keeps it.
+pub(crate) struct Header {
+    pool: Pool,
+    object: String,
+}
+
+impl Header {
+    /// The header of the image `name` in `pool`, found by its id object; `None` if there is
+    /// none (no such image, or one of the old format).
+    pub(crate) fn find(pool: &Pool, name: &str) -> Result<Option<Header>> {
+        let Some(encoded) = pool.read(&format!("rbd_id.{name}"), 256)? else {
+            return Ok(None);
+        };
+        // The id is an encoded string: its length (32 bits, little-endian), then its bytes.
+        let id = encoded
+            .split_first_chunk::<4>()
+            .and_then(|(len, rest)| rest.get(..u32::from_le_bytes(*len) as usize))
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .filter(|id| !id.is_empty());
+        Ok(id.map(|id| Header {
+            pool: pool.clone(),
+            object: format!("rbd_header.{id}"),
+        }))
+    }
+
+    /// The metadata `key`, if set.
+    pub(crate) fn metadata_get(&self, key: &str) -> Result<Option<String>> {
+        let value = self.pool.omap_get(&self.object, &metadata_key(key))?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets the metadata `key` of the existing image.
+    pub(crate) fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
+        self.pool.omap_set(&self.object, &metadata_key(key), value)
+    }
+
+    /// Removes the metadata `key` of the existing image.
+    pub(crate) fn metadata_remove(&self, key: &str) -> Result<()> {
+        self.pool.omap_remove(&self.object, &metadata_key(key))
+    }
+}
+
+fn metadata_key(key: &str) -> String {
+    format!("metadata_{key}")
 }

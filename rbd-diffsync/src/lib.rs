@@ -139,6 +139,6 @@ pub mod internals {
         complement, is_zero, normalize, pieces, zero_runs, DiffExtent, KnownZero, Piece, Run,
         ZERO_BLOCK,
     };
-    pub use crate::record::KEY as RECORD_KEY;
+    pub use crate::record::{HOLDER_KEY, KEY as RECORD_KEY};
     pub use crate::scan::{scan_diff, Method as ScanMethod};
 }

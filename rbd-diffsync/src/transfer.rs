@@ -383,6 +383,9 @@ struct Opened {
     dest: Option<Arc<Image>>,
     /// The destination client's address.
     me: String,
+    /// Who the destination named as its writer before this transfer claimed it, when it was
+    /// opened for writing.
+    previous_holder: Option<String>,
 }
 
 /// Everything `run` needs once the checks have passed.
@@ -679,20 +682,27 @@ fn open_source(conn: &Cluster, spec: &ImageSpec, from_name: Option<&str>) -> Res
 }
 
 /// Opens the destination, for writing with `lock`; `None` for a full transfer's missing one.
+/// An open destination, and who it named as its writer before this transfer claimed it.
+type OpenDest = (Arc<Image>, Option<String>);
+
+/// The destination's pool and the destination, opened for writing with `lock` (named first as
+/// written by `me`, with who was named before) or for reading; `None` for a full transfer's
+/// missing one.
 fn open_destination(
     conn: &Cluster,
     spec: &ImageSpec,
     lock: bool,
     incremental: bool,
-) -> Result<(Pool, Option<Arc<Image>>)> {
+    me: &str,
+) -> Result<(Pool, Option<OpenDest>)> {
     let (spec, pool) = open_pool(conn, spec)?;
     let opened = if lock {
-        Image::open(&pool, spec.image())
+        destination::open_claimed(&pool, spec.image(), me)
     } else {
-        Image::open_read_only(&pool, spec.image(), None)
+        Image::open_read_only(&pool, spec.image(), None).map(|image| (image, None))
     };
     match opened {
-        Ok(image) => Ok((pool, Some(Arc::new(image)))),
+        Ok((image, previous)) => Ok((pool, Some((Arc::new(image), previous)))),
         Err(e) if e.kind() == ErrorKind::NotFound && !incremental => Ok((pool, None)),
         Err(e) => Err(e),
     }
@@ -730,23 +740,31 @@ impl DiffTransfer {
             self.dest.clone(),
             self.from_snap.is_some(),
         );
+        let me = dest_cluster.address()?;
         let what = format!("{} and {} to open", self.source, self.dest);
+        let claimant = me.clone();
         let (source, (dest_pool, dest)) = detached(reporter, &label, what, move || {
             std::thread::scope(|s| {
-                let dest = s.spawn(|| open_destination(&dest_conn, &dest_spec, lock, incremental));
+                let dest = s.spawn(|| {
+                    open_destination(&dest_conn, &dest_spec, lock, incremental, &claimant)
+                });
                 let source = open_source(&src_conn, &src_spec, from_name.as_deref());
                 let dest = dest.join().unwrap_or_else(|panic| resume_unwind(panic));
                 // The source's error first: without a source there is nothing to check.
                 Ok((source?, dest?))
             })
         })?;
-        let me = dest_cluster.address()?;
+        let (dest, previous_holder) = match dest {
+            Some((dest, previous)) => (Some(dest), previous),
+            None => (None, None),
+        };
         Ok(Opened {
             source,
             dest_cluster,
             dest_pool,
             dest,
             me,
+            previous_holder,
         })
     }
 
@@ -754,15 +772,15 @@ impl DiffTransfer {
     /// for writing and its exclusive lock taken, and held until the transfer ends.
     fn prepare(&self, reporter: &mut Reporter, lock: bool) -> Result<Prepared> {
         reporter.phase(Phase::Connecting);
+        // With `lock`, the destination names this client as its writer to be before it is
+        // open: a rerun after a kill from here on recognises this client, its watch and its
+        // lock.
         let opened = self.open_images(reporter, lock)?;
-        // Named as the writer to be as soon as the destination is open for writing: a rerun
-        // after a kill from here on recognises this client, its watch and its lock.
         let claimed = match (&opened.dest, lock) {
-            (Some(dest), true) => Some((dest.clone(), destination::claim(dest, &opened.me)?)),
+            (Some(dest), true) => Some((dest.clone(), opened.previous_holder.clone())),
             _ => None,
         };
-        let previous_holder = claimed.as_ref().and_then(|(_, p)| p.clone());
-        let prepared = self.check(reporter, opened, lock, previous_holder.as_deref());
+        let prepared = self.check(reporter, opened, lock);
         if let (Err(_), Some((dest, previous))) = (&prepared, &claimed) {
             // Refused: nothing of this transfer stays on the destination.
             destination::unclaim(dest, previous.as_deref());
@@ -771,19 +789,14 @@ impl DiffTransfer {
     }
 
     /// The scan, the lock and the checks of `prepare`, once the images are open.
-    fn check(
-        &self,
-        reporter: &mut Reporter,
-        opened: Opened,
-        lock: bool,
-        previous_holder: Option<&str>,
-    ) -> Result<Prepared> {
+    fn check(&self, reporter: &mut Reporter, opened: Opened, lock: bool) -> Result<Prepared> {
         let Opened {
             source,
             dest_cluster,
             dest_pool,
             dest,
             me,
+            previous_holder,
         } = opened;
         let label = image_path(&dest_pool, self.dest.image());
         reporter.phase(Phase::Scanning);
@@ -797,8 +810,13 @@ impl DiffTransfer {
             Some(dest) => {
                 if lock {
                     let previous = destination::read_record(dest)?;
-                    broke_lock_of =
-                        destination::lock(reporter, dest, &me, previous.as_ref(), previous_holder)?;
+                    broke_lock_of = destination::lock(
+                        reporter,
+                        dest,
+                        &me,
+                        previous.as_ref(),
+                        previous_holder.as_deref(),
+                    )?;
                 }
                 // Under the lock from here on: what is read now stays true until the end.
                 let (image, record, me) = (dest.clone(), record.clone(), me.clone());
@@ -968,13 +986,14 @@ impl DiffTransfer {
                     source.layout,
                     source.info.size,
                 );
+                let me = dest_cluster.address()?;
+                let claimant = me.clone();
                 let image = waited(reporter, format!("{label} to be created"), move || {
                     Image::create(&pool, &name, size, Some(&layout))?;
-                    Ok(Arc::new(Image::open(&pool, &name)?))
+                    let (image, _) = destination::open_claimed(&pool, &name, &claimant)?;
+                    Ok(Arc::new(image))
                 })?;
-                let me = dest_cluster.address()?;
                 record.client = me.clone();
-                destination::claim(&image, &me)?;
                 destination::lock(reporter, &image, &me, None, None)?;
                 image
             }
