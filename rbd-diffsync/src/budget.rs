@@ -14,11 +14,13 @@
 //! never waits for bytes, and the queue of requests is never behind the queue of bytes.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Done, WAKE};
+use crate::error::Result;
+use crate::progress::Reporter;
 
 /// A place in one of the budget's queues.
 pub(crate) type Ticket = u64;
@@ -168,9 +170,77 @@ impl Budget {
 
     /// Draws one request in flight, as [`take_bytes`](Self::take_bytes) draws bytes.
     pub(crate) fn take_request(&self, ticket: &mut Option<Ticket>, wake: &Sender<Done>) -> bool {
+        self.take_requests(ticket, 1, wake)
+    }
+
+    /// Draws `n` requests in flight at once, as [`take_bytes`](Self::take_bytes) draws bytes.
+    fn take_requests(&self, ticket: &mut Option<Ticket>, n: usize, wake: &Sender<Done>) -> bool {
         let st = &mut *self.state();
         st.requests
-            .take(self.requests, &mut st.next_ticket, ticket, 1, wake)
+            .take(self.requests, &mut st.next_ticket, ticket, n, wake)
+    }
+
+    /// Draws `bytes`, then `requests`, for a step that runs a window of its own (a transfer's
+    /// verification), waiting its turn in the queues as engines do: the reporter ticks
+    /// meanwhile and says what it waits for, and a stop ends the wait with the error
+    /// naming `label`. What was drawn is given back when the reservation is dropped. It
+    /// holds its bytes while it waits for requests, which engines give back without needing
+    /// bytes, so no deadlock.
+    pub(crate) fn reserve(
+        &self,
+        bytes: usize,
+        requests: usize,
+        reporter: &mut Reporter,
+        label: &str,
+    ) -> Result<Reserved<'_>> {
+        let (tx, rx) = mpsc::channel();
+        let mut reserved = Reserved {
+            budget: self,
+            bytes: 0,
+            requests: 0,
+        };
+        let (mut bytes_ticket, mut requests_ticket) = (None, None);
+        while !self.take_bytes(&mut bytes_ticket, bytes, &tx) {
+            self.wait_turn(
+                [&mut bytes_ticket, &mut requests_ticket],
+                &rx,
+                reporter,
+                label,
+            )?;
+        }
+        reserved.bytes = bytes;
+        while !self.take_requests(&mut requests_ticket, requests, &tx) {
+            self.wait_turn(
+                [&mut bytes_ticket, &mut requests_ticket],
+                &rx,
+                reporter,
+                label,
+            )?;
+        }
+        reserved.requests = requests;
+        reporter.waiting_for(None);
+        Ok(reserved)
+    }
+
+    /// Waits for a wake-up (or the reporter's next tick) of a caller queued with one of
+    /// `tickets` (bytes, requests); a stop takes it out of the queues and fails.
+    fn wait_turn(
+        &self,
+        [bytes_ticket, requests_ticket]: [&mut Option<Ticket>; 2],
+        rx: &Receiver<Done>,
+        reporter: &mut Reporter,
+        label: &str,
+    ) -> Result<()> {
+        if reporter.stop().is_some() {
+            self.leave(bytes_ticket, requests_ticket);
+            return Err(reporter.stopped_error(label));
+        }
+        reporter.waiting_for(Some(format!(
+            "room in the batch's budget for the verification of {label}"
+        )));
+        let _ = rx.recv_timeout(reporter.poll_interval());
+        reporter.tick();
+        Ok(())
     }
 
     /// Gives back bytes and requests drawn before.
@@ -203,6 +273,21 @@ impl Budget {
     pub(crate) fn used(&self) -> (usize, usize) {
         let st = self.state();
         (st.bytes.used, st.requests.used)
+    }
+}
+
+/// Bytes and requests drawn from a [`Budget`] by [`Budget::reserve`], given back when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Reserved<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+    requests: usize,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes, self.requests);
     }
 }
 
@@ -288,6 +373,8 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+    use crate::progress::CancelToken;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{mpsc, Arc};
     use std::thread;
@@ -444,5 +531,77 @@ mod tests {
         for (k, w) in waits.iter().enumerate() {
             assert!((w - 0.1 * k as f64).abs() < 1e-9, "{waits:?}");
         }
+    }
+
+    fn reporter(cancel: CancelToken) -> Reporter {
+        Reporter::new(None, Duration::from_millis(5), cancel, Instant::now())
+    }
+
+    #[test]
+    fn a_verification_waits_for_its_bytes_then_its_requests_and_gives_them_back() {
+        let b = Arc::new(Budget::new(100, 10));
+        let (tx, _rx) = mpsc::channel();
+        let (mut bytes, mut requests) = (None, None);
+        assert!(b.take_bytes(&mut bytes, 70, &tx));
+        for _ in 0..8 {
+            assert!(b.take_request(&mut requests, &tx));
+        }
+        let (waiting, granted) = (b.clone(), Arc::new(AtomicUsize::new(0)));
+        let seen = granted.clone();
+        let verification = thread::spawn(move || {
+            let mut r = reporter(CancelToken::new());
+            let reserved = waiting.reserve(60, 4, &mut r, "backups/v").unwrap();
+            seen.store(1, Ordering::SeqCst);
+            let held = waiting.used();
+            drop(reserved);
+            held
+        });
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            granted.load(Ordering::SeqCst),
+            0,
+            "60 bytes do not fit beside 70"
+        );
+        b.give(70, 0);
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            granted.load(Ordering::SeqCst),
+            0,
+            "4 requests do not fit beside 8"
+        );
+        assert_eq!(
+            b.used(),
+            (60, 8),
+            "its bytes are held while it waits for requests"
+        );
+        b.give(0, 8);
+        assert_eq!(verification.join().unwrap(), (60, 4));
+        assert_eq!(b.used(), (0, 0));
+        assert_eq!(b.peaks(), (70, 8));
+    }
+
+    #[test]
+    fn a_verification_cancelled_while_it_waits_fails_and_leaves_the_queue() {
+        let b = Budget::new(100, 10);
+        let (tx, _rx) = mpsc::channel();
+        let mut first = None;
+        assert!(b.take_bytes(&mut first, 70, &tx));
+        let cancel = CancelToken::new();
+        let token = cancel.clone();
+        let canceller = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            token.cancel();
+        });
+        let e = b
+            .reserve(60, 4, &mut reporter(cancel), "backups/v")
+            .unwrap_err();
+        canceller.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
+        assert_eq!(e.errno(), libc::ECANCELED);
+        assert_eq!(e.image(), Some("backups/v"));
+        // Out of the queue: a draw that fits beside the first one goes at once.
+        let mut next = None;
+        assert!(b.take_bytes(&mut next, 30, &tx));
+        assert_eq!(b.used(), (100, 0));
     }
 }

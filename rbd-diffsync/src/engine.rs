@@ -87,7 +87,7 @@ pub(crate) trait DiffSink: Sync {
 }
 
 /// How wide the engine runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Window {
     /// Bytes of data the engine may hold at once: its own buffers, plus librados's receive
     /// buffers while a read is in flight (librbd copies from those into ours). Small pieces

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use crate::budget::{Budget, RateLimit};
 use crate::cluster::Cluster;
+use crate::engine::Window;
 use crate::error::{Error, ErrorKind, Result, Task};
 use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 use crate::spec::ClusterSpec;
 use crate::transfer::{DiffTransfer, DEFAULT_CHUNK_SIZE};
+use crate::verify;
 
 /// Volumes transferred at once by default: with more, a one-node cluster gains nothing
 /// (BENCHMARKS.md, "Many volumes at once").
@@ -60,6 +62,36 @@ pub(crate) struct BatchLink {
     pub budget: Budget,
     pub rate: Option<RateLimit>,
     pub connections: Connections,
+    /// A running transfer's share of the budget: what its verification may draw at most.
+    pub share: Window,
+}
+
+impl BatchLink {
+    fn new(settings: &BatchSettings) -> BatchLink {
+        let parallel = settings.parallel.max(1);
+        BatchLink {
+            budget: Budget::new(settings.memory_budget, settings.max_requests),
+            rate: settings.rate_limit.map(RateLimit::new),
+            connections: Connections::default(),
+            share: Window {
+                budget: settings.memory_budget / parallel,
+                max_requests: settings.max_requests / parallel,
+            },
+        }
+    }
+
+    /// The window of the verification of a transfer whose own window is `own`, in chunks of
+    /// `chunk` bytes: its share of the batch's budget, at most `own`, and room for one chunk
+    /// at least. It is drawn from the budget before the verification starts.
+    pub(crate) fn verify_window(&self, own: Window, chunk: u64) -> Window {
+        Window {
+            budget: own
+                .budget
+                .min(self.share.budget)
+                .max(verify::chunk_charge(chunk as usize)),
+            max_requests: own.max_requests.min(self.share.max_requests).max(2),
+        }
+    }
 }
 
 /// The settings of a batch, shared by its transfers. Each transfer keeps its own settings
@@ -335,11 +367,7 @@ impl SyncMany {
                 .collect();
         }
         let settings = self.settings.clone();
-        let link = Arc::new(BatchLink {
-            budget: Budget::new(settings.memory_budget, settings.max_requests),
-            rate: settings.rate_limit.map(RateLimit::new),
-            connections: Connections::default(),
-        });
+        let link = Arc::new(BatchLink::new(&settings));
         let volumes: Arc<Mutex<Vec<VolumeProgress>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
         let mut results: Vec<Option<Result<TransferStats>>> = (0..n).map(|_| None).collect();
         let mut queue = VecDeque::new();
@@ -532,6 +560,36 @@ mod tests {
         assert_eq!(errors[1].errno(), libc::EINVAL);
         assert!(errors[1].message().contains("transfer 1"), "{}", errors[1]);
         assert_eq!(errors[1].image(), Some("c/d"));
+    }
+
+    #[test]
+    fn a_verification_in_a_batch_draws_its_share_of_the_budget_at_most_its_own_window() {
+        let settings = BatchSettings {
+            parallel: 4,
+            memory_budget: 64 << 20,
+            max_requests: 256,
+            ..BatchSettings::default()
+        };
+        let link = BatchLink::new(&settings);
+        let window = |budget: usize, max_requests| Window {
+            budget,
+            max_requests,
+        };
+        let chunk = 2 << 20;
+        // A quarter of the budget and of the requests.
+        assert_eq!(
+            link.verify_window(window(64 << 20, 128), chunk),
+            window(16 << 20, 64)
+        );
+        // Its own window when smaller, but room for one chunk of both images at least.
+        assert_eq!(
+            link.verify_window(window(12 << 20, 32), chunk),
+            window(12 << 20, 32)
+        );
+        assert_eq!(
+            link.verify_window(window(2 << 20, 1), chunk),
+            window(verify::chunk_charge(2 << 20), 2)
+        );
     }
 
     #[test]

@@ -212,6 +212,9 @@ impl DiffTransfer {
     /// compares them (`--verify`). A difference fails the transfer with an error of kind
     /// [`Mismatch`](ErrorKind::Mismatch) naming the first differing offset, and no end
     /// snapshot is created: running the transfer again rewrites those ranges. Off by default.
+    /// In a [`SyncMany`](crate::SyncMany) batch, the reads of the verification are drawn from
+    /// the batch's memory and request budget too: the transfer's share of it (the budget
+    /// divided by `parallel`), at most its own window, waiting for room if need be.
     pub fn verify(mut self, on: bool) -> Self {
         self.verify = on;
         self
@@ -1090,6 +1093,19 @@ impl DiffTransfer {
         }
         let bytes_verified = if self.verify {
             let chunk = self.chunk_size;
+            // In a batch, the verification draws its window from the batch's budget: its
+            // share, at most its own window.
+            let (window, _reserved) = match batch {
+                Some(batch) => {
+                    let w = batch.verify_window(window, chunk);
+                    let reserved =
+                        batch
+                            .budget
+                            .reserve(w.budget, w.max_requests, reporter, &label)?;
+                    (w, Some(reserved))
+                }
+                None => (window, None),
+            };
             verify::written(
                 &source.image,
                 &dest,

@@ -300,7 +300,7 @@ struct Pair {
 }
 
 /// What a chunk holds of the budget: both buffers, and librados's while they are read.
-fn charge(len: usize) -> usize {
+pub(crate) fn chunk_charge(len: usize) -> usize {
     4 * len
 }
 
@@ -348,7 +348,7 @@ impl Comparison<'_> {
     fn has_room(&self, len: usize) -> bool {
         self.in_flight == 0
             || (self.in_flight + 2 <= self.window.max_requests
-                && self.charged + charge(len) <= self.window.budget)
+                && self.charged + chunk_charge(len) <= self.window.budget)
     }
 
     /// A buffer with room for `len` bytes: a spare one of about that size, or a new one.
@@ -366,7 +366,7 @@ impl Comparison<'_> {
             None => {
                 // Room for the new one: spares that do not fit go.
                 while !self.spare.is_empty()
-                    && self.charged + self.spare_bytes + charge(len) > self.window.budget
+                    && self.charged + self.spare_bytes + chunk_charge(len) > self.window.budget
                 {
                     let buf = self.spare.pop().expect("not empty");
                     self.spare_bytes -= buf.capacity();
@@ -383,7 +383,7 @@ impl Comparison<'_> {
             self.pairs.push(None);
             self.pairs.len() - 1
         });
-        self.charged += charge(len);
+        self.charged += chunk_charge(len);
         let pair = self.pairs[slot].insert(Pair {
             offset: piece.offset,
             len,
@@ -457,7 +457,7 @@ impl Comparison<'_> {
             ..
         } = self.pairs[slot].take().expect("a chunk in flight");
         self.free.push(slot);
-        self.charged -= charge(len);
+        self.charged -= chunk_charge(len);
         let [a, b] = bufs;
         let compared = if failed {
             0

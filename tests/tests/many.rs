@@ -2,7 +2,7 @@
 //! one failing without stopping the others, and the rate limit.
 
 use std::io::Write;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rbd_diffsync::{DiffTransfer, ErrorKind, SyncMany, VolumeState};
@@ -24,29 +24,94 @@ fn volumes(c: &TestCluster, n: u64, seed: u64) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `rbd-diffsync sync-many --json --no-progress -c CONF ARGS -`, `job` on its stdin.
+fn sync_many(c: &TestCluster, args: &[&str], job: &str) -> Output {
+    let mut child = cli()
+        .env_remove("CEPH_ARGS")
+        .args(["sync-many", "--json", "--no-progress", "-c"])
+        .arg(&c.conf)
+        .args(args)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn many_volumes_full_then_incremental_give_identical_copies() {
+fn many_volumes_full_then_incremental_give_identical_copies_verified() {
     let c = cluster();
     let vols = volumes(&c, 4, 900);
-    let batch = |snap: &str, from: Option<&str>| -> Vec<DiffTransfer> {
-        vols.iter()
-            .map(|(src, dst)| c.transfer(&format!("{src}@{snap}"), dst, from))
-            .collect()
-    };
+    let full: Vec<DiffTransfer> = vols
+        .iter()
+        .map(|(src, dst)| c.transfer(&format!("{src}@s1"), dst, None).verify(true))
+        .collect();
     let mut seen = Vec::new();
-    let results = SyncMany::new(batch("s1", None))
+    let results = SyncMany::new(full)
         .parallel(3)
         .memory_budget(mib(4) as usize)
         .progress_interval(Duration::from_millis(20))
         .on_progress(move |p| seen.push((p.running, p.volumes.len())))
         .run();
     for r in &results {
-        assert!(r.is_ok(), "{r:?}");
+        let stats = r.as_ref().expect("full synced");
+        // Into a new image, every range of the diff is compared.
+        assert_eq!(stats.bytes_verified, stats.diff_bytes, "{stats:?}");
+        assert!(stats.bytes_verified >= mib(2), "{stats:?}");
     }
-    let results = SyncMany::new(batch("s2", Some("s1"))).parallel(2).run();
-    for ((src, dst), r) in vols.iter().zip(&results) {
-        let stats = r.as_ref().expect("incremental synced");
-        assert_eq!(stats.from_snap.as_deref(), Some("s1"));
+    // The incrementals on the command line: the first two with a job line that asks for
+    // verification and one that does not, the last two with --verify, within a budget of
+    // 4 MiB that each verification's two 1 MiB chunks (of both images) fill.
+    let line = |(src, dst): &(String, String)| format!("{src}@s2 {dst} s1\n");
+    let (src, dst) = &vols[0];
+    let job = format!(
+        "{{\"source\": \"{src}@s2\", \"dest\": \"{dst}\", \"from_snap\": \"s1\", \
+         \"verify\": true}}\n{}",
+        line(&vols[1])
+    );
+    let out = sync_many(&c, &["--parallel", "2"], &job);
+    let first = json_exit(&out, 0);
+    let job = format!("{}{}", line(&vols[2]), line(&vols[3]));
+    let args = [
+        "--verify",
+        "--parallel",
+        "2",
+        "--chunk-size",
+        "1M",
+        "--window",
+        "4",
+    ];
+    let out = sync_many(&c, &args, &job);
+    let second = json_exit(&out, 0);
+    let volumes: Vec<&serde_json::Value> = [&first, &second]
+        .iter()
+        .flat_map(|v| v["volumes"].as_array().unwrap())
+        .collect();
+    let verified: Vec<u64> = volumes
+        .iter()
+        .map(|vol| vol["stats"]["bytes_verified"].as_u64().unwrap())
+        .collect();
+    assert_eq!(verified[1], 0, "not asked: {first}");
+    for k in [0, 2, 3] {
+        // What the incremental wrote: the 200 000 bytes written since s1.
+        let diff = volumes[k]["stats"]["diff_bytes"].as_u64().unwrap();
+        assert_eq!(verified[k], diff, "{first} {second}");
+        assert!(verified[k] >= 200_000, "{first} {second}");
+    }
+    assert_eq!(
+        second["bytes_verified"].as_u64(),
+        Some(verified[2] + verified[3])
+    );
+    for ((src, dst), vol) in vols.iter().zip(volumes) {
+        assert_eq!(vol["stats"]["from_snap"], "s1");
         assert_eq!(c.snaps(dst), ["s1", "s2"]);
         for snap in ["s1", "s2"] {
             assert_eq!(
@@ -114,30 +179,7 @@ fn one_failing_volume_does_not_stop_the_others() {
         src = vols[2].0,
         other = c.new_image("backups", "many"),
     );
-    let mut child = cli()
-        .env_remove("CEPH_ARGS")
-        .args([
-            "sync-many",
-            "--json",
-            "--no-progress",
-            "--parallel",
-            "2",
-            "-c",
-        ])
-        .arg(&c.conf)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(job.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sync_many(&c, &["--parallel", "2"], &job);
     let v = json_exit(&out, libc::ENOENT);
     assert_eq!(
         (v["succeeded"].as_u64(), v["failed"].as_u64()),

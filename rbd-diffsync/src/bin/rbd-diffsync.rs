@@ -83,8 +83,8 @@ const SYNC_MANY_HELP: &str = "\
 Job file: one volume per line, blank lines and lines starting with # ignored. Either
     SRC_IMAGE@SNAP DEST_IMAGE [FROM_SNAP]
 (whitespace-separated; FROM_SNAP makes it an incremental), or a JSON object
-    {\"source\": \"rbd/vol1@s2\", \"dest\": \"backups/vol1\", \"from_snap\": \"s1\", \"force\": false}
-(from_snap and force optional). The same destination twice is refused.
+    {\"source\": \"rbd/vol1@s2\", \"dest\": \"backups/vol1\", \"from_snap\": \"s1\", \"verify\": true}
+(from_snap, and force and verify, true or false, optional). The same destination twice is refused.
 
 Exit status: 0 when every volume was synced; otherwise that of the first volume that failed,
 in the order of the job file, as `sync` would have exited for it (125 when cancelled). The
@@ -117,6 +117,11 @@ struct SyncManyArgs {
     /// As `sync --force`, for every volume (a job line may also say "force": true).
     #[arg(long)]
     force: bool,
+    /// As `sync --verify`, for every volume (a job line may also say "verify": true): a
+    /// volume whose copy differs fails (exit status 201) with no end snapshot. The reads of
+    /// the verification are drawn from the memory budget too.
+    #[arg(long)]
+    verify: bool,
     #[command(flatten)]
     output: OutputArgs,
     #[command(flatten)]
@@ -1034,6 +1039,7 @@ struct JobLine {
     dest: String,
     from_snap: Option<String>,
     force: bool,
+    verify: bool,
 }
 
 /// Reads a job file (see [`SYNC_MANY_HELP`]); what is wrong with it, if anything.
@@ -1050,18 +1056,24 @@ fn parse_job(text: &str) -> Result<Vec<JobLine>, String> {
                 serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
             let text = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_owned);
             if let Some(obj) = v.as_object() {
-                if let Some(k) = obj
-                    .keys()
-                    .find(|k| !["source", "dest", "from_snap", "force"].contains(&k.as_str()))
-                {
+                if let Some(k) = obj.keys().find(|k| {
+                    !["source", "dest", "from_snap", "force", "verify"].contains(&k.as_str())
+                }) {
                     return Err(bad(format!("unknown key {k:?}")));
                 }
             }
+            let flag = |key: &str| match v.get(key) {
+                None => Ok(false),
+                Some(x) => x
+                    .as_bool()
+                    .ok_or_else(|| bad(format!("{key:?} is not true or false"))),
+            };
             JobLine {
                 source: text("source").ok_or_else(|| bad("no \"source\" string".into()))?,
                 dest: text("dest").ok_or_else(|| bad("no \"dest\" string".into()))?,
                 from_snap: text("from_snap"),
-                force: v.get("force").and_then(|x| x.as_bool()).unwrap_or(false),
+                force: flag("force")?,
+                verify: flag("verify")?,
             }
         } else {
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -1071,6 +1083,7 @@ fn parse_job(text: &str) -> Result<Vec<JobLine>, String> {
                     dest: dest.to_owned(),
                     from_snap: words.get(2).map(|s| (*s).to_owned()),
                     force: false,
+                    verify: false,
                 },
                 _ => {
                     return Err(bad(
@@ -1107,13 +1120,17 @@ fn sync_many(args: &SyncManyArgs, json: bool) -> Result<ExitCode, Error> {
             ));
         }
     };
-    let jobs = match parse_job(&text) {
+    let mut jobs = match parse_job(&text) {
         Ok(jobs) => jobs,
         Err(message) => {
             let kind = ErrorKind::InvalidArgument;
             return Ok(fail_with(kind, libc::EINVAL, &message, json));
         }
     };
+    for job in &mut jobs {
+        job.force |= args.force;
+        job.verify |= args.verify;
+    }
     let source_cluster = args.clusters.source();
     let dest_cluster = args.clusters.dest(&source_cluster);
     let mut transfers = Vec::new();
@@ -1124,7 +1141,8 @@ fn sync_many(args: &SyncManyArgs, json: bool) -> Result<ExitCode, Error> {
             .chunk_size(args.chunk_size)
             .window(args.window)
             .whole_object(args.whole_object)
-            .overwrite_existing(args.force || job.force)
+            .overwrite_existing(job.force)
+            .verify(job.verify)
             .progress_interval(args.output.progress_interval);
         if let Some(from) = &job.from_snap {
             t = t.from_snap(from.clone());
@@ -1171,11 +1189,12 @@ fn many_text(
     let ok: Vec<&TransferStats> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     let failed = results.len() - ok.len();
     let sum = |f: fn(&TransferStats) -> u64| ok.iter().map(|s| f(s)).sum::<u64>();
-    let (read, written, zeroed, diff) = (
+    let (read, written, zeroed, diff, verified) = (
         sum(|s| s.bytes_read),
         sum(|s| s.bytes_written),
         sum(|s| s.bytes_zeroed),
         sum(|s| s.diff_bytes),
+        sum(|s| s.bytes_verified),
     );
     let secs = elapsed.as_secs_f64();
     let per_sec = if secs > 0.0 { diff as f64 / secs } else { 0.0 };
@@ -1219,6 +1238,7 @@ fn many_text(
             "bytes_written": written,
             "bytes_zeroed": zeroed,
             "diff_bytes": diff,
+            "bytes_verified": verified,
             "elapsed": secs,
             "throughput_bytes_per_sec": per_sec,
         });
@@ -1232,11 +1252,16 @@ fn many_text(
         };
         lines.push(match r {
             Ok(s) => format!(
-                "ok      {} -> {} ({kind}): {} written, {} zeroed in {:.2} s",
+                "ok      {} -> {} ({kind}): {} written, {} zeroed{} in {:.2} s",
                 s.source,
                 s.dest,
                 mib(s.bytes_written),
                 mib(s.bytes_zeroed),
+                if job.verify {
+                    format!(", {} verified", mib(s.bytes_verified))
+                } else {
+                    String::new()
+                },
                 s.elapsed.as_secs_f64()
             ),
             Err(e) => format!(
@@ -1428,21 +1453,24 @@ mod tests {
     fn job_files_take_text_and_json_lines() {
         let jobs = parse_job(
             "# volumes\n\nrbd/a@s2 backups/a s1\n  rbd/b@s1\tbackups/b\n\
-             {\"source\": \"rbd/c@s2\", \"dest\": \"backups/c\", \"from_snap\": \"s1\", \"force\": true}\n",
+             {\"source\": \"rbd/c@s2\", \"dest\": \"backups/c\", \"from_snap\": \"s1\", \"force\": true}\n\
+             {\"source\": \"rbd/d@s1\", \"dest\": \"backups/d\", \"verify\": true}\n",
         )
         .unwrap();
-        let line = |s: &str, d: &str, f: Option<&str>, force| JobLine {
+        let line = |s: &str, d: &str, f: Option<&str>, force, verify| JobLine {
             source: s.into(),
             dest: d.into(),
             from_snap: f.map(Into::into),
             force,
+            verify,
         };
         assert_eq!(
             jobs,
             [
-                line("rbd/a@s2", "backups/a", Some("s1"), false),
-                line("rbd/b@s1", "backups/b", None, false),
-                line("rbd/c@s2", "backups/c", Some("s1"), true),
+                line("rbd/a@s2", "backups/a", Some("s1"), false, false),
+                line("rbd/b@s1", "backups/b", None, false, false),
+                line("rbd/c@s2", "backups/c", Some("s1"), true, false),
+                line("rbd/d@s1", "backups/d", None, false, true),
             ]
         );
         for bad in [
@@ -1450,6 +1478,8 @@ mod tests {
             "a b c d",
             "{\"source\": \"a\"}",
             "{\"source\": \"a\", \"dest\": \"b\", \"x\": 1}",
+            "{\"source\": \"a\", \"dest\": \"b\", \"verify\": \"yes\"}",
+            "{\"source\": \"a\", \"dest\": \"b\", \"force\": 1}",
             "{",
             "# none",
         ] {
