@@ -975,7 +975,8 @@ int rbd_diffsync_transfer_set_verify(struct rbd_diffsync_transfer *transfer,
  * command line's `--max-rate`); 0 removes the cap (the default). Only data counts: ranges
  * made to read as zeros are not held back. While it waits for the cap the transfer still
  * reports progress and can be cancelled. In a batch (`rbd_diffsync_batch_add`) its own cap
- * applies besides the batch's.
+ * applies besides the batch's. With verification on, its reads of the source are held back
+ * by the cap too.
  */
 int rbd_diffsync_transfer_set_rate_limit(struct rbd_diffsync_transfer *transfer,
                                          uint64_t bytes_per_sec);

@@ -352,7 +352,8 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_verify(
 /// command line's `--max-rate`); 0 removes the cap (the default). Only data counts: ranges
 /// made to read as zeros are not held back. While it waits for the cap the transfer still
 /// reports progress and can be cancelled. In a batch (`rbd_diffsync_batch_add`) its own cap
-/// applies besides the batch's.
+/// applies besides the batch's. With verification on, its reads of the source are held back
+/// by the cap too.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_transfer_set_rate_limit(
     transfer: *mut rbd_diffsync_transfer,

@@ -328,6 +328,42 @@ pub(crate) fn next_completion(
     }
 }
 
+/// The next completion, or `None` once `ready` (when the rate limits let the next read go)
+/// or the reporter's poll interval comes first; a wait that timed out is reported as waiting
+/// for the tightest of `rates`.
+pub(crate) fn completion_or_rate(
+    rx: &Receiver<Done>,
+    ready: Instant,
+    rates: &[&RateLimit],
+    reporter: &mut Reporter,
+) -> Option<Done> {
+    let timeout = ready
+        .saturating_duration_since(Instant::now())
+        .min(reporter.poll_interval());
+    match rx.recv_timeout(timeout) {
+        Ok(done) => Some(done),
+        Err(_) => {
+            let rate = rates.iter().map(|r| r.rate()).min().unwrap_or(0);
+            reporter.waiting_for(Some(format!(
+                "the rate limit of {:.1} MiB/s",
+                rate as f64 / (1u64 << 20) as f64
+            )));
+            reporter.tick();
+            None
+        }
+    }
+}
+
+/// The instant from which a read of `bytes` may go under `rates` (which must not be empty),
+/// reserving them: the latest of their answers.
+pub(crate) fn rate_ready(rates: &[&RateLimit], bytes: u64) -> Instant {
+    rates
+        .iter()
+        .map(|r| r.reserve(bytes))
+        .max()
+        .expect("some rate limit")
+}
+
 /// What `piece` holds of the budget while it is read.
 fn read_charge(piece: &Piece) -> usize {
     if piece.data {
@@ -405,12 +441,7 @@ impl Run<'_> {
             let ready = match self.rate_ready {
                 Some((i, ready)) if i == index => ready,
                 _ => {
-                    let ready = self
-                        .rates
-                        .iter()
-                        .map(|r| r.reserve(piece.len))
-                        .max()
-                        .expect("some rate limit");
+                    let ready = rate_ready(self.rates, piece.len);
                     self.rate_ready = Some((index, ready));
                     ready
                 }
@@ -879,22 +910,7 @@ pub(crate) fn run(
             }
         }
         let done = match rate_wait {
-            // Waits for the rate limit, or a completion before that.
-            Some(ready) => {
-                let timeout = (ready - Instant::now()).min(reporter.poll_interval());
-                match run.rx.recv_timeout(timeout) {
-                    Ok(done) => Some(done),
-                    Err(_) => {
-                        let rate = run.rates.iter().map(|r| r.rate()).min().unwrap_or(0);
-                        reporter.waiting_for(Some(format!(
-                            "the rate limit of {:.1} MiB/s",
-                            rate as f64 / (1u64 << 20) as f64
-                        )));
-                        reporter.tick();
-                        None
-                    }
-                }
-            }
+            Some(ready) => completion_or_rate(&run.rx, ready, run.rates, reporter),
             None => {
                 let what = || {
                     if run.in_flight == 0 && run.blocked {

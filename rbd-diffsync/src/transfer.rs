@@ -253,7 +253,8 @@ impl DiffTransfer {
     /// bucket holds is read once the bucket is full, and the pieces after it wait for the
     /// debt: a transfer of `data` bytes takes at least `(data - bucket - one chunk) / rate`,
     /// and one of a single chunk is not held back at all. In a [`SyncMany`] batch its own
-    /// cap applies besides the batch's.
+    /// cap applies besides the batch's. With [`verify`](Self::verify), the verification's
+    /// reads of the source are held back by the same cap (those of the destination are not).
     ///
     /// [`SyncMany`]: crate::SyncMany
     pub fn rate_limit(mut self, bytes_per_sec: u64) -> Self {
@@ -1112,6 +1113,7 @@ impl DiffTransfer {
                 &totals.ranges,
                 chunk,
                 window,
+                &rates,
                 reporter,
                 &label,
             )?

@@ -6,6 +6,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::budget::RateLimit;
 use crate::cluster::Cluster;
 use crate::destination;
 use crate::engine::{self, Completion, DiffSource, Done, Window};
@@ -225,6 +226,7 @@ impl Verify {
             &ranges,
             self.chunk_size,
             window,
+            &[],
             reporter,
             &label,
         )?;
@@ -491,6 +493,7 @@ pub(crate) fn compare(
     ranges: &[(u64, u64)],
     chunk: u64,
     window: Window,
+    rates: &[&RateLimit],
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<Compared> {
@@ -524,19 +527,37 @@ pub(crate) fn compare(
     };
     let mut stopping = false;
     let mut next = 0;
+    // The chunk whose bytes the rate limits have reserved, and from when it may be read.
+    let mut reserved: Option<(usize, Instant)> = None;
     loop {
         if !stopping && reporter.stop().is_some() {
             stopping = true;
         }
+        let mut rate_wait = None;
         while !c.halted(stopping) && next < pieces.len() && c.has_room(pieces[next].len as usize) {
+            if !rates.is_empty() {
+                let ready = match reserved {
+                    Some((i, ready)) if i == next => ready,
+                    _ => engine::rate_ready(rates, pieces[next].len),
+                };
+                reserved = Some((next, ready));
+                if Instant::now() < ready {
+                    rate_wait = Some(ready);
+                    break;
+                }
+            }
             c.start(pieces[next]);
             next += 1;
         }
-        if c.in_flight == 0 {
+        if c.in_flight == 0 && rate_wait.is_none() {
             break;
         }
         let what = || format!("the cluster to complete the reads in flight of {label}");
-        if let Some(done) = engine::next_completion(&c.rx, reporter, what) {
+        let done = match rate_wait {
+            Some(ready) => engine::completion_or_rate(&c.rx, ready, rates, reporter),
+            None => engine::next_completion(&c.rx, reporter, what),
+        };
+        if let Some(done) = done {
             let bytes = c.complete(done);
             if bytes > 0 {
                 reporter.advance(bytes);
@@ -568,12 +589,21 @@ pub(crate) fn written(
     ranges: &[(u64, u64)],
     chunk: u64,
     window: Window,
+    rates: &[&RateLimit],
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<u64> {
     let ranges = union(ranges, &[]);
     reporter.restart(Phase::Verifying, ranges.iter().map(|r| r.1).sum());
-    let compared = compare([source, dest], &ranges, chunk, window, reporter, label)?;
+    let compared = compare(
+        [source, dest],
+        &ranges,
+        chunk,
+        window,
+        rates,
+        reporter,
+        label,
+    )?;
     match compared.first_difference {
         None => Ok(compared.bytes),
         Some(offset) => Err(Error::mismatch(
@@ -664,7 +694,7 @@ mod tests {
     };
 
     fn run(a: &Memory, b: &Memory, ranges: &[(u64, u64)]) -> Result<Compared> {
-        compare([a, b], ranges, 4096, WINDOW, &mut reporter(), "mem")
+        compare([a, b], ranges, 4096, WINDOW, &[], &mut reporter(), "mem")
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -717,13 +747,72 @@ mod tests {
         token.cancel();
         let mut reporter = Reporter::new(None, Duration::from_millis(10), token, Instant::now());
         reporter.verification();
-        let e = compare([&a, &b], &[(0, 1 << 20)], 4096, WINDOW, &mut reporter, "x").unwrap_err();
+        let e = compare(
+            [&a, &b],
+            &[(0, 1 << 20)],
+            4096,
+            WINDOW,
+            &[],
+            &mut reporter,
+            "x",
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
         assert!(
             e.to_string().starts_with("verification of x cancelled"),
             "{e}"
         );
         assert_eq!(a.reads.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_rate_limit_holds_back_the_reads_of_the_source() {
+        let a = Memory::new(pattern(1 << 20));
+        let b = Memory::new(pattern(1 << 20));
+        // 4 MiB/s with a burst of 204.8 KiB: 1 MiB of the source takes 0.2 s at least.
+        let rate = RateLimit::new(4 << 20);
+        let started = Instant::now();
+        let got = compare(
+            [&a, &b],
+            &[(0, 1 << 20)],
+            4096,
+            WINDOW,
+            &[&rate],
+            &mut reporter(),
+            "mem",
+        )
+        .unwrap();
+        assert_eq!((got.bytes, got.first_difference), (1 << 20, None));
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(190), "{elapsed:?}");
+        // Stopped while it waits for the rate.
+        let (a, b) = (Memory::new(pattern(1 << 20)), Memory::new(pattern(1 << 20)));
+        let rate = RateLimit::new(64 << 10);
+        let token = CancelToken::new();
+        let stopper = {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                token.cancel();
+            })
+        };
+        let mut reporter = Reporter::new(None, Duration::from_millis(10), token, Instant::now());
+        let e = compare(
+            [&a, &b],
+            &[(0, 1 << 20)],
+            4096,
+            WINDOW,
+            &[&rate],
+            &mut reporter,
+            "x",
+        )
+        .unwrap_err();
+        stopper.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
+        assert!(
+            a.reads.load(Ordering::Relaxed) < 256,
+            "not every chunk was read"
+        );
     }
 
     #[test]

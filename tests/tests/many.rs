@@ -212,19 +212,29 @@ fn a_rate_limited_sync_takes_at_least_its_time() {
     c.create(&src, mib(8), None);
     c.write(&src, 0, mib(4) as usize, 990);
     c.snap(&src, "s1");
-    // 4 MiB at 2 MiB/s: the last 2 MiB chunk may not be read before 1 s (2 MiB, less the
-    // 64 KiB burst, at the rate), whatever else is slow.
+    // 4 MiB copied, then read again by the verification, at 2 MiB/s: the last 2 MiB chunk of
+    // the source may not be read before 3 s (6 MiB, less the 100 KiB burst, at the rate),
+    // whatever else is slow.
     let started = Instant::now();
     let out = cli()
         .env_remove("CEPH_ARGS")
-        .args(["sync", "--no-progress", "--max-rate", "2M", "-c"])
+        .args([
+            "sync",
+            "--json",
+            "--no-progress",
+            "--verify",
+            "--max-rate",
+            "2M",
+            "-c",
+        ])
         .arg(&c.conf)
         .args([&format!("{src}@s1"), &dst])
         .output()
         .unwrap();
     let took = started.elapsed();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(took >= Duration::from_millis(950), "{took:?}");
+    let v = json_exit(&out, 0);
+    assert_eq!(v["bytes_verified"].as_u64(), Some(mib(4)), "{v}");
+    assert!(took >= Duration::from_millis(2900), "{took:?}");
     assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
 }
 

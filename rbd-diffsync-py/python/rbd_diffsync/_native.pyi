@@ -288,7 +288,8 @@ class DiffTransfer:
 
     ``cluster`` is the source's cluster, and the destination's unless ``dest_cluster`` is
     given. ``rate_limit`` caps the bytes read from the source at that many per second on
-    average (None or 0: no cap); zeroed ranges cost nothing. ``chunk_size`` (bytes, a multiple of 4096) and ``window`` (chunks in flight) bound
+    average (None or 0: no cap), the verification's reads of the source included; zeroed
+    ranges cost nothing. ``chunk_size`` (bytes, a multiple of 4096) and ``window`` (chunks in flight) bound
     the memory used; ``whole_object`` diffs by whole objects; ``force`` allows writing over
     what the destination holds (a full transfer into an image with data or snapshots, an
     incremental into an image changed since ``from_snap``); ``verify`` reads back every range

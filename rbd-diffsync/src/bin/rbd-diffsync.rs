@@ -108,7 +108,8 @@ struct SyncManyArgs {
     window: usize,
     /// Bytes per second read from the sources, all volumes together, at most: a number with
     /// an optional K, M or G suffix (powers of 1024: 100M is 100 MiB/s). Only data counts,
-    /// not ranges made to read as zeros.
+    /// not ranges made to read as zeros; with --verify, the verifications' reads of the
+    /// sources count too.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     max_rate: Option<u64>,
     /// Diff by whole objects, as `rbd export-diff --whole-object`.
@@ -165,7 +166,7 @@ struct SyncArgs {
     dry_run: bool,
     /// Bytes per second read from the source at most: a number with an optional K, M or G
     /// suffix (powers of 1024: 100M is 100 MiB/s). Only data counts, not ranges made to read
-    /// as zeros.
+    /// as zeros; with --verify, the verification's reads of the source count too.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     max_rate: Option<u64>,
     /// After the writes, before the end snapshot, read back what the sync wrote or zeroed from
