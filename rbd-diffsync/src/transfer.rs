@@ -1107,13 +1107,16 @@ impl DiffTransfer {
                 }
                 None => (window, None),
             };
+            let reads = verify::Reads {
+                chunk,
+                window,
+                rates: &rates,
+            };
             verify::written(
                 &source.image,
                 &dest,
                 &totals.ranges,
-                chunk,
-                window,
-                &rates,
+                reads,
                 reporter,
                 &label,
             )?

@@ -224,9 +224,11 @@ impl Verify {
         let compared = compare(
             [&*a, &*b],
             &ranges,
-            self.chunk_size,
-            window,
-            &[],
+            Reads {
+                chunk: self.chunk_size,
+                window,
+                rates: &[],
+            },
             reporter,
             &label,
         )?;
@@ -488,15 +490,27 @@ impl Comparison<'_> {
 /// `reporter`. At the first difference nothing more is started, but every chunk in flight is
 /// still compared: chunks start in order, so the lowest difference found is the first. A read
 /// that fails before that offset is the error; a stop is one too (naming `label`).
+/// How a comparison reads: in chunks of at most `chunk` bytes, within `window`, the reads of
+/// the first image held back by `rates`.
+#[derive(Clone, Copy)]
+pub(crate) struct Reads<'a> {
+    pub chunk: u64,
+    pub window: Window,
+    pub rates: &'a [&'a RateLimit],
+}
+
 pub(crate) fn compare(
     sides: [&dyn DiffSource; 2],
     ranges: &[(u64, u64)],
-    chunk: u64,
-    window: Window,
-    rates: &[&RateLimit],
+    reads: Reads<'_>,
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<Compared> {
+    let Reads {
+        chunk,
+        window,
+        rates,
+    } = reads;
     let extents: Vec<DiffExtent> = ranges
         .iter()
         .map(|&(offset, len)| DiffExtent {
@@ -581,29 +595,19 @@ pub(crate) fn compare(
 }
 
 /// A transfer's check of what it wrote: the `ranges` of its pieces, read from `source` (at its end snapshot)
-/// and from `dest` (at HEAD, after the writes) in chunks of at most `chunk` bytes, compared. Returns the bytes compared; a
+/// and from `dest` (at HEAD, after the writes) as `reads` says, compared. Returns the bytes compared; a
 /// difference is an error naming `dest` (`label`) and the first offset that differs.
 pub(crate) fn written(
     source: &Image,
     dest: &Image,
     ranges: &[(u64, u64)],
-    chunk: u64,
-    window: Window,
-    rates: &[&RateLimit],
+    reads: Reads<'_>,
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<u64> {
     let ranges = union(ranges, &[]);
     reporter.restart(Phase::Verifying, ranges.iter().map(|r| r.1).sum());
-    let compared = compare(
-        [source, dest],
-        &ranges,
-        chunk,
-        window,
-        rates,
-        reporter,
-        label,
-    )?;
+    let compared = compare([source, dest], &ranges, reads, reporter, label)?;
     match compared.first_difference {
         None => Ok(compared.bytes),
         Some(offset) => Err(Error::mismatch(
@@ -688,13 +692,20 @@ mod tests {
         )
     }
 
-    const WINDOW: Window = Window {
-        budget: 64 << 10,
-        max_requests: 8,
-    };
+    /// Reads of 4 KiB in a window of 64 KiB.
+    fn reads<'a>(rates: &'a [&'a RateLimit]) -> Reads<'a> {
+        Reads {
+            chunk: 4096,
+            window: Window {
+                budget: 64 << 10,
+                max_requests: 8,
+            },
+            rates,
+        }
+    }
 
     fn run(a: &Memory, b: &Memory, ranges: &[(u64, u64)]) -> Result<Compared> {
-        compare([a, b], ranges, 4096, WINDOW, &[], &mut reporter(), "mem")
+        compare([a, b], ranges, reads(&[]), &mut reporter(), "mem")
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -747,16 +758,7 @@ mod tests {
         token.cancel();
         let mut reporter = Reporter::new(None, Duration::from_millis(10), token, Instant::now());
         reporter.verification();
-        let e = compare(
-            [&a, &b],
-            &[(0, 1 << 20)],
-            4096,
-            WINDOW,
-            &[],
-            &mut reporter,
-            "x",
-        )
-        .unwrap_err();
+        let e = compare([&a, &b], &[(0, 1 << 20)], reads(&[]), &mut reporter, "x").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
         assert!(
             e.to_string().starts_with("verification of x cancelled"),
@@ -775,9 +777,7 @@ mod tests {
         let got = compare(
             [&a, &b],
             &[(0, 1 << 20)],
-            4096,
-            WINDOW,
-            &[&rate],
+            reads(&[&rate]),
             &mut reporter(),
             "mem",
         )
@@ -800,9 +800,7 @@ mod tests {
         let e = compare(
             [&a, &b],
             &[(0, 1 << 20)],
-            4096,
-            WINDOW,
-            &[&rate],
+            reads(&[&rate]),
             &mut reporter,
             "x",
         )
