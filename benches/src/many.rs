@@ -28,10 +28,10 @@ pub fn child(args: Vec<String>) -> i32 {
         eprintln!("usage: {MANY_CMD} CONF PARALLEL BUDGET_BYTES < jobs");
         return 2;
     };
-    // As the rbd-diffsync binary does before any thread starts: two malloc heaps at most.
+    // As the rbd-diffsync binary does before any thread starts: one malloc heap.
     // SAFETY: mallopt only changes the allocator's settings; no other thread runs yet.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     let mut jobs = String::new();
     std::io::stdin()

@@ -992,13 +992,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 /// glibc gives each thread that allocates a heap of its own (up to 8 per core), and keeps
 /// what is freed there: with the buffers of several transfers and of librados's threads
-/// spread over many heaps, a `sync-many` of 8 volumes peaked at 227 MiB. Two heaps brought it
-/// to 152-162 MiB, with the same time and CPU (BENCHMARKS.md). Set before any thread starts.
+/// spread over many heaps, a `sync-many` of 8 volumes peaked at 227 MiB. One heap, where a
+/// buffer freed by one thread is the next one another thread allocates, brought it to
+/// 113-128 MiB (two heaps: 151-179 MiB), with the same time and CPU for it and for a single
+/// `sync` (BENCHMARKS.md); the allocations that would contend for it are few and large, the
+/// small ones are served from each thread's cache. Set before any thread starts.
 fn fewer_malloc_heaps() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes the allocator's settings; no other thread runs yet.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
