@@ -14,7 +14,7 @@
 //! never waits for bytes, and the queue of requests is never behind the queue of bytes.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -199,48 +199,31 @@ impl Budget {
             bytes: 0,
             requests: 0,
         };
-        let (mut bytes_ticket, mut requests_ticket) = (None, None);
-        while !self.take_bytes(&mut bytes_ticket, bytes, &tx) {
-            self.wait_turn(
-                [&mut bytes_ticket, &mut requests_ticket],
-                &rx,
-                reporter,
-                label,
-            )?;
+        // Where it waits for bytes, then for requests.
+        let mut tickets = [None, None];
+        let mut wait = |tickets: &mut [Option<Ticket>; 2]| {
+            let [bytes_ticket, requests_ticket] = tickets;
+            if reporter.stop().is_some() {
+                self.leave(bytes_ticket, requests_ticket);
+                return Err(reporter.stopped_error(label));
+            }
+            reporter.waiting_for(Some(format!(
+                "room in the batch's budget for the verification of {label}"
+            )));
+            let _ = rx.recv_timeout(reporter.poll_interval());
+            reporter.tick();
+            Ok(())
+        };
+        while !self.take_bytes(&mut tickets[0], bytes, &tx) {
+            wait(&mut tickets)?;
         }
         reserved.bytes = bytes;
-        while !self.take_requests(&mut requests_ticket, requests, &tx) {
-            self.wait_turn(
-                [&mut bytes_ticket, &mut requests_ticket],
-                &rx,
-                reporter,
-                label,
-            )?;
+        while !self.take_requests(&mut tickets[1], requests, &tx) {
+            wait(&mut tickets)?;
         }
         reserved.requests = requests;
         reporter.waiting_for(None);
         Ok(reserved)
-    }
-
-    /// Waits for a wake-up (or the reporter's next tick) of a caller queued with one of
-    /// `tickets` (bytes, requests); a stop takes it out of the queues and fails.
-    fn wait_turn(
-        &self,
-        [bytes_ticket, requests_ticket]: [&mut Option<Ticket>; 2],
-        rx: &Receiver<Done>,
-        reporter: &mut Reporter,
-        label: &str,
-    ) -> Result<()> {
-        if reporter.stop().is_some() {
-            self.leave(bytes_ticket, requests_ticket);
-            return Err(reporter.stopped_error(label));
-        }
-        reporter.waiting_for(Some(format!(
-            "room in the batch's budget for the verification of {label}"
-        )));
-        let _ = rx.recv_timeout(reporter.poll_interval());
-        reporter.tick();
-        Ok(())
     }
 
     /// Gives back bytes and requests drawn before.
