@@ -685,7 +685,6 @@ fn open_source(conn: &Cluster, spec: &ImageSpec, from_name: Option<&str>) -> Res
     })
 }
 
-/// Opens the destination, for writing with `lock`; `None` for a full transfer's missing one.
 /// An open destination, and who it named as its writer before this transfer claimed it.
 type OpenDest = (Arc<Image>, Option<String>);
 
@@ -747,6 +746,7 @@ impl DiffTransfer {
         let me = dest_cluster.address()?;
         let what = format!("{} and {} to open", self.source, self.dest);
         let claimant = me.clone();
+        let (stop, _abandon) = reporter.stop_check().abandonable();
         let (source, (dest_pool, dest)) = detached(reporter, &label, what, move || {
             std::thread::scope(|s| {
                 let dest = s.spawn(|| {
@@ -754,6 +754,12 @@ impl DiffTransfer {
                 });
                 let source = open_source(&src_conn, &src_spec, from_name.as_deref());
                 let dest = dest.join().unwrap_or_else(|panic| resume_unwind(panic));
+                if let (Ok((_, Some((image, previous)))), true) = (&dest, lock) {
+                    if source.is_err() || stop.stopped() {
+                        // Refused, or no longer waited for: the claim goes.
+                        destination::unclaim(image, previous.as_deref());
+                    }
+                }
                 // The source's error first: without a source there is nothing to check.
                 Ok((source?, dest?))
             })

@@ -3,6 +3,7 @@
 
 use rbd_diffsync_tests::{cluster, mib, rbd_diffsync, TestCluster};
 
+use rbd_diffsync::internals::{HOLDER_KEY, RECORD_KEY};
 use rbd_diffsync::{DiffTransfer, Error, ErrorKind, ImageSpec};
 
 struct Setup {
@@ -54,6 +55,9 @@ impl Setup {
             "nothing was written to {}",
             self.dst
         );
+        for key in [HOLDER_KEY, RECORD_KEY] {
+            assert_eq!(self.c.meta(&self.dst, key), None, "{key} on {}", self.dst);
+        }
     }
 }
 
