@@ -338,11 +338,31 @@ impl Image {
         }
     }
 
-    /// Creates snapshot `name` of HEAD.
-    pub fn create_snapshot(&self, name: &str) -> Result<()> {
+    /// Creates snapshot `name` of HEAD. Without `quiesce`, librbd does not first ask the
+    /// image's other clients to quiesce their writes (and wait for their answers, two
+    /// notifications through the OSD): for an image that no other client writes, such as a
+    /// destination under its exclusive lock.
+    pub fn create_snapshot(&self, name: &str, quiesce: bool) -> Result<()> {
+        unsafe extern "C" fn no_progress(_offset: u64, _total: u64, _arg: *mut c_void) -> c_int {
+            0
+        }
         let c_snap = c_name("snapshot name", name)?;
-        // SAFETY: `raw` is open, the name NUL-terminated.
-        let ret = unsafe { sys::rbd_snap_create(self.raw, c_snap.as_ptr()) };
+        let flags = if quiesce {
+            0
+        } else {
+            sys::RBD_SNAP_CREATE_SKIP_QUIESCE
+        };
+        // SAFETY: `raw` is open, the name NUL-terminated; the callback ignores its (null)
+        // argument.
+        let ret = unsafe {
+            sys::rbd_snap_create2(
+                self.raw,
+                c_snap.as_ptr(),
+                flags,
+                no_progress,
+                ptr::null_mut(),
+            )
+        };
         if ret == -libc::EEXIST {
             return Err(Error::snap_exists(self.path(), name));
         }

@@ -1148,7 +1148,8 @@ impl DiffTransfer {
             image.flush()?;
             let snapshot_started = Instant::now();
             if let Some(end) = &end {
-                image.create_snapshot(end)?;
+                // Nobody else writes it under the lock: nothing to quiesce.
+                image.create_snapshot(end, false)?;
             }
             let elapsed = snapshot_started.elapsed();
             // The end snapshot makes the transfer complete: a record left behind by a failure

@@ -26,6 +26,8 @@ pub(crate) const RBD_IMAGE_OPTION_ORDER: c_int = 2;
 pub(crate) const RBD_IMAGE_OPTION_STRIPE_UNIT: c_int = 3;
 pub(crate) const RBD_IMAGE_OPTION_STRIPE_COUNT: c_int = 4;
 pub(crate) const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
+/// `rbd_snap_create2` flag: no quiesce notification to the image's watchers first.
+pub(crate) const RBD_SNAP_CREATE_SKIP_QUIESCE: u32 = 1 << 0;
 
 // features.h
 pub(crate) const RBD_FEATURE_LAYERING: u64 = 1 << 0;
@@ -201,7 +203,13 @@ extern "C" {
         max_snaps: *mut c_int,
     ) -> c_int;
     pub(crate) fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
-    pub(crate) fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    pub(crate) fn rbd_snap_create2(
+        image: rbd_image_t,
+        snapname: *const c_char,
+        flags: u32,
+        cb: librbd_progress_fn_t,
+        cbdata: *mut c_void,
+    ) -> c_int;
     pub(crate) fn rbd_snap_set(image: rbd_image_t, snapname: *const c_char) -> c_int;
 
     pub(crate) fn rbd_diff_iterate2(
