@@ -677,13 +677,17 @@ impl Pool {
         }
     }
 
-    /// Removes `key` from the omap of the existing `object`.
-    pub(crate) fn omap_remove(&self, object: &str, key: &str) -> Result<()> {
-        let c_key = cstring("omap key", key.as_bytes())?;
-        let keys = [c_key.as_ptr()];
-        // SAFETY: `keys` outlives the op, which `omap_write` runs before returning.
-        self.omap_write(object, "remove omap key of", |op| unsafe {
-            raw::rados_write_op_omap_rm_keys(op, keys.as_ptr(), 1)
+    /// Removes `keys` from the omap of the existing `object`, in one operation.
+    pub(crate) fn omap_remove(&self, object: &str, keys: &[&str]) -> Result<()> {
+        let c_keys = keys
+            .iter()
+            .map(|k| cstring("omap key", k.as_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<*const c_char> = c_keys.iter().map(|k| k.as_ptr()).collect();
+        // SAFETY: `keys` and the strings it points to outlive the op, which `omap_write` runs
+        // before returning.
+        self.omap_write(object, "remove omap keys of", |op| unsafe {
+            raw::rados_write_op_omap_rm_keys(op, keys.as_ptr(), keys.len())
         })
     }
 

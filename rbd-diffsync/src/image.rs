@@ -489,6 +489,16 @@ impl Image {
         Ok(names)
     }
 
+    /// Whether this client holds the image's exclusive lock, as librbd knows it (no round
+    /// trip).
+    pub fn holds_exclusive_lock(&self) -> Result<bool> {
+        let mut owner: c_int = 0;
+        // SAFETY: `raw` is open; `owner` is an out pointer.
+        let ret = unsafe { sys::rbd_is_exclusive_lock_owner(self.raw, &mut owner) };
+        check(ret, "read the lock state of", &self.label)?;
+        Ok(owner != 0)
+    }
+
     /// Takes the exclusive lock and keeps it until the image is closed: librbd hands it to no
     /// other client meanwhile. A lock held by a live client in this mode fails with `EROFS`;
     /// one left by a dead client is broken once its watch has expired, which this call waits
@@ -616,17 +626,6 @@ impl Image {
         // SAFETY: `raw` is open; both strings are NUL-terminated.
         let ret = unsafe { sys::rbd_metadata_set(self.raw, c_key.as_ptr(), c_value.as_ptr()) };
         check(ret, "write metadata of", &self.label)
-    }
-
-    /// Removes image metadata `key`; a missing key is not an error.
-    pub fn metadata_remove(&self, key: &str) -> Result<()> {
-        let c_key = c_name("metadata key", key)?;
-        // SAFETY: `raw` is open; the key is NUL-terminated.
-        let ret = unsafe { sys::rbd_metadata_remove(self.raw, c_key.as_ptr()) };
-        if ret == -libc::ENOENT {
-            return Ok(());
-        }
-        check(ret, "remove metadata of", &self.label)
     }
 
     pub(crate) fn io_error(&self, op: &str, offset: u64, len: u64, ret: i64) -> Error {
@@ -849,9 +848,11 @@ impl Header {
         self.pool.omap_set(&self.object, &metadata_key(key), value)
     }
 
-    /// Removes the metadata `key` of the existing image.
-    pub(crate) fn metadata_remove(&self, key: &str) -> Result<()> {
-        self.pool.omap_remove(&self.object, &metadata_key(key))
+    /// Removes the metadata `keys` of the existing image, in one operation.
+    pub(crate) fn metadata_remove(&self, keys: &[&str]) -> Result<()> {
+        let keys: Vec<String> = keys.iter().map(|k| metadata_key(k)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.pool.omap_remove(&self.object, &keys)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::progress::{
     AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck,
     TransferStats, Waited,
 };
-use crate::record::{Record, SnapRef, HOLDER_KEY, KEY};
+use crate::record::{Record, SnapRef};
 use crate::scan;
 use crate::spec::{ClusterSpec, ImageSpec};
 use crate::stream::{self, Outline, Planner, Queue};
@@ -1011,11 +1011,11 @@ impl DiffTransfer {
         // The first write: from here on a rerun recognises what this transfer wrote. What the
         // interrupted transfer did stays recorded as done until this one gets further.
         record.done = plan.resume_from;
-        let (image, text) = (dest.clone(), record.encode());
+        let (image, written) = (dest.clone(), record.clone());
         waited(
             reporter,
             format!("the in-progress record on {label}"),
-            move || image.metadata_set(KEY, &text),
+            move || destination::write_record(&image, &written),
         )?;
         let dest_size = plan.dest_size.unwrap_or(source.info.size);
         if source.info.size > dest_size {
@@ -1155,8 +1155,7 @@ impl DiffTransfer {
             // The end snapshot makes the transfer complete: a record left behind by a failure
             // here is harmless (the next transfer starts from that unchanged snapshot, and
             // replaces the record), so it does not fail the transfer.
-            let _ = image.metadata_remove(KEY);
-            let _ = image.metadata_remove(HOLDER_KEY);
+            let _ = destination::clear_record(&image);
             Ok(elapsed)
         })?;
         reporter.finish();

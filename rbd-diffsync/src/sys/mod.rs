@@ -157,6 +157,7 @@ extern "C" {
     pub(crate) fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: size_t) -> c_int;
 
     pub(crate) fn rbd_lock_acquire(image: rbd_image_t, lock_mode: c_int) -> c_int;
+    pub(crate) fn rbd_is_exclusive_lock_owner(image: rbd_image_t, is_owner: *mut c_int) -> c_int;
     pub(crate) fn rbd_lock_break(
         image: rbd_image_t,
         lock_mode: c_int,
@@ -187,7 +188,6 @@ extern "C" {
         key: *const c_char,
         value: *const c_char,
     ) -> c_int;
-    pub(crate) fn rbd_metadata_remove(image: rbd_image_t, key: *const c_char) -> c_int;
     pub(crate) fn rbd_resize2(
         image: rbd_image_t,
         size: u64,
