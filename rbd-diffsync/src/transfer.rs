@@ -987,6 +987,19 @@ impl DiffTransfer {
         if reporter.stop().is_some() {
             return Err(reporter.stopped_error(&label));
         }
+        // The plan is made cell by cell on a thread of its own, a bounded queue ahead of the
+        // copy. It only reads the source, so it starts now: its first cell is scanned while
+        // the destination is prepared for the first write. A return before the copy closes
+        // the queue, which stops it.
+        let queue = Arc::new(Queue::default());
+        let planning = start_planning(
+            planner,
+            source.image.clone(),
+            self.from_snap.clone(),
+            queue.clone(),
+            reporter.stop_check(),
+        );
+        let _closes = ClosesOnDrop(&queue);
         let dest = match dest {
             Some(dest) => dest,
             None => {
@@ -1043,16 +1056,6 @@ impl DiffTransfer {
             .iter()
             .chain(batch.and_then(|b| b.rate.as_ref()))
             .collect();
-        // The plan is made cell by cell on a thread of its own, a bounded queue ahead of the
-        // copy.
-        let queue = Arc::new(Queue::default());
-        let planning = start_planning(
-            planner,
-            source.image.clone(),
-            self.from_snap.clone(),
-            queue.clone(),
-            reporter.stop_check(),
-        );
         // The copy starts with the first pieces planned (for most images, all of them).
         while !queue.wait_ready(reporter.poll_interval()) && reporter.stop().is_none() {
             reporter.waiting_for(Some(format!("the diff scan of {}", source.spec)));
@@ -1179,6 +1182,15 @@ impl DiffTransfer {
             elapsed: started.elapsed(),
             snapshot_elapsed,
         })
+    }
+}
+
+/// Closes the queue when dropped, so that a planning still running stops.
+struct ClosesOnDrop<'a>(&'a Queue);
+
+impl Drop for ClosesOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
