@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 pub const KEY: &str = "rbd_diffsync.in_progress";
 
 /// The metadata key naming the client that takes the destination's lock for a transfer, set
-/// just before it takes it: before the checks, when there is no in-progress record yet, a
-/// rerun still recognises the lock of its killed predecessor. It names a lock holder, nothing
-/// about the data, and goes with the record.
+/// before that client opens the destination for writing (which registers its watch): from
+/// then on, even before the checks and the in-progress record, a rerun recognises the watch
+/// and the lock of its killed predecessor. It names a lock holder, nothing about the data,
+/// and goes with the record.
 pub const HOLDER_KEY: &str = "rbd_diffsync.lock_holder";
 
 /// A snapshot of the source, by id (what stays true) and name (what messages show).
