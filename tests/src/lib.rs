@@ -397,6 +397,12 @@ impl TestCluster {
     }
 }
 
+/// Asserts that `err` is of `kind` with `errno`, naming it if not.
+#[track_caller]
+pub fn assert_kind(err: &rbd_diffsync::Error, kind: rbd_diffsync::ErrorKind, errno: i32) {
+    assert_eq!((err.kind(), err.errno()), (kind, errno), "{err}");
+}
+
 /// A command's stderr, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

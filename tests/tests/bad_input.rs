@@ -1,7 +1,7 @@
 //! Bad input: each refused with its own error naming what is wrong, the destination untouched
 //! (no new snapshot, nothing written since its last snapshot according to `rbd diff`).
 
-use rbd_diffsync_tests::{cluster, mib, rbd_diffsync, TestCluster};
+use rbd_diffsync_tests::{assert_kind, cluster, mib, rbd_diffsync, TestCluster};
 
 use rbd_diffsync::internals::{HOLDER_KEY, RECORD_KEY};
 use rbd_diffsync::{DiffTransfer, Error, ErrorKind, ImageSpec};
@@ -63,11 +63,7 @@ impl Setup {
 
 /// A "does not exist" error naming exactly this image and snapshot.
 fn assert_not_found(err: &Error, image: &str, snap: Option<&str>) {
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::NotFound, libc::ENOENT),
-        "{err}"
-    );
+    assert_kind(err, ErrorKind::NotFound, libc::ENOENT);
     assert_eq!((err.image(), err.snap()), (Some(image), snap), "{err}");
     assert!(err.to_string().contains(image), "{err}");
 }
@@ -76,11 +72,7 @@ fn assert_not_found(err: &Error, image: &str, snap: Option<&str>) {
 fn missing_source_pool() {
     let s = setup("bad-pool");
     let err = s.run("no-such-pool/img@s2", &s.dst, Some("s1"));
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::NotFound, libc::ENOENT),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::NotFound, libc::ENOENT);
     assert!(err.to_string().contains("\"no-such-pool\""), "{err}");
     s.assert_untouched();
 }
@@ -89,11 +81,7 @@ fn missing_source_pool() {
 fn missing_destination_pool() {
     let s = setup("bad-dpool");
     let err = s.run(&format!("{}@s2", s.src), "no-such-pool/copy", Some("s1"));
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::NotFound, libc::ENOENT),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::NotFound, libc::ENOENT);
     assert!(err.to_string().contains("\"no-such-pool\""), "{err}");
     let err = s.run(&format!("{}@s2", s.src), "no-such-pool/copy", None);
     assert_eq!(
@@ -145,11 +133,7 @@ fn from_snap_missing_on_the_destination() {
 fn end_snapshot_already_on_the_destination() {
     let s = setup("bad-exists");
     let err = s.run(&format!("{}@s1", s.src), &s.dst, None);
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::Exists, libc::EEXIST),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::Exists, libc::EEXIST);
     assert_eq!(
         (err.image(), err.snap()),
         (Some(s.dst.as_str()), Some("s1"))
@@ -161,11 +145,7 @@ fn end_snapshot_already_on_the_destination() {
 fn from_snap_newer_than_the_end_snapshot() {
     let s = setup("bad-order");
     let err = s.run(&format!("{}@s1b", s.src), &s.dst, Some("s2"));
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::InvalidArgument, libc::EINVAL),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::InvalidArgument, libc::EINVAL);
     assert_eq!(
         (err.image(), err.snap()),
         (Some(s.src.as_str()), Some("s2"))

@@ -9,15 +9,10 @@ use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rbd_diffsync_tests::{cli, cluster, mib, rbd_diffsync, unique, TestCluster};
+use rbd_diffsync_tests::{assert_kind, cli, cluster, mib, rbd_diffsync, unique, TestCluster};
 
 use rbd_diffsync::internals::RECORD_KEY;
-use rbd_diffsync::{ClusterSpec, DiffTransfer, Error, ErrorKind, Phase};
-
-#[track_caller]
-fn assert_kind(err: &Error, kind: ErrorKind, errno: i32) {
-    assert_eq!((err.kind(), err.errno()), (kind, errno), "{err}");
-}
+use rbd_diffsync::{ClusterSpec, DiffTransfer, ErrorKind, Phase};
 
 /// A source image of `size` with data in its first `data` bytes, at snapshot s1.
 fn source(c: &TestCluster, name: &str, size: u64, data: u64) -> String {

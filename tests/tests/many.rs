@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rbd_diffsync::{DiffTransfer, ErrorKind, SyncMany, VolumeState};
-use rbd_diffsync_tests::{cli, cluster, json_exit, mib, stderr, TestCluster};
+use rbd_diffsync_tests::{assert_kind, cli, cluster, json_exit, mib, stderr, TestCluster};
 
 /// `n` source images of 8 MiB with data at s1 and more at s2; their destination names.
 fn volumes(c: &TestCluster, n: u64, seed: u64) -> Vec<(String, String)> {
@@ -149,17 +149,9 @@ fn one_failing_volume_does_not_stop_the_others() {
         c.md5(&format!("{}@s1", vols[0].0))
     );
     let e = results[1].as_ref().unwrap_err();
-    assert_eq!(
-        (e.kind(), e.errno()),
-        (ErrorKind::Exists, libc::EEXIST),
-        "{e}"
-    );
+    assert_kind(e, ErrorKind::Exists, libc::EEXIST);
     let e = results[2].as_ref().unwrap_err();
-    assert_eq!(
-        (e.kind(), e.errno()),
-        (ErrorKind::NotFound, libc::ENOENT),
-        "{e}"
-    );
+    assert_kind(e, ErrorKind::NotFound, libc::ENOENT);
     assert_eq!(e.snap(), Some("nosuch"));
     assert!(!c.exists(&vols[2].1));
     assert_eq!(

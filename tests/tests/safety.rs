@@ -5,15 +5,11 @@ use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rbd_diffsync_tests::{chain, cluster, mib, pattern, rbd_diffsync, Chain};
+use rbd_diffsync_tests::{assert_kind, chain, cluster, mib, pattern, rbd_diffsync, Chain};
 
 use rbd_diffsync::error::CODE_DESTINATION_CHANGED;
 use rbd_diffsync::internals::RECORD_KEY;
 use rbd_diffsync::{DiffTransfer, Error, ErrorKind, Phase};
-
-fn assert_kind(err: &Error, kind: ErrorKind, errno: i32) {
-    assert_eq!((err.kind(), err.errno()), (kind, errno), "{err}");
-}
 
 /// Refused as changed since its snapshot `s1`: the library's own code, naming both.
 fn assert_changed_since_s1(err: &Error, dst: &str) {

@@ -1,7 +1,7 @@
 //! Transfers on one live cluster, each checked against `rbd export | md5sum` and the
 //! destination's snapshot list.
 
-use rbd_diffsync_tests::{cluster, mib, pattern, rbd_diffsync};
+use rbd_diffsync_tests::{assert_kind, cluster, mib, pattern, rbd_diffsync};
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -217,11 +217,7 @@ fn full_sync_over_an_image_with_data_needs_overwrite_existing() {
         .transfer(&format!("{src}@s1"), &dst, None)
         .run()
         .unwrap_err();
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::Exists, libc::EEXIST),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::Exists, libc::EEXIST);
     assert_eq!(err.image(), Some(dst.as_str()));
     assert_eq!(c.md5(&dst), before, "refused before writing anything");
     let stats = c
@@ -288,11 +284,7 @@ fn progress_reaches_the_total_and_cancel_leaves_no_snapshot() {
         })
         .run()
         .unwrap_err();
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::Cancelled, libc::ECANCELED),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::Cancelled, libc::ECANCELED);
     assert!(err.to_string().contains(&dst), "{err}");
     assert!(
         c.snaps(&dst).is_empty(),
@@ -451,11 +443,7 @@ fn a_transfer_cancelled_while_its_scan_is_ahead_is_completed_by_a_rerun() {
         })
         .run()
         .unwrap_err();
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::Cancelled, libc::ECANCELED),
-        "{err}"
-    );
+    assert_kind(&err, ErrorKind::Cancelled, libc::ECANCELED);
     assert_eq!(err.image(), Some(dst.as_str()));
     assert!(c.snaps(&dst).is_empty(), "no end snapshot");
     let stats = c.sync_and_check(&source, &dst, None);
