@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use ceph::rados as raw;
 use libc::c_char;
 
+/// librados' equality comparison of an omap value.
+const LIBRADOS_CMPXATTR_OP_EQ: u8 = 1;
+
 use crate::error::{code_text, errno_of, Error, ErrorKind, Result};
 use crate::spec::{ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use crate::sys::{self, rados_ioctx_t, rados_t};
@@ -351,9 +354,10 @@ impl Cluster {
             .unwrap_or_default())
     }
 
-    /// Blocklists the client at `address` (as `ceph osd blocklist add`, for an hour), then
-    /// waits for the OSD map that says so: its watches and requests are gone from then on.
-    pub(crate) fn blocklist(&self, address: &str) -> Result<()> {
+    /// Fences off the client at `address`: blocklists it (as `ceph osd blocklist add`, for an
+    /// hour), waits for the OSD map that says so, and checks that the map lists it: its
+    /// watches and requests are gone from then on, and an OSD refuses whatever it sends.
+    pub(crate) fn fence(&self, address: &str) -> Result<()> {
         let c_address = cstring("client address", address.as_bytes())?;
         // SAFETY: the cluster is connected; librados only reads the NUL-terminated address.
         let ret = unsafe {
@@ -371,7 +375,25 @@ impl Cluster {
                 ret.into(),
             ));
         }
-        Ok(())
+        let dump = self.mon_command(r#"{"prefix": "osd dump", "format": "json"}"#)?;
+        let listed = serde_json::from_slice::<serde_json::Value>(&dump)
+            .ok()
+            .and_then(|map| {
+                let list = map.get("blocklist").or_else(|| map.get("blacklist"))?;
+                Some(list.as_object()?.contains_key(address))
+            });
+        match listed {
+            Some(true) => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Other,
+                libc::EIO,
+                format!(
+                    "the client at {address} was blocklisted on {}, but the OSD map does not \
+                     list it: it is not known to be fenced off",
+                    self.label()
+                ),
+            )),
+        }
     }
 
     /// Runs a monitor command (JSON) and returns its output.
@@ -614,11 +636,6 @@ impl Pool {
         unsafe { raw::rados_ioctx_get_id(self.handle.io) }
     }
 
-    /// The cluster the pool is on.
-    pub(crate) fn cluster(&self) -> &Cluster {
-        &self.handle.cluster
-    }
-
     /// The first bytes of `object`, at most `max`; `None` if it does not exist.
     pub(crate) fn read(&self, object: &str, max: usize) -> Result<Option<Vec<u8>>> {
         let c_object = cstring("object name", object.as_bytes())?;
@@ -643,18 +660,32 @@ impl Pool {
         }
     }
 
-    /// The value of `key` in the omap of `object`; `None` if either is missing.
-    pub(crate) fn omap_get(&self, object: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    /// The values of `keys` in the omap of `object`, in the order of `keys` (`None` for a
+    /// missing key), read in one operation; `None` if the object is missing.
+    pub(crate) fn omap_get(
+        &self,
+        object: &str,
+        keys: &[&str],
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>> {
         let c_object = cstring("object name", object.as_bytes())?;
-        let c_key = cstring("omap key", key.as_bytes())?;
-        let keys = [c_key.as_ptr()];
+        let c_keys = keys
+            .iter()
+            .map(|k| cstring("omap key", k.as_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let key_ptrs: Vec<*const c_char> = c_keys.iter().map(|k| k.as_ptr()).collect();
         let mut iter: raw::rados_omap_iter_t = ptr::null_mut();
         let mut step = 0;
         // SAFETY: the op is created, filled, run on the live ioctx and released exactly once;
-        // `keys` outlives it; the iterator it fills is read, then ended, only if it ran.
+        // the keys outlive it; the iterator it fills is read, then ended, only if it ran.
         unsafe {
             let op = raw::rados_create_read_op();
-            raw::rados_read_op_omap_get_vals_by_keys(op, keys.as_ptr(), 1, &mut iter, &mut step);
+            raw::rados_read_op_omap_get_vals_by_keys(
+                op,
+                key_ptrs.as_ptr(),
+                key_ptrs.len(),
+                &mut iter,
+                &mut step,
+            );
             let ret = raw::rados_read_op_operate(op, self.handle.io, c_object.as_ptr(), 0);
             raw::rados_release_read_op(op);
             if ret == -libc::ENOENT {
@@ -663,44 +694,79 @@ impl Pool {
             if ret < 0 || step < 0 {
                 return Err(Error::rbd("read omap of", object, ret.min(step).into()));
             }
-            let mut value = None;
-            let (mut k, mut v, mut len) = (ptr::null_mut(), ptr::null_mut(), 0);
-            if raw::rados_omap_get_next(iter, &mut k, &mut v, &mut len) == 0 && !k.is_null() {
-                value = Some(if v.is_null() {
-                    Vec::new()
-                } else {
-                    std::slice::from_raw_parts(v.cast::<u8>(), len).to_vec()
-                });
+            let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+            loop {
+                let (mut k, mut v, mut len) = (ptr::null_mut(), ptr::null_mut(), 0);
+                if raw::rados_omap_get_next(iter, &mut k, &mut v, &mut len) != 0 || k.is_null() {
+                    break;
+                }
+                let key = CStr::from_ptr(k).to_bytes();
+                if let Some(i) = keys.iter().position(|want| want.as_bytes() == key) {
+                    values[i] = Some(if v.is_null() {
+                        Vec::new()
+                    } else {
+                        std::slice::from_raw_parts(v.cast::<u8>(), len).to_vec()
+                    });
+                }
             }
             raw::rados_omap_get_end(iter);
-            Ok(value)
+            Ok(Some(values))
         }
     }
 
-    /// Removes `keys` from the omap of the existing `object`, in one operation.
-    pub(crate) fn omap_remove(&self, object: &str, keys: &[&str]) -> Result<()> {
-        let c_keys = keys
+    /// On the existing `object`, in one atomic operation: if the omap value of `guard.0` is
+    /// `guard.1` (an empty value for a missing key), sets the `set` pairs and removes the
+    /// `remove` keys. `Ok(false)`, changing nothing, if the value differs.
+    pub(crate) fn omap_write_if(
+        &self,
+        object: &str,
+        guard: (&str, &str),
+        set: &[(&str, &str)],
+        remove: &[&str],
+    ) -> Result<bool> {
+        let c_guard = cstring("omap key", guard.0.as_bytes())?;
+        let set_keys = set
+            .iter()
+            .map(|(k, _)| cstring("omap key", k.as_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let rm_keys = remove
             .iter()
             .map(|k| cstring("omap key", k.as_bytes()))
             .collect::<Result<Vec<_>>>()?;
-        let keys: Vec<*const c_char> = c_keys.iter().map(|k| k.as_ptr()).collect();
-        // SAFETY: `keys` and the strings it points to outlive the op, which `omap_write` runs
-        // before returning.
-        self.omap_write(object, "remove omap keys of", |op| unsafe {
-            raw::rados_write_op_omap_rm_keys(op, keys.as_ptr(), keys.len())
-        })
-    }
-
-    /// Sets `key` to `value` in the omap of the existing `object`.
-    pub(crate) fn omap_set(&self, object: &str, key: &str, value: &str) -> Result<()> {
-        let c_key = cstring("omap key", key.as_bytes())?;
-        let keys = [c_key.as_ptr()];
-        let values = [value.as_ptr().cast::<c_char>()];
-        let lens = [value.len()];
-        // SAFETY: the three arrays outlive the op, which `omap_write` runs before returning.
-        self.omap_write(object, "set omap key of", |op| unsafe {
-            raw::rados_write_op_omap_set(op, keys.as_ptr(), values.as_ptr(), lens.as_ptr(), 1)
-        })
+        let keys: Vec<*const c_char> = set_keys.iter().map(|k| k.as_ptr()).collect();
+        let values: Vec<*const c_char> = set.iter().map(|(_, v)| v.as_ptr().cast()).collect();
+        let lens: Vec<usize> = set.iter().map(|(_, v)| v.len()).collect();
+        let rm: Vec<*const c_char> = rm_keys.iter().map(|k| k.as_ptr()).collect();
+        let mut compared = 0;
+        // SAFETY: every array and string outlives the op, which `omap_write` runs before
+        // returning; `compared` receives the comparison's result.
+        let written = self.omap_write(object, "write omap of", |op| unsafe {
+            raw::rados_write_op_omap_cmp(
+                op,
+                c_guard.as_ptr(),
+                LIBRADOS_CMPXATTR_OP_EQ,
+                guard.1.as_ptr().cast(),
+                guard.1.len(),
+                &mut compared,
+            );
+            if !keys.is_empty() {
+                raw::rados_write_op_omap_set(
+                    op,
+                    keys.as_ptr(),
+                    values.as_ptr(),
+                    lens.as_ptr(),
+                    keys.len(),
+                );
+            }
+            if !rm.is_empty() {
+                raw::rados_write_op_omap_rm_keys(op, rm.as_ptr(), rm.len());
+            }
+        });
+        match written {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == libc::ECANCELED => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs on the existing `object` a write op that `fill` fills in.

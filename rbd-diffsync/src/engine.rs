@@ -122,13 +122,11 @@ pub(crate) trait Feed {
 }
 
 /// A feed of pieces all known beforehand.
-#[cfg(test)]
 pub(crate) struct Listed<'a> {
     pieces: std::slice::Iter<'a, Piece>,
     total: u64,
 }
 
-#[cfg(test)]
 impl<'a> Listed<'a> {
     pub(crate) fn new(pieces: &'a [Piece]) -> Listed<'a> {
         Listed {
@@ -138,7 +136,6 @@ impl<'a> Listed<'a> {
     }
 }
 
-#[cfg(test)]
 impl Feed for Listed<'_> {
     fn next(&mut self, _: &Sender<Done>) -> Next {
         match self.pieces.next() {

@@ -16,6 +16,7 @@
 //! | [`Exists`](ErrorKind::Exists) | `EEXIST` (17) | the end snapshot exists on the destination; a full transfer into an image that holds data |
 //! | [`PermissionDenied`](ErrorKind::PermissionDenied) | `EACCES` (13), `EPERM` (1) | the client lacks a capability, or was refused |
 //! | [`Busy`](ErrorKind::Busy) | `EBUSY` (16) | the destination is locked or open by another client |
+//! | [`Fenced`](ErrorKind::Fenced) | `ESHUTDOWN` (108) | this client was fenced off (blocklisted): a rerun of its transfer took the destination over |
 //! | [`DestinationChanged`](ErrorKind::DestinationChanged) | 4296 | the destination changed since `from_snap`, not by an interrupted transfer of the same diff |
 //! | [`Mismatch`](ErrorKind::Mismatch) | 4297 | a verification found the two images different: their content at [`Error::offset`], or their sizes |
 //! | [`Cancelled`](ErrorKind::Cancelled) | `ECANCELED` (125) | the cancel token, the progress callback or a signal stopped the transfer |
@@ -54,6 +55,10 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The destination is locked or open by another client (`EBUSY`).
     Busy,
+    /// This client was fenced off the cluster (blocklisted, `ESHUTDOWN`): a rerun of its
+    /// transfer found it unresponsive and took the destination over, or an operator
+    /// blocklisted it. It can write nothing more; nothing of this run was committed.
+    Fenced,
     /// The destination changed since `from_snap`, and not by an interrupted transfer of the
     /// same diff: continuing the chain would mix those changes into the next snapshot
     /// ([`CODE_DESTINATION_CHANGED`]).
@@ -86,6 +91,7 @@ impl ErrorKind {
             libc::EEXIST => ErrorKind::Exists,
             libc::EACCES | libc::EPERM => ErrorKind::PermissionDenied,
             libc::EBUSY => ErrorKind::Busy,
+            libc::ESHUTDOWN => ErrorKind::Fenced,
             CODE_DESTINATION_CHANGED => ErrorKind::DestinationChanged,
             CODE_MISMATCH => ErrorKind::Mismatch,
             libc::ECANCELED => ErrorKind::Cancelled,
@@ -105,6 +111,7 @@ impl ErrorKind {
             ErrorKind::Exists => "exists",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Busy => "busy",
+            ErrorKind::Fenced => "fenced",
             ErrorKind::DestinationChanged => "destination_changed",
             ErrorKind::Mismatch => "mismatch",
             ErrorKind::Cancelled => "cancelled",
@@ -117,12 +124,13 @@ impl ErrorKind {
     }
 
     /// Every kind, in the order of the table.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::Exists,
         ErrorKind::PermissionDenied,
         ErrorKind::Busy,
+        ErrorKind::Fenced,
         ErrorKind::DestinationChanged,
         ErrorKind::Mismatch,
         ErrorKind::Cancelled,
@@ -226,6 +234,10 @@ fn io_hint(errno: i32, image: &str) -> String {
              {pool}` and `ceph df`; free space or raise the quota, then run the transfer again: \
              it resumes)"
         ),
+        libc::ESHUTDOWN => " (this client was fenced off the cluster: blocklisted by a rerun \
+             of this transfer that found it unresponsive, or by an operator; it can write \
+             nothing more, and nothing of this run was committed)"
+            .to_owned(),
         _ => String::new(),
     }
 }
@@ -456,6 +468,7 @@ mod tests {
                 ErrorKind::Exists => libc::EEXIST,
                 ErrorKind::PermissionDenied => libc::EACCES,
                 ErrorKind::Busy => libc::EBUSY,
+                ErrorKind::Fenced => libc::ESHUTDOWN,
                 ErrorKind::DestinationChanged => CODE_DESTINATION_CHANGED,
                 ErrorKind::Mismatch => CODE_MISMATCH,
                 ErrorKind::Cancelled => libc::ECANCELED,

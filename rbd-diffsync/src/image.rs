@@ -273,6 +273,11 @@ impl Image {
         })
     }
 
+    /// The image's name, without its pool and namespace.
+    pub fn name(&self) -> &str {
+        self.path().rsplit('/').next().unwrap_or_default()
+    }
+
     /// The `RBD_FEATURE_*` bits.
     pub fn features(&self) -> Result<u64> {
         self.get_u64("read features", sys::rbd_get_features)
@@ -476,6 +481,10 @@ impl Image {
         if ret == -libc::ENOENT {
             return Ok(Vec::new());
         }
+        if ret == -libc::EINVAL {
+            // An image open read-only has no lock state of its own: the header's lockers.
+            return self.lockers();
+        }
         check(ret, "read lock owners", &self.label)?;
         let count = count.min(owners.len());
         let names = owners[..count]
@@ -487,6 +496,51 @@ impl Image {
         // SAFETY: the `count` strings came from rbd_lock_get_owners.
         unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), count) };
         Ok(names)
+    }
+
+    /// The addresses of the clients holding a lock on the image's header (the exclusive lock,
+    /// or one taken with `rbd lock add`), as the header says.
+    fn lockers(&self) -> Result<Vec<String>> {
+        let mut lens: [size_t; 4] = [256; 4];
+        loop {
+            let mut bufs: Vec<Vec<c_char>> = lens.iter().map(|&n| vec![0; n]).collect();
+            let (mut exclusive, mut got) = (0, lens);
+            // SAFETY: `raw` is open; each buffer holds the length given beside it, which
+            // librbd sets to what it needs and returns -ERANGE when a buffer is too short.
+            let ret = unsafe {
+                let [tag, clients, cookies, addrs] = &mut bufs[..] else {
+                    unreachable!("four buffers")
+                };
+                let [tag_len, clients_len, cookies_len, addrs_len] = &mut got;
+                sys::rbd_list_lockers(
+                    self.raw,
+                    &mut exclusive,
+                    tag.as_mut_ptr(),
+                    tag_len,
+                    clients.as_mut_ptr(),
+                    clients_len,
+                    cookies.as_mut_ptr(),
+                    cookies_len,
+                    addrs.as_mut_ptr(),
+                    addrs_len,
+                )
+            };
+            if ret == -(libc::ERANGE as isize) && got.iter().zip(&lens).any(|(g, l)| g > l) {
+                lens = got;
+                continue;
+            }
+            if ret < 0 {
+                return Err(Error::rbd("list lockers", &self.label, ret as i64));
+            }
+            let addrs: Vec<u8> = bufs[3].iter().map(|&c| c as u8).collect();
+            let used = got[3].min(addrs.len());
+            return Ok(addrs[..used]
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .take(ret as usize)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect());
+        }
     }
 
     /// Whether this client holds the image's exclusive lock, as librbd knows it (no round
@@ -512,14 +566,6 @@ impl Image {
     /// The image's header object, which holds its metadata and its watches.
     fn header_object(&self) -> Result<String> {
         Ok(format!("rbd_header.{}", self.id()?))
-    }
-
-    /// The image's header, whose metadata can be changed without the exclusive lock.
-    pub(crate) fn header(&self) -> Result<Header> {
-        Ok(Header {
-            pool: self.pool.clone(),
-            object: self.header_object()?,
-        })
     }
 
     /// Breaks the exclusive lock held by the client at `owner`; librbd blocklists that
@@ -592,40 +638,6 @@ impl Image {
             unsafe { sys::rbd_watchers_list_cleanup(buf.as_mut_ptr(), count) };
             return Ok(watchers);
         }
-    }
-
-    /// The value of image metadata `key`, if set.
-    pub fn metadata_get(&self, key: &str) -> Result<Option<String>> {
-        let c_key = c_name("metadata key", key)?;
-        let mut len: size_t = 4096;
-        loop {
-            let mut buf = vec![0u8; len];
-            // SAFETY: `raw` is open; the buffer is valid for `len` bytes; librbd writes the
-            // needed length back and returns -ERANGE when it is too small.
-            let ret = unsafe {
-                sys::rbd_metadata_get(self.raw, c_key.as_ptr(), buf.as_mut_ptr().cast(), &mut len)
-            };
-            if ret == -libc::ERANGE && len > buf.len() {
-                continue;
-            }
-            if ret == -libc::ENOENT {
-                return Ok(None);
-            }
-            check(ret, "read metadata of", &self.label)?;
-            let value = CStr::from_bytes_until_nul(&buf)
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| String::from_utf8_lossy(&buf).into_owned());
-            return Ok(Some(value));
-        }
-    }
-
-    /// Sets image metadata `key`.
-    pub fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
-        let c_key = c_name("metadata key", key)?;
-        let c_value = c_name("metadata value", value)?;
-        // SAFETY: `raw` is open; both strings are NUL-terminated.
-        let ret = unsafe { sys::rbd_metadata_set(self.raw, c_key.as_ptr(), c_value.as_ptr()) };
-        check(ret, "write metadata of", &self.label)
     }
 
     pub(crate) fn io_error(&self, op: &str, offset: u64, len: u64, ret: i64) -> Error {
@@ -837,22 +849,43 @@ impl Header {
         }))
     }
 
-    /// The metadata `key`, if set.
-    pub(crate) fn metadata_get(&self, key: &str) -> Result<Option<String>> {
-        let value = self.pool.omap_get(&self.object, &metadata_key(key))?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Sets the metadata `key` of the existing image.
-    pub(crate) fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
-        self.pool.omap_set(&self.object, &metadata_key(key), value)
-    }
-
-    /// Removes the metadata `keys` of the existing image, in one operation.
-    pub(crate) fn metadata_remove(&self, keys: &[&str]) -> Result<()> {
+    /// The metadata values of `keys` (`None` for a missing one), read in one operation.
+    pub(crate) fn metadata_get(&self, keys: &[&str]) -> Result<Vec<Option<String>>> {
         let keys: Vec<String> = keys.iter().map(|k| metadata_key(k)).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.pool.omap_remove(&self.object, &keys)
+        let values = self.pool.omap_get(&self.object, &keys)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                libc::ENOENT,
+                format!("the header {} of the image is gone", self.object),
+            )
+        })?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .collect())
+    }
+
+    /// In one atomic operation on the existing image: if the metadata `guard.0` is `guard.1`
+    /// (empty for a missing key), sets `set` and removes `remove`; `Ok(false)`, changing
+    /// nothing, if it is not.
+    pub(crate) fn metadata_write_if(
+        &self,
+        guard: (&str, &str),
+        set: &[(&str, &str)],
+        remove: &[&str],
+    ) -> Result<bool> {
+        let guard_key = metadata_key(guard.0);
+        let set_keys: Vec<String> = set.iter().map(|(k, _)| metadata_key(k)).collect();
+        let set: Vec<(&str, &str)> = set_keys
+            .iter()
+            .zip(set)
+            .map(|(k, (_, v))| (k.as_str(), *v))
+            .collect();
+        let remove: Vec<String> = remove.iter().map(|k| metadata_key(k)).collect();
+        let remove: Vec<&str> = remove.iter().map(String::as_str).collect();
+        self.pool
+            .omap_write_if(&self.object, (&guard_key, guard.1), &set, &remove)
     }
 }
 

@@ -104,13 +104,12 @@ pub mod error;
 mod budget;
 mod checkpoint;
 mod cluster;
-mod destination;
 mod engine;
 mod image;
 mod many;
 mod plan;
 mod progress;
-mod record;
+mod protocol;
 mod scan;
 mod spec;
 mod stream;
@@ -139,6 +138,6 @@ pub mod internals {
         complement, is_zero, normalize, pieces, zero_runs, DiffExtent, KnownZero, Piece, Run,
         ZERO_BLOCK,
     };
-    pub use crate::record::{HOLDER_KEY, KEY as RECORD_KEY};
+    pub use crate::protocol::record::{HOLDER_KEY, KEY as RECORD_KEY};
     pub use crate::scan::{scan_diff, Method as ScanMethod};
 }

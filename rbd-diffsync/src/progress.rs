@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Task};
+use crate::protocol::world::Threads;
 
 /// What a running transfer is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,7 +129,14 @@ pub struct TransferStats {
     /// Zero bytes that needed no request because the destination read zeros there already.
     pub bytes_skipped: u64,
     /// Bytes read back from both images and compared after the writes (`verify`); 0 without.
+    /// It covers every range the end snapshot is claimed to equal: what this transfer wrote,
+    /// what an interrupted one it completed had written, and what the destination changed.
     pub bytes_verified: u64,
+    /// Bytes below the checkpoint of an interrupted transfer that this one compared with the
+    /// source instead of trusting them, because that transfer had let go of the destination
+    /// before (another client could have written there since); chunks that differed were
+    /// rewritten.
+    pub bytes_rechecked: u64,
     /// Ranges reported by the source's diff (after merging neighbours of the same kind).
     pub extents: u64,
     /// Size of the diff: the bytes of all those ranges.
@@ -266,6 +274,11 @@ pub(crate) struct Reporter {
     task: Task,
     stop: Option<Stop>,
     panic: Option<Box<dyn Any + Send>>,
+    /// Whether blocking steps run on helper threads or inline.
+    threads: Threads,
+    /// Helper threads of steps detached by a stop, still running: joined by
+    /// [`settle`](Self::settle) before the transfer returns.
+    detached: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Reporter {
@@ -289,7 +302,35 @@ impl Reporter {
             task: Task::Transfer,
             stop: None,
             panic: None,
+            threads: Threads::Spawn,
+            detached: Vec::new(),
         }
+    }
+
+    /// Runs blocking steps as `threads` says from now on.
+    pub(crate) fn set_threads(&mut self, threads: Threads) {
+        self.threads = threads;
+    }
+
+    /// How blocking steps run.
+    pub(crate) fn threads(&self) -> Threads {
+        self.threads
+    }
+
+    /// Waits for the steps that a stop detached, the callback ticking: no thread of the
+    /// transfer is left inside librbd or librados once this returns.
+    pub(crate) fn settle(&mut self) {
+        while let Some(handle) = self.detached.pop() {
+            let what = "the steps started before the stop to end".to_owned();
+            self.waiting_for(Some(what));
+            while !handle.is_finished() {
+                std::thread::sleep(self.poll_interval());
+                self.tick();
+            }
+            // A step that panicked after it was detached has nobody to tell.
+            let _ = handle.join();
+        }
+        self.waiting_for(None);
     }
 
     /// Marks a plan: a stop then says nothing was written.
@@ -310,6 +351,26 @@ impl Reporter {
             halt: self.halt.clone(),
             abandon: CancelToken::new(),
         }
+    }
+
+    /// Waits `pause`, the callback ticking; inline, not at all (a simulation's time is its
+    /// schedule's).
+    pub(crate) fn pause(&mut self, pause: Duration) {
+        if self.threads == Threads::Inline {
+            return;
+        }
+        let until = Instant::now() + pause;
+        while Instant::now() < until && self.stop().is_none() {
+            std::thread::sleep(self.poll_interval().min(until - Instant::now()));
+            self.tick();
+        }
+    }
+
+    /// Forgets the helper thread of the step a stop detached last: a connection attempt,
+    /// which ends on its own within its connect timeout on a connection of its own, and is
+    /// not waited for.
+    pub(crate) fn forget_detached(&mut self) {
+        self.detached.pop();
     }
 
     /// How long a wait may block between two ticks.
@@ -432,23 +493,38 @@ impl Reporter {
     /// Runs `f` on a helper thread while this thread keeps calling the callback, and says what
     /// it waits for once that lasts over a second. When the transfer is asked to stop meanwhile
     /// and `detachable` is set, returns [`Waited::Stopped`] at once and leaves `f` to finish on
-    /// its own: only steps that write nothing may be detached.
+    /// its own, to be joined by [`settle`](Self::settle): only steps that write nothing may be
+    /// detached. Inline (see [`Threads`]), `f` simply runs; on a thread of the caller's own
+    /// when no helper thread can be started.
     pub(crate) fn wait<T: Send + 'static>(
         &mut self,
         what: impl Into<String>,
         detachable: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Waited<T> {
+        if self.threads == Threads::Inline {
+            return Waited::Done(f());
+        }
         let (tx, rx) = mpsc::sync_channel(1);
+        // The step is shared with the helper so that, if no thread can be started, it still
+        // runs, on this one (without progress reports meanwhile).
+        let step = Arc::new(std::sync::Mutex::new(Some(f)));
+        let shared = step.clone();
         let spawned = std::thread::Builder::new()
             .name("rbd-diffsync-wait".to_owned())
             .spawn(move || {
-                // The receiver is gone when the step was detached: nobody wants the result.
-                let _ = tx.send(f());
+                let f = shared.lock().ok().and_then(|mut f| f.take());
+                if let Some(f) = f {
+                    // The receiver is gone when the step was detached: nobody wants the result.
+                    let _ = tx.send(f());
+                }
             });
         let handle = match spawned {
             Ok(handle) => handle,
-            Err(e) => panic!("cannot start a thread: {e}"),
+            Err(_) => {
+                let f = step.lock().ok().and_then(|mut f| f.take());
+                return Waited::Done(f.expect("a step that no thread took")());
+            }
         };
         let what = what.into();
         self.waiting_for(Some(what));
@@ -459,6 +535,7 @@ impl Reporter {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.tick();
                     if detachable && self.stop().is_some() {
+                        self.detached.push(handle);
                         break Waited::Stopped;
                     }
                 }
@@ -473,6 +550,15 @@ impl Reporter {
         };
         self.waiting_for(None);
         outcome
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        // Without a callback to call: only the joins.
+        for handle in self.detached.drain(..) {
+            let _ = handle.join();
+        }
     }
 }
 

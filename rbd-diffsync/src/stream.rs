@@ -73,7 +73,8 @@ pub(crate) struct Totals {
     pub bytes_resumed: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,
-    /// With `keep_ranges`, the ranges of every piece, merged where they touch.
+    /// With `keep_ranges`, the ranges of the transfer's work, merged where they touch: those
+    /// of every piece, and below `resume_from` those the pieces would have had.
     pub ranges: Vec<(u64, u64)>,
     /// The end and kind of the last extent counted, to merge it with the next.
     last: Option<(u64, bool)>,
@@ -91,19 +92,24 @@ impl Totals {
         }
     }
 
-    fn add(&mut self, pieces: &[Piece], keep_ranges: bool) {
+    fn add(&mut self, pieces: &[Piece]) {
         for p in pieces {
             if p.data {
                 self.data_bytes += p.len;
             } else {
                 self.zero_bytes += p.len;
             }
-            if !keep_ranges {
-                continue;
-            }
+        }
+    }
+
+    /// Keeps the ranges of `work` (sorted, after those kept before).
+    fn keep(&mut self, work: &[DiffExtent]) {
+        for e in work.iter().filter(|e| e.len > 0) {
             match self.ranges.last_mut() {
-                Some(last) if last.0 + last.1 == p.offset => last.1 += p.len,
-                _ => self.ranges.push((p.offset, p.len)),
+                Some(last) if last.0 + last.1 >= e.offset => {
+                    last.1 = last.1.max(e.offset + e.len - last.0);
+                }
+                _ => self.ranges.push((e.offset, e.len)),
             }
         }
     }
@@ -162,7 +168,7 @@ impl Planner {
             if pieces.is_empty() {
                 return Ok(());
             }
-            totals.add(&pieces, self.keep_ranges);
+            totals.add(&pieces);
             emit(pieces)
         };
         match &self.outline {
@@ -207,8 +213,10 @@ impl Planner {
         let extents = plan::normalize(extents);
         totals.count(&extents, self.resume_from);
         let (rewrite, stale) = (rewrite.clip(start, end), stale.clip(start, end));
-        if end <= self.resume_from || (extents.is_empty() && rewrite.is_empty() && stale.is_empty())
-        {
+        if extents.is_empty() && rewrite.is_empty() && stale.is_empty() {
+            return Vec::new();
+        }
+        if end <= self.resume_from && !self.keep_ranges {
             return Vec::new();
         }
         let covered: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
@@ -222,7 +230,11 @@ impl Planner {
         let mut work = extents;
         work.extend(extra(plan::subtract(&rewrite, &covered), true));
         work.extend(extra(plan::subtract(&stale, &covered), false));
-        let (work, _) = plan::from_offset(plan::normalize(work), self.resume_from);
+        let work = plan::normalize(work);
+        if self.keep_ranges {
+            totals.keep(&work);
+        }
+        let (work, _) = plan::from_offset(work, self.resume_from);
         plan::pieces(&work, self.chunk, self.zero_chunk)
     }
 }
@@ -419,6 +431,8 @@ fn ordered(
 
 /// The pieces between the planning and the engine: at most about [`QUEUED`] of them.
 pub(crate) struct Queue {
+    /// Pieces queued at most before the planning waits.
+    limit: usize,
     state: Mutex<QueueState>,
     /// Notified when pieces are taken or added, and at the end.
     room: Condvar,
@@ -437,6 +451,7 @@ struct QueueState {
 impl Default for Queue {
     fn default() -> Self {
         Queue {
+            limit: QUEUED,
             state: Mutex::new(QueueState {
                 pieces: VecDeque::new(),
                 planned: 0,
@@ -450,11 +465,19 @@ impl Default for Queue {
 }
 
 impl Queue {
+    /// A queue without a bound: for a planning that runs to its end before the copy starts.
+    pub(crate) fn unbounded() -> Queue {
+        Queue {
+            limit: usize::MAX,
+            ..Queue::default()
+        }
+    }
+
     /// Adds a cell's pieces once the queue has room for more; an error once the engine is
     /// gone.
     pub(crate) fn push(&self, pieces: Vec<Piece>) -> Result<()> {
         let mut s = lock(&self.state);
-        while s.pieces.len() >= QUEUED && !s.closed {
+        while s.pieces.len() >= self.limit && !s.closed {
             s = self.room.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
         if s.closed {

@@ -1,5 +1,7 @@
 //! `DiffTransfer`: what `rbd export-diff | rbd import-diff` does, checked first, done with a
-//! window of parallel I/O, and safe to interrupt and run again.
+//! window of parallel I/O, and safe to interrupt and run again. The steps that decide who may
+//! write and what a rerun trusts are in [`crate::protocol`]; this module runs them in order,
+//! with the scan, the copy, the verification and the commit.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -8,21 +10,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::budget::RateLimit;
 use crate::checkpoint::{self, Checkpointer};
-use crate::cluster::{Cluster, Pool};
-use crate::destination::{self, Checks, Verdict};
 use crate::engine::{self, Window};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{image_path, Image, ImageInfo, Layout, Snapshot};
+use crate::image::{Layout, Snapshot};
 use crate::many::BatchLink;
-use crate::plan::{self, KnownZero};
+use crate::plan::{self, KnownZero, Piece};
 use crate::progress::{
     AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck,
     TransferStats, Waited,
 };
-use crate::record::{Record, SnapRef};
-use crate::scan;
+use crate::protocol::checks::{Checks, Verdict};
+use crate::protocol::claim::{Claimed, Fencing, Target};
+use crate::protocol::rbd::RbdWorld;
+use crate::protocol::record::{Record, SnapRef};
+use crate::protocol::world::{Conn, DestImage, Header, Scan, SourceImage, Threads, World};
 use crate::spec::{ClusterSpec, ImageSpec};
-use crate::stream::{self, Outline, Planner, Queue};
+use crate::stream::{self, Planner, Queue};
 use crate::verify;
 
 /// Default size of one data chunk: half the default RBD object size. With the default window
@@ -72,6 +75,8 @@ pub struct DiffTransfer {
     rate_limit: Option<u64>,
     /// What it shares with the other transfers of a batch.
     batch: Option<Arc<BatchLink>>,
+    /// Where it runs, when not on librbd (a simulated cluster).
+    world: Option<Arc<dyn World>>,
 }
 
 impl std::fmt::Debug for DiffTransfer {
@@ -153,6 +158,7 @@ impl DiffTransfer {
             cancel: CancelToken::new(),
             rate_limit: None,
             batch: None,
+            world: None,
         }
     }
 
@@ -295,17 +301,21 @@ impl DiffTransfer {
         }
         Ok(())
     }
+}
 
+impl DiffTransfer {
     /// Runs every check and computes the diff, writing nothing (the destination is opened
-    /// read-only and not locked): what [`run`](Self::run) would do now.
+    /// read-only, not claimed and not locked): what [`run`](Self::run) would do now.
     pub fn plan(mut self) -> Result<Plan> {
         let started = Instant::now();
         self.check_settings()?;
-        let mut reporter = self.reporter(started);
+        let world = self.world();
+        let mut reporter = self.reporter(started, &*world);
         reporter.dry_run();
         let result = self
-            .prepare(&mut reporter, false)
+            .prepare(&world, &mut reporter, false)
             .and_then(|prepared| self.count(prepared, &mut reporter));
+        reporter.settle();
         if let Some(panic) = reporter.take_panic() {
             resume_unwind(panic);
         }
@@ -314,18 +324,71 @@ impl DiffTransfer {
 
     /// Checks everything, then transfers. Nothing is written unless every check passed; the
     /// destination's end snapshot is created only after every write has succeeded. An
-    /// interrupted run leaves no end snapshot, and running it again completes it.
+    /// interrupted run leaves no end snapshot, and running it again completes it. No thread
+    /// of the transfer is left inside librbd or librados once this returns.
+    ///
+    /// The result says whether the end snapshot exists: a stop or a panic of the progress
+    /// callback that comes once the end snapshot is being made is too late to stop it, and
+    /// the stats are returned (the panic is not resumed).
     pub fn run(mut self) -> Result<TransferStats> {
         let started = Instant::now();
         self.check_settings()?;
-        let mut reporter = self.reporter(started);
-        let result = self.prepare(&mut reporter, true).and_then(|prepared| {
-            let (cluster, pool) = (prepared.dest_cluster.clone(), prepared.dest_pool.clone());
-            self.execute(prepared, &mut reporter, started)
-                .map_err(|e| explain_full_pool(&mut reporter, e, cluster, pool))
-        });
+        let world = self.world();
+        let mut reporter = self.reporter(started, &*world);
+        let result = self.transfer(&world, &mut reporter, started);
+        reporter.settle();
         if let Some(panic) = reporter.take_panic() {
-            resume_unwind(panic);
+            if result.is_err() {
+                resume_unwind(panic);
+            }
+        }
+        result
+    }
+
+    fn world(&self) -> Arc<dyn World> {
+        self.world.clone().unwrap_or_else(|| {
+            Arc::new(RbdWorld {
+                batch: self.batch.clone(),
+            })
+        })
+    }
+
+    fn reporter(&mut self, started: Instant, world: &dyn World) -> Reporter {
+        let mut reporter = Reporter::new(
+            self.progress.take(),
+            self.progress_interval,
+            self.cancel.clone(),
+            started,
+        );
+        reporter.set_threads(world.threads());
+        reporter
+    }
+
+    fn transfer(
+        &self,
+        world: &Arc<dyn World>,
+        reporter: &mut Reporter,
+        started: Instant,
+    ) -> Result<TransferStats> {
+        let prepared = self.prepare(world, reporter, true)?;
+        let target = prepared.target.clone();
+        let claimed = prepared.claimed.as_ref().map(|c| c.header.clone());
+        let result = self.execute(prepared, reporter, started);
+        let result = result.map_err(|e| {
+            let e = if e.errno() == libc::ESHUTDOWN && e.kind() != ErrorKind::Fenced {
+                target.fenced_error(e.message())
+            } else {
+                e
+            };
+            explain_full_pool(reporter, e, &target)
+        });
+        if let (Err(e), Some(header)) = (&result, claimed) {
+            // The record stays for the rerun; the claim goes, this client is leaving (a
+            // killed one's stays and names it). Not after a timeout or with a full pool: the
+            // write would wait out the operation timeout again.
+            if ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno()) {
+                let _ = header.swap_claim(Some(&target.text), None);
+            }
         }
         result
     }
@@ -345,7 +408,7 @@ impl DiffTransfer {
         );
         let what = format!("the diff of {}", source.spec);
         let totals = detached(reporter, &plan.dest, what, move || {
-            let scan = |offset, len| scan::exact(&image, from.as_deref(), offset, len, &stop);
+            let scan = |offset, len| image.exact(from.as_deref(), offset, len, &stop);
             planner.run(&scan, &mut |_| Ok(()))
         })
         .map_err(|e| self.stopped_or(reporter, e))?;
@@ -357,107 +420,94 @@ impl DiffTransfer {
         Ok(plan)
     }
 
-    fn reporter(&mut self, started: Instant) -> Reporter {
-        Reporter::new(
-            self.progress.take(),
-            self.progress_interval,
-            self.cancel.clone(),
-            started,
-        )
+    /// A scan stopped by the halt token reports ECANCELED: say why it stopped.
+    fn stopped_or(&self, reporter: &mut Reporter, e: Error) -> Error {
+        if reporter.stop().is_some() {
+            reporter.stopped_error(&self.dest_label())
+        } else {
+            e
+        }
+    }
+
+    fn dest_label(&self) -> String {
+        self.dest.image_path()
     }
 }
 
 /// The source image, open at its end snapshot.
 struct Source {
+    /// Resolved.
     spec: ImageSpec,
-    image: Arc<Image>,
-    info: ImageInfo,
+    image: Arc<dyn SourceImage>,
+    size: u64,
     layout: Layout,
     from: Option<Snapshot>,
-    /// What the in-progress record says of this transfer (client filled in later).
-    record: Record,
+    end: Option<Snapshot>,
+    /// The transfer as its claim and record name it, without its client.
+    identity: Record,
 }
 
-/// The images open, before the checks.
+/// The source open, and the destination found (its header, if it exists).
 struct Opened {
     source: Source,
-    dest_cluster: Cluster,
-    dest_pool: Pool,
-    /// `None` when the transfer creates the destination.
-    dest: Option<Arc<Image>>,
-    /// The destination client's address.
-    me: String,
-    /// Who the destination named as its writer before this transfer claimed it, when it was
-    /// opened for writing.
-    previous_holder: Option<String>,
+    target: Target,
+    header: Option<Arc<dyn Header>>,
 }
 
-/// Everything `run` needs once the checks have passed.
+/// Where the copy starts, and whether what lies below was proven written.
+#[derive(Clone, Copy, Debug, Default)]
+struct Resume {
+    /// The predecessor's checkpoint (0: from the start).
+    from: u64,
+    /// Whether this run took the destination's lock over from the predecessor that wrote
+    /// below `from`: then nobody else can have written there since, and it is not done
+    /// again. Otherwise it is compared with the source first, and what differs rewritten.
+    trusted: bool,
+}
+
+/// Everything the copy needs once the checks have passed.
 struct Prepared {
     plan: Plan,
     source: Source,
-    dest_pool: Pool,
-    dest_cluster: Cluster,
-    /// `None` when the transfer creates the destination.
-    dest: Option<Arc<Image>>,
+    target: Target,
+    /// The claim, when the transfer writes.
+    claimed: Option<Claimed>,
+    /// Open for writing (for reading when planning); `None` for a destination a plan would
+    /// create.
+    dest: Option<Arc<dyn DestImage>>,
     planner: Planner,
     known_zero: KnownZero,
-    record: Record,
+    resume: Resume,
     /// The killed predecessor whose lock was broken.
     broke_lock_of: Option<String>,
 }
 
-/// What the source's scan found before the copy.
-struct Scan {
-    /// The diff, or where to scan it exactly while the copy runs.
-    outline: Outline,
-    /// For an incremental, the ranges the source read as zeros at `from_snap` (whole
-    /// objects: only ever too few).
-    zero_at_from: Vec<(u64, u64)>,
+/// A scan of the source running on a thread of its own, or done already.
+struct ScanJob(Option<ScanState>);
+
+enum ScanState {
+    Running {
+        rx: mpsc::Receiver<std::thread::Result<Result<Scan>>>,
+        thread: std::thread::JoinHandle<()>,
+        /// What it is, for progress while it is waited for.
+        what: String,
+        /// Stops the scan when the job is dropped unwaited.
+        abandon: AbandonOnDrop,
+    },
+    Done(Result<Scan>),
 }
 
-/// A scan of the source running on a thread of its own.
-struct ScanJob {
-    rx: mpsc::Receiver<std::thread::Result<Result<Scan>>>,
-    /// What it is, for progress while it is waited for.
-    what: String,
-    /// Stops the scan when the job is dropped unwaited.
-    _abandon: AbandonOnDrop,
-}
-
-/// The source's diff, and for an incremental the ranges it read as zeros at `from`, the two
-/// scans at once (with the object map, each is a pass over it). A `stop` that turns true ends
-/// them with `ECANCELED`.
-fn scan_source(
-    image: &Image,
-    name: &str,
-    from: Option<&Snapshot>,
-    size: u64,
-    whole_object: bool,
-    stop: &StopCheck,
-) -> Result<Scan> {
-    let Some(from) = from else {
-        let method = scan::Method::choose(whole_object, &[image])?;
-        return Ok(Scan {
-            outline: scan::outline(image, None, size, method, stop)?,
-            zero_at_from: Vec::new(),
-        });
-    };
-    // The base too must have a valid object map for the diff to be read from it.
-    let at_from = Image::open_read_only(image.pool(), name, Some(&from.name))?;
-    let method = scan::Method::choose(whole_object, &[image, &at_from])?;
-    std::thread::scope(|s| {
-        let zeros = s.spawn(|| {
-            let allocated = destination::allocated_ranges(&at_from, from.size, true, stop)?;
-            Ok(plan::complement(&allocated, size))
-        });
-        let outline = scan::outline(image, Some(&from.name), size, method, stop);
-        let zero_at_from = zeros.join().unwrap_or_else(|panic| resume_unwind(panic));
-        Ok(Scan {
-            outline: outline?,
-            zero_at_from: zero_at_from?,
-        })
-    })
+impl Drop for ScanJob {
+    fn drop(&mut self) {
+        if let Some(ScanState::Running {
+            thread, abandon, ..
+        }) = self.0.take()
+        {
+            // Stopped, then waited for: no thread is left inside librbd.
+            drop(abandon);
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What the checks found about the destination; the default is one to be created.
@@ -468,52 +518,8 @@ struct Found {
     verdict: Verdict,
     /// For a full transfer into it, its allocated ranges.
     allocated: Option<Vec<(u64, u64)>>,
-}
-
-/// The checks of an existing destination (see [`Checks`]): its snapshots, its changes since
-/// `from`, or for a full transfer its allocated ranges. Reads only.
-fn check_destination(
-    dest: &Image,
-    end: Option<String>,
-    from: Option<Snapshot>,
-    record: &Record,
-    me: &str,
-    force: bool,
-    stop: &StopCheck,
-) -> Result<Found> {
-    let label = dest.path();
-    let snaps = dest.snapshots()?;
-    if let Some(end) = end.filter(|end| snaps.iter().any(|s| s.name == *end)) {
-        return Err(Error::snap_exists(label, &end));
-    }
-    // Read again: it may have changed while the lock was awaited.
-    let previous = destination::read_record(dest)?;
-    let size = dest.size()?;
-    let checks = Checks {
-        dest,
-        dest_size: size,
-        snaps: &snaps,
-        me,
-        record,
-        previous: previous.as_ref(),
-        force,
-        stop,
-    };
-    Ok(match &from {
-        Some(from) => Found {
-            size: Some(size),
-            verdict: checks.incremental(from)?,
-            allocated: None,
-        },
-        None => {
-            let allocated = destination::allocated_ranges(dest, size, false, stop)?;
-            Found {
-                size: Some(size),
-                verdict: checks.full(&allocated)?,
-                allocated: Some(allocated),
-            }
-        }
-    })
+    /// The in-progress record found under the lock.
+    previous: Option<Record>,
 }
 
 /// Checks a chunk size and a window (in chunks).
@@ -565,21 +571,1066 @@ fn waited<T: Send + 'static>(
     }
 }
 
-impl DiffTransfer {
-    /// Connects to the cluster of `spec`, or, in a batch, takes the batch's connection.
-    fn connect(&self, reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
-        let Some(batch) = &self.batch else {
-            return connect(reporter, dest, spec);
+/// Runs `a` and `b`, at once on two threads unless steps run inline (or no thread can be
+/// started).
+fn both<A: Send, B: Send>(
+    threads: Threads,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if threads == Threads::Inline {
+        return (a(), b());
+    }
+    let b = std::sync::Mutex::new(Some(b));
+    let take = || b.lock().ok().and_then(|mut b| b.take());
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new().spawn_scoped(s, || take().map(|b| b()));
+        let first = a();
+        let second = match other {
+            Ok(other) => other.join().unwrap_or_else(|panic| resume_unwind(panic)),
+            Err(_) => None,
         };
-        let (batch, owned) = (batch.clone(), spec.clone());
+        let second = second.unwrap_or_else(|| take().expect("a step that no thread took")());
+        (first, second)
+    })
+}
+
+/// Connects to the cluster of `spec` on `world`, on a helper thread.
+fn connect(
+    world: &Arc<dyn World>,
+    reporter: &mut Reporter,
+    dest: &str,
+    spec: &ClusterSpec,
+) -> Result<Arc<dyn Conn>> {
+    let (world, owned) = (world.clone(), spec.clone());
+    let what = format!("the monitors of {spec}");
+    match reporter.wait(what, true, move || world.connect(&owned)) {
+        Waited::Done(result) => result,
+        Waited::Stopped => {
+            reporter.forget_detached();
+            Err(reporter.stopped_error(dest))
+        }
+    }
+}
+
+/// Connects to the cluster of `spec`, on a helper thread (for a verification).
+pub(crate) fn connect_cluster(
+    reporter: &mut Reporter,
+    dest: &str,
+    spec: &ClusterSpec,
+) -> Result<crate::cluster::Cluster> {
+    let owned = spec.clone();
+    let what = format!("the monitors of {spec}");
+    match reporter.wait(what, true, move || crate::cluster::Cluster::connect(&owned)) {
+        Waited::Done(result) => result,
+        Waited::Stopped => {
+            reporter.forget_detached();
+            Err(reporter.stopped_error(dest))
+        }
+    }
+}
+
+/// Opens the pool of `spec` on `cluster`, with the cluster's `rbd_default_pool` for a spec that
+/// names none; returns the spec with its pool filled in.
+pub(crate) fn open_pool(
+    cluster: &crate::cluster::Cluster,
+    spec: &ImageSpec,
+) -> Result<(ImageSpec, crate::cluster::Pool)> {
+    let spec = match spec.pool() {
+        Some(_) => spec.clone(),
+        None => spec.in_default_pool(&cluster.config("rbd_default_pool")?),
+    };
+    let pool = cluster.pool(spec.pool().unwrap_or_default(), spec.namespace())?;
+    Ok((spec, pool))
+}
+
+/// Opens the source at its end snapshot and checks its snapshots: `from_name` must be one of
+/// them, not newer than the end.
+fn open_source(conn: &dyn Conn, spec: &ImageSpec, from_name: Option<&str>) -> Result<Source> {
+    let spec = conn.resolve(spec)?;
+    let image = conn.open_source(&spec)?;
+    let facts = image.facts()?;
+    let path = spec.image_path();
+    let find = |name: &str| facts.snapshots.iter().find(|s| s.name == name).cloned();
+    let end = spec.snap().and_then(find);
+    let from = match from_name {
+        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
+        None => None,
+    };
+    if let (Some(from), Some(end)) = (&from, &end) {
+        if end.id < from.id {
+            return Err(Error::invalid(format!(
+                "from_snap {:?} is newer than the end snapshot {:?} of {path}",
+                from.name, end.name
+            ))
+            .with_image(path)
+            .with_snap(&from.name));
+        }
+    }
+    let snap_ref = |s: &Snapshot| SnapRef {
+        id: s.id,
+        name: s.name.clone(),
+    };
+    let identity = Record {
+        fsid: conn.fsid()?,
+        pool_id: facts.pool_id,
+        namespace: facts.namespace,
+        image_id: facts.image_id,
+        source: path,
+        from: from.as_ref().map(snap_ref),
+        end: end.as_ref().map(snap_ref),
+        client: Default::default(),
+        started: unix_now(),
+        done: 0,
+    };
+    Ok(Source {
+        spec,
+        image,
+        size: facts.info.size,
+        layout: facts.layout,
+        from,
+        end,
+        identity,
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl DiffTransfer {
+    /// Connects to both clusters (one connection when they are the same), opens the source
+    /// at its end snapshot (checking its snapshots) and, at once, finds the destination's
+    /// header; returns the destination as the protocol works on it.
+    fn open(&self, world: &Arc<dyn World>, reporter: &mut Reporter) -> Result<Opened> {
+        let label = self.dest_label();
+        let src_conn = connect(world, reporter, &label, &self.source_cluster)?;
+        let dest_conn = match &self.dest_cluster {
+            Some(spec) if *spec != self.source_cluster => connect(world, reporter, &label, spec)?,
+            _ => src_conn.clone(),
+        };
+        let (src, from) = (self.source.clone(), self.from_snap.clone());
+        let (conn, dest) = (dest_conn.clone(), self.dest.clone());
+        let threads = reporter.threads();
+        let what = format!("{} and {} to open", self.source, self.dest);
+        let (source, found) = detached(reporter, &label, what, move || {
+            let (source, found) = both(
+                threads,
+                || open_source(&*src_conn, &src, from.as_deref()),
+                || -> Result<_> {
+                    let spec = conn.resolve(&dest)?;
+                    let header = conn.header(&spec)?;
+                    Ok((spec, header, conn.client()?))
+                },
+            );
+            // The source's error first: without a source there is nothing to check.
+            Ok((source?, found?))
+        })?;
+        let (spec, header, client) = found;
+        let mine = Record {
+            client,
+            ..source.identity.clone()
+        };
+        let target = Target {
+            conn: dest_conn,
+            label: spec.image_path(),
+            spec,
+            text: mine.encode(),
+            mine,
+        };
+        Ok(Opened {
+            source,
+            target,
+            header,
+        })
+    }
+
+    /// Every check and the diff; nothing is written. With `write`, the destination is
+    /// created if missing, claimed, opened for writing, its dead predecessor fenced off, and
+    /// its exclusive lock taken, held until the transfer ends; without, it is opened
+    /// read-only.
+    fn prepare(
+        &self,
+        world: &Arc<dyn World>,
+        reporter: &mut Reporter,
+        write: bool,
+    ) -> Result<Prepared> {
+        reporter.phase(Phase::Connecting);
+        let Opened {
+            source,
+            target,
+            header,
+        } = self.open(world, reporter)?;
+        // The scan of the source overlaps the claim, the lock and the checks of the
+        // destination: both are round trips to the OSDs, and neither needs the other. The
+        // phase turns to scanning once the destination is open.
+        let scanning = self.start_scan(reporter, &source);
+        let (dest, claimed, fencing, created) = if write {
+            let (dest, claimed, fencing, created) =
+                self.take_destination(reporter, &target, &source, header)?;
+            (Some(dest), Some(claimed), fencing, created)
+        } else {
+            let dest = match header {
+                Some(_) => Some(self.look_at(reporter, &target)?),
+                None if self.from_snap.is_some() => {
+                    return Err(Error::image_not_found(&target.label))
+                }
+                None => None,
+            };
+            reporter.phase(Phase::Scanning);
+            (dest, None, Fencing::default(), false)
+        };
+        // A destination this transfer created holds nothing: there is nothing to check.
+        let checked = self
+            .check_destination(
+                reporter,
+                &target,
+                &source,
+                dest.as_ref().filter(|_| !created),
+            )
+            .and_then(|found| Ok((found, self.finish_scan(reporter, scanning, &target.label)?)));
+        let (found, scan) = match checked {
+            Ok(checked) => checked,
+            Err(e) => {
+                if let Some(claimed) = &claimed {
+                    // Refused: nothing of this transfer stays on the destination.
+                    target.unclaim(claimed, true);
+                }
+                return Err(e);
+            }
+        };
+        let trusted = found
+            .previous
+            .as_ref()
+            .is_some_and(|p| fencing.broke_lock_of.contains(&p.client.address));
+        let (planner, known_zero, plan, resume) =
+            self.work(&source, scan, found, target.label.clone(), trusted);
+        Ok(Prepared {
+            plan,
+            source,
+            target,
+            claimed,
+            dest,
+            planner,
+            known_zero,
+            resume,
+            broke_lock_of: fencing.fenced.into_iter().next(),
+        })
+    }
+
+    /// Opens the destination read-only, for a plan.
+    fn look_at(&self, reporter: &mut Reporter, target: &Target) -> Result<Arc<dyn DestImage>> {
+        let (conn, spec) = (target.conn.clone(), target.spec.clone());
         detached(
             reporter,
-            dest,
-            format!("the monitors of {spec}"),
-            move || batch.connections.get(&owned),
+            &target.label,
+            format!("{} to open", target.label),
+            move || conn.open_dest(&spec, false),
         )
     }
 
+    /// Creates the destination if it is missing (full transfers), claims it, opens it for
+    /// writing, fences off its dead predecessor and takes its exclusive lock. Returns it, the
+    /// claim, who was fenced off, and whether it was created. A refusal gives the claim
+    /// back.
+    fn take_destination(
+        &self,
+        reporter: &mut Reporter,
+        target: &Target,
+        source: &Source,
+        header: Option<Arc<dyn Header>>,
+    ) -> Result<(Arc<dyn DestImage>, Claimed, Fencing, bool)> {
+        let (header, lockable, created) = match header {
+            Some(header) => (header, None, false),
+            None if self.from_snap.is_some() => return Err(Error::image_not_found(&target.label)),
+            None => {
+                let (conn, spec) = (target.conn.clone(), target.spec.clone());
+                let (size, layout) = (source.size, source.layout);
+                let what = format!("{} to be created", target.label);
+                let (header, created) = waited(reporter, what, move || {
+                    let created = match conn.create(&spec, size, &layout) {
+                        // Created by another meanwhile: claimed as any existing image.
+                        Err(e) if e.kind() == ErrorKind::Exists => false,
+                        other => other.map(|()| true)?,
+                    };
+                    let header = conn
+                        .header(&spec)?
+                        .ok_or_else(|| Error::image_not_found(&spec.image_path()))?;
+                    Ok((header, created))
+                })?;
+                let lockable = layout.features & crate::sys::RBD_FEATURE_EXCLUSIVE_LOCK != 0;
+                (header, created.then_some(lockable), created)
+            }
+        };
+        let claimed = target.claim(reporter, header, lockable)?;
+        match self.open_and_lock(reporter, target, source, &claimed) {
+            Ok((dest, fencing)) => Ok((dest, claimed, fencing, created)),
+            Err(e) => {
+                target.unclaim(&claimed, true);
+                Err(e)
+            }
+        }
+    }
+
+    /// The destination opened for writing under the claim, its predecessor fenced off, its
+    /// lock taken.
+    fn open_and_lock(
+        &self,
+        reporter: &mut Reporter,
+        target: &Target,
+        source: &Source,
+        claimed: &Claimed,
+    ) -> Result<(Arc<dyn DestImage>, Fencing)> {
+        let (conn, spec) = (target.conn.clone(), target.spec.clone());
+        let what = format!("{} to open", target.label);
+        let dest = waited(reporter, what, move || conn.open_dest(&spec, true))?;
+        reporter.phase(Phase::Scanning);
+        let id = dest.id()?;
+        let same_image = source.identity.pool_id == id.pool_id
+            && source.identity.namespace == id.namespace
+            && source.identity.image_id == id.image_id
+            && source.identity.fsid == target.conn.fsid()?;
+        if same_image {
+            return Err(Error::invalid(format!(
+                "source {} and destination {} are the same image",
+                source.spec, target.label
+            ))
+            .with_image(&target.label));
+        }
+        let fencing = target.fence_predecessors(reporter, &dest, claimed)?;
+        target.lock(reporter, &dest)?;
+        Ok((dest, fencing))
+    }
+
+    /// The checks of an existing destination (see [`Checks`]), under its lock and claim: its
+    /// snapshots, its changes since `from`, or for a full transfer its allocated ranges.
+    /// Reads only. The default for one to be created.
+    fn check_destination(
+        &self,
+        reporter: &mut Reporter,
+        target: &Target,
+        source: &Source,
+        dest: Option<&Arc<dyn DestImage>>,
+    ) -> Result<Found> {
+        let Some(dest) = dest else {
+            return Ok(Found::default());
+        };
+        let (image, conn, spec) = (dest.clone(), target.conn.clone(), target.spec.clone());
+        let (end, from) = (source.spec.snap().map(str::to_owned), source.from.clone());
+        let (mine, force) = (target.mine.clone(), self.overwrite_existing);
+        let stop = reporter.stop_check();
+        let what = format!("the checks of {}", target.label);
+        detached(reporter, &target.label, what, move || {
+            let header = conn
+                .header(&spec)?
+                .ok_or_else(|| Error::image_not_found(&spec.image_path()))?;
+            check_existing(&*image, &*header, end, from, &mine, force, &stop)
+        })
+        .map_err(|e| self.stopped_or(reporter, e))
+    }
+
+    /// Starts the source's scan (see [`SourceImage::scan`]) on a thread of its own, to run
+    /// while the destination is claimed, locked and checked; inline, it is done at once. The
+    /// scan stops, and is waited for, when the returned job is dropped unwaited.
+    fn start_scan(&self, reporter: &Reporter, source: &Source) -> ScanJob {
+        let (image, from, whole_object) =
+            (source.image.clone(), source.from.clone(), self.whole_object);
+        let size = source.size;
+        let what = match &self.from_snap {
+            Some(from) => format!("the diff of {} since {from}", source.spec),
+            None => format!("the allocated ranges of {}", source.spec),
+        };
+        let (stop, abandon) = reporter.stop_check().abandonable();
+        let scan = move || image.scan(from.as_ref(), size, whole_object, &stop);
+        if reporter.threads() == Threads::Inline {
+            return ScanJob(Some(ScanState::Done(scan())));
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let scan = Arc::new(std::sync::Mutex::new(Some(scan)));
+        let shared = scan.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rbd-diffsync-scan".to_owned())
+            .spawn(move || {
+                let scan = shared.lock().ok().and_then(|mut s| s.take());
+                if let Some(scan) = scan {
+                    // Nobody waits any more when the job was dropped.
+                    let _ = tx.send(catch_unwind(AssertUnwindSafe(scan)));
+                }
+            });
+        match spawned {
+            Ok(thread) => ScanJob(Some(ScanState::Running {
+                rx,
+                thread,
+                what,
+                abandon,
+            })),
+            // No thread to spare: scanned now, on this one.
+            Err(_) => {
+                let scan = scan.lock().ok().and_then(|mut s| s.take());
+                ScanJob(Some(ScanState::Done(scan
+                    .expect("a scan that no thread took")(
+                ))))
+            }
+        }
+    }
+
+    /// Waits for the scan started by [`start_scan`](Self::start_scan), the reporter ticking.
+    fn finish_scan(&self, reporter: &mut Reporter, mut job: ScanJob, label: &str) -> Result<Scan> {
+        let scanned = match job.0.take().expect("a scan job is waited for once") {
+            ScanState::Done(result) => result,
+            ScanState::Running {
+                rx,
+                thread,
+                what,
+                abandon,
+            } => {
+                let waited = reporter.wait(what, true, move || match rx.recv() {
+                    Ok(Ok(scanned)) => scanned,
+                    Ok(Err(panic)) => resume_unwind(panic),
+                    Err(_) => unreachable!("the scan thread sends its result before it ends"),
+                });
+                // Stopped or done: the scan thread ends now; no thread is left in librbd.
+                drop(abandon);
+                let _ = thread.join();
+                match waited {
+                    Waited::Done(result) => result,
+                    Waited::Stopped => Err(reporter.stopped_error(label)),
+                }
+            }
+        };
+        scanned.map_err(|e| self.stopped_or(reporter, e))
+    }
+
+    /// What to do: the source's diff, plus the ranges the destination changed since
+    /// `from_snap` that the diff does not cover (read from the source), plus, for a full
+    /// transfer into an existing image, what it holds outside the diff (zeroed); and where
+    /// the destination reads zeros already. The diff's exact extents are found cell by cell
+    /// while the copy runs (see [`crate::stream`]): the plan's counts of them are not known
+    /// yet.
+    fn work(
+        &self,
+        source: &Source,
+        scan: Scan,
+        found: Found,
+        label: String,
+        trusted: bool,
+    ) -> (Planner, KnownZero, Plan, Resume) {
+        let size = source.size;
+        let (stale, known_zero) = match (found.allocated, found.size) {
+            (Some(allocated), _) => {
+                let allocated = clip(&allocated, size);
+                let known_zero = KnownZero::Ranges(plan::complement(&allocated, size));
+                (allocated, known_zero)
+            }
+            (None, Some(_)) => (
+                Vec::new(),
+                KnownZero::Ranges(plan::subtract(&scan.zero_at_from, &found.verdict.changed)),
+            ),
+            (None, None) => (Vec::new(), KnownZero::All),
+        };
+        let resume = Resume {
+            from: found.verdict.resume_from,
+            trusted,
+        };
+        let planner = Planner {
+            outline: scan.outline,
+            cell: stream::cell_size(source.layout.order),
+            size,
+            rewrite: clip(&found.verdict.changed, size),
+            stale,
+            resume_from: resume.from,
+            chunk: self.chunk_size,
+            zero_chunk: self.chunk_size * ZERO_CHUNK_FACTOR,
+            keep_ranges: self.verify,
+        };
+        let plan = Plan {
+            source: source.spec.to_string(),
+            dest: label,
+            from_snap: self.from_snap.clone(),
+            end_snap: source.spec.snap().map(str::to_owned),
+            source_size: size,
+            dest_size: found.size,
+            create_destination: found.size.is_none(),
+            continues_interrupted: found.verdict.continued,
+            resume_from: resume.from,
+            bytes_resumed: 0,
+            overwrites_destination: found.verdict.overwrites,
+            extents: 0,
+            diff_bytes: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
+        };
+        (planner, known_zero, plan, resume)
+    }
+}
+
+/// The checks of an existing destination under its lock (see [`Checks`]): its snapshots, its
+/// changes since `from`, or for a full transfer its allocated ranges. Reads only.
+fn check_existing(
+    dest: &dyn DestImage,
+    header: &dyn Header,
+    end: Option<String>,
+    from: Option<Snapshot>,
+    mine: &Record,
+    force: bool,
+    stop: &StopCheck,
+) -> Result<Found> {
+    let label = dest.path().to_owned();
+    let snaps = dest.snapshots()?;
+    if let Some(end) = end.filter(|end| snaps.iter().any(|s| s.name == *end)) {
+        return Err(Error::snap_exists(&label, &end));
+    }
+    // Read now, under the lock: what a predecessor wrote before it was fenced off is in.
+    let previous = header.read()?.record.as_deref().and_then(Record::decode);
+    let size = dest.size()?;
+    let checks = Checks {
+        dest,
+        dest_size: size,
+        snaps: &snaps,
+        me: &mine.client.address,
+        record: mine,
+        previous: previous.as_ref(),
+        force,
+        stop,
+    };
+    Ok(match &from {
+        Some(from) => Found {
+            size: Some(size),
+            verdict: checks.incremental(from)?,
+            allocated: None,
+            previous,
+        },
+        None => {
+            let allocated = dest.allocated(size, stop)?;
+            Found {
+                size: Some(size),
+                verdict: checks.full(&allocated)?,
+                allocated: Some(allocated),
+                previous,
+            }
+        }
+    })
+}
+
+impl DiffTransfer {
+    fn execute(
+        &self,
+        prepared: Prepared,
+        reporter: &mut Reporter,
+        started: Instant,
+    ) -> Result<TransferStats> {
+        let Prepared {
+            plan,
+            source,
+            target,
+            claimed,
+            dest,
+            planner,
+            known_zero,
+            resume,
+            broke_lock_of,
+        } = prepared;
+        let label = plan.dest.clone();
+        let (Some(dest), Some(claimed)) = (dest, claimed) else {
+            unreachable!("a transfer that writes has its destination open and claimed")
+        };
+        if reporter.stop().is_some() {
+            target.unclaim(&claimed, true);
+            return Err(reporter.stopped_error(&label));
+        }
+        // The plan is made cell by cell on a thread of its own, a bounded queue ahead of the
+        // copy. It only reads the source, so it starts now: its first cell is scanned while
+        // the destination is prepared for the first write. A return before the copy closes
+        // the queue, which stops it; it is waited for before the transfer returns.
+        let queue = Arc::new(match reporter.threads() {
+            Threads::Spawn => Queue::default(),
+            Threads::Inline => Queue::unbounded(),
+        });
+        let planning = start_planning(
+            planner.clone(),
+            source.image.clone(),
+            self.from_snap.clone(),
+            queue.clone(),
+            reporter.stop_check(),
+            reporter.threads(),
+        );
+        let _closes = ClosesOnDrop(&queue, planning);
+        // The first write: from here on a rerun recognises what this transfer wrote. What the
+        // interrupted transfer did stays recorded as done until this one gets further, if it
+        // is known to read as the source.
+        let recorded = if resume.trusted { resume.from } else { 0 };
+        self.record(reporter, &target, &claimed, recorded)?;
+        let dest_size = plan.dest_size.unwrap_or(source.size);
+        if source.size > dest_size {
+            let (image, size) = (dest.clone(), source.size);
+            waited(reporter, format!("{label} to grow"), move || {
+                image.resize(size)
+            })?;
+        }
+        let own_rate = self.rate_limit.map(RateLimit::new);
+        let batch = self.batch.as_deref();
+        let rates: Vec<&RateLimit> = own_rate
+            .iter()
+            .chain(batch.and_then(|b| b.rate.as_ref()))
+            .collect();
+        let shared = engine::Limits {
+            budget: batch.map(|b| &b.budget),
+            rates: &rates,
+        };
+        let mut rechecked = 0;
+        if !resume.trusted && resume.from > 0 {
+            let images = (&*source.image, &dest);
+            rechecked = self.recheck(images, &planner, resume.from, shared, reporter, &label)?;
+            self.record(reporter, &target, &claimed, resume.from)?;
+        }
+        let (copied, totals) = self.copy(
+            (&source, &dest),
+            (&target, &claimed),
+            (&queue, &known_zero, resume.from),
+            shared,
+            reporter,
+        )?;
+        if reporter.stop().is_some() {
+            return Err(reporter.stopped_error(&label));
+        }
+        let bytes_verified = if self.verify {
+            self.verify_written(
+                (&source, &dest),
+                (&target, &claimed),
+                &totals.ranges,
+                &rates,
+                reporter,
+            )?
+        } else {
+            0
+        };
+        let snapshot_elapsed =
+            self.commit(reporter, &source, &target, &claimed, &dest, dest_size)?;
+        reporter.finish();
+        Ok(TransferStats {
+            source: plan.source.clone(),
+            dest: plan.dest.clone(),
+            from_snap: plan.from_snap.clone(),
+            bytes_read: copied.read,
+            bytes_written: copied.written,
+            bytes_zeroed: copied.zeroed,
+            bytes_skipped: copied.skipped,
+            bytes_verified,
+            bytes_rechecked: rechecked,
+            extents: totals.extents,
+            diff_bytes: totals.diff_bytes,
+            image_size: source.size,
+            created_destination: plan.create_destination,
+            continued_interrupted: plan.continues_interrupted,
+            bytes_resumed: totals.bytes_resumed,
+            broke_lock_of,
+            end_snap: plan.end_snap.clone(),
+            elapsed: started.elapsed(),
+            snapshot_elapsed,
+        })
+    }
+
+    /// Writes the transfer's record with checkpoint `done`, under its claim.
+    fn record(
+        &self,
+        reporter: &mut Reporter,
+        target: &Target,
+        claimed: &Claimed,
+        done: u64,
+    ) -> Result<()> {
+        let (t, header) = (target.clone(), claimed.header.clone());
+        let what = format!("the in-progress record on {}", target.label);
+        waited(reporter, what, move || t.write_record(&*header, Some(done)))
+    }
+
+    /// The copy of the queue's pieces, with checkpoints; what it did and what the planning
+    /// found.
+    fn copy(
+        &self,
+        (source, dest): (&Source, &Arc<dyn DestImage>),
+        (target, claimed): (&Target, &Claimed),
+        (queue, known_zero, from): (&Arc<Queue>, &KnownZero, u64),
+        shared: engine::Limits<'_>,
+        reporter: &mut Reporter,
+    ) -> Result<(engine::Counters, stream::Totals)> {
+        let label = target.label.clone();
+        // Checkpoints are of use only to a rerun of the same diff, which a source read at
+        // HEAD never has.
+        let checkpoints = source.spec.snap().map(|_| {
+            let (t, header, image) = (target.clone(), claimed.header.clone(), dest.clone());
+            let write: Arc<checkpoint::Write> = Arc::new(move |mark| {
+                if image.flush().is_err() {
+                    return Ok(false);
+                }
+                match t.write_record(&*header, Some(mark)) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == ErrorKind::Fenced => Err(e),
+                    Err(_) => Ok(false),
+                }
+            });
+            Checkpointer::start(write, from, checkpoint::INTERVAL, reporter.threads())
+        });
+        let marks = |mark: u64| {
+            if let Some(checkpoints) = &checkpoints {
+                checkpoints.mark(mark);
+            }
+        };
+        // The copy starts with the first pieces planned (for most images, all of them).
+        while !queue.wait_ready(reporter.poll_interval()) && reporter.stop().is_none() {
+            reporter.waiting_for(Some(format!("the diff scan of {}", source.spec)));
+            reporter.tick();
+        }
+        reporter.set_total(queue.planned());
+        reporter.phase(Phase::Copying);
+        let mut feed = &**queue;
+        let job = engine::Job {
+            pieces: &mut feed,
+            known_zero,
+            window: io_window(self.chunk_size, self.window),
+            marks: Some(&marks),
+            shared,
+        };
+        // A scan stopped by a cancel fails the planning with ECANCELED: say why it stopped.
+        let copied = engine::run(&*source.image, &**dest, job, reporter, &label).map_err(|e| {
+            if e.kind() == ErrorKind::Cancelled {
+                self.stopped_or(reporter, e)
+            } else {
+                e
+            }
+        });
+        // Nothing more is taken from the queue: a planning still running stops.
+        queue.close();
+        if let Some(checkpoints) = checkpoints {
+            // A transfer that did not finish keeps what it did for its rerun, unless its
+            // writes failed for a full pool or a timeout: a last checkpoint would wait out
+            // the operation timeout again.
+            let keep = copied.as_ref().err().is_some_and(|e| {
+                ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno())
+            });
+            if let Some(fenced) = checkpoints.finish(keep) {
+                return Err(fenced);
+            }
+        }
+        let counters = copied?;
+        let totals = queue.totals().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                libc::EIO,
+                format!("the planning of the transfer into {label} ended without its totals"),
+            )
+        })?;
+        Ok((counters, totals))
+    }
+
+    /// Compares what lies below `below` of the transfer's work with the source, chunk by
+    /// chunk, and rewrites the chunks that differ: what a rerun does with the checkpoint of a
+    /// predecessor that let go of the destination before it (another client could have
+    /// written there since). Returns the bytes compared.
+    fn recheck(
+        &self,
+        (source, dest): (&dyn SourceImage, &Arc<dyn DestImage>),
+        planner: &Planner,
+        below: u64,
+        shared: engine::Limits<'_>,
+        reporter: &mut Reporter,
+        label: &str,
+    ) -> Result<u64> {
+        let below_plan = Planner {
+            size: below.min(planner.size),
+            resume_from: 0,
+            keep_ranges: true,
+            ..planner.clone()
+        };
+        let stop = reporter.stop_check();
+        let from = self.from_snap.clone();
+        let scan = |offset, len| source.exact(from.as_deref(), offset, len, &stop);
+        let totals = below_plan
+            .run(&scan, &mut |_| Ok(()))
+            .map_err(|e| self.stopped_or(reporter, e))?;
+        let total: u64 = totals.ranges.iter().map(|r| r.1).sum();
+        reporter.restart(Phase::Verifying, total);
+        let reads = verify::Reads {
+            chunk: self.chunk_size,
+            window: io_window(self.chunk_size, self.window),
+            rates: shared.rates,
+        };
+        let compared = verify::compare(
+            [source as &dyn engine::DiffSource, &**dest],
+            &totals.ranges,
+            reads,
+            verify::Compare::All,
+            reporter,
+            label,
+        )?;
+        if !compared.differing.is_empty() {
+            let extents: Vec<plan::DiffExtent> = compared
+                .differing
+                .iter()
+                .map(|&(offset, len)| plan::DiffExtent {
+                    offset,
+                    len,
+                    exists: true,
+                })
+                .collect();
+            let pieces: Vec<Piece> = plan::pieces(&extents, self.chunk_size, self.chunk_size);
+            reporter.restart(Phase::Copying, pieces.iter().map(|p| p.len).sum());
+            let mut feed = engine::Listed::new(&pieces);
+            let job = engine::Job {
+                pieces: &mut feed,
+                known_zero: &KnownZero::Ranges(Vec::new()),
+                window: io_window(self.chunk_size, self.window),
+                marks: None,
+                shared,
+            };
+            engine::run(source, &**dest, job, reporter, label)?;
+        }
+        Ok(compared.bytes)
+    }
+
+    /// The verification: every range the end snapshot will be claimed to equal, compared
+    /// (see [`DiffTransfer::verify`]). A difference takes the checkpoint back below it, so
+    /// that the rerun the error advises rewrites it.
+    fn verify_written(
+        &self,
+        (source, dest): (&Source, &Arc<dyn DestImage>),
+        (target, claimed): (&Target, &Claimed),
+        work: &[(u64, u64)],
+        rates: &[&RateLimit],
+        reporter: &mut Reporter,
+    ) -> Result<u64> {
+        let label = target.label.clone();
+        // What the destination changed meanwhile, as it is now: a write that bypassed the
+        // transfer shows there.
+        let (image, from, size) = (dest.clone(), source.from.clone(), source.size);
+        let stop = reporter.stop_check();
+        let what = format!("the changes of {label}");
+        let changed = detached(reporter, &label, what, move || match &from {
+            Some(from) => image.changed_since(from, size, true, &stop),
+            None => image.allocated(size, &stop),
+        })?;
+        let ranges = verify::union(work, &clip(&changed, size));
+        let chunk = self.chunk_size;
+        let window = io_window(chunk, self.window);
+        // In a batch, the verification draws its window from the batch's budget: its share,
+        // at most its own window.
+        let (window, _reserved) = match self.batch.as_deref() {
+            Some(batch) => {
+                let w = batch.verify_window(window, chunk);
+                let reserved = batch
+                    .budget
+                    .reserve(w.budget, w.max_requests, reporter, &label)?;
+                (w, Some(reserved))
+            }
+            None => (window, None),
+        };
+        let reads = verify::Reads {
+            chunk,
+            window,
+            rates,
+        };
+        match verify::written(&*source.image, &**dest, &ranges, reads, reporter, &label) {
+            Err(e) if e.kind() == ErrorKind::Mismatch => {
+                let at = e.offset().unwrap_or(0);
+                let object = 1u64 << source.layout.order;
+                let back = at / object * object;
+                // Below the first difference everything compared equal.
+                let _ = self.record(reporter, target, claimed, back);
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Makes the end snapshot, once the source's snapshots are known to still be there and
+    /// the destination still this transfer's; then removes the record and the claim. Too late
+    /// to stop from here. Returns the time the snapshot took.
+    fn commit(
+        &self,
+        reporter: &mut Reporter,
+        source: &Source,
+        target: &Target,
+        claimed: &Claimed,
+        dest: &Arc<dyn DestImage>,
+        dest_size: u64,
+    ) -> Result<Duration> {
+        reporter.phase(Phase::Committing);
+        let label = target.label.clone();
+        let (image, src) = (source.image.clone(), source.spec.clone());
+        let wanted: Vec<Snapshot> = source.end.iter().chain(&source.from).cloned().collect();
+        let what = format!("the snapshots of {src} to be checked");
+        waited(reporter, what, move || {
+            let now = image.snapshots_now()?;
+            for snap in &wanted {
+                if !now.iter().any(|s| s.id == snap.id && s.name == snap.name) {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        libc::ENOENT,
+                        format!(
+                            "snapshot {:?} of {} was removed while the transfer read it: what \
+                             was read of it cannot be trusted, and no end snapshot was created; \
+                             transfer another snapshot",
+                            snap.name,
+                            src.image_path()
+                        ),
+                    )
+                    .with_image(src.image_path())
+                    .with_snap(&snap.name));
+                }
+            }
+            Ok(())
+        })?;
+        let (image, header, t) = (dest.clone(), claimed.header.clone(), target.clone());
+        let shrink_to = (source.size < dest_size).then_some(source.size);
+        let end = source.spec.snap().map(str::to_owned);
+        let what = match &end {
+            Some(end) => format!("the end snapshot {label}@{end} to be created"),
+            None => format!("{label} to flush its writes"),
+        };
+        waited(reporter, what, move || {
+            let state = header.read()?;
+            if state.claim.as_deref() != Some(t.text.as_str()) {
+                return Err(t.fenced_error("its claim on the destination was taken over"));
+            }
+            if image.lockable()? && !image.holds_lock()? {
+                return Err(t.fenced_error("it lost the destination's exclusive lock"));
+            }
+            if let Some(size) = shrink_to {
+                image.resize(size)?;
+            }
+            image.flush()?;
+            let snapshot_started = Instant::now();
+            if let Some(end) = &end {
+                if let Err(e) = image.create_snapshot(end) {
+                    // The snapshot may exist though its creation reported a failure: the
+                    // result says whether it does.
+                    let made = image
+                        .snapshots()
+                        .is_ok_and(|snaps| snaps.iter().any(|s| s.name == *end));
+                    if !made {
+                        return Err(e);
+                    }
+                }
+            }
+            let elapsed = snapshot_started.elapsed();
+            // The end snapshot makes the transfer complete: a record left behind by a failure
+            // here is harmless (the next transfer starts from that unchanged snapshot, and
+            // replaces the record), so it does not fail the transfer.
+            let _ = t.write_record(&*header, None);
+            Ok(elapsed)
+        })
+    }
+}
+
+/// Closes the queue when dropped, so that a planning still running stops, then waits for it.
+struct ClosesOnDrop<'a>(&'a Queue, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for ClosesOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+        if let Some(planning) = self.1.take() {
+            // A panic of the planning failed the copy already.
+            let _ = planning.join();
+        }
+    }
+}
+
+/// Starts planning the transfer's pieces into `queue`, the exact diff of `image` since
+/// `from` scanned as it goes: on a thread of its own, or (inline, or with no thread to spare)
+/// all at once now. The queue ends with what it found, or its error.
+fn start_planning(
+    planner: Planner,
+    image: Arc<dyn SourceImage>,
+    from: Option<String>,
+    queue: Arc<Queue>,
+    stop: StopCheck,
+    threads: Threads,
+) -> Option<std::thread::JoinHandle<()>> {
+    let plan = move || {
+        let scan = |offset, len| image.exact(from.as_deref(), offset, len, &stop);
+        let planned = catch_unwind(AssertUnwindSafe(|| {
+            planner.run(&scan, &mut |pieces| queue.push(pieces))
+        }));
+        match planned {
+            Ok(result) => queue.finish(result),
+            Err(_) => queue.finish(Err(Error::new(
+                ErrorKind::Other,
+                libc::EIO,
+                "the planning of the transfer panicked",
+            ))),
+        }
+    };
+    if threads == Threads::Inline {
+        plan();
+        return None;
+    }
+    let plan = Arc::new(std::sync::Mutex::new(Some(plan)));
+    let shared = plan.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rbd-diffsync-plan".to_owned())
+        .spawn(move || {
+            if let Some(plan) = shared.lock().ok().and_then(|mut p| p.take()) {
+                plan();
+            }
+        });
+    match spawned {
+        Ok(thread) => Some(thread),
+        Err(_) => {
+            if let Some(plan) = plan.lock().ok().and_then(|mut p| p.take()) {
+                plan();
+            }
+            None
+        }
+    }
+}
+
+/// A write that timed out or was refused for space: if the destination's pool is marked full,
+/// an error that says so (the OSDs hold writes to a full pool until they time out).
+fn explain_full_pool(reporter: &mut Reporter, e: Error, target: &Target) -> Error {
+    if ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno()) {
+        return e;
+    }
+    let (conn, name) = (
+        target.conn.clone(),
+        target.spec.pool().unwrap_or_default().to_owned(),
+    );
+    let what = format!("the monitors to tell whether pool {name} is full");
+    let full = match reporter.wait(what, true, move || conn.pool_full(&name)) {
+        Waited::Done(Some(full)) => full,
+        _ => return e,
+    };
+    let errno = if full.contains("quota") {
+        libc::EDQUOT
+    } else {
+        libc::ENOSPC
+    };
+    let image = e.image().map(str::to_owned);
+    let error = Error::new(
+        ErrorKind::NoSpace,
+        errno,
+        format!(
+            "{full}; then run the transfer again: it resumes where this one stopped, and no end \
+             snapshot was created ({})",
+            e.message()
+        ),
+    );
+    match image {
+        Some(image) => error.with_image(image),
+        None => error,
+    }
+}
+
+/// `ranges` cut to `[0, size)`.
+fn clip(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    ranges
+        .iter()
+        .filter(|&&(offset, _)| offset < size)
+        .map(|&(offset, len)| (offset, len.min(size - offset)))
+        .collect()
+}
+
+impl DiffTransfer {
     /// Joins a batch: its budget, rate limit and connections are shared.
     pub(crate) fn join_batch(&mut self, link: Arc<BatchLink>) {
         self.batch = Some(link);
@@ -613,660 +1664,6 @@ impl DiffTransfer {
                 .unwrap_or_else(|| self.source_cluster.clone()),
         )
     }
-}
-
-pub(crate) fn connect(reporter: &mut Reporter, dest: &str, spec: &ClusterSpec) -> Result<Cluster> {
-    let owned = spec.clone();
-    detached(
-        reporter,
-        dest,
-        format!("the monitors of {spec}"),
-        move || Cluster::connect(&owned),
-    )
-}
-
-/// Opens the pool of `spec` on `cluster`, with the cluster's `rbd_default_pool` for a spec that
-/// names none; returns the spec with its pool filled in.
-pub(crate) fn open_pool(cluster: &Cluster, spec: &ImageSpec) -> Result<(ImageSpec, Pool)> {
-    let spec = match spec.pool() {
-        Some(_) => spec.clone(),
-        None => spec.in_default_pool(&cluster.config("rbd_default_pool")?),
-    };
-    let pool = cluster.pool(spec.pool().unwrap_or_default(), spec.namespace())?;
-    Ok((spec, pool))
-}
-
-/// Opens the source at its end snapshot and checks its snapshots: `from_name` must be one of
-/// them, not newer than the end.
-fn open_source(conn: &Cluster, spec: &ImageSpec, from_name: Option<&str>) -> Result<Source> {
-    let (spec, pool) = open_pool(conn, spec)?;
-    let image = Image::open_read_only(&pool, spec.image(), spec.snap())?;
-    let path = spec.image_path();
-    let snaps = image.snapshots()?;
-    let find = |name: &str| snaps.iter().find(|s| s.name == name).cloned();
-    let end = spec.snap().and_then(find);
-    let from = match from_name {
-        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
-        None => None,
-    };
-    if let (Some(from), Some(end)) = (&from, &end) {
-        if end.id < from.id {
-            return Err(Error::invalid(format!(
-                "from_snap {:?} is newer than the end snapshot {:?} of {path}",
-                from.name, end.name
-            ))
-            .with_image(path)
-            .with_snap(&from.name));
-        }
-    }
-    let snap_ref = |s: &Snapshot| SnapRef {
-        id: s.id,
-        name: s.name.clone(),
-    };
-    let record = Record {
-        fsid: conn.fsid()?,
-        pool_id: pool.id(),
-        namespace: pool.namespace().unwrap_or_default().to_owned(),
-        image_id: image.id()?,
-        source: path,
-        from: from.as_ref().map(snap_ref),
-        end: end.as_ref().map(snap_ref),
-        client: String::new(),
-        started: unix_now(),
-        done: 0,
-    };
-    Ok(Source {
-        info: image.info()?,
-        layout: image.layout()?,
-        image: Arc::new(image),
-        spec,
-        from,
-        record,
-    })
-}
-
-/// An open destination, and who it named as its writer before this transfer claimed it.
-type OpenDest = (Arc<Image>, Option<String>);
-
-/// The destination's pool and the destination, opened for writing with `lock` (named first as
-/// written by `me`, with who was named before) or for reading; `None` for a full transfer's
-/// missing one.
-fn open_destination(
-    conn: &Cluster,
-    spec: &ImageSpec,
-    lock: bool,
-    incremental: bool,
-    me: &str,
-) -> Result<(Pool, Option<OpenDest>)> {
-    let (spec, pool) = open_pool(conn, spec)?;
-    let opened = if lock {
-        destination::open_claimed(&pool, spec.image(), me)
-    } else {
-        Image::open_read_only(&pool, spec.image(), None).map(|image| (image, None))
-    };
-    match opened {
-        Ok((image, previous)) => Ok((pool, Some((Arc::new(image), previous)))),
-        Err(e) if e.kind() == ErrorKind::NotFound && !incremental => Ok((pool, None)),
-        Err(e) => Err(e),
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl DiffTransfer {
-    fn dest_label(&self) -> String {
-        self.dest.image_path()
-    }
-
-    /// Connects to both clusters (one connection when they are the same), then opens the
-    /// source at its end snapshot (checking its snapshots) and the destination at once: for
-    /// writing with `lock`, `None` for a full transfer's missing one. Opening an image is a few
-    /// round trips to the OSDs; the two images' opens overlap.
-    fn open_images(&self, reporter: &mut Reporter, lock: bool) -> Result<Opened> {
-        let label = self.dest_label();
-        let src_cluster = self.connect(reporter, &label, &self.source_cluster)?;
-        let dest_cluster = match &self.dest_cluster {
-            Some(spec) if *spec != self.source_cluster => self.connect(reporter, &label, spec)?,
-            _ => src_cluster.clone(),
-        };
-        let (src_conn, src_spec, from_name) = (
-            src_cluster.clone(),
-            self.source.clone(),
-            self.from_snap.clone(),
-        );
-        let (dest_conn, dest_spec, incremental) = (
-            dest_cluster.clone(),
-            self.dest.clone(),
-            self.from_snap.is_some(),
-        );
-        let me = dest_cluster.address()?;
-        let what = format!("{} and {} to open", self.source, self.dest);
-        let claimant = me.clone();
-        let (stop, _abandon) = reporter.stop_check().abandonable();
-        let (source, (dest_pool, dest)) = detached(reporter, &label, what, move || {
-            std::thread::scope(|s| {
-                let dest = s.spawn(|| {
-                    open_destination(&dest_conn, &dest_spec, lock, incremental, &claimant)
-                });
-                let source = open_source(&src_conn, &src_spec, from_name.as_deref());
-                let dest = dest.join().unwrap_or_else(|panic| resume_unwind(panic));
-                if let (Ok((_, Some((image, previous)))), true) = (&dest, lock) {
-                    if source.is_err() || stop.stopped() {
-                        // Refused, or no longer waited for: the claim goes.
-                        destination::unclaim(image, previous.as_deref());
-                    }
-                }
-                // The source's error first: without a source there is nothing to check.
-                Ok((source?, dest?))
-            })
-        })?;
-        let (dest, previous_holder) = match dest {
-            Some((dest, previous)) => (Some(dest), previous),
-            None => (None, None),
-        };
-        Ok(Opened {
-            source,
-            dest_cluster,
-            dest_pool,
-            dest,
-            me,
-            previous_holder,
-        })
-    }
-
-    /// Every check and the diff; nothing is written. With `lock`, the destination is opened
-    /// for writing and its exclusive lock taken, and held until the transfer ends.
-    fn prepare(&self, reporter: &mut Reporter, lock: bool) -> Result<Prepared> {
-        reporter.phase(Phase::Connecting);
-        // With `lock`, the destination names this client as its writer to be before it is
-        // open: a rerun after a kill from here on recognises this client, its watch and its
-        // lock.
-        let opened = self.open_images(reporter, lock)?;
-        let claimed = match (&opened.dest, lock) {
-            (Some(dest), true) => Some((dest.clone(), opened.previous_holder.clone())),
-            _ => None,
-        };
-        let prepared = self.check(reporter, opened, lock);
-        if let (Err(_), Some((dest, previous))) = (&prepared, &claimed) {
-            // Refused: nothing of this transfer stays on the destination.
-            destination::unclaim(dest, previous.as_deref());
-        }
-        prepared
-    }
-
-    /// The scan, the lock and the checks of `prepare`, once the images are open.
-    fn check(&self, reporter: &mut Reporter, opened: Opened, lock: bool) -> Result<Prepared> {
-        let Opened {
-            source,
-            dest_cluster,
-            dest_pool,
-            dest,
-            me,
-            previous_holder,
-        } = opened;
-        let label = image_path(&dest_pool, self.dest.image());
-        reporter.phase(Phase::Scanning);
-        // The scan of the source overlaps the lock and the checks of the destination: both
-        // are round trips to the OSDs, and neither needs the other.
-        let scanning = self.start_scan(reporter, &source);
-        let mut record = source.record.clone();
-        record.client = me.clone();
-        let mut broke_lock_of = None;
-        let found = match &dest {
-            Some(dest) => {
-                if lock {
-                    let previous = destination::read_record(dest)?;
-                    broke_lock_of = destination::lock(
-                        reporter,
-                        dest,
-                        &me,
-                        previous.as_ref(),
-                        previous_holder.as_deref(),
-                    )?;
-                }
-                // Under the lock from here on: what is read now stays true until the end.
-                let (image, record, me) = (dest.clone(), record.clone(), me.clone());
-                let (end, from) = (source.spec.snap().map(str::to_owned), source.from.clone());
-                let force = self.overwrite_existing;
-                let stop = reporter.stop_check();
-                let what = format!("the checks of {label}");
-                detached(reporter, &label, what, move || {
-                    check_destination(&image, end, from, &record, &me, force, &stop)
-                })
-                .map_err(|e| self.stopped_or(reporter, e))?
-            }
-            None => Found::default(),
-        };
-        let scan = self.finish_scan(reporter, scanning, &label)?;
-        let (planner, known_zero, plan) = self.work(&source, scan, found, label);
-        Ok(Prepared {
-            plan,
-            source,
-            dest_pool,
-            dest_cluster,
-            dest,
-            planner,
-            known_zero,
-            record,
-            broke_lock_of,
-        })
-    }
-
-    /// Starts the source's scan on a thread of its own (see [`scan_source`]), to run while the
-    /// destination is locked and checked. The scan stops when the returned job is dropped
-    /// unwaited, as on an error of those checks.
-    fn start_scan(&self, reporter: &Reporter, source: &Source) -> ScanJob {
-        let (image, from, whole_object) =
-            (source.image.clone(), source.from.clone(), self.whole_object);
-        let (name, size) = (source.spec.image().to_owned(), source.info.size);
-        let what = match &self.from_snap {
-            Some(from) => format!("the diff of {} since {from}", source.spec),
-            None => format!("the allocated ranges of {}", source.spec),
-        };
-        let (stop, abandon) = reporter.stop_check().abandonable();
-        let (tx, rx) = mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new()
-            .name("rbd-diffsync-scan".to_owned())
-            .spawn(move || {
-                let scanned = catch_unwind(AssertUnwindSafe(|| {
-                    scan_source(&image, &name, from.as_ref(), size, whole_object, &stop)
-                }));
-                // Nobody waits any more when the job was dropped.
-                let _ = tx.send(scanned);
-            });
-        if let Err(e) = spawned {
-            panic!("cannot start a thread: {e}");
-        }
-        ScanJob {
-            rx,
-            what,
-            _abandon: abandon,
-        }
-    }
-
-    /// Waits for the scan started by [`start_scan`](Self::start_scan), the reporter ticking.
-    fn finish_scan(&self, reporter: &mut Reporter, job: ScanJob, label: &str) -> Result<Scan> {
-        let ScanJob { rx, what, _abandon } = job;
-        let scanned = detached(reporter, label, what, move || match rx.recv() {
-            Ok(Ok(scanned)) => scanned,
-            Ok(Err(panic)) => resume_unwind(panic),
-            Err(_) => unreachable!("the scan thread sends its result before it ends"),
-        });
-        scanned.map_err(|e| self.stopped_or(reporter, e))
-    }
-
-    /// What to do: the source's diff, plus the ranges the destination changed since
-    /// `from_snap` that the diff does not cover (read from the source), plus, for a full
-    /// transfer into an existing image, what it holds outside the diff (zeroed); and where
-    /// the destination reads zeros already. The diff's exact extents are found cell by cell
-    /// while the copy runs (see [`crate::stream`]): the plan's counts of them are not known
-    /// yet.
-    fn work(
-        &self,
-        source: &Source,
-        scan: Scan,
-        found: Found,
-        label: String,
-    ) -> (Planner, KnownZero, Plan) {
-        let size = source.info.size;
-        let (stale, known_zero) = match (found.allocated, found.size) {
-            (Some(allocated), _) => {
-                let allocated = clip(&allocated, size);
-                let known_zero = KnownZero::Ranges(plan::complement(&allocated, size));
-                (allocated, known_zero)
-            }
-            (None, Some(_)) => (
-                Vec::new(),
-                KnownZero::Ranges(plan::subtract(&scan.zero_at_from, &found.verdict.changed)),
-            ),
-            (None, None) => (Vec::new(), KnownZero::All),
-        };
-        let resume_from = found.verdict.resume_from;
-        let planner = Planner {
-            outline: scan.outline,
-            cell: stream::cell_size(source.layout.order),
-            size,
-            rewrite: clip(&found.verdict.changed, size),
-            stale,
-            resume_from,
-            chunk: self.chunk_size,
-            zero_chunk: self.chunk_size * ZERO_CHUNK_FACTOR,
-            keep_ranges: self.verify,
-        };
-        let plan = Plan {
-            source: source.spec.to_string(),
-            dest: label,
-            from_snap: self.from_snap.clone(),
-            end_snap: source.spec.snap().map(str::to_owned),
-            source_size: size,
-            dest_size: found.size,
-            create_destination: found.size.is_none(),
-            continues_interrupted: found.verdict.continued,
-            resume_from,
-            bytes_resumed: 0,
-            overwrites_destination: found.verdict.overwrites,
-            extents: 0,
-            diff_bytes: 0,
-            data_bytes: 0,
-            zero_bytes: 0,
-        };
-        (planner, known_zero, plan)
-    }
-
-    /// A scan stopped by the halt token reports ECANCELED: say why it stopped.
-    fn stopped_or(&self, reporter: &mut Reporter, e: Error) -> Error {
-        if reporter.stop().is_some() {
-            reporter.stopped_error(&self.dest_label())
-        } else {
-            e
-        }
-    }
-
-    fn execute(
-        &self,
-        prepared: Prepared,
-        reporter: &mut Reporter,
-        started: Instant,
-    ) -> Result<TransferStats> {
-        let Prepared {
-            plan,
-            source,
-            dest_pool,
-            dest_cluster,
-            dest,
-            planner,
-            known_zero,
-            mut record,
-            broke_lock_of,
-        } = prepared;
-        let label = plan.dest.clone();
-        if reporter.stop().is_some() {
-            return Err(reporter.stopped_error(&label));
-        }
-        // The plan is made cell by cell on a thread of its own, a bounded queue ahead of the
-        // copy. It only reads the source, so it starts now: its first cell is scanned while
-        // the destination is prepared for the first write. A return before the copy closes
-        // the queue, which stops it.
-        let queue = Arc::new(Queue::default());
-        let planning = start_planning(
-            planner,
-            source.image.clone(),
-            self.from_snap.clone(),
-            queue.clone(),
-            reporter.stop_check(),
-        );
-        let _closes = ClosesOnDrop(&queue);
-        let dest = match dest {
-            Some(dest) => dest,
-            None => {
-                let (pool, name, layout, size) = (
-                    dest_pool.clone(),
-                    self.dest.image().to_owned(),
-                    source.layout,
-                    source.info.size,
-                );
-                let me = dest_cluster.address()?;
-                let claimant = me.clone();
-                let image = waited(reporter, format!("{label} to be created"), move || {
-                    Image::create(&pool, &name, size, Some(&layout))?;
-                    let (image, _) = destination::open_claimed(&pool, &name, &claimant)?;
-                    Ok(Arc::new(image))
-                })?;
-                record.client = me.clone();
-                destination::lock(reporter, &image, &me, None, None)?;
-                image
-            }
-        };
-        // The first write: from here on a rerun recognises what this transfer wrote. What the
-        // interrupted transfer did stays recorded as done until this one gets further.
-        record.done = plan.resume_from;
-        let (image, written) = (dest.clone(), record.clone());
-        waited(
-            reporter,
-            format!("the in-progress record on {label}"),
-            move || destination::write_record(&image, &written),
-        )?;
-        let dest_size = plan.dest_size.unwrap_or(source.info.size);
-        if source.info.size > dest_size {
-            let (image, size) = (dest.clone(), source.info.size);
-            waited(reporter, format!("{label} to grow"), move || {
-                image.resize(size)
-            })?;
-        }
-
-        let window = io_window(self.chunk_size, self.window);
-        // Checkpoints are of use only to a rerun of the same diff, which a source read at
-        // HEAD never has.
-        let checkpoints = source
-            .spec
-            .snap()
-            .map(|_| Checkpointer::start(dest.clone(), record.clone(), checkpoint::INTERVAL));
-        let marks = |mark: u64| {
-            if let Some(checkpoints) = &checkpoints {
-                checkpoints.mark(mark);
-            }
-        };
-        let own_rate = self.rate_limit.map(RateLimit::new);
-        let batch = self.batch.as_deref();
-        let rates: Vec<&RateLimit> = own_rate
-            .iter()
-            .chain(batch.and_then(|b| b.rate.as_ref()))
-            .collect();
-        // The copy starts with the first pieces planned (for most images, all of them).
-        while !queue.wait_ready(reporter.poll_interval()) && reporter.stop().is_none() {
-            reporter.waiting_for(Some(format!("the diff scan of {}", source.spec)));
-            reporter.tick();
-        }
-        reporter.set_total(queue.planned());
-        reporter.phase(Phase::Copying);
-        let mut feed = &*queue;
-        let job = engine::Job {
-            pieces: &mut feed,
-            known_zero: &known_zero,
-            window,
-            marks: Some(&marks),
-            shared: engine::Limits {
-                budget: batch.map(|b| &b.budget),
-                rates: &rates,
-            },
-        };
-        // A scan stopped by a cancel fails the planning with ECANCELED: say why it stopped.
-        let copied = engine::run(&*source.image, &*dest, job, reporter, &label).map_err(|e| {
-            if e.kind() == ErrorKind::Cancelled {
-                self.stopped_or(reporter, e)
-            } else {
-                e
-            }
-        });
-        // Nothing more is taken from the queue: a planning still running stops.
-        queue.close();
-        if let Some(checkpoints) = checkpoints {
-            checkpoints.finish(copied.is_err());
-        }
-        // A copy that ended took every piece: the planning has ended. One that failed may
-        // have failed for a panic of the planning; a planning still running is left to stop.
-        if copied.is_ok() || planning.is_finished() {
-            if let Err(panic) = planning.join() {
-                resume_unwind(panic);
-            }
-        }
-        let counters = copied?;
-        let totals = queue
-            .totals()
-            .expect("a planning whose every piece was copied has succeeded");
-        if reporter.stop().is_some() {
-            return Err(reporter.stopped_error(&label));
-        }
-        let bytes_verified = if self.verify {
-            let chunk = self.chunk_size;
-            // In a batch, the verification draws its window from the batch's budget: its
-            // share, at most its own window.
-            let (window, _reserved) = match batch {
-                Some(batch) => {
-                    let w = batch.verify_window(window, chunk);
-                    let reserved =
-                        batch
-                            .budget
-                            .reserve(w.budget, w.max_requests, reporter, &label)?;
-                    (w, Some(reserved))
-                }
-                None => (window, None),
-            };
-            let reads = verify::Reads {
-                chunk,
-                window,
-                rates: &rates,
-            };
-            verify::written(
-                &source.image,
-                &dest,
-                &totals.ranges,
-                reads,
-                reporter,
-                &label,
-            )?
-        } else {
-            0
-        };
-
-        // Too late to stop from here: the end snapshot is as good as made.
-        reporter.phase(Phase::Committing);
-        let image = dest.clone();
-        let (shrink_to, end) = (
-            (source.info.size < dest_size).then_some(source.info.size),
-            source.spec.snap().map(str::to_owned),
-        );
-        let what = match &end {
-            Some(end) => format!("the end snapshot {label}@{end} to be created"),
-            None => format!("{label} to flush its writes"),
-        };
-        let snapshot_elapsed = waited(reporter, what, move || {
-            if let Some(size) = shrink_to {
-                image.resize(size)?;
-            }
-            image.flush()?;
-            let snapshot_started = Instant::now();
-            if let Some(end) = &end {
-                // Nobody else writes it under the lock: nothing to quiesce.
-                image.create_snapshot(end, false)?;
-            }
-            let elapsed = snapshot_started.elapsed();
-            // The end snapshot makes the transfer complete: a record left behind by a failure
-            // here is harmless (the next transfer starts from that unchanged snapshot, and
-            // replaces the record), so it does not fail the transfer.
-            let _ = destination::clear_record(&image);
-            Ok(elapsed)
-        })?;
-        reporter.finish();
-        Ok(TransferStats {
-            source: plan.source.clone(),
-            dest: plan.dest.clone(),
-            from_snap: plan.from_snap.clone(),
-            bytes_read: counters.read,
-            bytes_written: counters.written,
-            bytes_zeroed: counters.zeroed,
-            bytes_skipped: counters.skipped,
-            bytes_verified,
-            extents: totals.extents,
-            diff_bytes: totals.diff_bytes,
-            image_size: source.info.size,
-            created_destination: plan.create_destination,
-            continued_interrupted: plan.continues_interrupted,
-            bytes_resumed: totals.bytes_resumed,
-            broke_lock_of,
-            end_snap: plan.end_snap.clone(),
-            elapsed: started.elapsed(),
-            snapshot_elapsed,
-        })
-    }
-}
-
-/// Closes the queue when dropped, so that a planning still running stops.
-struct ClosesOnDrop<'a>(&'a Queue);
-
-impl Drop for ClosesOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// Starts planning the transfer's pieces into `queue` on a thread of its own, the exact diff
-/// of `image` since `from` scanned as it goes; the queue ends with what it found, or its
-/// error.
-fn start_planning(
-    planner: Planner,
-    image: Arc<Image>,
-    from: Option<String>,
-    queue: Arc<Queue>,
-    stop: StopCheck,
-) -> std::thread::JoinHandle<()> {
-    let spawned = std::thread::Builder::new()
-        .name("rbd-diffsync-plan".to_owned())
-        .spawn(move || {
-            let scan = |offset, len| scan::exact(&image, from.as_deref(), offset, len, &stop);
-            let planned = catch_unwind(AssertUnwindSafe(|| {
-                planner.run(&scan, &mut |pieces| queue.push(pieces))
-            }));
-            match planned {
-                Ok(result) => queue.finish(result),
-                Err(panic) => {
-                    // The engine stops; the caller raises the panic once it has.
-                    queue.finish(Err(Error::new(
-                        ErrorKind::Other,
-                        libc::EIO,
-                        "the planning of the transfer panicked",
-                    )));
-                    resume_unwind(panic)
-                }
-            }
-        });
-    spawned.unwrap_or_else(|e| panic!("cannot start a thread: {e}"))
-}
-
-/// A write that timed out or was refused for space: if the destination's pool is marked full,
-/// an error that says so (the OSDs hold writes to a full pool until they time out).
-fn explain_full_pool(reporter: &mut Reporter, e: Error, cluster: Cluster, pool: Pool) -> Error {
-    if ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno()) {
-        return e;
-    }
-    let name = pool.name().to_owned();
-    let what = format!("the monitors to tell whether pool {name} is full");
-    let full = match reporter.wait(what, true, move || cluster.pool_full(&name)) {
-        Waited::Done(Some(full)) => full,
-        _ => return e,
-    };
-    let errno = if full.contains("quota") {
-        libc::EDQUOT
-    } else {
-        libc::ENOSPC
-    };
-    let image = e.image().map(str::to_owned);
-    let error = Error::new(
-        ErrorKind::NoSpace,
-        errno,
-        format!(
-            "{full}; then run the transfer again: it resumes where this one stopped, and no end \
-             snapshot was created ({})",
-            e.message()
-        ),
-    );
-    match image {
-        Some(image) => error.with_image(image),
-        None => error,
-    }
-}
-
-/// `ranges` cut to `[0, size)`.
-fn clip(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
-    ranges
-        .iter()
-        .filter(|&&(offset, _)| offset < size)
-        .map(|&(offset, len)| (offset, len.min(size - offset)))
-        .collect()
 }
 
 #[cfg(test)]
@@ -1310,5 +1707,12 @@ mod tests {
             clip(&[(0, 10), (8, 10), (20, 5)], 12),
             vec![(0, 10), (8, 4)]
         );
+    }
+
+    #[test]
+    fn both_runs_both_steps_in_either_mode() {
+        for threads in [Threads::Spawn, Threads::Inline] {
+            assert_eq!(both(threads, || 1, || 2), (1, 2));
+        }
     }
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::budget::RateLimit;
 use crate::cluster::Cluster;
-use crate::destination;
 use crate::engine::{self, Completion, DiffSource, Done, Window};
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -181,9 +180,11 @@ impl Verify {
     fn verify(&self, reporter: &mut Reporter, started: Instant) -> Result<VerifyStats> {
         let label = self.b.to_string();
         reporter.phase(Phase::Connecting);
-        let cluster_a = transfer::connect(reporter, &label, &self.cluster)?;
+        let cluster_a = transfer::connect_cluster(reporter, &label, &self.cluster)?;
         let cluster_b = match &self.dest_cluster {
-            Some(spec) if *spec != self.cluster => transfer::connect(reporter, &label, spec)?,
+            Some(spec) if *spec != self.cluster => {
+                transfer::connect_cluster(reporter, &label, spec)?
+            }
             _ => cluster_a.clone(),
         };
         let (a, size_a) = open(reporter, &label, &cluster_a, &self.a)?;
@@ -207,8 +208,9 @@ impl Verify {
         let ranges = transfer::detached(reporter, &label, what, move || {
             // Both at once: they may be on two clusters.
             std::thread::scope(|s| {
-                let other = s.spawn(|| destination::allocated_ranges(&scan_a, size_a, true, &stop));
-                let mine = destination::allocated_ranges(&scan_b, size_b, true, &stop)?;
+                let other = s
+                    .spawn(|| crate::protocol::rbd::allocated_ranges(&scan_a, size_a, true, &stop));
+                let mine = crate::protocol::rbd::allocated_ranges(&scan_b, size_b, true, &stop)?;
                 let other = other.join().unwrap_or_else(|panic| resume_unwind(panic))?;
                 Ok(union(&other, &mine))
             })
@@ -229,6 +231,7 @@ impl Verify {
                 window,
                 rates: &[],
             },
+            Compare::First,
             reporter,
             &label,
         )?;
@@ -269,7 +272,7 @@ fn open(
 }
 
 /// The union of two lists of sorted, disjoint ranges, sorted and merged.
-fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(crate) fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().filter(|r| r.1 > 0).collect();
     all.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
@@ -285,12 +288,23 @@ fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 /// What [`compare`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Compared {
     /// Bytes compared (of each side).
     pub bytes: u64,
     /// The lowest offset at which the sides differ, if they do.
     pub first_difference: Option<u64>,
+    /// With [`Compare::All`], the chunks that differ, in order.
+    pub differing: Vec<(u64, u64)>,
+}
+
+/// How far a comparison goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compare {
+    /// To the first difference: then nothing more is started.
+    First,
+    /// Over every range, keeping every chunk that differs.
+    All,
 }
 
 /// A chunk being compared: its two reads, then the comparison.
@@ -325,6 +339,8 @@ struct Comparison<'a> {
     in_flight: usize,
     compared: u64,
     first_difference: Option<u64>,
+    /// With [`Compare::All`], the chunks that differ (in the order their reads ended).
+    differing: Option<Vec<(u64, u64)>>,
     /// The first failure, and the offset of its chunk.
     error: Option<(u64, Error)>,
 }
@@ -344,7 +360,9 @@ impl Comparison<'_> {
 
     /// Whether to start nothing more: a difference or an error is found, or a stop asked.
     fn halted(&self, stopping: bool) -> bool {
-        stopping || self.error.is_some() || self.first_difference.is_some()
+        stopping
+            || self.error.is_some()
+            || (self.differing.is_none() && self.first_difference.is_some())
     }
 
     /// Whether a chunk of `len` may start now; with nothing in flight there is always room.
@@ -469,6 +487,9 @@ impl Comparison<'_> {
             if a != b {
                 let at = offset + a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(0) as u64;
                 self.first_difference = Some(self.first_difference.map_or(at, |f| f.min(at)));
+                if let Some(differing) = &mut self.differing {
+                    differing.push((offset, len as u64));
+                }
             }
             self.compared += len as u64;
             len as u64
@@ -503,6 +524,7 @@ pub(crate) fn compare(
     sides: [&dyn DiffSource; 2],
     ranges: &[(u64, u64)],
     reads: Reads<'_>,
+    how: Compare,
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<Compared> {
@@ -537,6 +559,7 @@ pub(crate) fn compare(
         in_flight: 0,
         compared: 0,
         first_difference: None,
+        differing: (how == Compare::All).then(Vec::new),
         error: None,
     };
     let mut stopping = false;
@@ -580,26 +603,28 @@ pub(crate) fn compare(
     }
     reporter.waiting_for(None);
     let first_difference = c.first_difference;
-    match (c.error.take(), first_difference) {
-        (Some((at, e)), difference) if difference.is_none_or(|d| at < d) => Err(e),
-        (_, Some(d)) => Ok(Compared {
-            bytes: c.compared,
-            first_difference: Some(d),
-        }),
+    let mut differing = c.differing.take().unwrap_or_default();
+    differing.sort_unstable();
+    let compared = Compared {
+        bytes: c.compared,
+        first_difference,
+        differing,
+    };
+    match c.error.take() {
+        Some((at, e)) if how == Compare::All || first_difference.is_none_or(|d| at < d) => Err(e),
+        _ if first_difference.is_some() && how == Compare::First => Ok(compared),
         _ if stopping => Err(reporter.stopped_error(label)),
-        _ => Ok(Compared {
-            bytes: c.compared,
-            first_difference: None,
-        }),
+        _ => Ok(compared),
     }
 }
 
-/// A transfer's check of what it wrote: the `ranges` of its pieces, read from `source` (at its end snapshot)
-/// and from `dest` (at HEAD, after the writes) as `reads` says, compared. Returns the bytes compared; a
-/// difference is an error naming `dest` (`label`) and the first offset that differs.
+/// A transfer's check of what it wrote: `ranges`, read from `source` (at its end snapshot) and
+/// from `dest` (at HEAD, after the writes) as `reads` says, compared. Returns the bytes
+/// compared; a difference is an error naming `dest` (`label`) and the first offset that
+/// differs.
 pub(crate) fn written(
-    source: &Image,
-    dest: &Image,
+    source: &dyn crate::protocol::world::SourceImage,
+    dest: &dyn crate::protocol::world::DestImage,
     ranges: &[(u64, u64)],
     reads: Reads<'_>,
     reporter: &mut Reporter,
@@ -607,7 +632,14 @@ pub(crate) fn written(
 ) -> Result<u64> {
     let ranges = union(ranges, &[]);
     reporter.restart(Phase::Verifying, ranges.iter().map(|r| r.1).sum());
-    let compared = compare([source, dest], &ranges, reads, reporter, label)?;
+    let compared = compare(
+        [source, dest],
+        &ranges,
+        reads,
+        Compare::First,
+        reporter,
+        label,
+    )?;
     match compared.first_difference {
         None => Ok(compared.bytes),
         Some(offset) => Err(Error::mismatch(
@@ -615,8 +647,8 @@ pub(crate) fn written(
             offset,
             format!(
                 "verification of the transfer into {label} failed: {} and {label} differ at \
-                 offset {offset}; no end snapshot was created, run the transfer again to \
-                 rewrite what it wrote",
+                 offset {offset}; no end snapshot was created, run the transfer again: it \
+                 rewrites from there on",
                 source.label()
             ),
         )),
@@ -705,7 +737,14 @@ mod tests {
     }
 
     fn run(a: &Memory, b: &Memory, ranges: &[(u64, u64)]) -> Result<Compared> {
-        compare([a, b], ranges, reads(&[]), &mut reporter(), "mem")
+        compare(
+            [a, b],
+            ranges,
+            reads(&[]),
+            Compare::First,
+            &mut reporter(),
+            "mem",
+        )
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -758,7 +797,15 @@ mod tests {
         token.cancel();
         let mut reporter = Reporter::new(None, Duration::from_millis(10), token, Instant::now());
         reporter.verification();
-        let e = compare([&a, &b], &[(0, 1 << 20)], reads(&[]), &mut reporter, "x").unwrap_err();
+        let e = compare(
+            [&a, &b],
+            &[(0, 1 << 20)],
+            reads(&[]),
+            Compare::First,
+            &mut reporter,
+            "x",
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
         assert!(
             e.to_string().starts_with("verification of x cancelled"),
@@ -778,6 +825,7 @@ mod tests {
             [&a, &b],
             &[(0, 1 << 20)],
             reads(&[&rate]),
+            Compare::First,
             &mut reporter(),
             "mem",
         )
@@ -801,6 +849,7 @@ mod tests {
             [&a, &b],
             &[(0, 1 << 20)],
             reads(&[&rate]),
+            Compare::First,
             &mut reporter,
             "x",
         )

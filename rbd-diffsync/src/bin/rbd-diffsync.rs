@@ -35,6 +35,9 @@ Exit status (as rbd's: the error's code modulo 256):
    22  EINVAL     a usage error, a malformed image spec, a setting out of range
    28  ENOSPC     the pool or the cluster is full (122 EDQUOT: a quota is reached)
    95  EOPNOTSUPP the cluster or the image does not support an operation (38 ENOSYS)
+  108  ESHUTDOWN  this client was fenced off (blocklisted) while it ran: a rerun of the same
+                  transfer found it unresponsive and took the destination over; nothing of
+                  this run was committed
   110  ETIMEDOUT  a cluster did not answer in time (see --connect-timeout, --op-timeout)
   125  ECANCELED  cancelled by a first SIGINT (Ctrl-C), SIGTERM or SIGHUP: no end snapshot was
                   created; running the same command again completes the transfer

@@ -169,6 +169,18 @@ extern "C" {
         lock_owners: *mut *mut c_char,
         max_lock_owners: *mut size_t,
     ) -> c_int;
+    pub(crate) fn rbd_list_lockers(
+        image: rbd_image_t,
+        exclusive: *mut c_int,
+        tag: *mut c_char,
+        tag_len: *mut size_t,
+        clients: *mut c_char,
+        clients_len: *mut size_t,
+        cookies: *mut c_char,
+        cookies_len: *mut size_t,
+        addrs: *mut c_char,
+        addrs_len: *mut size_t,
+    ) -> ssize_t;
     pub(crate) fn rbd_lock_get_owners_cleanup(lock_owners: *mut *mut c_char, count: size_t);
     pub(crate) fn rbd_watchers_list(
         image: rbd_image_t,
@@ -177,17 +189,6 @@ extern "C" {
     ) -> c_int;
     pub(crate) fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, count: size_t);
 
-    pub(crate) fn rbd_metadata_get(
-        image: rbd_image_t,
-        key: *const c_char,
-        value: *mut c_char,
-        val_len: *mut size_t,
-    ) -> c_int;
-    pub(crate) fn rbd_metadata_set(
-        image: rbd_image_t,
-        key: *const c_char,
-        value: *const c_char,
-    ) -> c_int;
     pub(crate) fn rbd_resize2(
         image: rbd_image_t,
         size: u64,

@@ -1,0 +1,15 @@
+//! The transfer's protocol: what decides whether, where and how a transfer writes, and what
+//! makes its end snapshot mean "equal to the source": the claim on the destination, the
+//! fencing of a gone predecessor, the exclusive lock, the checks, the in-progress record and
+//! its checkpoint (trusted, or compared again), the verification and the commit.
+//!
+//! It runs against the traits of [`world`]: on librbd ([`rbd`]) in production, and on the
+//! simulated cluster of the fault-schedule explorer (feature `sim`), which checks after every
+//! schedule that an end snapshot reads as the source's and that the caller's result says
+//! whether it exists.
+
+pub(crate) mod checks;
+pub(crate) mod claim;
+pub(crate) mod rbd;
+pub(crate) mod record;
+pub(crate) mod world;
