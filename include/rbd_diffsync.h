@@ -32,9 +32,10 @@
  *     are NUL-terminated UTF-8 (paths may be any bytes).
  *   - Strings returned (last_error, strings in rbd_diffsync_stats, rbd_diffsync_plan and
  *     rbd_diffsync_verify_stats) are owned by the handle they came from: valid until the next
- *     call on that handle that replaces them (a failing call for last_error, a plan or run for
- *     the structs) or its free. Never free them. rbd_diffsync_version, rbd_diffsync_strerror and
- *     rbd_diffsync_code_name return static strings.
+ *     call on that handle that replaces them (a failing call for last_error, but none of the
+ *     calls of any thread listed under THREADS; a plan or run for the structs) or its free.
+ *     Never free them. rbd_diffsync_version, rbd_diffsync_strerror and rbd_diffsync_code_name
+ *     return static strings.
  *   - rbd_diffsync_transfer_set_cluster, rbd_diffsync_verify_set_cluster and their
  *     _set_dest_cluster copy the cluster settings: the cluster handle may be changed or freed
  *     afterwards.
@@ -60,9 +61,11 @@
  * ERRORS
  *   Functions return 0 on success, or a negative code: `-errno` with the exact errno of the
  *   failure (-ENOENT: a pool, image, snapshot or ceph.conf is missing; -EINVAL: a malformed
- *   spec, a setting out of range, a NULL argument; -EEXIST, -EBUSY, -EACCES, -EPERM,
- *   -ECANCELED, -ETIMEDOUT, -ENOSPC, -EDQUOT, -EOPNOTSUPP, -EIO and others as librbd returns
- *   them), or the negation of one of the library's own codes, which start at
+ *   spec, a setting out of range, a NULL argument; -ESHUTDOWN: this client was fenced off the
+ *   cluster (blocklisted) while it ran, a rerun of the transfer having found it unresponsive and
+ *   taken the destination over, and nothing of this run was committed; -EEXIST, -EBUSY,
+ *   -EACCES, -EPERM, -ECANCELED, -ETIMEDOUT, -ENOSPC, -EDQUOT, -EOPNOTSUPP, -EIO and others as
+ *   librbd returns them), or the negation of one of the library's own codes, which start at
  *   RBD_DIFFSYNC_LIBRARY_CODE_BASE (4296, beyond every errno): -RBD_DIFFSYNC_EDESTCHANGED,
  *   the destination changed since from_snap; -RBD_DIFFSYNC_EMISMATCH, a verification found
  *   the images different. New codes may be added.
@@ -70,17 +73,19 @@
  *   ("ENOENT", "EDESTCHANGED"). The full message of the last failed call on a handle, naming
  *   the cluster, image and snapshot concerned, is rbd_diffsync_cluster_last_error /
  *   rbd_diffsync_transfer_last_error / rbd_diffsync_verify_last_error /
- *   rbd_diffsync_batch_last_error; successes leave it. rbd_diffsync_batch_run() is the one
- *   function that returns a positive count: the volumes that failed, each with its own code
- *   (rbd_diffsync_batch_volume_result) and message (rbd_diffsync_batch_volume_error_message),
- *   the batch's last error then summing them up.
+ *   rbd_diffsync_batch_last_error; successes leave it, and so do the calls of any thread
+ *   listed under THREADS, whose failures are told by their code alone.
+ *   rbd_diffsync_batch_run() is the one function that returns a positive count: the volumes
+ *   that failed, each with its own code (rbd_diffsync_batch_volume_result) and message
+ *   (rbd_diffsync_batch_volume_error_message), the batch's last error then summing them up.
  *   For a failure that names an offset (-RBD_DIFFSYNC_EMISMATCH: the first byte that
  *   differs), rbd_diffsync_transfer_last_error_offset / _verify_last_error_offset give it,
  *   and -ENODATA otherwise.
  *   Every pointer argument is checked: a NULL handle fails with -EINVAL (no message is kept,
  *   there is no handle to keep it), another NULL argument fails with -EINVAL and a message,
  *   unless the function says what NULL means. No panic crosses into C: a bug caught inside the
- *   library fails the call with -ENOTRECOVERABLE and a message.
+ *   library fails the call with -ENOTRECOVERABLE and a message (by the code alone for the
+ *   calls of any thread).
  *
  * THREADS
  *   - Different handles may be used on different threads at the same time; a handle may move
@@ -89,8 +94,10 @@
  *     rbd_diffsync_verify_cancel(), rbd_diffsync_batch_cancel() and
  *     rbd_diffsync_batch_volume_progress(), which may be called from any thread at any time
  *     while the handle lives, also while another thread is in rbd_diffsync_transfer_run() or
- *     _plan(), rbd_diffsync_verify_run() or rbd_diffsync_batch_run() on it. No call may
- *     overlap a handle's `*_free`.
+ *     _plan(), rbd_diffsync_verify_run() or rbd_diffsync_batch_run() on it. These four never
+ *     touch the handle's last error, which another thread may be reading: a failure of theirs
+ *     (-EINVAL, -ERANGE...) is told by the code they return alone. No call may overlap a
+ *     handle's `*_free`.
  *   - rbd_diffsync_version, _abi_version, _strerror and _code_name are thread-safe.
  *   - rbd_diffsync_transfer_run(), _plan(), rbd_diffsync_verify_run() and
  *     rbd_diffsync_batch_run() block until done. A batch runs its transfers on threads of its
@@ -743,7 +750,8 @@ int rbd_diffsync_batch_run(struct rbd_diffsync_batch *batch);
  * Cancels the run in progress on `batch`, or if none is, the next one to start: every
  * volume stops, those running as `rbd_diffsync_transfer_cancel` stops a transfer, those not
  * started fail with `-ECANCELED` at once. Returns at once; callable from any thread, also
- * while another thread runs the batch, and from its progress callback.
+ * while another thread runs the batch, and from its progress callback. It never touches the
+ * batch's last error.
  */
 int rbd_diffsync_batch_cancel(const struct rbd_diffsync_batch *batch);
 
@@ -785,7 +793,10 @@ const char *rbd_diffsync_batch_volume_error_message(const struct rbd_diffsync_ba
  * Where volume `index` is: during a run as last reported (also from the batch's progress
  * callback, and from any thread), and after it how it ended. Fills in `*out` (set
  * `out->struct_size` first) and returns 0; before any run a volume is queued. `-ERANGE` for
- * an index beyond the volumes; `-EINVAL` for a NULL `batch` or `out`.
+ * an index beyond the volumes; `-EINVAL` for a NULL `batch` or `out`, or an
+ * `out->struct_size` too small. A failure is told by the code alone: this function never
+ * touches the batch's last error, whose string another thread may be reading (it keeps the
+ * message of the batch's last failed call, as it was).
  */
 int rbd_diffsync_batch_volume_progress(const struct rbd_diffsync_batch *batch,
                                        size_t index,
@@ -1021,7 +1032,8 @@ int rbd_diffsync_transfer_run(struct rbd_diffsync_transfer *transfer,
  * Stops the run or plan in progress on `transfer`, or if none is, the next one to start: it
  * then fails with `-ECANCELED`, requests in flight drained, no end snapshot created. Once the
  * end snapshot is being created it is too late: the run completes. Returns at once; callable
- * from any thread, also while another thread runs the transfer.
+ * from any thread, also while another thread runs the transfer. It never touches the
+ * transfer's last error.
  */
 int rbd_diffsync_transfer_cancel(const struct rbd_diffsync_transfer *transfer);
 
@@ -1124,7 +1136,7 @@ int rbd_diffsync_verify_run(struct rbd_diffsync_verify *verify,
 /**
  * Stops the run in progress on `verify`, or if none is, the next one to start: it then fails
  * with `-ECANCELED`. Returns at once; callable from any thread, also while another thread
- * runs the verification.
+ * runs the verification. It never touches the verification's last error.
  */
 int rbd_diffsync_verify_cancel(const struct rbd_diffsync_verify *verify);
 

@@ -12,7 +12,10 @@ use rbd_diffsync::{
     VolumeState,
 };
 
-use crate::guard::{free_handle, guard, lock, new_handle, with_handle, Failure, Handle, LastError};
+use crate::guard::{
+    free_handle, guard, lock, new_handle, with_handle, with_handle_quietly, Failure, Handle,
+    LastError,
+};
 use crate::job::{self, fill, nanos, out_size, rbd_diffsync_finalizer, Callback, Kept};
 use crate::transfer::{self, rbd_diffsync_stats, rbd_diffsync_transfer, Settings, STATS_V1_SIZE};
 
@@ -445,12 +448,13 @@ pub unsafe extern "C" fn rbd_diffsync_batch_run(batch: *mut rbd_diffsync_batch) 
 /// Cancels the run in progress on `batch`, or if none is, the next one to start: every
 /// volume stops, those running as `rbd_diffsync_transfer_cancel` stops a transfer, those not
 /// started fail with `-ECANCELED` at once. Returns at once; callable from any thread, also
-/// while another thread runs the batch, and from its progress callback.
+/// while another thread runs the batch, and from its progress callback. It never touches the
+/// batch's last error.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_batch_cancel(batch: *const rbd_diffsync_batch) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
     unsafe {
-        with_handle(batch, |b| {
+        with_handle_quietly(batch, |b| {
             lock(&b.cancel).cancel();
             Ok(())
         })
@@ -583,7 +587,10 @@ pub unsafe extern "C" fn rbd_diffsync_batch_volume_error_message(
 /// Where volume `index` is: during a run as last reported (also from the batch's progress
 /// callback, and from any thread), and after it how it ended. Fills in `*out` (set
 /// `out->struct_size` first) and returns 0; before any run a volume is queued. `-ERANGE` for
-/// an index beyond the volumes; `-EINVAL` for a NULL `batch` or `out`.
+/// an index beyond the volumes; `-EINVAL` for a NULL `batch` or `out`, or an
+/// `out->struct_size` too small. A failure is told by the code alone: this function never
+/// touches the batch's last error, whose string another thread may be reading (it keeps the
+/// message of the batch's last failed call, as it was).
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_batch_volume_progress(
     batch: *const rbd_diffsync_batch,
@@ -592,7 +599,7 @@ pub unsafe extern "C" fn rbd_diffsync_batch_volume_progress(
 ) -> c_int {
     // SAFETY: the caller passes NULL or live pointers (conventions in the header).
     unsafe {
-        with_handle(batch, |b| {
+        with_handle_quietly(batch, |b| {
             if out.is_null() {
                 return Err(Failure::invalid("out is NULL"));
             }

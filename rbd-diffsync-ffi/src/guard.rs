@@ -117,6 +117,29 @@ pub(crate) unsafe fn with_handle<H: Handle>(
     h.last_error().set(failure)
 }
 
+/// Runs `f` on the handle behind `handle` as [`with_handle`] does, but keeps no message: the
+/// code alone says why it failed (`-EINVAL` for NULL, `-ENOTRECOVERABLE` for a panic). For the
+/// functions callable from any thread while another call on the handle runs: they must never
+/// replace the handle's last error, whose string another thread may be reading.
+///
+/// # Safety
+///
+/// `handle` is NULL or points to a live handle.
+pub(crate) unsafe fn with_handle_quietly<H>(
+    handle: *const H,
+    f: impl FnOnce(&H) -> Result<(), Failure>,
+) -> c_int {
+    // SAFETY: the caller passes NULL or a live handle, only ever shared by reference.
+    let Some(h) = (unsafe { handle.as_ref() }) else {
+        return -libc::EINVAL;
+    };
+    match catch_unwind(AssertUnwindSafe(|| f(h))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(failure)) => -failure.code,
+        Err(_) => -PANIC_CODE,
+    }
+}
+
 /// Boxes the handle made by `make` into `*out`, or fails with `-EINVAL` for a NULL `out`.
 ///
 /// # Safety
@@ -217,6 +240,34 @@ mod tests {
         let code = unsafe { with_handle(&h, |_| Err(Failure::invalid("bad"))) };
         assert_eq!((code, message(&h).as_str()), (-libc::EINVAL, "bad"));
         assert_eq!(guard(|| panic!("no handle")), -libc::ENOTRECOVERABLE);
+    }
+
+    #[test]
+    fn a_quiet_failure_leaves_the_last_error_as_it_was() {
+        let h = H::default();
+        // SAFETY: a live handle.
+        let code = unsafe { with_handle(&h, |_| Err(Failure::invalid("first"))) };
+        assert_eq!(code, -libc::EINVAL);
+        let before = h.0.as_ptr();
+        // SAFETY: a live handle.
+        let code = unsafe {
+            with_handle_quietly(&h, |_| {
+                Err(Failure {
+                    code: libc::ERANGE,
+                    message: "second".to_owned(),
+                    offset: None,
+                })
+            })
+        };
+        assert_eq!(code, -libc::ERANGE);
+        // SAFETY: a live handle.
+        let code = unsafe { with_handle_quietly(&h, |_| panic!("boom")) };
+        assert_eq!(code, -libc::ENOTRECOVERABLE);
+        // The very string a caller may still hold, unchanged.
+        assert_eq!((h.0.as_ptr(), message(&h).as_str()), (before, "first"));
+        // SAFETY: NULL is allowed.
+        let code = unsafe { with_handle_quietly(std::ptr::null::<H>(), |_| Ok(())) };
+        assert_eq!(code, -libc::EINVAL);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::time::Duration;
 use rbd_diffsync::{CancelToken, ClusterSpec, DiffTransfer, ImageSpec, Phase, Progress, Verify};
 
 use crate::cluster::rbd_diffsync_cluster;
-use crate::guard::{c_string, lock, str_arg, with_handle, Failure, Handle, LastError};
+use crate::guard::{
+    c_string, lock, str_arg, with_handle, with_handle_quietly, Failure, Handle, LastError,
+};
 
 /// Phase in `rbd_diffsync_progress.phase`: connecting to the clusters and opening the images.
 pub const RBD_DIFFSYNC_PHASE_CONNECTING: u32 = 0;
@@ -422,7 +424,8 @@ pub(crate) unsafe fn set_progress_interval<H: Runs>(handle: *const H, ms: u64) -
     unsafe { set_common(handle, |s| s.progress_interval = Some(interval)) }
 }
 
-/// Cancels the run in progress, or the next.
+/// Cancels the run in progress, or the next. Callable from any thread: it never touches the
+/// handle's last error.
 ///
 /// # Safety
 ///
@@ -430,7 +433,7 @@ pub(crate) unsafe fn set_progress_interval<H: Runs>(handle: *const H, ms: u64) -
 pub(crate) unsafe fn cancel<H: Runs>(handle: *const H) -> c_int {
     // SAFETY: the caller's promise.
     unsafe {
-        with_handle(handle, |h| {
+        with_handle_quietly(handle, |h| {
             lock(&h.job().cancel).cancel();
             Ok(())
         })

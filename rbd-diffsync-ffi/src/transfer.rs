@@ -452,7 +452,8 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_run(
 /// Stops the run or plan in progress on `transfer`, or if none is, the next one to start: it
 /// then fails with `-ECANCELED`, requests in flight drained, no end snapshot created. Once the
 /// end snapshot is being created it is too late: the run completes. Returns at once; callable
-/// from any thread, also while another thread runs the transfer.
+/// from any thread, also while another thread runs the transfer. It never touches the
+/// transfer's last error.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_transfer_cancel(
     transfer: *const rbd_diffsync_transfer,

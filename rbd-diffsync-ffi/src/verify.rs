@@ -193,7 +193,7 @@ pub unsafe extern "C" fn rbd_diffsync_verify_run(
 
 /// Stops the run in progress on `verify`, or if none is, the next one to start: it then fails
 /// with `-ECANCELED`. Returns at once; callable from any thread, also while another thread
-/// runs the verification.
+/// runs the verification. It never touches the verification's last error.
 #[no_mangle]
 pub unsafe extern "C" fn rbd_diffsync_verify_cancel(verify: *const rbd_diffsync_verify) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.

@@ -385,7 +385,8 @@ static void test_codes_and_messages(void)
     } codes[] = {
         {EINVAL, "EINVAL"},   {ENOENT, "ENOENT"},       {EEXIST, "EEXIST"},
         {EACCES, "EACCES"},   {EPERM, "EPERM"},         {EBUSY, "EBUSY"},
-        {ECANCELED, "ECANCELED"}, {ETIMEDOUT, "ETIMEDOUT"}, {ENOSPC, "ENOSPC"},
+        {ESHUTDOWN, "ESHUTDOWN"}, {ECANCELED, "ECANCELED"}, {ETIMEDOUT, "ETIMEDOUT"},
+        {ENOSPC, "ENOSPC"},
         {EDQUOT, "EDQUOT"},   {EOPNOTSUPP, "EOPNOTSUPP"}, {ENOSYS, "ENOSYS"},
         {EIO, "EIO"},         {EXDEV, "EXDEV"},
     };
@@ -1199,6 +1200,68 @@ static void test_batch_cancel_from_another_thread(void)
 }
 
 /* A run that reads back what it wrote; a caller's stats from an older header. */
+struct quiet_shared {
+    rbd_diffsync_batch *batch;
+    const char *last_error; /* what rbd_diffsync_batch_last_error returned before the run */
+    char copy[256];         /* and what it said */
+    int calls, unchanged;
+};
+
+/* Fails rbd_diffsync_batch_volume_progress in each way it can fail, from the batch's callback,
+ * and reads the string of the batch's last error meanwhile, as another thread holding it may:
+ * under ASan a failure that replaced it would be a use after free. */
+static int fail_volume_progress(const rbd_diffsync_batch_progress *p, void *user_data)
+{
+    struct quiet_shared *shared = user_data;
+    rbd_diffsync_volume_progress vp = {.struct_size = sizeof vp};
+    rbd_diffsync_volume_progress small = {.struct_size = sizeof(size_t)};
+
+    (void)p;
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared->batch, 7, &vp), -ERANGE);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared->batch, 0, NULL), -EINVAL);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared->batch, 0, &small), -EINVAL);
+    if (strcmp(shared->last_error, shared->copy) == 0)
+        shared->unchanged++;
+    shared->calls++;
+    return 0;
+}
+
+/* rbd_diffsync_batch_volume_progress, callable from any thread, reports its failures by its
+ * code alone: the batch's last error, and the string a previous _last_error returned, stay. */
+static void test_batch_volume_progress_keeps_the_last_error(void)
+{
+    struct quiet_shared shared = {0};
+    rbd_diffsync_volume_progress vp = {.struct_size = sizeof vp};
+    char dest[128];
+    const char *before;
+
+    shared.batch = batch_of("vpquiet", 1, "s1", NULL, 0, 0);
+    CHECK_INT(rbd_diffsync_batch_volume_result(shared.batch, 7), -ERANGE);
+    before = rbd_diffsync_batch_last_error(shared.batch);
+    CHECK_CONTAINS(before, "volume 7 is beyond the 1 volumes");
+    shared.last_error = before;
+    snprintf(shared.copy, sizeof shared.copy, "%s", before);
+    CHECK_INT(rbd_diffsync_batch_set_progress_interval_ms(shared.batch, 10), 0);
+    CHECK_INT(rbd_diffsync_batch_set_progress(shared.batch, fail_volume_progress, &shared, NULL),
+              0);
+    CHECK_INT(rbd_diffsync_batch_run(shared.batch), 0);
+    CHECK(shared.calls >= 1);
+    CHECK_INT(shared.unchanged, shared.calls);
+    /* the very same string: nothing replaced it, and a successful run leaves it */
+    CHECK(rbd_diffsync_batch_last_error(shared.batch) == before);
+    CHECK_STR(before, shared.copy);
+    /* after the run likewise */
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared.batch, 7, &vp), -ERANGE);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared.batch, 0, NULL), -EINVAL);
+    CHECK(rbd_diffsync_batch_last_error(shared.batch) == before);
+    CHECK_STR(before, shared.copy);
+    CHECK_INT(rbd_diffsync_batch_volume_progress(shared.batch, 0, &vp), 0);
+    CHECK_INT(vp.state, RBD_DIFFSYNC_VOLUME_SUCCEEDED);
+    dest_name(dest, sizeof dest, "vpquiet0");
+    CHECK(same_content(dest, "s1"));
+    rbd_diffsync_batch_free(shared.batch);
+}
+
 static void test_transfer_verifies(void)
 {
     rbd_diffsync_stats stats;
@@ -1363,7 +1426,7 @@ static void cleanup(void)
     static const char *dests[] = {"missing",   "plan",     "chain", "changed", "busy",
                                   "stopped",   "cancelled", "verified", "many0", "many1",
                                   "many2",     "badok",     "badx",     "bcancel0", "bcancel1",
-                                  "bcancel2"};
+                                  "bcancel2",  "vpquiet0"};
     char dest[128];
     size_t i;
 
@@ -1413,6 +1476,8 @@ int main(int argc, char **argv)
         run_test("batch_full_then_incremental", test_batch_full_then_incremental);
         run_test("batch_one_bad_volume", test_batch_one_bad_volume);
         run_test("batch_cancel_from_another_thread", test_batch_cancel_from_another_thread);
+        run_test("batch_volume_progress_keeps_the_last_error",
+                 test_batch_volume_progress_keeps_the_last_error);
         run_test("verify_images", test_verify_images);
         cleanup();
     }

@@ -6,8 +6,13 @@
 //! moment to check for signals (so Ctrl-C raises `KeyboardInterrupt`) and, at the rate the
 //! caller chose, to call the Python callback. A Python exception from either stops the
 //! transfer, which then cleans up as it does for a cancel, and is raised once it has stopped.
-//! A batch (`SyncMany`) runs the same way: its transfers run on threads of the core that never
-//! touch Python, and the batch's progress callback, on the calling thread, is the one bridged.
+//! One that comes too late to stop it (once the end snapshot is being created, the core
+//! completes) is not raised: the call returns what the core returned, for that is what the
+//! cluster holds, and the exception goes to `sys.unraisablehook`, as Python does with an
+//! exception it cannot raise. A batch (`SyncMany`) runs the same way: its transfers run on
+//! threads of the core that never touch Python, and the batch's progress callback, on the
+//! calling thread, is the one bridged; an exception that stopped none of its transfers is
+//! not raised either.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -558,8 +563,10 @@ impl Reporting for core::Verify {
 }
 
 /// Runs `f` (a core transfer, plan, verification or batch) with the GIL released, the bridge
-/// reporting and checking signals; raises the bridge's exception, if one stopped it, or the
-/// core's error.
+/// reporting and checking signals. Returns what the core returned when it succeeded, also
+/// when an exception of the callback or a signal came too late to stop it (it was
+/// committing): that exception is then reported as unraisable. Otherwise raises that
+/// exception, if one stopped the run, or the core's error.
 fn run_bridged<B: Reporting, T: Send>(
     py: Python<'_>,
     callback: Option<Py<PyAny>>,
@@ -567,11 +574,31 @@ fn run_bridged<B: Reporting, T: Send>(
     builder: B,
     f: impl FnOnce(B) -> core::Result<T> + Send,
 ) -> PyResult<T> {
-    let (error, result) = run_bridged_keeping(py, callback, interval, builder, f);
-    if let Some(error) = error {
-        return Err(error);
+    let (raised, result) = run_bridged_keeping(py, callback, interval, builder, f);
+    match (raised, result) {
+        (Some(raised), Ok(value)) => {
+            raised.too_late(py);
+            Ok(value)
+        }
+        (Some(raised), Err(_)) => Err(raised.error),
+        (None, result) => result.map_err(|e| to_py_err(py, &e)),
     }
-    result.map_err(|e| to_py_err(py, &e))
+}
+
+/// The exception of the callback or of a signal that stopped a run, and the callback.
+struct Raised {
+    error: PyErr,
+    callback: Option<Py<PyAny>>,
+}
+
+impl Raised {
+    /// Reports an exception that came too late to stop the run, which completed, as Python
+    /// reports an exception it cannot raise: to `sys.unraisablehook`, with the callback as
+    /// the object concerned.
+    fn too_late(self, py: Python<'_>) {
+        let callback = self.callback.as_ref().map(|c| c.bind(py));
+        self.error.write_unraisable(py, callback);
+    }
 }
 
 /// [`run_bridged`], keeping what the run returned beside the exception of the callback or of
@@ -582,7 +609,7 @@ fn run_bridged_keeping<B: Reporting, T: Send>(
     interval: Duration,
     builder: B,
     f: impl FnOnce(B) -> core::Result<T> + Send,
-) -> (Option<PyErr>, core::Result<T>) {
+) -> (Option<Raised>, core::Result<T>) {
     let bridge = Arc::new(Mutex::new(Bridge::<<B::Progress as Report>::Mark> {
         callback,
         interval,
@@ -600,8 +627,14 @@ fn run_bridged_keeping<B: Reporting, T: Send>(
     });
     let builder = builder.reporting(SIGNAL_TICK.min(interval), hook);
     let result = py.detach(move || f(builder));
-    let error = bridge.lock().ok().and_then(|mut b| b.error.take());
-    (error, result)
+    let raised = bridge.lock().ok().and_then(|mut b| {
+        let error = b.error.take()?;
+        Some(Raised {
+            error,
+            callback: b.callback.take(),
+        })
+    });
+    (raised, result)
 }
 
 // The defaults of the signature of `DiffTransfer`, written out so that Python shows them.
@@ -1169,8 +1202,15 @@ impl PySyncMany {
             });
         }
         if let Some(raised) = raised {
+            if unfinished == 0 {
+                // It stopped no transfer: it came once every volume was committing or done.
+                // What the run returns is what the clusters hold.
+                raised.too_late(py);
+                return Ok(out);
+            }
             // Ctrl-C, or an exception of the callback: it says what each volume did too.
             // An exception that takes no attributes is raised as it is.
+            let raised = raised.error;
             let _ = raised.value(py).setattr("results", PyList::new(py, &out)?);
             return Err(raised);
         }
@@ -1282,6 +1322,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBatchProgress>()?;
     m.add_class::<PyVolumeProgress>()?;
     m.add_function(wrap_pyfunction!(sync_many, m)?)?;
+    // What a panic of the library (a bug) raises: pyo3's own class, a BaseException.
+    m.add(
+        "PanicException",
+        py.get_type::<pyo3::panic::PanicException>(),
+    )?;
     let exc = exceptions(py)?;
     m.add("Error", exc.base.bind(py))?;
     let by_kind = PyDict::new(py);

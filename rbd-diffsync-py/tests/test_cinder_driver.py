@@ -7,7 +7,10 @@ Runs where cinder 29.0.0 is installed from PyPI into a venv of Debian's python m
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
+import sys
 import types
 import uuid
 from typing import Any, Iterator
@@ -162,6 +165,124 @@ def test_a_failed_transfer_triggers_cinders_clean_up(
     # cinder's clean-up ran: the base image it created and the source snapshot are gone.
     assert not cluster.exists(f"backups/volume-{vol.id}.backup.{full.id}")
     assert cluster.snaps(src) == []
+
+
+class PanickingTransfer:
+    """The genuine DiffTransfer, whose run() pyo3's own PanicException stops as its copying
+    starts: the native call raises it as it would for a panic of the library."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.transfer = rbd_diffsync.DiffTransfer(*args, **kwargs)
+
+    def run(self) -> rbd_diffsync.TransferStats:
+        def progress(p: rbd_diffsync.Progress) -> None:
+            if p.phase == "copying":
+                raise rbd_diffsync.PanicException("a bug")
+
+        return self.transfer.run(progress=progress)
+
+
+def test_a_panic_fails_the_backup_and_cinders_clean_up_runs(
+    cluster: Cluster, driver: Any, volumes: list[Volume], ceph_modules: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cinder import exception
+
+    # A BaseException, which cinder's handlers would let through, clean-up undone.
+    assert not issubclass(rbd_diffsync.PanicException, Exception)
+    vol = Volume(cluster, ceph_modules)
+    volumes.append(vol)
+    src = f"rbd/{vol.name}"
+    cluster.write(src, data=[(i * 8 * MiB, pattern(i, MiB)) for i in range(16)])
+    monkeypatch.setattr(rbd_diffsync.cinder, "DiffTransfer", PanickingTransfer)
+    full = backup_of(vol)
+    with pytest.raises(exception.BackupRBDOperationFailed) as caught:
+        driver._backup_rbd(full, vol.file, vol.name, vol.size * GiB)
+    cause = caught.value.__cause__
+    assert type(cause) is rbd_diffsync.PanicException and str(cause) == "a bug", repr(cause)
+    assert "RBD diff op failed - (PanicException: a bug)" in str(caught.value)
+    # cinder's clean-up ran: the base image it created and the source snapshot are gone.
+    assert not cluster.exists(f"backups/volume-{vol.id}.backup.{full.id}")
+    assert cluster.snaps(src) == []
+
+
+@pytest.mark.parametrize("cls", [rbd_diffsync.OtherError, rbd_diffsync.IoError])
+def test_a_thread_that_cannot_start_fails_the_backup_and_cinders_clean_up_runs(
+    cluster: Cluster,
+    driver: Any,
+    volumes: list[Volume],
+    ceph_modules: tuple[Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    cls: type[rbd_diffsync.Error],
+) -> None:
+    from cinder import exception
+
+    # What the library raises when it cannot start a thread: an error of its own, EAGAIN.
+    error = cls(errno.EAGAIN, "cannot start a thread: Resource temporarily unavailable")
+
+    class NoThread:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def run(self) -> rbd_diffsync.TransferStats:
+            raise error
+
+    vol = Volume(cluster, ceph_modules)
+    volumes.append(vol)
+    src = f"rbd/{vol.name}"
+    cluster.write(src, data=[(0, pattern(1, MiB))])
+    monkeypatch.setattr(rbd_diffsync.cinder, "DiffTransfer", NoThread)
+    full = backup_of(vol)
+    with pytest.raises(exception.BackupRBDOperationFailed) as caught:
+        driver._backup_rbd(full, vol.file, vol.name, vol.size * GiB)
+    assert caught.value.__cause__ is error
+    assert "errno=%d kind=%s: cannot start a thread" % (errno.EAGAIN, cls.kind) in str(caught.value)
+    assert not cluster.exists(f"backups/volume-{vol.id}.backup.{full.id}")
+    assert cluster.snaps(src) == []
+
+
+EVENTLET_PANIC_CHILD = """
+import eventlet
+eventlet.monkey_patch()
+import sys
+import rbd_diffsync, rbd_diffsync.cinder
+from cinder import exception
+conf, pool, image, dest = sys.argv[1:]
+
+class PanickingTransfer:
+    def __init__(self, *args, **kwargs):
+        self.transfer = rbd_diffsync.DiffTransfer(*args, **kwargs)
+    def run(self):
+        def progress(p):
+            if p.phase == "copying":
+                raise rbd_diffsync.PanicException("a bug")
+        return self.transfer.run(progress=progress)
+
+rbd_diffsync.cinder.DiffTransfer = PanickingTransfer
+try:
+    rbd_diffsync.cinder.rbd_diff_transfer(image, pool, dest, "backups", "admin", conf, "admin", conf,
+                                          src_snap="s1")
+except exception.BackupRBDOperationFailed as e:
+    print(type(e.__cause__).__module__, type(e.__cause__).__name__)
+"""
+
+
+def test_a_panic_under_eventlet_comes_back_from_its_pool_of_threads(cluster: Cluster, name: str) -> None:
+    # Under eventlet the transfer runs on eventlet's pool of native threads, which hands back
+    # an Exception only: any other BaseException ends the pool's thread and leaves the green
+    # thread waiting for it for ever (the timeout only ends such a hang).
+    image = f"rbd/{name}"
+    cluster.create(image, 16 * MiB)
+    cluster.write(image, data=[(i * MiB, pattern(i, MiB)) for i in range(8)])
+    cluster.snap(image, "s1")
+    out = subprocess.run(
+        [sys.executable, "-c", EVENTLET_PANIC_CHILD, cluster.conf, "rbd", name, name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pyo3_runtime", "PanicException"], (out.stdout, out.stderr)
+    assert cluster.snaps(f"backups/{name}") == []
 
 
 def test_install_patches_the_stock_class_and_uninstall_restores_it() -> None:

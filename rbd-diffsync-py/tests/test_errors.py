@@ -24,6 +24,7 @@ KINDS = {
     "exists": (rbd_diffsync.ExistsError, errno.EEXIST),
     "permission_denied": (rbd_diffsync.PermissionDeniedError, errno.EACCES),
     "busy": (rbd_diffsync.BusyError, errno.EBUSY),
+    "fenced": (rbd_diffsync.FencedError, errno.ESHUTDOWN),
     "destination_changed": (rbd_diffsync.DestinationChangedError, rbd_diffsync.DESTINATION_CHANGED),
     "mismatch": (rbd_diffsync.MismatchError, rbd_diffsync.MISMATCH),
     "cancelled": (rbd_diffsync.CancelledError, errno.ECANCELED),
@@ -44,6 +45,15 @@ def test_one_class_per_kind_of_the_core() -> None:
         e = cls(code, "message")
         assert (e.errno, e.strerror, e.kind, e.image, e.snap, e.offset) == (code, "message", kind, None, None, None)
     assert (rbd_diffsync.DESTINATION_CHANGED, rbd_diffsync.MISMATCH) == (4296, 4297)
+
+
+def test_a_panic_raises_pyo3s_own_panic_exception() -> None:
+    # What a bug of the library raises: pyo3's class, which except Exception does not catch.
+    cls = rbd_diffsync.PanicException
+    assert (cls.__module__, cls.__name__) == ("pyo3_runtime", "PanicException")
+    assert issubclass(cls, BaseException) and not issubclass(cls, Exception)
+    assert rbd_diffsync._native.PanicException is cls
+    assert "PanicException" in rbd_diffsync.__all__
 
 
 def expect(cls: type, code: int, call: object) -> rbd_diffsync.Error:

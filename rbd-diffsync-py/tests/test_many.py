@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import errno
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -191,6 +192,38 @@ def test_ctrl_c_and_cancel_stop_the_whole_batch_promptly(cluster: Cluster, image
         assert not cluster.exists(t.dest) or cluster.snaps(t.dest) == []
     with pytest.raises(rbd_diffsync.CancelledError):
         batch.run()  # cancel() holds for later runs of the same object
+
+
+def test_an_exception_once_every_volume_commits_is_too_late_run_returns_the_results(
+    cluster: Cluster, images: list[str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = [volume(cluster, images, f"rbd/{name}-{k}", k) for k in range(2)]
+    dests = [s.replace("rbd/", "backups/") for s in sources]
+    conf = ClusterSpec(cluster.conf)
+
+    class Stop(Exception):
+        pass
+
+    raised = Stop()
+    seen: list[list[tuple[str, object]]] = []
+
+    def progress(p: rbd_diffsync.BatchProgress) -> None:
+        # Every volume is creating its end snapshot or done (the last call, when every volume
+        # has ended, at the latest): none can stop any more.
+        if all(v.state == "succeeded" or v.phase == "committing" for v in p.volumes):
+            seen.append([(v.state, v.phase) for v in p.volumes])
+            raise raised
+
+    ignored: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    transfers = [DiffTransfer(f"{s}@s1", d, cluster=conf) for s, d in zip(sources, dests)]
+    results = stats(sync_many(transfers, parallel=2, progress=progress, progress_interval=0.01))
+    assert len(seen) == 1, "no call after the exception"
+    assert [(u.exc_value, u.object) for u in ignored] == [(raised, progress)]  # type: ignore[attr-defined]
+    assert [r.dest for r in results] == dests
+    for s, d in zip(sources, dests):
+        assert cluster.snaps(d) == ["s1"]
+        assert cluster.md5(f"{d}@s1") == cluster.md5(f"{s}@s1")
 
 
 def test_rate_limit_of_one_transfer(cluster: Cluster, images: list[str], name: str) -> None:

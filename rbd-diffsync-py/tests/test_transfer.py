@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import signal
+import sys
 import threading
 import time
 
@@ -175,6 +177,66 @@ def test_an_exception_in_the_callback_stops_the_transfer_in_every_phase(
     assert not cluster.exists(dest) or cluster.snaps(dest) == []
     DiffTransfer(f"rbd/{name}@s1", dest, cluster=spec(cluster)).run()
     assert cluster.md5(f"{dest}@s1") == cluster.md5(f"rbd/{name}@s1")
+
+
+def test_an_exception_in_the_callback_while_committing_is_too_late_run_returns_the_stats(
+    cluster: Cluster, source: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = f"backups/{name}"
+
+    class Stop(Exception):
+        pass
+
+    raised = Stop("committing")
+    calls: list[str] = []
+
+    def progress(p: rbd_diffsync.Progress) -> None:
+        calls.append(p.phase)
+        if p.phase == "committing":
+            raise raised
+
+    ignored: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    # Once the end snapshot is being created, the transfer can no longer stop: run() returns
+    # what it did, as the cluster holds it, and the exception goes where Python sends those it
+    # cannot raise.
+    stats = DiffTransfer(f"{source}@s2", dest, cluster=spec(cluster), progress_interval=0.01).run(progress=progress)
+    assert (stats.dest, stats.end_snap) == (dest, "s2")
+    assert calls[-1] == "committing" and calls.count("committing") == 1, "no call after the exception"
+    assert [(u.exc_value, u.object) for u in ignored] == [(raised, progress)]  # type: ignore[attr-defined]
+    assert cluster.snaps(dest) == ["s2"]
+    assert cluster.md5(f"{dest}@s2") == cluster.md5(f"{source}@s2")
+    # The next incremental continues from it.
+    cluster.write(source, data=[(MiB, pattern(12, 4096))])
+    cluster.snap(source, "s3")
+    DiffTransfer(f"{source}@s3", dest, from_snap="s2", cluster=spec(cluster)).run()
+    assert cluster.md5(f"{dest}@s3") == cluster.md5(f"{source}@s3")
+
+
+def test_ctrl_c_while_committing_is_too_late_run_returns_the_stats(
+    cluster: Cluster, source: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = f"backups/{name}"
+    sent: list[str] = []
+
+    def progress(p: rbd_diffsync.Progress) -> None:
+        if p.phase == "committing" and not sent:
+            sent.append(p.phase)
+            # A real SIGINT to this (the main) thread, as Ctrl-C sends it.
+            signal.raise_signal(signal.SIGINT)
+
+    ignored: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stats = DiffTransfer(f"{source}@s1", dest, cluster=spec(cluster)).run(progress=progress)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert sent == ["committing"]
+    assert (stats.dest, stats.end_snap, stats.created_destination) == (dest, "s1", True)
+    assert [type(u.exc_value) for u in ignored] == [KeyboardInterrupt]  # type: ignore[attr-defined]
+    assert cluster.snaps(dest) == ["s1"]
+    assert cluster.md5(f"{dest}@s1") == cluster.md5(f"{source}@s1")
 
 
 def test_a_callback_returning_false_cancels(cluster: Cluster, name: str) -> None:

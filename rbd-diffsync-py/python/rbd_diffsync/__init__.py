@@ -22,8 +22,16 @@ and returns each one's :class:`TransferStats` or :class:`Error`, in the order gi
 Failures raise :class:`Error`, an :class:`OSError` whose ``errno`` is the exact system errno
 (or :data:`DESTINATION_CHANGED`, :data:`MISMATCH`), through a subclass per kind:
 :class:`NotFoundError`, :class:`ExistsError`, :class:`CancelledError`, :class:`MismatchError`
-(whose ``offset`` is the first differing byte), ... (``ERROR_CLASSES`` maps each kind's name to
-its class). ``rbd_diffsync.cinder`` holds the drop-in for OpenStack cinder's Ceph backup driver.
+(whose ``offset`` is the first differing byte), :class:`FencedError` (ESHUTDOWN: this client
+was fenced off while it ran, and a rerun took the destination over), ... (``ERROR_CLASSES``
+maps each kind's name to its class). A bug of the library raises :class:`PanicException`, a
+:class:`BaseException`.
+
+A progress callback's exception, or Ctrl-C, stops a transfer, and is raised once it has
+stopped; one that arrives once the end snapshot is being created (phase ``committing``) is
+too late to stop it: ``run()`` returns the stats, and the exception goes to
+:func:`sys.unraisablehook`. ``rbd_diffsync.cinder`` holds the drop-in for OpenStack cinder's
+Ceph backup driver.
 """
 
 from ._native import *  # noqa: F403 (the module's __all__ is the package's)

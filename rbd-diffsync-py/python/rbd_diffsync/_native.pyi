@@ -12,6 +12,7 @@ _ErrorKindName = Literal[
     "exists",
     "permission_denied",
     "busy",
+    "fenced",
     "destination_changed",
     "mismatch",
     "cancelled",
@@ -41,6 +42,7 @@ __all__ = [
     "ERROR_CLASSES",
     "Error",
     "ExistsError",
+    "FencedError",
     "InvalidArgumentError",
     "IoError",
     "MISMATCH",
@@ -48,6 +50,7 @@ __all__ = [
     "NoSpaceError",
     "NotFoundError",
     "OtherError",
+    "PanicException",
     "PermissionDeniedError",
     "Plan",
     "Progress",
@@ -102,6 +105,11 @@ class PermissionDeniedError(Error):
 class BusyError(Error):
     """The destination is locked or open by another client (EBUSY)."""
 
+class FencedError(Error):
+    """This client was fenced off the cluster (blocklisted) while it ran (ESHUTDOWN): a rerun
+    of its transfer found it unresponsive and took the destination over, or an operator
+    blocklisted it. Nothing of this run was committed."""
+
 class DestinationChangedError(Error):
     """The destination changed since from_snap, not by an interrupted transfer of the same
     diff (errno DESTINATION_CHANGED)."""
@@ -129,6 +137,10 @@ class IoError(Error):
 
 class OtherError(Error):
     """Anything else; errno says what."""
+
+class PanicException(BaseException):
+    """What a bug of the library (a Rust panic) raises: pyo3's own class, which derives from
+    BaseException, not Exception, so that ``except Exception`` does not catch it."""
 
 @final
 class ClusterSpec:
@@ -322,7 +334,10 @@ class DiffTransfer:
         most every ``progress_interval`` seconds. Returning False stops the transfer
         (CancelledError); an exception it raises, or a KeyboardInterrupt (Ctrl-C), stops it too
         and is raised once the transfer has stopped. A stopped transfer leaves no end snapshot
-        on the destination, and running it again completes it."""
+        on the destination, and running it again completes it. A Ctrl-C or callback exception
+        that arrives once the end snapshot is being created (phase ``committing``) is too late
+        to stop it: run() returns the stats, as the transfer completed, and the exception goes
+        to ``sys.unraisablehook``."""
     def cancel(self) -> None:
         """Stops the running transfer, from any thread, and every later run() of this object:
         run() raises CancelledError."""
@@ -382,7 +397,8 @@ class Verify:
         """Compares the images, with the GIL released; returns when they are equal, raises
         MismatchError (``offset``: the first differing byte) when they are not. ``progress``,
         a False it returns, an exception it raises and KeyboardInterrupt act as in
-        DiffTransfer.run()."""
+        DiffTransfer.run(): one that arrives too late to stop the comparison, which then
+        completed, goes to ``sys.unraisablehook`` and run() returns the result."""
     def cancel(self) -> None:
         """Stops the running verification, from any thread, and every later run() of this
         object: run() raises CancelledError."""
@@ -469,7 +485,10 @@ class SyncMany:
         or ``progress`` returning False, stopped the batch before every transfer ended (its
         ``results`` hold the list run() would have returned); and, as they are once every
         transfer has stopped, an exception ``progress`` raises and KeyboardInterrupt (Ctrl-C,
-        noticed within 50 ms), with that list as their ``results`` attribute too.
+        noticed within 50 ms), with that list as their ``results`` attribute too. One that
+        stopped no transfer (every volume was creating its end snapshot, or done: too late to
+        stop them) is not raised: run() returns the list, and the exception goes to
+        ``sys.unraisablehook``.
         ``progress`` is called on this thread with a BatchProgress
         whenever a volume starts or ends, and otherwise at most every ``progress_interval``
         seconds. The cancel() of a DiffTransfer of the batch stops that transfer only (a

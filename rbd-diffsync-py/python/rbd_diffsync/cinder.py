@@ -25,6 +25,17 @@ __all__ = ["rbd_diff_transfer", "install", "uninstall"]
 
 LOG = logging.getLogger(__name__)
 
+# What the driver lets through as it is: how Python and eventlet stop a thread of their own
+# accord (Ctrl-C, exit, the end of a generator or of a green thread), no failure of the
+# transfer. Anything else the native call raises fails the backup.
+_LET_THROUGH: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
+try:
+    from greenlet import GreenletExit
+except ImportError:  # no eventlet either, which needs greenlet
+    pass
+else:
+    _LET_THROUGH += (GreenletExit,)
+
 
 def _cluster(user: Optional[str], conf: Optional[str]) -> ClusterSpec:
     # As the rbd CLI without --id/--conf: CEPH_ARGS, then client.admin and librados' search
@@ -35,15 +46,36 @@ def _cluster(user: Optional[str], conf: Optional[str]) -> ClusterSpec:
     return ClusterSpec(conf or None, id=user or None)
 
 
-def _failure(error: Error) -> BaseException:
-    """cinder's BackupRBDOperationFailed for ``error`` where cinder is importable."""
+def _failure(error: BaseException, detail: str) -> BaseException:
+    """cinder's BackupRBDOperationFailed saying ``detail`` where cinder is importable, else
+    ``error`` itself."""
     try:
         from cinder import exception
     except ImportError:
         return error
-    return exception.BackupRBDOperationFailed(
-        "RBD diff op failed - (errno=%s kind=%s: %s)" % (error.errno, error.kind, error.strerror)
-    )
+    return exception.BackupRBDOperationFailed("RBD diff op failed - (%s)" % detail)
+
+
+class _Carried(Exception):
+    """A failure of the native call that is no Exception (pyo3's PanicException, a
+    BaseException), carried back from eventlet's pool of threads: the pool hands an
+    Exception back to the green thread waiting for it, but any other BaseException ends its
+    worker thread and leaves that green thread waiting for ever."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _carrying(run: Callable[[], TransferStats]) -> TransferStats:
+    try:
+        return run()
+    except Exception:
+        raise
+    except _LET_THROUGH:
+        raise
+    except BaseException as e:
+        raise _Carried(e) from e
 
 
 def _run(transfer: DiffTransfer) -> TransferStats:
@@ -54,8 +86,13 @@ def _run(transfer: DiffTransfer) -> TransferStats:
     if patcher is not None and patcher.is_monkey_patched("thread"):
         from eventlet import tpool
 
-        stats: TransferStats = tpool.execute(transfer.run)
-        return stats
+        try:
+            stats: TransferStats = tpool.execute(_carrying, transfer.run)
+            return stats
+        except _Carried as carried:
+            error = carried.error
+        # Raised here, out of the handler, as run() raised it.
+        raise error
     return transfer.run()
 
 
@@ -86,7 +123,11 @@ def rbd_diff_transfer(
 
     Raises ``cinder.exception.BackupRBDOperationFailed`` when cinder is importable, and
     :class:`rbd_diffsync.Error` otherwise; the rbd_diffsync error is the ``__cause__`` of the
-    cinder one. Returns what the transfer did.
+    cinder one. Anything else the call raises (a bug: :class:`rbd_diffsync.PanicException`,
+    a BaseException that cinder's handlers and eventlet's pool of threads would let through,
+    leaving the backup hanging and its clean-up undone) fails the backup the same way, and is
+    logged with its traceback; only KeyboardInterrupt, SystemExit, GeneratorExit and greenlet's
+    GreenletExit pass as they are. Returns what the transfer did.
     """
     source = "%s/%s" % (src_pool, src_name)
     if src_snap:
@@ -112,7 +153,16 @@ def rbd_diff_transfer(
             "RBD diff op failed - (errno=%(errno)s kind=%(kind)s: %(msg)s)",
             {"errno": e.errno, "kind": e.kind, "msg": e.strerror},
         )
-        failure = _failure(e)
+        failure = _failure(e, "errno=%s kind=%s: %s" % (e.errno, e.kind, e.strerror))
+        if failure is e:
+            raise
+        raise failure from e
+    except _LET_THROUGH:
+        raise
+    except BaseException as e:
+        detail = "%s: %s" % (type(e).__name__, e)
+        LOG.error("RBD diff op failed - (%(detail)s)", {"detail": detail}, exc_info=True)
+        failure = _failure(e, detail)
         if failure is e:
             raise
         raise failure from e
