@@ -35,6 +35,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc -q -p rbd-diffsync --no-deps
 step "build"
 cargo build --workspace --all-targets --all-features
 
+step "fault-schedule explorer (simulated cluster, 2000 seeds)"
+# The transfer's protocol on a simulated cluster under kills, pauses, foreign writes and
+# concurrent starts; a failing seed is printed with what happened. A longer run:
+#   cargo run -p rbd-diffsync-explore --release -- --schedules 1000000
+cargo run -q -p rbd-diffsync-explore -- --schedules "${EXPLORE_SCHEDULES:-2000}"
+
 step "starting two clusters"
 stop_clusters() {
   bash scripts/cluster.sh stop "$base-1" || true

@@ -568,8 +568,8 @@ impl Image {
         Ok(format!("rbd_header.{}", self.id()?))
     }
 
-    /// Breaks the exclusive lock held by the client at `owner`; librbd blocklists that
-    /// client first, so that it can write nothing more even if it was alive after all.
+    /// Breaks the exclusive lock held by the client at `owner` (librbd blocklists it first,
+    /// unless `rbd_blocklist_on_break_lock` is off: the transfer fences it off itself before).
     pub fn break_lock(&self, owner: &str) -> Result<()> {
         let c_owner = c_name("lock owner", owner)?;
         // SAFETY: `raw` is open; the owner is NUL-terminated.

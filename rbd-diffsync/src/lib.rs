@@ -111,6 +111,9 @@ mod plan;
 mod progress;
 mod protocol;
 mod scan;
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod sim;
 mod spec;
 mod stream;
 mod sys;

@@ -163,6 +163,23 @@ impl KnownZero {
     }
 }
 
+/// The union of two lists of `(offset, len)` ranges (in any order, overlapping or not), sorted
+/// and merged where they overlap or touch.
+pub fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().filter(|r| r.1 > 0).collect();
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (offset, len) in all {
+        match out.last_mut() {
+            Some(last) if offset <= last.0 + last.1 => {
+                last.1 = last.1.max(offset + len - last.0);
+            }
+            _ => out.push((offset, len)),
+        }
+    }
+    out
+}
+
 /// The complement of `allocated` (sorted, disjoint) inside `[0, size)`.
 pub fn complement(allocated: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -372,5 +389,13 @@ mod tests {
         );
         assert_eq!(subtract(&[(0, 10)], &[]), vec![(0, 10)]);
         assert_eq!(subtract(&[(5, 5)], &[(0, 20)]), vec![]);
+    }
+    #[test]
+    fn union_merges_overlapping_and_touching_ranges() {
+        assert_eq!(
+            union(&[(0, 10), (20, 5), (40, 1)], &[(5, 10), (25, 5), (100, 0)]),
+            vec![(0, 15), (20, 10), (40, 1)]
+        );
+        assert_eq!(union(&[], &[(3, 4)]), vec![(3, 4)]);
     }
 }

@@ -20,7 +20,7 @@ use crate::progress::{
     TransferStats, Waited,
 };
 use crate::protocol::checks::{Checks, Verdict};
-use crate::protocol::claim::{Claimed, Fencing, Target};
+use crate::protocol::claim::{self, Claimed, Fencing, Target};
 use crate::protocol::rbd::RbdWorld;
 use crate::protocol::record::{Record, SnapRef};
 use crate::protocol::world::{Conn, DestImage, Header, Scan, SourceImage, Threads, World};
@@ -345,6 +345,14 @@ impl DiffTransfer {
         result
     }
 
+    /// Runs on `world` instead of librbd: the simulated cluster of the fault-schedule
+    /// explorer.
+    #[cfg(feature = "sim")]
+    pub(crate) fn on_world(mut self, world: Arc<dyn World>) -> Self {
+        self.world = Some(world);
+        self
+    }
+
     fn world(&self) -> Arc<dyn World> {
         self.world.clone().unwrap_or_else(|| {
             Arc::new(RbdWorld {
@@ -370,18 +378,19 @@ impl DiffTransfer {
         reporter: &mut Reporter,
         started: Instant,
     ) -> Result<TransferStats> {
-        let prepared = self.prepare(world, reporter, true)?;
+        // A client blocklisted while it runs fails every call with ESHUTDOWN: say why.
+        let fenced = |e: Error| {
+            if e.errno() == libc::ESHUTDOWN && e.kind() != ErrorKind::Fenced {
+                claim::fenced(&self.dest_label(), e.message())
+            } else {
+                e
+            }
+        };
+        let prepared = self.prepare(world, reporter, true).map_err(fenced)?;
         let target = prepared.target.clone();
         let claimed = prepared.claimed.as_ref().map(|c| c.header.clone());
         let result = self.execute(prepared, reporter, started);
-        let result = result.map_err(|e| {
-            let e = if e.errno() == libc::ESHUTDOWN && e.kind() != ErrorKind::Fenced {
-                target.fenced_error(e.message())
-            } else {
-                e
-            };
-            explain_full_pool(reporter, e, &target)
-        });
+        let result = result.map_err(|e| explain_full_pool(reporter, fenced(e), &target));
         if let (Err(e), Some(header)) = (&result, claimed) {
             // The record stays for the rerun; the claim goes, this client is leaving (a
             // killed one's stays and names it). Not after a timeout or with a full pool: the
@@ -652,7 +661,11 @@ fn open_source(conn: &dyn Conn, spec: &ImageSpec, from_name: Option<&str>) -> Re
     let facts = image.facts()?;
     let path = spec.image_path();
     let find = |name: &str| facts.snapshots.iter().find(|s| s.name == name).cloned();
-    let end = spec.snap().and_then(find);
+    // Opened at it, so it was there; gone now means removed meanwhile.
+    let end = match spec.snap() {
+        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
+        None => None,
+    };
     let from = match from_name {
         Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
         None => None,
@@ -782,14 +795,10 @@ impl DiffTransfer {
             reporter.phase(Phase::Scanning);
             (dest, None, Fencing::default(), false)
         };
-        // A destination this transfer created holds nothing: there is nothing to check.
+        // Checked also when this transfer created it: another writer may have written it
+        // before the lock was taken.
         let checked = self
-            .check_destination(
-                reporter,
-                &target,
-                &source,
-                dest.as_ref().filter(|_| !created),
-            )
+            .check_destination(reporter, &target, &source, dest.as_ref())
             .and_then(|found| Ok((found, self.finish_scan(reporter, scanning, &target.label)?)));
         let (found, scan) = match checked {
             Ok(checked) => checked,
@@ -801,12 +810,12 @@ impl DiffTransfer {
                 return Err(e);
             }
         };
-        let trusted = found
-            .previous
-            .as_ref()
-            .is_some_and(|p| fencing.broke_lock_of.contains(&p.client.address));
-        let (planner, known_zero, plan, resume) =
+        let trusted = found.previous.as_ref().is_some_and(|p| {
+            fencing.took_lock && fencing.lock_of.as_ref() == Some(&p.client.address)
+        });
+        let (planner, known_zero, mut plan, resume) =
             self.work(&source, scan, found, target.label.clone(), trusted);
+        plan.create_destination |= created;
         Ok(Prepared {
             plan,
             source,
@@ -842,8 +851,8 @@ impl DiffTransfer {
         source: &Source,
         header: Option<Arc<dyn Header>>,
     ) -> Result<(Arc<dyn DestImage>, Claimed, Fencing, bool)> {
-        let (header, lockable, created) = match header {
-            Some(header) => (header, None, false),
+        let (header, created) = match header {
+            Some(header) => (header, false),
             None if self.from_snap.is_some() => return Err(Error::image_not_found(&target.label)),
             None => {
                 let (conn, spec) = (target.conn.clone(), target.spec.clone());
@@ -860,11 +869,10 @@ impl DiffTransfer {
                         .ok_or_else(|| Error::image_not_found(&spec.image_path()))?;
                     Ok((header, created))
                 })?;
-                let lockable = layout.features & crate::sys::RBD_FEATURE_EXCLUSIVE_LOCK != 0;
-                (header, created.then_some(lockable), created)
+                (header, created)
             }
         };
-        let claimed = target.claim(reporter, header, lockable)?;
+        let claimed = target.claim(reporter, header)?;
         match self.open_and_lock(reporter, target, source, &claimed) {
             Ok((dest, fencing)) => Ok((dest, claimed, fencing, created)),
             Err(e) => {
@@ -899,8 +907,8 @@ impl DiffTransfer {
             ))
             .with_image(&target.label));
         }
-        let fencing = target.fence_predecessors(reporter, &dest, claimed)?;
-        target.lock(reporter, &dest)?;
+        let mut fencing = target.fence_predecessors(reporter, &dest, claimed)?;
+        target.lock(reporter, &dest, &mut fencing)?;
         Ok((dest, fencing))
     }
 
@@ -1410,7 +1418,7 @@ impl DiffTransfer {
             Some(from) => image.changed_since(from, size, true, &stop),
             None => image.allocated(size, &stop),
         })?;
-        let ranges = verify::union(work, &clip(&changed, size));
+        let ranges = plan::union(work, &clip(&changed, size));
         let chunk = self.chunk_size;
         let window = io_window(chunk, self.window);
         // In a batch, the verification draws its window from the batch's budget: its share,

@@ -212,7 +212,7 @@ impl Verify {
                     .spawn(|| crate::protocol::rbd::allocated_ranges(&scan_a, size_a, true, &stop));
                 let mine = crate::protocol::rbd::allocated_ranges(&scan_b, size_b, true, &stop)?;
                 let other = other.join().unwrap_or_else(|panic| resume_unwind(panic))?;
-                Ok(union(&other, &mine))
+                Ok(plan::union(&other, &mine))
             })
         });
         let ranges = match ranges {
@@ -269,22 +269,6 @@ fn open(
         let size = image.size()?;
         Ok((Arc::new(image), size))
     })
-}
-
-/// The union of two lists of sorted, disjoint ranges, sorted and merged.
-pub(crate) fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().filter(|r| r.1 > 0).collect();
-    all.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-    for (offset, len) in all {
-        match out.last_mut() {
-            Some(last) if offset <= last.0 + last.1 => {
-                last.1 = last.1.max(offset + len - last.0);
-            }
-            _ => out.push((offset, len)),
-        }
-    }
-    out
 }
 
 /// What [`compare`] found.
@@ -630,7 +614,7 @@ pub(crate) fn written(
     reporter: &mut Reporter,
     label: &str,
 ) -> Result<u64> {
-    let ranges = union(ranges, &[]);
+    let ranges = plan::union(ranges, &[]);
     reporter.restart(Phase::Verifying, ranges.iter().map(|r| r.1).sum());
     let compared = compare(
         [source, dest],
@@ -860,14 +844,5 @@ mod tests {
             a.reads.load(Ordering::Relaxed) < 256,
             "not every chunk was read"
         );
-    }
-
-    #[test]
-    fn union_merges_overlapping_and_touching_ranges() {
-        assert_eq!(
-            union(&[(0, 10), (20, 5), (40, 1)], &[(5, 10), (25, 5), (100, 0)]),
-            vec![(0, 15), (20, 10), (40, 1)]
-        );
-        assert_eq!(union(&[], &[(3, 4)]), vec![(3, 4)]);
     }
 }

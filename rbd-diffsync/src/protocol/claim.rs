@@ -73,8 +73,10 @@ pub(crate) struct Claimed {
 pub(crate) struct Fencing {
     /// The clients fenced off.
     pub fenced: Vec<String>,
-    /// The clients whose exclusive lock was broken.
-    pub broke_lock_of: Vec<String>,
+    /// The fenced client that held the exclusive lock, to be taken over from it.
+    pub lock_of: Option<String>,
+    /// Whether the lock passed from that client to this transfer, and no other in between.
+    pub took_lock: bool,
 }
 
 /// Whether a client is alive, as far as can be told.
@@ -161,43 +163,28 @@ impl Target {
             "an answer from the client at {address}, which holds {}",
             self.label
         );
-        match reporter.wait(what, true, move || image.answers(&address, ANSWER_TIMEOUT)) {
-            Waited::Stopped => Err(reporter.stopped_error(&self.label)),
-            Waited::Done(answers) => Ok(answers?.map(|answers| {
-                if answers {
-                    Liveness::Alive
-                } else {
-                    Liveness::Unresponsive
-                }
-            })),
-        }
+        let answers =
+            match reporter.wait(what, true, move || image.answers(&address, ANSWER_TIMEOUT)) {
+                Waited::Stopped => return Err(reporter.stopped_error(&self.label)),
+                Waited::Done(answers) => answers?,
+            };
+        Ok(
+            answers.map(|answers| match (answers, self.conn.process(&who.client)) {
+                (true, _) => Liveness::Alive,
+                // Stopped while it was asked: alive all the same.
+                (false, Some(Process::Stopped)) => Liveness::Alive,
+                (false, Some(Process::Ended)) => Liveness::Ended,
+                (false, _) => Liveness::Unresponsive,
+            }),
+        )
     }
 
-    /// Fences off the client at `address` (blocklisted, confirmed in the OSD map), then
-    /// breaks its lock on `image` if it holds it. Returns whether it held it.
-    fn fence(
-        &self,
-        reporter: &mut Reporter,
-        image: Option<&Arc<dyn DestImage>>,
-        address: &str,
-        holds_lock: bool,
-    ) -> Result<bool> {
-        let (conn, client, label) = (self.conn.clone(), address.to_owned(), self.label.clone());
-        let image = image.filter(|_| holds_lock).cloned();
-        let what = format!("the client at {address} to be fenced off {label}");
-        let fenced = reporter.wait(what, false, move || {
-            conn.fence(&client)?;
-            match image {
-                Some(image) => match image.break_lock(&client) {
-                    Ok(()) => Ok(true),
-                    // Gone meanwhile: fenced, its watch expired.
-                    Err(e) if e.errno() == libc::ENOENT => Ok(false),
-                    Err(e) => Err(e),
-                },
-                None => Ok(false),
-            }
-        });
-        match fenced {
+    /// Fences off the client at `address`: blocklisted, confirmed in the OSD map. Its lock, if
+    /// it holds one, is taken over by [`lock`](Self::lock).
+    fn fence(&self, reporter: &mut Reporter, address: &str) -> Result<()> {
+        let (conn, client) = (self.conn.clone(), address.to_owned());
+        let what = format!("the client at {address} to be fenced off {}", self.label);
+        match reporter.wait(what, false, move || conn.fence(&client)) {
             Waited::Done(result) => result,
             Waited::Stopped => unreachable!("a step that writes is not detached"),
         }
@@ -209,7 +196,6 @@ impl Target {
         &self,
         reporter: &mut Reporter,
         header: Arc<dyn Header>,
-        lockable: Option<bool>,
     ) -> Result<Claimed> {
         for _ in 0..4 {
             let h = header.clone();
@@ -225,7 +211,7 @@ impl Target {
                 .as_ref()
                 .filter(|p| p.client.address != self.mine.client.address)
             {
-                if let Some(address) = self.may_replace(reporter, p, lockable)? {
+                if let Some(address) = self.may_replace(reporter, p)? {
                     fenced.push(address);
                 }
             }
@@ -261,7 +247,6 @@ impl Target {
         &self,
         reporter: &mut Reporter,
         p: &Record,
-        lockable: Option<bool>,
     ) -> Result<Option<String>> {
         let process = self.conn.process(&p.client);
         if process == Some(Process::Ended) {
@@ -276,30 +261,33 @@ impl Target {
             Waited::Done(look) => look?,
             Waited::Stopped => return Err(reporter.stopped_error(&self.label)),
         };
-        let lockable = match lockable {
-            Some(lockable) => lockable,
-            None => look.lockable()?,
-        };
         // A claimant that has not opened the image yet may be about to: it is given a moment.
+        // One that does not is left behind: its claim is replaced. Should it open the image
+        // after all, it writes nothing: its record, which comes before its first write, is
+        // written only under its claim (and on an image with the exclusive lock, the lock
+        // keeps two writers apart besides).
         let mut polls = 0;
         while !self.present(&look, &p.client.address)? {
             polls += 1;
-            if polls >= OPEN_POLLS || reporter.stop().is_some() {
-                return self.replace_absent(p, lockable);
+            if polls >= OPEN_POLLS {
+                return Ok(None);
+            }
+            if reporter.stop().is_some() {
+                return Err(reporter.stopped_error(&self.label));
             }
             reporter.pause(OPEN_POLL_PAUSE);
         }
         let liveness = match self.liveness(reporter, &look, p)? {
             // Its watch went meanwhile.
-            None => return self.replace_absent(p, lockable),
+            None => return Ok(None),
             Some(liveness) => liveness,
         };
         match liveness {
             Liveness::Alive => Err(self.still_running(p)),
             Liveness::Ended => Ok(None),
             Liveness::Unresponsive if self.may_fence(p, liveness) => {
-                // The lock is broken once the destination is open for writing.
-                self.fence(reporter, None, &p.client.address, false)?;
+                // Its lock is taken over once the destination is open for writing.
+                self.fence(reporter, &p.client.address)?;
                 Ok(Some(p.client.address.clone()))
             }
             Liveness::Unresponsive => Err(self.refuse_unfenceable(p)),
@@ -310,22 +298,6 @@ impl Target {
     fn present(&self, image: &Arc<dyn DestImage>, address: &str) -> Result<bool> {
         Ok(image.watchers()?.iter().any(|w| w == address)
             || image.lock_owners()?.iter().any(|o| o == address))
-    }
-
-    /// The claim of `p`, which did not open the destination in the moment it was given: left
-    /// behind. On an image with the exclusive lock, replaced (the lock keeps two writers
-    /// apart, should it open it after all); otherwise replaced when `p` runs on this host (a
-    /// process of this host opens within that moment, or never), or when it is this
-    /// transfer's predecessor on another host, which is fenced off first.
-    fn replace_absent(&self, p: &Record, lockable: bool) -> Result<Option<String>> {
-        if lockable || self.conn.process(&p.client).is_some() {
-            return Ok(None);
-        }
-        if !self.may_fence(p, Liveness::Unresponsive) {
-            return Err(self.refuse_unfenceable(p));
-        }
-        self.conn.fence(&p.client.address)?;
-        Ok(Some(p.client.address.clone()))
     }
 
     /// Gives a claim back after a refusal, or after a failure once nothing of this transfer
@@ -380,29 +352,49 @@ impl Target {
             match liveness {
                 Liveness::Alive => return Err(self.still_running(who)),
                 _ if self.may_fence(who, liveness) || claimed.fenced.contains(address) => {
-                    if self.fence(reporter, Some(image), address, holds_lock)? {
-                        fencing.broke_lock_of.push(address.clone());
+                    self.fence(reporter, address)?;
+                    if holds_lock {
+                        fencing.lock_of = Some(address.clone());
                     }
                     fencing.fenced.push(address.clone());
                 }
-                _ if holds_lock => return Err(self.refuse_unfenceable(who)),
-                // Watching only, as a reader would: the checks decide.
+                // Another transfer's client that still watches and holds the lock: it may
+                // be alive (it is not this transfer's to fence off).
+                _ if holds_lock && watching.contains(address) => {
+                    return Err(self.refuse_unfenceable(who))
+                }
+                // Its lock without its watch: a dead owner's, which librbd breaks when the lock
+                // is taken. Or watching only, as a reader would: the checks decide.
                 _ => {}
             }
         }
         Ok(fencing)
     }
 
-    /// Takes the destination's exclusive lock, unless its image lacks the feature; waited
-    /// for even when the transfer is asked to stop meanwhile (it changes who may write).
-    pub(crate) fn lock(&self, reporter: &mut Reporter, image: &Arc<dyn DestImage>) -> Result<()> {
+    /// Takes the destination's exclusive lock, unless its image lacks the feature: over from
+    /// the fenced client that held it, if any (`fencing.took_lock` then says whether it
+    /// passed from it to this transfer directly). Waited for even when the transfer is asked
+    /// to stop meanwhile (it changes who may write).
+    pub(crate) fn lock(
+        &self,
+        reporter: &mut Reporter,
+        image: &Arc<dyn DestImage>,
+        fencing: &mut Fencing,
+    ) -> Result<()> {
         if !image.lockable()? {
             return Ok(());
         }
-        let owned = image.clone();
+        let (owned, from) = (image.clone(), fencing.lock_of.clone());
         let what = format!("the exclusive lock of {}", self.label);
-        match reporter.wait(what, false, move || owned.acquire_lock()) {
-            Waited::Done(Ok(())) => Ok(()),
+        let taken = reporter.wait(what, false, move || match &from {
+            Some(owner) => owned.take_over_lock(owner),
+            None => owned.acquire_lock().map(|()| false),
+        });
+        match taken {
+            Waited::Done(Ok(took)) => {
+                fencing.took_lock = took;
+                Ok(())
+            }
             Waited::Done(Err(e)) if e.errno() == libc::EROFS => {
                 let owner = image
                     .lock_owners()
@@ -436,16 +428,20 @@ impl Target {
 
     /// The error of a transfer whose client was fenced off.
     pub(crate) fn fenced_error(&self, how: &str) -> Error {
-        Error::new(
-            ErrorKind::Fenced,
-            libc::ESHUTDOWN,
-            format!(
-                "the transfer into {} was fenced off ({how}): a rerun of it found this client \
-                 unresponsive and took the destination over, or an operator blocklisted it; \
-                 it wrote nothing more, and no end snapshot was created by it",
-                self.label
-            ),
-        )
-        .with_image(&self.label)
+        fenced(&self.label, how)
     }
+}
+
+/// The error of a transfer into `label` whose client was fenced off (`how`).
+pub(crate) fn fenced(label: &str, how: &str) -> Error {
+    Error::new(
+        ErrorKind::Fenced,
+        libc::ESHUTDOWN,
+        format!(
+            "the transfer into {label} was fenced off ({how}): a rerun of it found this client \
+             unresponsive and took the destination over, or an operator blocklisted it; it \
+             wrote nothing more, and no end snapshot was created by it"
+        ),
+    )
+    .with_image(label)
 }

@@ -292,8 +292,15 @@ impl DestImage for Image {
         self.holds_exclusive_lock()
     }
 
-    fn break_lock(&self, owner: &str) -> Result<()> {
-        Image::break_lock(self, owner)
+    fn take_over_lock(&self, owner: &str) -> Result<bool> {
+        let broke = match Image::break_lock(self, owner) {
+            Ok(()) => true,
+            // Gone meanwhile: its watch expired, or another took it.
+            Err(e) if e.errno() == libc::ENOENT => false,
+            Err(e) => return Err(e),
+        };
+        self.acquire_exclusive_lock()?;
+        Ok(broke)
     }
 
     fn changed_since(
@@ -318,14 +325,9 @@ impl DestImage for Image {
                 })?;
             }
         }
-        if size != from.size {
-            changed.push(DiffExtent {
-                offset: size.min(from.size),
-                len: size.abs_diff(from.size),
-                exists: true,
-            });
-        }
-        Ok(ranges(plan::normalize(changed)))
+        let resized = (size != from.size).then(|| (size.min(from.size), size.abs_diff(from.size)));
+        // What the diff reports of a grown range overlaps the range itself: merged.
+        Ok(plan::union(&ranges(changed), &Vec::from_iter(resized)))
     }
 
     fn allocated(&self, size: u64, stop: &StopCheck) -> Result<Vec<(u64, u64)>> {

@@ -179,8 +179,12 @@ pub(crate) trait DestImage: DiffSink + DiffSource + Send + Sync {
     /// Whether this client holds the exclusive lock, as it knows.
     fn holds_lock(&self) -> Result<bool>;
 
-    /// Breaks the exclusive lock held by the client at `owner`.
-    fn break_lock(&self, owner: &str) -> Result<()>;
+    /// Takes the exclusive lock over from the client at `owner`, fenced off before: breaks
+    /// its lock and takes it. `true` if the lock was `owner`'s and passed to this client with
+    /// nobody holding it in between. (On librbd these are two calls one after the other: a
+    /// writer that took the lock and let it go again between them would go unseen; its writes
+    /// are caught only by a verification.)
+    fn take_over_lock(&self, owner: &str) -> Result<bool>;
 
     /// The ranges where it changed since its snapshot `from`, including what a resize added
     /// or cut off; `size` is its size now. Whole objects, or with `exact` the ranges written
