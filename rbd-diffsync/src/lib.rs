@@ -37,7 +37,10 @@
 //!    copies, a transfer records a checkpoint in that record (at most once a second, after a
 //!    flush): the offset below which it has written everything. A rerun of the very same diff
 //!    (same base and end snapshot, by id) resumes there instead of starting again
-//!    ([`TransferStats::bytes_resumed`]); a source read at HEAD never resumes.
+//!    ([`TransferStats::bytes_resumed`]): it trusts what lies below when the destination's
+//!    lock passed straight from the interrupted run to it, and otherwise compares it with the
+//!    source and rewrites what differs ([`TransferStats::bytes_rechecked`]). A source read at
+//!    HEAD never resumes.
 //! 4. **Nothing overwritten by mistake.** An incremental into a destination changed since
 //!    `from_snap` by anyone else is refused
 //!    ([`DestinationChanged`](ErrorKind::DestinationChanged)). A full transfer writes into an
@@ -45,16 +48,17 @@
 //!    it) or holds an interrupted full transfer from the same source; an image with snapshots
 //!    or data is refused ([`Exists`](ErrorKind::Exists)), and so is one another client has
 //!    open ([`Busy`](ErrorKind::Busy)). [`DiffTransfer::overwrite_existing`] allows both.
-//! 5. **No other writer.** The destination's exclusive lock is held from the checks to the end
-//!    snapshot, in a mode in which librbd hands it to nobody: another client's writes fail
-//!    meanwhile. A destination locked by a live client is refused ([`Busy`](ErrorKind::Busy)),
-//!    naming it. The transfer's own predecessor (the client named in the record, or in the
-//!    lock-holder key it wrote as soon as it had the destination open) is fenced off at once
-//!    if it still watches the destination but does not answer a notification within 2 s: it
-//!    was killed, and it is blocklisted, its lock broken if it held it
-//!    ([`TransferStats::broke_lock_of`]), instead of holding up the lock and every
-//!    notification until its watch expires (about 30 s); one that answers is still running,
-//!    and the rerun is refused. No other client's lock is ever broken.
+//! 5. **No other writer.** The destination is claimed (an atomic compare-and-set in its
+//!    header naming the transfer and its process) before it is opened for writing, and its
+//!    exclusive lock is held from the checks to the end snapshot, in a mode in which librbd
+//!    hands it to nobody: another client's writes fail meanwhile. A destination locked or
+//!    claimed by a live client is refused ([`Busy`](ErrorKind::Busy)), naming it. Only the
+//!    transfer's own predecessor (the run it repeats) is ever fenced off, and only once it is
+//!    gone: its process on this host ended, or on another host it does not answer a
+//!    notification within 2 s (a stopped process on this host is alive, and the rerun is
+//!    refused). Fencing is an explicit blocklist, confirmed in the OSD map, before its lock is
+//!    taken over ([`TransferStats::broke_lock_of`]); a client that was fenced off fails with
+//!    [`Fenced`](ErrorKind::Fenced). No other client is ever fenced.
 //! 9. **No hang.** Every call to the cluster has a timeout
 //!    ([`ClusterSpec::connect_timeout`], [`ClusterSpec::op_timeout`]: 30 s and 60 s by
 //!    default); a key the monitors refuse is reported as such within seconds
@@ -69,16 +73,21 @@
 //! 8. **Stoppable at every phase.** The progress callback runs on the calling thread only, in
 //!    every phase, also while a call to the cluster blocks; its return value, a panic in it,
 //!    and the [`CancelToken`] stop the transfer. Steps that write are waited for; steps that
-//!    only read are left to finish in the background, so a stop takes effect within the
-//!    progress interval. Once the end snapshot is being made, the transfer completes.
+//!    only read are stopped, so a stop takes effect within the progress interval; `run()`
+//!    returns once they have ended (a connection attempt given up on ends on its own within
+//!    the connect timeout). Once the end snapshot is being made, the transfer completes, and
+//!    its result says so.
 //!
 //! # Verification
 //!
 //! [`DiffTransfer::verify`] reads back, after the writes and before the end snapshot, every
-//! range the transfer wrote or zeroed, from the source at its end snapshot and from the
-//! destination, and compares them: a difference fails the transfer with an error of kind
-//! [`Mismatch`](ErrorKind::Mismatch) naming the first differing offset, and no end snapshot is
-//! made. [`Verify`] compares two whole images, on one cluster or two, with a window of reads in
+//! range the end snapshot will be claimed to equal, from the source at its end snapshot and
+//! from the destination: what the transfer wrote or zeroed, what an interrupted transfer it
+//! resumes or continues had written, and whatever the destination changed since `from_snap`
+//! (for a full transfer, all it holds). A difference fails the transfer with an error of kind
+//! [`Mismatch`](ErrorKind::Mismatch) naming the first differing offset, takes the checkpoint
+//! back below it, and no end snapshot is made: running the transfer again rewrites it.
+//! [`Verify`] compares two whole images, on one cluster or two, with a window of reads in
 //! flight; what neither image has allocated reads as zeros on both and is not read.
 //!
 //! ```no_run

@@ -213,11 +213,14 @@ impl DiffTransfer {
         self
     }
 
-    /// After the writes, before the end snapshot, reads back every range the transfer wrote or
-    /// zeroed from both images (the source at its end snapshot, the destination at HEAD) and
-    /// compares them (`--verify`). A difference fails the transfer with an error of kind
-    /// [`Mismatch`](ErrorKind::Mismatch) naming the first differing offset, and no end
-    /// snapshot is created: running the transfer again rewrites those ranges. Off by default.
+    /// After the writes, before the end snapshot, reads back from both images (the source at
+    /// its end snapshot, the destination at HEAD) and compares every range the end snapshot
+    /// will be claimed to equal (`--verify`): what the transfer wrote or zeroed, what an
+    /// interrupted transfer it resumes or continues had written, and whatever the destination
+    /// changed since `from_snap` (for a full transfer, all it holds). A difference fails the
+    /// transfer with an error of kind [`Mismatch`](ErrorKind::Mismatch) naming the first
+    /// differing offset, takes the checkpoint back below it, and no end snapshot is created:
+    /// running the transfer again rewrites from there. Off by default.
     /// In a [`SyncMany`](crate::SyncMany) batch, the reads of the verification are drawn from
     /// the batch's memory and request budget too: the transfer's share of it (the budget
     /// divided by `parallel`), at most its own window, waiting for room if need be.
