@@ -417,9 +417,9 @@ typedef struct rbd_diffsync_stats {
      */
     uint64_t bytes_resumed;
     /**
-     * The address of the killed client of an interrupted transfer into the destination,
-     * whose exclusive lock this transfer broke (librbd blocklisted it) instead of waiting for
-     * its watch to expire; NULL if it broke none.
+     * The address of the killed client of an interrupted transfer into the destination that
+     * this transfer fenced off (blocklisted, breaking its exclusive lock if it held it)
+     * instead of waiting for its watch to expire; NULL if it fenced none.
      */
     const char *broke_lock_of;
     /**
@@ -427,6 +427,13 @@ typedef struct rbd_diffsync_stats {
      * (`rbd_diffsync_transfer_set_verify`); 0 without.
      */
     uint64_t bytes_verified;
+    /**
+     * Bytes below the checkpoint of an interrupted transfer that this one compared with the
+     * source instead of trusting them, because that transfer had let go of the destination
+     * before (another client could have written there since); chunks that differed were
+     * rewritten.
+     */
+    uint64_t bytes_rechecked;
 } rbd_diffsync_stats;
 
 /**

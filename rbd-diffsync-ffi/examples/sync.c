@@ -65,6 +65,10 @@ static int sync_image(rbd_diffsync_transfer *transfer, const char *label, const 
     if (stats.bytes_resumed > 0)
         printf("%s: %llu bytes done by the interrupted run, not again\n", label,
                (unsigned long long)stats.bytes_resumed);
+    /* unless that run had let go of the destination: then they were compared with the source */
+    if (stats.bytes_rechecked > 0)
+        printf("%s: %llu bytes below its checkpoint compared with the source\n", label,
+               (unsigned long long)stats.bytes_rechecked);
     return 0;
 }
 

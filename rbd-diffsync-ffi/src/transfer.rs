@@ -60,13 +60,18 @@ pub struct rbd_diffsync_stats {
     /// Bytes of the diff that the interrupted transfer of the very same diff had completed
     /// (below its checkpoint), and that this one did not do again.
     pub bytes_resumed: u64,
-    /// The address of the killed client of an interrupted transfer into the destination,
-    /// whose exclusive lock this transfer broke (librbd blocklisted it) instead of waiting for
-    /// its watch to expire; NULL if it broke none.
+    /// The address of the killed client of an interrupted transfer into the destination that
+    /// this transfer fenced off (blocklisted, breaking its exclusive lock if it held it)
+    /// instead of waiting for its watch to expire; NULL if it fenced none.
     pub broke_lock_of: *const c_char,
     /// Bytes read back from both images and compared after the writes
     /// (`rbd_diffsync_transfer_set_verify`); 0 without.
     pub bytes_verified: u64,
+    /// Bytes below the checkpoint of an interrupted transfer that this one compared with the
+    /// source instead of trusting them, because that transfer had let go of the destination
+    /// before (another client could have written there since); chunks that differed were
+    /// rewritten.
+    pub bytes_rechecked: u64,
 }
 
 /// What a transfer would do, filled in by `rbd_diffsync_transfer_plan`; sized and owned as
@@ -135,6 +140,7 @@ pub(crate) fn stats_of(s: &TransferStats, kept: &mut Kept) -> rbd_diffsync_stats
         bytes_resumed: s.bytes_resumed,
         broke_lock_of: kept.keep(s.broke_lock_of.as_deref()),
         bytes_verified: s.bytes_verified,
+        bytes_rechecked: s.bytes_rechecked,
     }
 }
 

@@ -20,6 +20,7 @@ def test_a_transfer_with_verify_reads_back_what_it_wrote(cluster: Cluster, sourc
         progress=lambda p: phases.append(p.phase)
     )
     assert stats.bytes_verified > 0 and stats.bytes_resumed == 0 and stats.broke_lock_of is None
+    assert stats.bytes_rechecked == 0
     assert "verifying" in phases and phases.index("verifying") < phases.index("committing")
 
 

@@ -443,15 +443,15 @@ mod tests {
                         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
                         let want = 50 + (seed >> 33) as usize % 400;
                         let mut ticket = None;
+                        // A lost wake-up would leave it waiting for ever: it gives up after
+                        // a minute instead of hanging the test.
                         while !b.take_bytes(&mut ticket, want, &tx) {
-                            let done = rx
-                                .recv_timeout(Duration::from_secs(5))
-                                .expect("woken within 5 s");
+                            let done = rx.recv_timeout(Duration::from_secs(60)).expect("woken");
                             assert_eq!(done.token, WAKE);
                         }
                         let mut rt = None;
                         while !b.take_request(&mut rt, &tx) {
-                            rx.recv_timeout(Duration::from_secs(5)).expect("woken");
+                            rx.recv_timeout(Duration::from_secs(60)).expect("woken");
                         }
                         let now = held.fetch_add(want, Ordering::SeqCst) + want;
                         peak.fetch_max(now, Ordering::SeqCst);

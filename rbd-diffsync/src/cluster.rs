@@ -8,7 +8,6 @@ use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +17,8 @@ use libc::c_char;
 
 /// librados' equality comparison of an omap value.
 const LIBRADOS_CMPXATTR_OP_EQ: u8 = 1;
+/// librados' flag for a write that a full pool refuses instead of holding.
+const LIBRADOS_OPERATION_FULL_TRY: i32 = 64;
 
 use crate::error::{code_text, errno_of, Error, ErrorKind, Result};
 use crate::spec::{ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
@@ -47,20 +48,74 @@ const AUTH_PROBE_AFTER: Duration = Duration::from_secs(2);
 const AUTH_REFUSED: &str = "handle_auth_bad_method";
 
 /// A second connection with the same settings as a slow one, logging to a file of its own,
-/// in which a refusal of its key shows. Its thread removes the file when it gives up.
+/// in which a refusal of its key shows. The file lies in a directory made for it alone
+/// (`mkdtemp`, mode 0700): librados opens its log with `O_CREAT | O_APPEND`, which would
+/// follow a link planted at a predictable name in the shared temporary directory. Its
+/// thread removes both when it gives up.
 struct AuthProbe {
+    dir: PathBuf,
     log: PathBuf,
+    /// The probe's thread, which the tests wait for; otherwise left to end on its own.
+    #[cfg(test)]
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// The name of the probe's log inside its directory.
+const PROBE_LOG: &str = "connect.log";
+
+/// A new directory in the temporary directory, readable and writable by this user only
+/// (`mkdtemp`): `<tmp>/<prefix>XXXXXX`.
+fn private_dir(prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let template = std::env::temp_dir().join(format!("{prefix}XXXXXX"));
+    let mut bytes = CString::new(template.into_os_string().into_vec())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+        .into_bytes_with_nul();
+    // SAFETY: `bytes` is a NUL-terminated template ending in XXXXXX, which mkdtemp rewrites in
+    // place without changing its length.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    bytes.pop();
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+/// Removes the probe's log and its directory, whatever is left of them.
+fn remove_probe_files(dir: &std::path::Path, log: &std::path::Path) {
+    let _ = std::fs::remove_file(log);
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl AuthProbe {
     fn start(spec: &ClusterSpec) -> Option<AuthProbe> {
-        static PROBES: AtomicU64 = AtomicU64::new(0);
-        let n = PROBES.fetch_add(1, Ordering::Relaxed);
-        let log = std::env::temp_dir().join(format!(
-            "rbd-diffsync-connect-{}-{n}.log",
-            std::process::id()
-        ));
-        let c_log = CString::new(log.as_os_str().as_bytes()).ok()?;
+        let dir = private_dir("rbd-diffsync-probe-").ok()?;
+        let log = dir.join(PROBE_LOG);
+        let started = CString::new(log.as_os_str().as_bytes())
+            .ok()
+            .and_then(|c_log| AuthProbe::spawn(spec, c_log, &dir, &log));
+        let Some(thread) = started else {
+            remove_probe_files(&dir, &log);
+            return None;
+        };
+        #[cfg(not(test))]
+        drop(thread);
+        Some(AuthProbe {
+            dir,
+            log,
+            #[cfg(test)]
+            thread: Some(thread),
+        })
+    }
+
+    /// Configures the probe's connection, logging to `c_log`, and starts it on a thread of
+    /// its own, which removes `dir` and `log` once the connection has given up.
+    fn spawn(
+        spec: &ClusterSpec,
+        c_log: CString,
+        dir: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Option<thread::JoinHandle<()>> {
         let extra: [(&CStr, &CStr); 4] = [
             (c"log_file", &c_log),
             (c"log_to_file", c"true"),
@@ -68,17 +123,16 @@ impl AuthProbe {
             (c"err_to_stderr", c"false"),
         ];
         let handle = Cluster::configure(spec, &extra).ok()?;
-        let path = log.clone();
+        let (dir, log) = (dir.to_owned(), log.to_owned());
         thread::Builder::new()
             .name("rbd-diffsync-probe".into())
             .spawn(move || {
                 // SAFETY: the handle is configured and not yet connected.
                 unsafe { raw::rados_connect(handle.rados) };
                 drop(handle);
-                let _ = std::fs::remove_file(path);
+                remove_probe_files(&dir, &log);
             })
-            .ok()?;
-        Some(AuthProbe { log })
+            .ok()
     }
 
     fn refused(&self) -> bool {
@@ -93,13 +147,54 @@ impl AuthProbe {
 
 impl Drop for AuthProbe {
     fn drop(&mut self) {
-        // The probe's thread may still write to it; it ends with its connection.
-        let _ = std::fs::remove_file(&self.log);
+        // The probe's thread may still write to the log; it ends with its connection, and
+        // removes what is left then (a log librados opens again after this).
+        remove_probe_files(&self.dir, &self.log);
     }
 }
 
-/// Why a connection failed; for a timeout, which monitors did not answer.
-fn connect_error(label: &str, mon_host: &str, timeout: &str, ret: i32) -> Error {
+/// What a connection knew of where it was to find its key and its monitors, for the message
+/// of a failure.
+struct ConnectSettings {
+    /// The `mon_host` option.
+    mon_host: String,
+    /// The `client_mount_timeout` option.
+    timeout: String,
+    /// The `keyring` option: the paths librados looks for a keyring at, the first found
+    /// being used.
+    keyring: String,
+}
+
+/// The paths of a `keyring` option, as librados splits them (`,`, `;`, `=`, spaces, tabs).
+fn keyring_paths(keyring: &str) -> Vec<&str> {
+    keyring
+        .split([',', ';', '=', ' ', '\t'])
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Which keyring is missing, when none of the paths of the `keyring` option exists: librados
+/// then fails to connect with `ENOENT` and says which only in its log.
+fn missing_keyring(keyring: &str) -> Option<String> {
+    let paths = keyring_paths(keyring);
+    if paths.is_empty() || paths.iter().any(|p| std::path::Path::new(p).exists()) {
+        return None;
+    }
+    let paths = paths.join(", ");
+    Some(format!(
+        "no keyring at {paths} (check the keyring path: --keyring, or the keyring option of \
+         CEPH_ARGS or ceph.conf)"
+    ))
+}
+
+/// Why a connection failed; for a timeout, which monitors did not answer; for a missing
+/// keyring, where it was looked for.
+fn connect_error(label: &str, settings: &ConnectSettings, ret: i32) -> Error {
+    let ConnectSettings {
+        mon_host,
+        timeout,
+        keyring,
+    } = settings;
     let errno = errno_of(ret.into());
     let why = if errno == libc::ETIMEDOUT {
         let monitors = if mon_host.is_empty() {
@@ -113,6 +208,8 @@ fn connect_error(label: &str, mon_host: &str, timeout: &str, ret: i32) -> Error 
             code_text(errno),
             seconds(timeout).map_or_else(|| timeout.to_owned(), |s| s.to_string())
         )
+    } else if let Some(missing) = missing_keyring(keyring).filter(|_| errno == libc::ENOENT) {
+        format!("ENOENT: {missing}")
     } else {
         code_text(errno)
     };
@@ -275,8 +372,11 @@ impl Cluster {
     pub fn connect(spec: &ClusterSpec) -> Result<Cluster> {
         let handle = Cluster::configure(spec, &[])?;
         let label = handle.label.clone();
-        let mon_host = get(&handle, c"mon_host").unwrap_or_default();
-        let timeout = get(&handle, c"client_mount_timeout").unwrap_or_default();
+        let settings = ConnectSettings {
+            mon_host: get(&handle, c"mon_host").unwrap_or_default(),
+            timeout: get(&handle, c"client_mount_timeout").unwrap_or_default(),
+            keyring: get(&handle, c"keyring").unwrap_or_default(),
+        };
         let (tx, rx) = mpsc::channel();
         let connecting = thread::Builder::new()
             .name("rbd-diffsync-connect".into())
@@ -296,14 +396,14 @@ impl Cluster {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok((ret, handle)) => {
                     if ret < 0 {
-                        return Err(connect_error(&label, &mon_host, &timeout, ret));
+                        return Err(connect_error(&label, &settings, ret));
                     }
                     return Ok(Cluster {
                         handle: Arc::new(handle),
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(connect_error(&label, &mon_host, &timeout, -libc::EIO));
+                    return Err(connect_error(&label, &settings, -libc::EIO));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -560,7 +660,8 @@ fn set(handle: &Handle, key: &CStr, value: &CStr) -> std::result::Result<(), i32
 
 /// An option's value on a handle being configured, `None` if librados has no such option.
 fn get(handle: &Handle, key: &CStr) -> Option<String> {
-    let mut buf = [0u8; 256];
+    // Room for a list of keyring paths.
+    let mut buf = vec![0u8; 4096];
     // SAFETY: the key is NUL-terminated; the buffer is valid for its length and librados
     // NUL-terminates within it.
     let ret = unsafe {
@@ -783,12 +884,14 @@ impl Pool {
             let op = raw::rados_create_write_op();
             raw::rados_write_op_assert_exists(op);
             fill(op);
+            // FULL_TRY: a full pool refuses it at once (EDQUOT, ENOSPC) instead of holding it
+            // until the operation timeout.
             let ret = raw::rados_write_op_operate(
                 op,
                 self.handle.io,
                 c_object.as_ptr(),
                 ptr::null_mut(),
-                0,
+                LIBRADOS_OPERATION_FULL_TRY,
             );
             raw::rados_release_write_op(op);
             ret
@@ -855,5 +958,90 @@ impl Pool {
             list
         };
         Ok(unanswered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_auth_probe_logs_in_a_private_directory_of_its_own_and_removes_it() {
+        // Nothing answers there: the probe's connection hunts for a monitor until its
+        // timeout (an empty keyring lets it start).
+        let spec = ClusterSpec::new()
+            .conf("/dev/null")
+            .keyring("/dev/null")
+            .mon_host("127.0.0.1:1")
+            .connect_timeout(Duration::from_secs(3));
+        let mut probes = Vec::new();
+        for _ in 0..2 {
+            let probe = AuthProbe::start(&spec).expect("a probe starts");
+            let meta = std::fs::symlink_metadata(&probe.dir).unwrap();
+            assert!(meta.is_dir(), "{}", probe.dir.display());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+            assert_eq!(probe.log, probe.dir.join(PROBE_LOG));
+            assert_eq!(probe.dir.parent(), Some(&*std::env::temp_dir()));
+            assert!(!probe.refused());
+            probes.push(probe);
+        }
+        assert_ne!(probes[0].dir, probes[1].dir, "a directory for each probe");
+        for mut probe in probes {
+            let dir = probe.dir.clone();
+            let thread = probe.thread.take().unwrap();
+            drop(probe);
+            thread.join().unwrap();
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    }
+
+    #[test]
+    fn private_directories_are_new_and_closed_to_others() {
+        let dir = private_dir("rbd-diffsync-test-").unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("rbd-diffsync-test-"));
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_keyring_is_named_in_the_error() {
+        let settings = |keyring: &str| ConnectSettings {
+            mon_host: "127.0.0.1:6789".to_owned(),
+            timeout: "30".to_owned(),
+            keyring: keyring.to_owned(),
+        };
+        let missing = "/nonexistent/rbd-diffsync/client.backup.keyring";
+        let e = connect_error(
+            "cluster c as client.backup",
+            &settings(missing),
+            -libc::ENOENT,
+        );
+        assert_eq!((e.kind(), e.errno()), (ErrorKind::NotFound, libc::ENOENT));
+        assert!(
+            e.to_string().contains(&format!("no keyring at {missing}")),
+            "{e}"
+        );
+        // librados' default search: every path named.
+        let list = "/nonexistent/a.keyring,/nonexistent/b.keyring, /nonexistent/keyring";
+        let e = connect_error("c", &settings(list), -libc::ENOENT);
+        assert!(
+            e.to_string().contains(
+                "no keyring at /nonexistent/a.keyring, /nonexistent/b.keyring, \
+                 /nonexistent/keyring"
+            ),
+            "{e}"
+        );
+        // A keyring that exists is not blamed for an ENOENT.
+        let e = connect_error("c", &settings("/dev/null"), -libc::ENOENT);
+        assert!(!e.to_string().contains("keyring"), "{e}");
+        // Nor for another error.
+        let e = connect_error("c", &settings(missing), -libc::EACCES);
+        assert!(!e.to_string().contains("keyring"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ use crate::cluster::Cluster;
 use crate::engine::Window;
 use crate::error::{Error, ErrorKind, Result, Task};
 use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
-use crate::spec::ClusterSpec;
+use crate::spec::{ClusterSpec, ImageSpec};
 use crate::transfer::{DiffTransfer, DEFAULT_CHUNK_SIZE};
 use crate::verify;
 
@@ -55,6 +55,45 @@ impl Connections {
             Err((kind, errno, message)) => Err(Error::new(*kind, *errno, message.clone())),
         }
     }
+}
+
+/// The destination of each transfer and its cluster, to find two transfers into one image: a
+/// destination named without its pool is in its cluster's `rbd_default_pool`. That pool is
+/// asked of the cluster (over the batch's connection, which the transfers use afterwards)
+/// only for a destination that another one names with a pool, an image of the same name on
+/// the same cluster; where it cannot be asked, the destination stays as written and the
+/// transfer fails connecting on its own.
+fn dest_keys(transfers: &[DiffTransfer], connections: &Connections) -> Vec<(String, ClusterSpec)> {
+    let keys: Vec<(String, ClusterSpec)> = transfers.iter().map(DiffTransfer::dest_key).collect();
+    let specs: Vec<Option<ImageSpec>> = keys
+        .iter()
+        .map(|(dest, _)| ImageSpec::parse(dest).ok())
+        .collect();
+    let named_with_a_pool = |image: &str, cluster: &ClusterSpec| {
+        keys.iter().zip(&specs).any(|((_, c), spec)| {
+            c == cluster
+                && spec.as_ref().is_some_and(|s| {
+                    s.pool().is_some() && s.namespace().is_none() && s.image() == image
+                })
+        })
+    };
+    keys.iter()
+        .zip(&specs)
+        .map(|((dest, cluster), spec)| {
+            let resolved = spec
+                .as_ref()
+                .filter(|s| s.pool().is_none() && named_with_a_pool(s.image(), cluster))
+                .and_then(|s| {
+                    let pool = connections
+                        .get(cluster)
+                        .ok()?
+                        .config("rbd_default_pool")
+                        .ok()?;
+                    Some(s.in_default_pool(&pool).to_string())
+                });
+            (resolved.unwrap_or_else(|| dest.clone()), cluster.clone())
+        })
+        .collect()
 }
 
 /// What the transfers of a batch share.
@@ -356,7 +395,8 @@ impl SyncMany {
     /// Runs the transfers, at most `parallel` at a time, and returns each one's result in
     /// the order given. Settings out of range fail every transfer with
     /// [`InvalidArgument`](ErrorKind::InvalidArgument), and so does a second transfer into
-    /// the same destination image.
+    /// the same destination image, also one that names it without its pool (`vol` in the
+    /// cluster's `rbd_default_pool`) where the other names the pool (`rbd/vol`).
     pub fn run(mut self) -> Vec<Result<TransferStats>> {
         let started = Instant::now();
         let n = self.transfers.len();
@@ -373,7 +413,14 @@ impl SyncMany {
         let mut queue = VecDeque::new();
         let mut tokens = Vec::new();
         let mut seen = HashMap::new();
-        for (i, mut t) in std::mem::take(&mut self.transfers).into_iter().enumerate() {
+        let keys = if self.cancel.is_cancelled() {
+            // Nothing will run: nothing to ask the clusters.
+            self.transfers.iter().map(DiffTransfer::dest_key).collect()
+        } else {
+            dest_keys(&self.transfers, &link.connections)
+        };
+        let transfers = std::mem::take(&mut self.transfers).into_iter().zip(keys);
+        for (i, (mut t, key)) in transfers.enumerate() {
             let (source, dest, _) = t.names();
             lock(&volumes).push(VolumeProgress {
                 source,
@@ -384,7 +431,7 @@ impl SyncMany {
                 bytes_total: 0,
                 waiting_for: None,
             });
-            if let Some(first) = seen.insert(t.dest_key(), i) {
+            if let Some(first) = seen.insert(key, i) {
                 results[i] = Some(Err(Error::invalid(format!(
                     "the destination {dest} is that of transfer {} of the batch too",
                     first + 1

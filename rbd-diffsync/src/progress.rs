@@ -583,36 +583,57 @@ mod tests {
 
     #[test]
     fn a_blocking_step_keeps_the_callback_ticking_and_says_what_it_waits_for() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut r = reporter(log.clone(), usize::MAX);
+        // The step ends only once the callback has reported the wait for it: a report came
+        // while it blocked, by construction.
+        let (seen_tx, seen_rx) = mpsc::channel();
+        let callback: ProgressFn = Box::new(move |p| {
+            if p.waiting_for.as_deref() == Some("the monitor") {
+                let _ = seen_tx.send(p.clone());
+            }
+            true
+        });
+        let mut r = Reporter::new(
+            Some(callback),
+            Duration::from_millis(20),
+            CancelToken::new(),
+            Instant::now(),
+        );
         r.phase(Phase::Connecting);
-        let Waited::Done(v) = r.wait("the monitor", true, || {
-            std::thread::sleep(Duration::from_millis(1300));
-            7
+        let Waited::Done(seen) = r.wait("the monitor", true, move || {
+            seen_rx.recv_timeout(Duration::from_secs(60))
         }) else {
             panic!("not stopped")
         };
-        assert_eq!(v, 7);
-        let log = log.lock().unwrap();
-        assert!(log.len() >= 10, "{}", log.len());
-        let last = log.last().unwrap();
-        assert_eq!(last.waiting_for.as_deref(), Some("the monitor"));
-        assert!(last.waited >= WAIT_REPORTED_AFTER);
-        assert!(log.iter().all(|p| p.phase == Phase::Connecting));
+        let seen = seen.expect("a report of the wait while the step blocked");
+        assert_eq!(seen.phase, Phase::Connecting);
+        assert!(seen.waited >= WAIT_REPORTED_AFTER);
     }
 
     #[test]
-    fn a_stop_detaches_a_detachable_step_at_once() {
+    fn a_stop_detaches_a_detachable_step_and_settle_waits_for_it() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut r = reporter(log, 3);
-        let started = Instant::now();
-        let out = r.wait("a stalled cluster", true, || {
-            std::thread::sleep(Duration::from_secs(5));
+        let (release, released) = mpsc::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        // The step blocks until the test releases it, after the wait returned.
+        let out = r.wait("a stalled cluster", true, move || {
+            let _ = released.recv_timeout(Duration::from_secs(60));
+            done.store(true, Ordering::SeqCst);
         });
         assert!(matches!(out, Waited::Stopped));
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "returned before the step ended"
+        );
         assert_eq!(r.stop(), Some(Stop::Callback));
         assert_eq!(r.stopped_error("p/img").kind(), crate::ErrorKind::Cancelled);
+        release.send(()).unwrap();
+        r.settle();
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "settle waits for the detached step"
+        );
     }
 
     #[test]

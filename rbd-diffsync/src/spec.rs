@@ -192,7 +192,9 @@ impl TryFrom<&str> for ImageSpec {
 /// `rbd_disable_zero_copy_writes = true`: with zero-copy writes, librbd 16.2 never completes
 /// a write whose exclusive-lock acquisition is refused (`EROFS`), which would hang the
 /// transfer if its lock were taken from it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// Its `Debug` names the options without their values (one may be a key, `-o key=...`).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ClusterSpec {
     conf: Option<PathBuf>,
     name: Option<String>,
@@ -337,6 +339,28 @@ impl ClusterSpec {
                 .or(early.cluster_name)
                 .unwrap_or_else(|| "ceph".to_owned()),
         }
+    }
+}
+
+impl fmt::Debug for ClusterSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Debug output ends up in logs: an option's value may be a key (`key`), so only its
+        // name is shown.
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|(key, _)| format!("{key}=<redacted>"))
+            .collect();
+        f.debug_struct("ClusterSpec")
+            .field("conf", &self.conf)
+            .field("name", &self.name)
+            .field("cluster_name", &self.cluster_name)
+            .field("keyring", &self.keyring)
+            .field("mon_host", &self.mon_host)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("op_timeout", &self.op_timeout)
+            .field("options", &options)
+            .finish()
     }
 }
 
@@ -507,6 +531,38 @@ mod tests {
             Some("client.backup")
         );
         assert_eq!(ClusterSpec::new().client_name(), None);
+    }
+
+    #[test]
+    fn debug_and_display_name_options_without_their_values() {
+        const KEY: &str = "AQBnpSxlAAAAABAAk1yQ8Z6ZpQ7B5xL5nF5Zxw==";
+        let spec = ClusterSpec::new()
+            .conf("/etc/ceph/ceph.conf")
+            .id("backup")
+            .keyring("/etc/ceph/backup.keyring")
+            .option("key", KEY)
+            .option("rbd_cache", "true");
+        let debug = format!("{spec:?}");
+        assert!(!debug.contains(KEY), "{debug}");
+        assert!(!debug.contains("true"), "{debug}");
+        assert!(
+            debug.contains(r#"options: ["key=<redacted>", "rbd_cache=<redacted>"]"#),
+            "{debug}"
+        );
+        assert!(debug.contains("/etc/ceph/backup.keyring"), "{debug}");
+        assert!(debug.contains("client.backup"), "{debug}");
+        let display = spec.to_string();
+        assert!(!display.contains(KEY), "{display}");
+        // Nor what holds a spec.
+        let src = ImageSpec::parse("rbd/vol@s1").unwrap();
+        let dest = ImageSpec::parse("backups/vol").unwrap();
+        let transfer = crate::DiffTransfer::new(src, dest)
+            .cluster(spec.clone())
+            .dest_cluster(spec);
+        let batch = crate::SyncMany::new(vec![transfer]);
+        let debug = format!("{batch:?}");
+        assert!(debug.contains("key=<redacted>"), "{debug}");
+        assert!(!debug.contains(KEY), "{debug}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use rbd_diffsync_tests::rbd_diffsync::internals::RECORD_KEY;
 use rbd_diffsync_tests::{cli, cluster, example, json_exit, mib, stderr, unique, TestCluster};
 use serde_json::Value;
 
@@ -269,6 +270,40 @@ fn ceph_args_choose_the_client_as_for_rbd() {
 }
 
 #[test]
+fn a_missing_keyring_is_named() {
+    let c = cluster();
+    let src = c.new_image("rbd", "clikeyring");
+    let dst = c.new_image("backups", "clikeyring");
+    c.create(&src, mib(4), None);
+    c.snap(&src, "s1");
+    let missing = std::env::temp_dir().join(format!("{}.keyring", unique("missing")));
+    let missing = missing.to_str().unwrap();
+    let source = format!("{src}@s1");
+    for args in [
+        ["--json", "--id", "diffsync", "-k", missing, &source, &dst],
+        [
+            "--json",
+            "--dest-id",
+            "diffsync",
+            "--dest-keyring",
+            missing,
+            &source,
+            &dst,
+        ],
+    ] {
+        let out = run(sync(&c, &args));
+        let e = json_error(&out, 2, "not_found", 2, "ENOENT");
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("no keyring at {missing}")),
+            "{args:?}: {message}"
+        );
+        assert!(message.contains("client.diffsync"), "{args:?}: {message}");
+        assert!(!c.exists(&dst));
+    }
+}
+
+#[test]
 fn a_bare_image_name_is_in_rbd_default_pool() {
     let c = cluster();
     let src = c.new_image("rbd", "clipool");
@@ -406,6 +441,53 @@ fn sigterm_cancels_and_a_rerun_completes() {
     let out = run(sync(&c, &args).args([&format!("{src}@s1"), &dst]));
     let stats = json_exit(&out, 0);
     assert_eq!(stats["continued_interrupted"], true, "{stats}");
+    assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
+}
+
+#[test]
+fn a_rerun_after_a_cancel_says_what_it_compared_again() {
+    let c = cluster();
+    let src = signal_source(&c);
+    let dst = c.new_image("backups", "clirecheck");
+    // Held back to 16 MiB/s, its 64 MiB of data take 4 s at least: a checkpoint is recorded
+    // every second meanwhile.
+    let args = ["--chunk-size", "64K", "--max-rate", "16M"];
+    let running = Running::run(
+        &c,
+        "sync",
+        &[&args[..], &[&format!("{src}@s1"), &dst]].concat(),
+        "copying",
+    );
+    let checkpoint = || {
+        c.meta(&dst, RECORD_KEY)
+            .and_then(|r| {
+                r.split_whitespace()
+                    .find_map(|f| f.strip_prefix("done=")?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    // A minute at most: the copy takes seconds.
+    for _ in 0..600 {
+        if checkpoint() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(checkpoint() > 0, "no checkpoint recorded");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(running.pid(), libc::SIGTERM) }, 0);
+    json_error(&running.wait(), 125, "cancelled", 125, "ECANCELED");
+    // The cancelled run let go of the destination: the rerun compares what lies below its
+    // checkpoint with the source instead of trusting it, and says so.
+    let out = run(sync(&c, &[&format!("{src}@s1"), &dst]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("  resumed   "), "{text}");
+    assert!(
+        text.contains("below its checkpoint compared with the source"),
+        "{text}"
+    );
+    assert!(text.contains("  rechecked "), "{text}");
     assert_eq!(c.md5(&format!("{dst}@s1")), c.md5(&format!("{src}@s1")));
 }
 

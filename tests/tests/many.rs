@@ -197,6 +197,61 @@ fn one_failing_volume_does_not_stop_the_others() {
 }
 
 #[test]
+fn one_image_named_with_and_without_its_default_pool_is_one_destination() {
+    let c = cluster();
+    let vols = volumes(&c, 2, 1200);
+    // `rbd/NAME` and `NAME`: the same image, rbd being the cluster's default pool.
+    let dst = c.new_image("rbd", "many-twice");
+    let bare = dst.strip_prefix("rbd/").unwrap();
+    let job = format!("{}@s1 {dst}\n{}@s1 {bare}\n", vols[0].0, vols[1].0);
+    let out = sync_many(&c, &[], &job);
+    let v = json_exit(&out, libc::EINVAL);
+    let volumes = v["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["ok"], true, "{v}");
+    let e = &volumes[1]["error"];
+    assert_eq!(
+        (e["kind"].as_str(), e["errno"].as_i64()),
+        (Some("invalid_argument"), Some(22)),
+        "{v}"
+    );
+    assert_eq!(
+        e["message"].as_str(),
+        Some(&*format!(
+            "the destination {bare} is that of transfer 1 of the batch too"
+        )),
+        "{v}"
+    );
+    assert_eq!(c.snaps(&dst), ["s1"]);
+    assert_eq!(
+        c.md5(&format!("{dst}@s1")),
+        c.md5(&format!("{}@s1", vols[0].0)),
+        "the first one's copy, not the second's"
+    );
+
+    // With another default pool, the bare name is another image: both are synced.
+    let dst = c.new_image("rbd", "many-twice");
+    let bare = dst.strip_prefix("rbd/").unwrap();
+    let job = format!("{}@s1 {dst}\n{}@s1 {bare}\n", vols[0].0, vols[1].0);
+    let out = sync_many(&c, &["-o", "rbd_default_pool=backups"], &job);
+    let v = json_exit(&out, 0);
+    assert_eq!(
+        v["volumes"][1]["stats"]["dest"],
+        format!("backups/{bare}"),
+        "{v}"
+    );
+    for (src, dst) in [
+        (&vols[0].0, dst.clone()),
+        (&vols[1].0, format!("backups/{bare}")),
+    ] {
+        assert_eq!(
+            c.md5(&format!("{dst}@s1")),
+            c.md5(&format!("{src}@s1")),
+            "{dst}"
+        );
+    }
+}
+
+#[test]
 fn a_rate_limited_sync_takes_at_least_its_time() {
     let c = cluster();
     let src = c.new_image("rbd", "many-rate");

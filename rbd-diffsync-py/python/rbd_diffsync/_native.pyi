@@ -210,8 +210,11 @@ class TransferStats:
     """What a finished transfer did; times in seconds, throughput in diff bytes per second.
     ``bytes_verified`` counts the bytes read back and compared (``verify=True``);
     ``bytes_resumed`` the bytes an interrupted run of the same diff had done, below its
-    checkpoint, and this one did not do again; ``broke_lock_of`` names the killed client
-    whose exclusive lock on the destination this transfer broke."""
+    checkpoint, and this one did not do again; ``bytes_rechecked`` the bytes below that
+    checkpoint it compared with the source instead of trusting them, because the interrupted
+    run had let go of the destination (chunks that differed were rewritten);
+    ``broke_lock_of`` names the killed client whose exclusive lock on the destination this
+    transfer broke."""
 
     @property
     def source(self) -> str: ...
@@ -243,6 +246,8 @@ class TransferStats:
     def continued_interrupted(self) -> bool: ...
     @property
     def bytes_resumed(self) -> int: ...
+    @property
+    def bytes_rechecked(self) -> int: ...
     @property
     def broke_lock_of(self) -> Optional[str]: ...
     @property

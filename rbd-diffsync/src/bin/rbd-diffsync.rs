@@ -8,7 +8,6 @@
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,7 +86,9 @@ Job file: one volume per line, blank lines and lines starting with # ignored. Ei
     SRC_IMAGE@SNAP DEST_IMAGE [FROM_SNAP]
 (whitespace-separated; FROM_SNAP makes it an incremental), or a JSON object
     {\"source\": \"rbd/vol1@s2\", \"dest\": \"backups/vol1\", \"from_snap\": \"s1\", \"verify\": true}
-(from_snap, and force and verify, true or false, optional). The same destination twice is refused.
+(from_snap, and force and verify, true or false, optional). The same destination twice is
+refused, also when named once with its pool and once without (rbd/vol and vol, rbd being the
+cluster's rbd_default_pool).
 
 Exit status: 0 when every volume was synced; otherwise that of the first volume that failed,
 in the order of the job file, as `sync` would have exited for it (125 when cancelled). The
@@ -110,9 +111,9 @@ struct SyncManyArgs {
     #[arg(long, value_name = "N", default_value_t = 32)]
     window: usize,
     /// Bytes per second read from the sources, all volumes together, at most: a number with
-    /// an optional K, M or G suffix (powers of 1024: 100M is 100 MiB/s). Only data counts,
-    /// not ranges made to read as zeros; with --verify, the verifications' reads of the
-    /// sources count too.
+    /// an optional K, M or G suffix (powers of 1024: 100M is 100 MiB/s); 0 means no limit, as
+    /// without this option. Only data counts, not ranges made to read as zeros; with
+    /// --verify, the verifications' reads of the sources count too.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     max_rate: Option<u64>,
     /// Diff by whole objects, as `rbd export-diff --whole-object`.
@@ -168,8 +169,9 @@ struct SyncArgs {
     #[arg(long)]
     dry_run: bool,
     /// Bytes per second read from the source at most: a number with an optional K, M or G
-    /// suffix (powers of 1024: 100M is 100 MiB/s). Only data counts, not ranges made to read
-    /// as zeros; with --verify, the verification's reads of the source count too.
+    /// suffix (powers of 1024: 100M is 100 MiB/s); 0 means no limit, as without this option.
+    /// Only data counts, not ranges made to read as zeros; with --verify, the verification's
+    /// reads of the source count too.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     max_rate: Option<u64>,
     /// After the writes, before the end snapshot, read back what the sync wrote or zeroed from
@@ -696,6 +698,13 @@ fn stats_text(json: bool, stats: &TransferStats) -> String {
             mib(stats.bytes_resumed)
         ));
     }
+    if stats.bytes_rechecked > 0 {
+        lines.push(format!(
+            "  rechecked {} below its checkpoint compared with the source, not trusted: the \
+             interrupted transfer had let go of the destination",
+            mib(stats.bytes_rechecked)
+        ));
+    }
     lines.extend([
         format!(
             "  diff      {} in {} extents",
@@ -858,16 +867,16 @@ fn error_json(
 }
 
 /// A failure of the command itself, not of a transfer: as [`fail`].
-fn fail_with(kind: ErrorKind, errno: i32, message: &str, json: bool) -> ExitCode {
+fn fail_with(kind: ErrorKind, errno: i32, message: &str, json: bool) -> u8 {
     eprintln!("rbd-diffsync: error: {message}");
     if json {
         let value = error_json(kind, errno, message, None, None, None);
         print_out(&format!("{value}\n"));
     }
-    ExitCode::from(exit_status(errno))
+    exit_status(errno)
 }
 
-fn fail(e: &Error, json: bool) -> ExitCode {
+fn fail(e: &Error, json: bool) -> u8 {
     eprintln!("rbd-diffsync: error: {e}");
     if json {
         let value = error_json(
@@ -880,7 +889,7 @@ fn fail(e: &Error, json: bool) -> ExitCode {
         );
         print_out(&format!("{value}\n"));
     }
-    ExitCode::from(exit_status(e.errno()))
+    exit_status(e.errno())
 }
 
 fn sync(args: &SyncArgs, json: bool) -> Result<(), Error> {
@@ -971,10 +980,10 @@ fn json_requested(args: impl IntoIterator<Item = OsString>) -> bool {
 
 /// clap's refusal of the command line: its usual message, exit status EINVAL (22), and the
 /// JSON error object when JSON was asked for; `--help` and `--version` exit 0.
-fn usage_error(e: clap::Error) -> ExitCode {
+fn usage_error(e: clap::Error) -> u8 {
     let _ = e.print();
     if !e.use_stderr() {
-        return ExitCode::SUCCESS;
+        return 0;
     }
     if json_requested(std::env::args_os()) {
         let text = e.to_string();
@@ -990,7 +999,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         );
         print_out(&format!("{value}\n"));
     }
-    ExitCode::from(exit_status(libc::EINVAL))
+    exit_status(libc::EINVAL)
 }
 
 /// glibc gives each thread that allocates a heap of its own (up to 8 per core), and keeps
@@ -1008,8 +1017,16 @@ fn fewer_malloc_heaps() {
     }
 }
 
-fn main() -> ExitCode {
+fn main() {
     fewer_malloc_heaps();
+    // A panic has printed its message already (the panic hook): it exits 101, as it would
+    // have through Rust's runtime.
+    let status = std::panic::catch_unwind(run).unwrap_or(101);
+    exit_now(status)
+}
+
+/// The command line, to its exit status.
+fn run() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -1018,25 +1035,39 @@ fn main() -> ExitCode {
         Command::Sync(args) => {
             let json = args.output.json();
             match sync(&args, json) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => 0,
                 Err(e) => fail(&e, json),
             }
         }
         Command::Verify(args) => {
             let json = args.output.json();
             match verify(&args, json) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => 0,
                 Err(e) => fail(&e, json),
             }
         }
         Command::SyncMany(args) => {
             let json = args.output.json();
             match sync_many(&args, json) {
-                Ok(code) => code,
+                Ok(status) => status,
                 Err(e) => fail(&e, json),
             }
         }
     }
+}
+
+/// Ends the process with `status` once what it printed is written, without running the exit
+/// handlers and static destructors of librados and librbd (`_exit`): a connection attempt
+/// given up on after a Ctrl-C may still be inside librados, and `exit()` with a thread
+/// inside librbd or librados crashed the process (SIGSEGV, SIGABRT) after its result was
+/// printed. A second signal still ends the process by that signal (see
+/// [`handle_signals`]).
+fn exit_now(status: u8) -> ! {
+    let _ = std::io::stdout().lock().flush();
+    let _ = std::io::stderr().lock().flush();
+    // SAFETY: _exit ends the process at once; what it printed was flushed above, and it
+    // writes no files of its own that would need closing.
+    unsafe { libc::_exit(i32::from(status)) }
 }
 
 /// One volume of a job file.
@@ -1107,7 +1138,7 @@ fn parse_job(text: &str) -> Result<Vec<JobLine>, String> {
     Ok(jobs)
 }
 
-fn sync_many(args: &SyncManyArgs, json: bool) -> Result<ExitCode, Error> {
+fn sync_many(args: &SyncManyArgs, json: bool) -> Result<u8, Error> {
     let text = if args.job.as_os_str() == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
@@ -1180,9 +1211,7 @@ fn sync_many(args: &SyncManyArgs, json: bool) -> Result<ExitCode, Error> {
     let code = results
         .iter()
         .find_map(|r| r.as_ref().err())
-        .map_or(ExitCode::SUCCESS, |e| {
-            ExitCode::from(exit_status(e.errno()))
-        });
+        .map_or(0, |e| exit_status(e.errno()));
     Ok(code)
 }
 

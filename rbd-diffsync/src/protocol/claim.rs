@@ -243,11 +243,7 @@ impl Target {
 
     /// Whether the claim of `p` may be replaced: `Ok` when it cannot be writing (perhaps
     /// after fencing it off: its address is returned), `Busy` when it may.
-    fn may_replace(
-        &self,
-        reporter: &mut Reporter,
-        p: &Record,
-    ) -> Result<Option<String>> {
+    fn may_replace(&self, reporter: &mut Reporter, p: &Record) -> Result<Option<String>> {
         let process = self.conn.process(&p.client);
         if process == Some(Process::Ended) {
             // It can neither write nor answer; a watch or lock it left is fenced once open.
