@@ -1126,7 +1126,26 @@ fn check_existing(
 }
 
 impl DiffTransfer {
+    /// The copy, the verification and the commit, then the destination closed.
     fn execute(
+        &self,
+        prepared: Prepared,
+        reporter: &mut Reporter,
+        started: Instant,
+    ) -> Result<TransferStats> {
+        let dest = prepared.dest.clone();
+        let label = prepared.plan.dest.clone();
+        let result = self.write(prepared, reporter, started);
+        if let Some(dest) = dest {
+            // Closing releases the lock: in a full pool librbd waits out the operation timeout
+            // for it, which the progress reports say.
+            let what = format!("{label} to close, its exclusive lock released");
+            let _ = reporter.wait(what, false, move || drop(dest));
+        }
+        result
+    }
+
+    fn write(
         &self,
         prepared: Prepared,
         reporter: &mut Reporter,
