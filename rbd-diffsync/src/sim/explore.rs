@@ -309,9 +309,15 @@ impl Explorer {
         .verify(verify)
         .overwrite_existing(force)
         .cancel_token(token.clone())
-        .on_progress(move |p| {
-            if p.phase == Phase::Verifying {
-                *lock(&seen) = Some(lock(&sim.state).step);
+        .on_progress({
+            // The step at which the phase turned to verifying, the last time: when reported
+            // (a report within a phase comes when time says, which a schedule must not see).
+            let mut last = None;
+            move |p| {
+                if p.phase == Phase::Verifying && last != Some(Phase::Verifying) {
+                    *lock(&seen) = Some(lock(&sim.state).step);
+                }
+                last = Some(p.phase);
             }
         })
         .on_world(world);
@@ -365,6 +371,26 @@ impl Explorer {
             ended: None,
             killed: false,
         });
+    }
+
+    /// Starts, beside command `c`, a run of a rival command: from the same base to another
+    /// of the source's snapshots. It is no part of the chain (nothing waits for it to
+    /// complete); what it commits is held to I1 as any snapshot.
+    fn start_rival(&mut self, c: usize) {
+        let Command { from, end } = self.commands[c];
+        let ends: Vec<usize> = (from.map_or(0, |f| f + 1)..SNAPS.len())
+            .filter(|&e| e != end)
+            .collect();
+        if ends.is_empty() {
+            return;
+        }
+        let end = ends[self.rng.below(ends.len() as u64) as usize];
+        self.commands.push(Command { from, end });
+        self.done.push(true);
+        self.attempts.push(0);
+        self.clean.push(0);
+        self.forced.push(false);
+        self.start(self.commands.len() - 1);
     }
 
     fn live(&self) -> Vec<usize> {
@@ -616,9 +642,15 @@ impl Explorer {
                 match self.next_to_run() {
                     Some(c) => {
                         self.start(c);
-                        if self.rng.chance(15) && step < self.faults_until {
-                            // The same command started twice at once.
-                            self.start(c);
+                        if step < self.faults_until {
+                            match self.rng.below(100) {
+                                // The same command started twice at once.
+                                0..=14 => self.start(c),
+                                // Another transfer from the same base to another snapshot,
+                                // at once, into the same destination.
+                                15..=22 => self.start_rival(c),
+                                _ => {}
+                            }
                         }
                     }
                     None => break,
