@@ -230,6 +230,17 @@ impl TestCluster {
         assert_eq!(self.md5(a), self.md5(b), "{a} and {b} differ");
     }
 
+    /// A pool of its own (`rbd` application) with a quota of `max_bytes`.
+    pub fn pool_with_quota(&self, max_bytes: u64) -> String {
+        let pool = unique("quota");
+        self.ceph(&["osd", "pool", "create", &pool, "8"]);
+        self.ceph(&["osd", "pool", "application", "enable", &pool, "rbd"]);
+        self.rbd(&["pool", "init", &pool]);
+        let max_bytes = max_bytes.to_string();
+        self.ceph(&["osd", "pool", "set-quota", &pool, "max_bytes", &max_bytes]);
+        pool
+    }
+
     /// `ceph -c <conf> args...`, which must succeed; its stdout.
     pub fn ceph(&self, args: &[&str]) -> String {
         let out = Command::new("ceph")

@@ -130,28 +130,11 @@ fn a_client_that_may_not_write_the_destination_pool_gets_a_permission_error() {
     assert!(!c.exists(&dst), "nothing written");
 }
 
-/// A pool of its own with a quota of `max_bytes`.
-fn pool_with_quota(c: &TestCluster, max_bytes: u64) -> String {
-    let pool = unique("quota");
-    c.ceph(&["osd", "pool", "create", &pool, "8"]);
-    c.ceph(&["osd", "pool", "application", "enable", &pool, "rbd"]);
-    c.rbd(&["pool", "init", &pool]);
-    c.ceph(&[
-        "osd",
-        "pool",
-        "set-quota",
-        &pool,
-        "max_bytes",
-        &max_bytes.to_string(),
-    ]);
-    pool
-}
-
 #[test]
 fn a_pool_quota_reached_mid_transfer_fails_naming_the_pool_and_the_rerun_resumes() {
     let c = cluster();
     let src = source(&c, "quota", mib(128), mib(96));
-    let pool = pool_with_quota(&c, mib(24));
+    let pool = c.pool_with_quota(mib(24));
     let dst = format!("{pool}/{}", unique("quota"));
     let transfer = || {
         DiffTransfer::new(format!("{src}@s1").parse().unwrap(), dst.parse().unwrap())

@@ -758,23 +758,6 @@ fn refused_runs_while_another_transfer_holds_the_destination_exit_with_their_cod
 
 // 7. A full pool.
 
-/// A pool of its own with a quota of `max_bytes` (as in faults.rs).
-fn pool_with_quota(c: &TestCluster, max_bytes: u64) -> String {
-    let pool = unique("trust-quota");
-    c.ceph(&["osd", "pool", "create", &pool, "8"]);
-    c.ceph(&["osd", "pool", "application", "enable", &pool, "rbd"]);
-    c.rbd(&["pool", "init", &pool]);
-    c.ceph(&[
-        "osd",
-        "pool",
-        "set-quota",
-        &pool,
-        "max_bytes",
-        &max_bytes.to_string(),
-    ]);
-    pool
-}
-
 #[test]
 fn a_full_pool_fails_naming_it_and_reports_the_wait_while_it_lasts() {
     let c = cluster();
@@ -782,7 +765,7 @@ fn a_full_pool_fails_naming_it_and_reports_the_wait_while_it_lasts() {
     c.create(&src, mib(48), None);
     c.write(&src, 0, mib(40) as usize, 55);
     c.snap(&src, "s1");
-    let pool = pool_with_quota(&c, mib(4));
+    let pool = c.pool_with_quota(mib(4));
     let dst = format!("{pool}/{}", unique("trust-full"));
     // Slowed, so that the monitors mark the pool full while it copies (they learn the pool's
     // usage every few seconds).

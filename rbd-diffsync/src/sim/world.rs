@@ -244,6 +244,16 @@ impl Conn for SimConn {
     }
 }
 
+/// Completes a read into `buf` with `bytes`, at once.
+///
+/// # Safety
+/// `buf` must be valid for writes of `bytes.len()` bytes.
+unsafe fn deliver(bytes: &[u8], buf: *mut u8, done: Completion) {
+    // SAFETY: as the caller promises.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
+    done.complete(bytes.len() as i64);
+}
+
 /// The source, open at its end snapshot (or HEAD).
 struct SimSource {
     sim: Arc<Inner>,
@@ -329,8 +339,7 @@ impl DiffSource for SimSource {
             Ok(bytes)
         })?;
         // SAFETY: the caller keeps `buf` valid for `len` bytes until `done` completes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, len) };
-        done.complete(len as i64);
+        unsafe { deliver(&bytes, buf, done) };
         Ok(())
     }
 
@@ -483,8 +492,7 @@ impl DiffSource for SimDest {
             Ok(bytes)
         })?;
         // SAFETY: the caller keeps `buf` valid for `len` bytes until `done` completes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, len) };
-        done.complete(len as i64);
+        unsafe { deliver(&bytes, buf, done) };
         Ok(())
     }
 
