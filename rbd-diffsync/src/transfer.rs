@@ -381,19 +381,12 @@ impl DiffTransfer {
         reporter: &mut Reporter,
         started: Instant,
     ) -> Result<TransferStats> {
-        // A client blocklisted while it runs fails every call with ESHUTDOWN: say why.
-        let fenced = |e: Error| {
-            if e.errno() == libc::ESHUTDOWN && e.kind() != ErrorKind::Fenced {
-                claim::fenced(&self.dest_label(), e.message())
-            } else {
-                e
-            }
-        };
-        let prepared = self.prepare(world, reporter, true).map_err(fenced)?;
+        let prepared = self
+            .prepare(world, reporter, true)
+            .map_err(|e| self.why_fenced(e))?;
         let target = prepared.target.clone();
         let claimed = prepared.claimed.as_ref().map(|c| c.header.clone());
         let result = self.execute(prepared, reporter, started);
-        let result = result.map_err(|e| explain_full_pool(reporter, fenced(e), &target));
         if let (Err(e), Some(header)) = (&result, claimed) {
             // The record stays for the rerun; the claim goes, this client is leaving (a
             // killed one's stays and names it). Not after a timeout or with a full pool: the
@@ -403,6 +396,16 @@ impl DiffTransfer {
             }
         }
         result
+    }
+
+    /// A client blocklisted while it runs fails every call with ESHUTDOWN: an error that says
+    /// why.
+    fn why_fenced(&self, e: Error) -> Error {
+        if e.errno() == libc::ESHUTDOWN && e.kind() != ErrorKind::Fenced {
+            claim::fenced(&self.dest_label(), e.message())
+        } else {
+            e
+        }
     }
 
     /// The plan with its counts, the diff scanned to the end (nothing is kept of it).
@@ -1134,12 +1137,14 @@ impl DiffTransfer {
         started: Instant,
     ) -> Result<TransferStats> {
         let dest = prepared.dest.clone();
-        let label = prepared.plan.dest.clone();
-        let result = self.write(prepared, reporter, started);
+        let target = prepared.target.clone();
+        let result = self
+            .write(prepared, reporter, started)
+            .map_err(|e| explain_full_pool(reporter, self.why_fenced(e), &target));
         if let Some(dest) = dest {
             // Closing releases the lock: in a full pool librbd waits out the operation timeout
             // for it, which the progress reports say.
-            let what = format!("{label} to close, its exclusive lock released");
+            let what = format!("{} to close, its exclusive lock released", target.label);
             let _ = reporter.wait(what, false, move || drop(dest));
         }
         result
