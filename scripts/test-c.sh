@@ -85,6 +85,16 @@ diff -u "$tmp/declared" "$tmp/exported" || {
   exit 1
 }
 echo "$(wc -l <"$tmp/declared") functions, soname $soname"
+# What ships carries no test-only code: the core is built without its `internals` and `sim`
+# features, and none of their code is in the library.
+if cargo tree -q -p rbd-diffsync-ffi -e features -i rbd-diffsync | grep -E 'feature "(internals|sim)"'; then
+  echo "rbd-diffsync-ffi builds the core with a test-only feature" >&2
+  exit 1
+fi
+if nm -C "$prefix/lib/librbd_diffsync.so" | grep -E 'rbd_diffsync::(internals|sim)::'; then
+  echo "librbd_diffsync.so holds test-only code" >&2
+  exit 1
+fi
 
 step "build the examples and the tests through pkg-config"
 cd rbd-diffsync-ffi

@@ -78,6 +78,16 @@ done
 for lib in librbd.so.1 librados.so.2; do
   case " $needed " in *" $lib "*) ;; *) echo "$lib is not linked" >&2; exit 1 ;; esac
 done
+# What ships carries no test-only code: the core is built without its `internals` and `sim`
+# features, and none of their code is in the module.
+if cargo tree -q -p rbd-diffsync-py -e features -i rbd-diffsync | grep -E 'feature "(internals|sim)"'; then
+  echo "rbd-diffsync-py builds the core with a test-only feature" >&2
+  exit 1
+fi
+if nm -C "$so" | grep -E 'rbd_diffsync::(internals|sim)::'; then
+  echo "$(basename "$so") holds test-only code" >&2
+  exit 1
+fi
 if ldd "$so" | grep -q 'not found'; then
   ldd "$so" >&2
   exit 1

@@ -3,6 +3,27 @@
 //! of parallel I/O, zero detection, progress, cancellation, checks before anything is written,
 //! and reruns that complete what an interrupted transfer left.
 //!
+//! # Map of the crate
+//!
+//! ```text
+//! front      DiffTransfer, SyncMany, Verify; settings   what callers build and run
+//!   │
+//! protocol/  claim, fence, lock, checks, record,        whether, where and how a transfer
+//!   │        batch; world: the cluster as traits        writes; the commit
+//! verify/    comparison of two images, range by range   what --verify reads back
+//!   │
+//! copy/      engine ◀─ DiffSource / DiffSink ─▶ librbd   a window of requests in flight,
+//!   │        pair; budget, rate, checkpoints           bounded in bytes, requests, rate
+//! plan/      extents, pieces, zero runs; diff scan;     what to copy, found ahead of it
+//!   │        pipeline (cells scanned ahead)
+//! rbd/       sys (the C API), cluster, image            the only code that calls librbd
+//!
+//! shared by all: error, spec (ClusterSpec, ImageSpec), progress (Reporter, stats), locks
+//! ```
+//!
+//! Each layer calls only the layers under it. A new source or sink implements the copy
+//! engine's two traits and leaves the engine alone; `docs/architecture.md` says more.
+//!
 //! ```no_run
 //! use rbd_diffsync::{ClusterSpec, DiffTransfer};
 //!
@@ -109,25 +130,27 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod locks;
 
-mod budget;
-mod checkpoint;
-mod cluster;
-mod engine;
-mod image;
-mod many;
-mod plan;
+// The shared vocabulary of every layer.
 mod progress;
+mod settings;
+mod spec;
+
+// The public front: the transfers and verifications callers build and run.
+mod many;
+mod transfer;
+
+// The layers under it, each calling only the ones below it.
+mod copy;
+mod plan;
 mod protocol;
-mod scan;
+mod rbd;
+mod verify;
+
 #[cfg(feature = "sim")]
 #[doc(hidden)]
 pub mod sim;
-mod spec;
-mod stream;
-mod sys;
-mod transfer;
-mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 pub use many::{
@@ -135,8 +158,9 @@ pub use many::{
     DEFAULT_BATCH_REQUESTS, DEFAULT_PARALLEL,
 };
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
+pub use settings::{DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
 pub use spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
-pub use transfer::{DiffTransfer, Plan, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+pub use transfer::{DiffTransfer, Plan};
 pub use verify::{Verify, VerifyStats};
 
 /// The librbd layer, planner and zero detection, for the project's own tests and benchmarks:
@@ -144,12 +168,12 @@ pub use verify::{Verify, VerifyStats};
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::cluster::{Cluster, Pool};
-    pub use crate::image::{Image, ImageInfo, Layout, Snapshot, Watcher};
+    pub use crate::plan::scan::{scan_diff, Method as ScanMethod};
     pub use crate::plan::{
         complement, is_zero, normalize, pieces, zero_runs, DiffExtent, KnownZero, Piece, Run,
         ZERO_BLOCK,
     };
     pub use crate::protocol::record::{HOLDER_KEY, KEY as RECORD_KEY};
-    pub use crate::scan::{scan_diff, Method as ScanMethod};
+    pub use crate::rbd::cluster::{Cluster, Pool};
+    pub use crate::rbd::image::{Image, ImageInfo, Layout, Snapshot, Watcher};
 }

@@ -4,18 +4,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::budget::{Budget, RateLimit};
-use crate::cluster::Cluster;
-use crate::engine::Window;
-use crate::error::{Error, ErrorKind, Result, Task};
+use crate::error::{Error, Result, Task};
+use crate::locks::lock;
 use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
+use crate::protocol::batch::BatchLink;
+use crate::rbd::cluster::Connections;
+use crate::settings::DEFAULT_CHUNK_SIZE;
 use crate::spec::{ClusterSpec, ImageSpec};
-use crate::transfer::{DiffTransfer, DEFAULT_CHUNK_SIZE};
-use crate::verify;
+use crate::transfer::DiffTransfer;
 
 /// Volumes transferred at once by default: with more, a one-node cluster gains nothing
 /// (BENCHMARKS.md, "Many volumes at once").
@@ -25,37 +25,6 @@ pub const DEFAULT_PARALLEL: usize = 4;
 pub const DEFAULT_BATCH_BUDGET: usize = 32 * DEFAULT_CHUNK_SIZE as usize;
 /// Requests in flight at once by default, for all the transfers of a batch together.
 pub const DEFAULT_BATCH_REQUESTS: usize = 256;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What a connection attempt gave, kept for the other transfers of the batch.
-type Connected = std::result::Result<Cluster, (ErrorKind, i32, String)>;
-
-/// One connection per cluster: the first transfer that needs one connects, the others of the
-/// batch wait for it and share it; a failure is given to each of them, not tried again.
-#[derive(Default)]
-pub(crate) struct Connections {
-    clusters: Mutex<HashMap<ClusterSpec, Arc<Mutex<Option<Connected>>>>>,
-}
-
-impl Connections {
-    pub(crate) fn get(&self, spec: &ClusterSpec) -> Result<Cluster> {
-        let cell = lock(&self.clusters)
-            .entry(spec.clone())
-            .or_default()
-            .clone();
-        let mut slot = lock(&cell);
-        let connected = slot.get_or_insert_with(|| {
-            Cluster::connect(spec).map_err(|e| (e.kind(), e.errno(), e.message().to_owned()))
-        });
-        match connected {
-            Ok(cluster) => Ok(cluster.clone()),
-            Err((kind, errno, message)) => Err(Error::new(*kind, *errno, message.clone())),
-        }
-    }
-}
 
 /// The destination of each transfer and its cluster, to find two transfers into one image: a
 /// destination named without its pool is in its cluster's `rbd_default_pool`. That pool is
@@ -96,43 +65,6 @@ fn dest_keys(transfers: &[DiffTransfer], connections: &Connections) -> Vec<(Stri
         .collect()
 }
 
-/// What the transfers of a batch share.
-pub(crate) struct BatchLink {
-    pub budget: Budget,
-    pub rate: Option<RateLimit>,
-    pub connections: Connections,
-    /// A running transfer's share of the budget: what its verification may draw at most.
-    pub share: Window,
-}
-
-impl BatchLink {
-    fn new(settings: &BatchSettings) -> BatchLink {
-        let parallel = settings.parallel.max(1);
-        BatchLink {
-            budget: Budget::new(settings.memory_budget, settings.max_requests),
-            rate: settings.rate_limit.map(RateLimit::new),
-            connections: Connections::default(),
-            share: Window {
-                budget: settings.memory_budget / parallel,
-                max_requests: settings.max_requests / parallel,
-            },
-        }
-    }
-
-    /// The window of the verification of a transfer whose own window is `own`, in chunks of
-    /// `chunk` bytes: its share of the batch's budget, at most `own`, and room for one chunk
-    /// at least. It is drawn from the budget before the verification starts.
-    pub(crate) fn verify_window(&self, own: Window, chunk: u64) -> Window {
-        Window {
-            budget: own
-                .budget
-                .min(self.share.budget)
-                .max(verify::chunk_charge(chunk as usize)),
-            max_requests: own.max_requests.min(self.share.max_requests).max(2),
-        }
-    }
-}
-
 /// The settings of a batch, shared by its transfers. Each transfer keeps its own settings
 /// besides (chunk size, window, `overwrite_existing`, its own rate limit...): its window still
 /// bounds what it holds, and the batch's budget bounds what they hold together.
@@ -170,7 +102,7 @@ impl Default for BatchSettings {
 
 impl BatchSettings {
     /// Whether every setting is in range: if not, an
-    /// [`InvalidArgument`](ErrorKind::InvalidArgument) error naming the first that is not.
+    /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error naming the first that is not.
     /// [`SyncMany::run`] checks them too, and then fails every transfer with that error.
     pub fn check(&self) -> Result<()> {
         if self.parallel == 0 || self.parallel > 1024 {
@@ -373,7 +305,7 @@ impl SyncMany {
     }
 
     /// Cancels every transfer of the batch: those running stop as their own cancel token
-    /// would stop them, those not started fail with [`Cancelled`](ErrorKind::Cancelled).
+    /// would stop them, those not started fail with [`Cancelled`](crate::ErrorKind::Cancelled).
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token;
         self
@@ -394,7 +326,7 @@ impl SyncMany {
 
     /// Runs the transfers, at most `parallel` at a time, and returns each one's result in
     /// the order given. Settings out of range fail every transfer with
-    /// [`InvalidArgument`](ErrorKind::InvalidArgument), and so does a second transfer into
+    /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument), and so does a second transfer into
     /// the same destination image, also one that names it without its pool (`vol` in the
     /// cluster's `rbd_default_pool`) where the other names the pool (`rbd/vol`).
     pub fn run(mut self) -> Vec<Result<TransferStats>> {
@@ -407,7 +339,12 @@ impl SyncMany {
                 .collect();
         }
         let settings = self.settings.clone();
-        let link = Arc::new(BatchLink::new(&settings));
+        let link = Arc::new(BatchLink::new(
+            settings.parallel,
+            settings.memory_budget,
+            settings.max_requests,
+            settings.rate_limit,
+        ));
         let volumes: Arc<Mutex<Vec<VolumeProgress>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
         let mut results: Vec<Option<Result<TransferStats>>> = (0..n).map(|_| None).collect();
         let mut queue = VecDeque::new();
@@ -607,36 +544,6 @@ mod tests {
         assert_eq!(errors[1].errno(), libc::EINVAL);
         assert!(errors[1].message().contains("transfer 1"), "{}", errors[1]);
         assert_eq!(errors[1].image(), Some("c/d"));
-    }
-
-    #[test]
-    fn a_verification_in_a_batch_draws_its_share_of_the_budget_at_most_its_own_window() {
-        let settings = BatchSettings {
-            parallel: 4,
-            memory_budget: 64 << 20,
-            max_requests: 256,
-            ..BatchSettings::default()
-        };
-        let link = BatchLink::new(&settings);
-        let window = |budget: usize, max_requests| Window {
-            budget,
-            max_requests,
-        };
-        let chunk = 2 << 20;
-        // A quarter of the budget and of the requests.
-        assert_eq!(
-            link.verify_window(window(64 << 20, 128), chunk),
-            window(16 << 20, 64)
-        );
-        // Its own window when smaller, but room for one chunk of both images at least.
-        assert_eq!(
-            link.verify_window(window(12 << 20, 32), chunk),
-            window(12 << 20, 32)
-        );
-        assert_eq!(
-            link.verify_window(window(2 << 20, 1), chunk),
-            window(verify::chunk_charge(2 << 20), 2)
-        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Task};
-use crate::protocol::world::Threads;
 
 /// What a running transfer is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,6 +186,16 @@ pub(crate) fn per_second(bytes: u64, elapsed: Duration) -> f64 {
     } else {
         0.0
     }
+}
+
+/// How a transfer runs its background steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// On threads of their own, overlapping one another and the caller's progress reports.
+    Spawn,
+    /// One after the other on the calling thread: for a simulation, which decides every
+    /// interleaving of clients itself and must see the same one again from the same seed.
+    Inline,
 }
 
 /// A boxed progress callback: `false` stops the transfer.
@@ -562,6 +571,78 @@ impl Drop for Reporter {
     }
 }
 
+impl Reporter {
+    /// Runs a blocking step that writes nothing on a helper thread, ticking; a stop detaches
+    /// it and fails with the stop's error for `dest`.
+    pub(crate) fn detached<T: Send + 'static>(
+        &mut self,
+        dest: &str,
+        what: String,
+        f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+    ) -> crate::error::Result<T> {
+        match self.wait(what, true, f) {
+            Waited::Done(result) => result,
+            Waited::Stopped => Err(self.stopped_error(dest)),
+        }
+    }
+
+    /// Runs a blocking step that writes on a helper thread, ticking; it is waited for even
+    /// when the transfer is asked to stop meanwhile.
+    pub(crate) fn waited<T: Send + 'static>(
+        &mut self,
+        what: impl Into<String>,
+        f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+    ) -> crate::error::Result<T> {
+        match self.wait(what, false, f) {
+            Waited::Done(result) => result,
+            Waited::Stopped => unreachable!("a step that writes is not detached"),
+        }
+    }
+
+    /// Connects with `connect` on a helper thread, ticking: a stop gives the attempt up (it
+    /// ends on its own within the connect timeout) and fails with the stop's error for `dest`.
+    pub(crate) fn connecting<T: Send + 'static>(
+        &mut self,
+        dest: &str,
+        monitors: String,
+        connect: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+    ) -> crate::error::Result<T> {
+        match self.wait(monitors, true, connect) {
+            Waited::Done(result) => result,
+            Waited::Stopped => {
+                self.forget_detached();
+                Err(self.stopped_error(dest))
+            }
+        }
+    }
+}
+
+/// Runs `a` and `b`, at once on two threads unless steps run inline (or no thread can be
+/// started).
+pub(crate) fn both<A: Send, B: Send>(
+    threads: Threads,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if threads == Threads::Inline {
+        return (a(), b());
+    }
+    let b = std::sync::Mutex::new(Some(b));
+    let take = || b.lock().ok().and_then(|mut b| b.take());
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new().spawn_scoped(s, || take().map(|b| b()));
+        let first = a();
+        let second = match other {
+            Ok(other) => other
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => None,
+        };
+        let second = second.unwrap_or_else(|| take().expect("a step that no thread took")());
+        (first, second)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,5 +757,12 @@ mod tests {
         assert!(().keep_going());
         assert!(ControlFlow::<()>::Continue(()).keep_going());
         assert!(!ControlFlow::Break(()).keep_going());
+    }
+
+    #[test]
+    fn both_runs_both_steps_in_either_mode() {
+        for threads in [Threads::Spawn, Threads::Inline] {
+            assert_eq!(both(threads, || 1, || 2), (1, 2));
+        }
     }
 }

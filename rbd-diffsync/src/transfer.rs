@@ -8,38 +8,27 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::budget::RateLimit;
-use crate::checkpoint::{self, Checkpointer};
-use crate::engine::{self, Window};
+use crate::copy::checkpoint::{self, Checkpointer};
+use crate::copy::engine::{self, DiffSource, Window};
+use crate::copy::rate::RateLimit;
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{Layout, Snapshot};
-use crate::many::BatchLink;
+use crate::plan::pipeline::{self, Planner, Queue};
 use crate::plan::{self, KnownZero, Piece};
 use crate::progress::{
-    AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter, StopCheck,
-    TransferStats, Waited,
+    self, AbandonOnDrop, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter,
+    StopCheck, TransferStats, Waited,
 };
+use crate::protocol::batch::BatchLink;
 use crate::protocol::checks::{Checks, Verdict};
 use crate::protocol::claim::{self, Claimed, Fencing, Target};
 use crate::protocol::rbd::RbdWorld;
 use crate::protocol::record::{Record, SnapRef};
 use crate::protocol::world::{Conn, DestImage, Header, Scan, SourceImage, Threads, World};
+use crate::rbd::image::{Layout, Snapshot};
+use crate::settings::{self, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
 use crate::spec::{ClusterSpec, ImageSpec};
-use crate::stream::{self, Planner, Queue};
 use crate::verify;
 
-/// Default size of one data chunk: half the default RBD object size. With the default window
-/// it was the fastest of 1, 2 and 4 MiB at 0 and 3 ms of round trip (the sweep behind the
-/// latency proxy in BENCHMARKS.md).
-pub const DEFAULT_CHUNK_SIZE: u64 = 2 << 20;
-/// Default window: memory for this many chunks (64 MiB with the default chunk), our buffers,
-/// librados's receive buffers and librbd's copies of writes together. 32 was the fastest of
-/// 8, 16 and 32 for the full copy and the incremental, at 0 and 3 ms of round trip; 16 was up
-/// to 1.14 times slower.
-pub const DEFAULT_WINDOW: usize = 32;
-/// Requests in flight at most: enough to keep an OSD busy with small writes, few enough not
-/// to flood its queue.
-const MAX_REQUESTS: usize = 128;
 /// Zeroing requests need no buffer, so they are cut this many times larger than data chunks.
 const ZERO_CHUNK_FACTOR: u64 = 16;
 
@@ -290,7 +279,7 @@ impl DiffTransfer {
                 )));
             }
         }
-        check_io_settings(self.chunk_size, self.window)?;
+        settings::check_io(self.chunk_size, self.window)?;
         if self.source.image_path() == self.dest.image_path()
             && self
                 .dest_cluster
@@ -422,11 +411,12 @@ impl DiffTransfer {
             reporter.stop_check(),
         );
         let what = format!("the diff of {}", source.spec);
-        let totals = detached(reporter, &plan.dest, what, move || {
-            let scan = |offset, len| image.exact(from.as_deref(), offset, len, &stop);
-            planner.run(&scan, &mut |_| Ok(()))
-        })
-        .map_err(|e| self.stopped_or(reporter, e))?;
+        let totals = reporter
+            .detached(&plan.dest, what, move || {
+                let scan = |offset, len| image.exact(from.as_deref(), offset, len, &stop);
+                planner.run(&scan, &mut |_| Ok(()))
+            })
+            .map_err(|e| self.stopped_or(reporter, e))?;
         plan.extents = totals.extents;
         plan.diff_bytes = totals.diff_bytes;
         plan.bytes_resumed = totals.bytes_resumed;
@@ -537,79 +527,6 @@ struct Found {
     previous: Option<Record>,
 }
 
-/// Checks a chunk size and a window (in chunks).
-pub(crate) fn check_io_settings(chunk_size: u64, window: usize) -> Result<()> {
-    if chunk_size < plan::ZERO_BLOCK || chunk_size % plan::ZERO_BLOCK != 0 || chunk_size > 1 << 30 {
-        return Err(Error::invalid(format!(
-            "chunk size {chunk_size} is not a multiple of 4096 between 4 KiB and 1 GiB"
-        )));
-    }
-    if window == 0 || window > 1024 {
-        return Err(Error::invalid(format!(
-            "window {window} is not between 1 and 1024"
-        )));
-    }
-    Ok(())
-}
-
-/// The engine's window for `window` chunks of `chunk_size` bytes.
-pub(crate) fn io_window(chunk_size: u64, window: usize) -> Window {
-    Window {
-        budget: window * chunk_size as usize,
-        max_requests: MAX_REQUESTS.max(window),
-    }
-}
-
-/// Runs a blocking step that writes nothing on a helper thread, the reporter ticking.
-pub(crate) fn detached<T: Send + 'static>(
-    reporter: &mut Reporter,
-    dest: &str,
-    what: String,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    match reporter.wait(what, true, f) {
-        Waited::Done(result) => result,
-        Waited::Stopped => Err(reporter.stopped_error(dest)),
-    }
-}
-
-/// Runs a blocking step that writes on a helper thread, the reporter ticking; it is waited for
-/// even when the transfer is asked to stop meanwhile.
-fn waited<T: Send + 'static>(
-    reporter: &mut Reporter,
-    what: String,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    match reporter.wait(what, false, f) {
-        Waited::Done(result) => result,
-        Waited::Stopped => unreachable!("a step that writes is not detached"),
-    }
-}
-
-/// Runs `a` and `b`, at once on two threads unless steps run inline (or no thread can be
-/// started).
-fn both<A: Send, B: Send>(
-    threads: Threads,
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B + Send,
-) -> (A, B) {
-    if threads == Threads::Inline {
-        return (a(), b());
-    }
-    let b = std::sync::Mutex::new(Some(b));
-    let take = || b.lock().ok().and_then(|mut b| b.take());
-    std::thread::scope(|s| {
-        let other = std::thread::Builder::new().spawn_scoped(s, || take().map(|b| b()));
-        let first = a();
-        let second = match other {
-            Ok(other) => other.join().unwrap_or_else(|panic| resume_unwind(panic)),
-            Err(_) => None,
-        };
-        let second = second.unwrap_or_else(|| take().expect("a step that no thread took")());
-        (first, second)
-    })
-}
-
 /// Connects to the cluster of `spec` on `world`, on a helper thread.
 fn connect(
     world: &Arc<dyn World>,
@@ -618,45 +535,9 @@ fn connect(
     spec: &ClusterSpec,
 ) -> Result<Arc<dyn Conn>> {
     let (world, owned) = (world.clone(), spec.clone());
-    let what = format!("the monitors of {spec}");
-    match reporter.wait(what, true, move || world.connect(&owned)) {
-        Waited::Done(result) => result,
-        Waited::Stopped => {
-            reporter.forget_detached();
-            Err(reporter.stopped_error(dest))
-        }
-    }
-}
-
-/// Connects to the cluster of `spec`, on a helper thread (for a verification).
-pub(crate) fn connect_cluster(
-    reporter: &mut Reporter,
-    dest: &str,
-    spec: &ClusterSpec,
-) -> Result<crate::cluster::Cluster> {
-    let owned = spec.clone();
-    let what = format!("the monitors of {spec}");
-    match reporter.wait(what, true, move || crate::cluster::Cluster::connect(&owned)) {
-        Waited::Done(result) => result,
-        Waited::Stopped => {
-            reporter.forget_detached();
-            Err(reporter.stopped_error(dest))
-        }
-    }
-}
-
-/// Opens the pool of `spec` on `cluster`, with the cluster's `rbd_default_pool` for a spec that
-/// names none; returns the spec with its pool filled in.
-pub(crate) fn open_pool(
-    cluster: &crate::cluster::Cluster,
-    spec: &ImageSpec,
-) -> Result<(ImageSpec, crate::cluster::Pool)> {
-    let spec = match spec.pool() {
-        Some(_) => spec.clone(),
-        None => spec.in_default_pool(&cluster.config("rbd_default_pool")?),
-    };
-    let pool = cluster.pool(spec.pool().unwrap_or_default(), spec.namespace())?;
-    Ok((spec, pool))
+    reporter.connecting(dest, format!("the monitors of {spec}"), move || {
+        world.connect(&owned)
+    })
 }
 
 /// Opens the source at its end snapshot and checks its snapshots: `from_name` must be one of
@@ -734,8 +615,8 @@ impl DiffTransfer {
         let (conn, dest) = (dest_conn.clone(), self.dest.clone());
         let threads = reporter.threads();
         let what = format!("{} and {} to open", self.source, self.dest);
-        let (source, found) = detached(reporter, &label, what, move || {
-            let (source, found) = both(
+        let (source, found) = reporter.detached(&label, what, move || {
+            let (source, found) = progress::both(
                 threads,
                 || open_source(&*src_conn, &src, from.as_deref()),
                 || -> Result<_> {
@@ -838,8 +719,7 @@ impl DiffTransfer {
     /// Opens the destination read-only, for a plan.
     fn look_at(&self, reporter: &mut Reporter, target: &Target) -> Result<Arc<dyn DestImage>> {
         let (conn, spec) = (target.conn.clone(), target.spec.clone());
-        detached(
-            reporter,
+        reporter.detached(
             &target.label,
             format!("{} to open", target.label),
             move || conn.open_dest(&spec, false),
@@ -864,7 +744,7 @@ impl DiffTransfer {
                 let (conn, spec) = (target.conn.clone(), target.spec.clone());
                 let (size, layout) = (source.size, source.layout);
                 let what = format!("{} to be created", target.label);
-                let (header, created) = waited(reporter, what, move || {
+                let (header, created) = reporter.waited(what, move || {
                     let created = match conn.create(&spec, size, &layout) {
                         // Created by another meanwhile: claimed as any existing image.
                         Err(e) if e.kind() == ErrorKind::Exists => false,
@@ -899,7 +779,7 @@ impl DiffTransfer {
     ) -> Result<(Arc<dyn DestImage>, Fencing)> {
         let (conn, spec) = (target.conn.clone(), target.spec.clone());
         let what = format!("{} to open", target.label);
-        let dest = waited(reporter, what, move || conn.open_dest(&spec, true))?;
+        let dest = reporter.waited(what, move || conn.open_dest(&spec, true))?;
         reporter.phase(Phase::Scanning);
         let id = dest.id()?;
         let same_image = source.identity.pool_id == id.pool_id
@@ -936,13 +816,14 @@ impl DiffTransfer {
         let (mine, force) = (target.mine.clone(), self.overwrite_existing);
         let stop = reporter.stop_check();
         let what = format!("the checks of {}", target.label);
-        detached(reporter, &target.label, what, move || {
-            let header = conn
-                .header(&spec)?
-                .ok_or_else(|| Error::image_not_found(&spec.image_path()))?;
-            check_existing(&*image, &*header, end, from, &mine, force, &stop)
-        })
-        .map_err(|e| self.stopped_or(reporter, e))
+        reporter
+            .detached(&target.label, what, move || {
+                let header = conn
+                    .header(&spec)?
+                    .ok_or_else(|| Error::image_not_found(&spec.image_path()))?;
+                check_existing(&*image, &*header, end, from, &mine, force, &stop)
+            })
+            .map_err(|e| self.stopped_or(reporter, e))
     }
 
     /// Starts the source's scan (see [`SourceImage::scan`]) on a thread of its own, to run
@@ -1021,7 +902,7 @@ impl DiffTransfer {
     /// `from_snap` that the diff does not cover (read from the source), plus, for a full
     /// transfer into an existing image, what it holds outside the diff (zeroed); and where
     /// the destination reads zeros already. The diff's exact extents are found cell by cell
-    /// while the copy runs (see [`crate::stream`]): the plan's counts of them are not known
+    /// while the copy runs (see [`crate::plan::pipeline`]): the plan's counts of them are not known
     /// yet.
     fn work(
         &self,
@@ -1050,7 +931,7 @@ impl DiffTransfer {
         };
         let planner = Planner {
             outline: scan.outline,
-            cell: stream::cell_size(source.layout.order),
+            cell: pipeline::cell_size(source.layout.order),
             size,
             rewrite: clip(&found.verdict.changed, size),
             stale,
@@ -1200,9 +1081,7 @@ impl DiffTransfer {
         let dest_size = plan.dest_size.unwrap_or(source.size);
         if source.size > dest_size {
             let (image, size) = (dest.clone(), source.size);
-            waited(reporter, format!("{label} to grow"), move || {
-                image.resize(size)
-            })?;
+            reporter.waited(format!("{label} to grow"), move || image.resize(size))?;
         }
         let own_rate = self.rate_limit.map(RateLimit::new);
         let batch = self.batch.as_deref();
@@ -1277,7 +1156,7 @@ impl DiffTransfer {
     ) -> Result<()> {
         let (t, header) = (target.clone(), claimed.header.clone());
         let what = format!("the in-progress record on {}", target.label);
-        waited(reporter, what, move || t.write_record(&*header, Some(done)))
+        reporter.waited(what, move || t.write_record(&*header, Some(done)))
     }
 
     /// The copy of the queue's pieces, with checkpoints; what it did and what the planning
@@ -1289,7 +1168,7 @@ impl DiffTransfer {
         (queue, known_zero, from): (&Arc<Queue>, &KnownZero, u64),
         shared: engine::Limits<'_>,
         reporter: &mut Reporter,
-    ) -> Result<(engine::Counters, stream::Totals)> {
+    ) -> Result<(engine::Counters, pipeline::Totals)> {
         let label = target.label.clone();
         // Checkpoints are of use only to a rerun of the same diff, which a source read at
         // HEAD never has.
@@ -1323,7 +1202,7 @@ impl DiffTransfer {
         let job = engine::Job {
             pieces: &mut feed,
             known_zero,
-            window: io_window(self.chunk_size, self.window),
+            window: Window::of(self.chunk_size, self.window),
             marks: Some(&marks),
             shared,
         };
@@ -1388,7 +1267,7 @@ impl DiffTransfer {
         reporter.restart(Phase::Verifying, total);
         let reads = verify::Reads {
             chunk: self.chunk_size,
-            window: io_window(self.chunk_size, self.window),
+            window: Window::of(self.chunk_size, self.window),
             rates: shared.rates,
         };
         let compared = verify::compare(
@@ -1415,7 +1294,7 @@ impl DiffTransfer {
             let job = engine::Job {
                 pieces: &mut feed,
                 known_zero: &KnownZero::Ranges(Vec::new()),
-                window: io_window(self.chunk_size, self.window),
+                window: Window::of(self.chunk_size, self.window),
                 marks: None,
                 shared,
             };
@@ -1441,13 +1320,13 @@ impl DiffTransfer {
         let (image, from, size) = (dest.clone(), source.from.clone(), source.size);
         let stop = reporter.stop_check();
         let what = format!("the changes of {label}");
-        let changed = detached(reporter, &label, what, move || match &from {
+        let changed = reporter.detached(&label, what, move || match &from {
             Some(from) => image.changed_since(from, size, true, &stop),
             None => image.allocated(size, &stop),
         })?;
         let ranges = plan::union(work, &clip(&changed, size));
         let chunk = self.chunk_size;
-        let window = io_window(chunk, self.window);
+        let window = Window::of(chunk, self.window);
         // In a batch, the verification draws its window from the batch's budget: its share,
         // at most its own window.
         let (window, _reserved) = match self.batch.as_deref() {
@@ -1465,7 +1344,11 @@ impl DiffTransfer {
             window,
             rates,
         };
-        match verify::written(&*source.image, &**dest, &ranges, reads, reporter, &label) {
+        let sides = [
+            (&*source.image as &dyn DiffSource, source.image.label()),
+            (&**dest as &dyn DiffSource, dest.path()),
+        ];
+        match verify::written(sides, &ranges, reads, reporter, &label) {
             Err(e) if e.kind() == ErrorKind::Mismatch => {
                 let at = e.offset().unwrap_or(0);
                 let object = 1u64 << source.layout.order;
@@ -1495,7 +1378,7 @@ impl DiffTransfer {
         let (image, src) = (source.image.clone(), source.spec.clone());
         let wanted: Vec<Snapshot> = source.end.iter().chain(&source.from).cloned().collect();
         let what = format!("the snapshots of {src} to be checked");
-        waited(reporter, what, move || {
+        reporter.waited(what, move || {
             let now = image.snapshots_now()?;
             for snap in &wanted {
                 if !now.iter().any(|s| s.id == snap.id && s.name == snap.name) {
@@ -1523,7 +1406,7 @@ impl DiffTransfer {
             Some(end) => format!("the end snapshot {label}@{end} to be created"),
             None => format!("{label} to flush its writes"),
         };
-        waited(reporter, what, move || {
+        reporter.waited(what, move || {
             let state = header.read()?;
             if state.claim.as_deref() != Some(t.text.as_str()) {
                 return Err(t.fenced_error("its claim on the destination was taken over"));
@@ -1742,12 +1625,5 @@ mod tests {
             clip(&[(0, 10), (8, 10), (20, 5)], 12),
             vec![(0, 10), (8, 4)]
         );
-    }
-
-    #[test]
-    fn both_runs_both_steps_in_either_mode() {
-        for threads in [Threads::Spawn, Threads::Inline] {
-            assert_eq!(both(threads, || 1, || 2), (1, 2));
-        }
     }
 }

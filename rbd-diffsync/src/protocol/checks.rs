@@ -2,10 +2,10 @@
 //! under its exclusive lock and claim: what is read now stays true until the end snapshot.
 
 use crate::error::{Error, ErrorKind, Result, CODE_DESTINATION_CHANGED};
-use crate::image::Snapshot;
 use crate::progress::StopCheck;
 use crate::protocol::record::{Mismatch, Record};
 use crate::protocol::world::DestImage;
+use crate::rbd::image::Snapshot;
 
 /// What the checks found about an existing destination.
 #[derive(Debug, Default)]

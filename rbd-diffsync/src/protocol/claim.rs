@@ -163,11 +163,9 @@ impl Target {
             "an answer from the client at {address}, which holds {}",
             self.label
         );
-        let answers =
-            match reporter.wait(what, true, move || image.answers(&address, ANSWER_TIMEOUT)) {
-                Waited::Stopped => return Err(reporter.stopped_error(&self.label)),
-                Waited::Done(answers) => answers?,
-            };
+        let answers = reporter.detached(&self.label, what, move || {
+            image.answers(&address, ANSWER_TIMEOUT)
+        })?;
         Ok(
             answers.map(|answers| match (answers, self.conn.process(&who.client)) {
                 (true, _) => Liveness::Alive,
@@ -184,10 +182,7 @@ impl Target {
     fn fence(&self, reporter: &mut Reporter, address: &str) -> Result<()> {
         let (conn, client) = (self.conn.clone(), address.to_owned());
         let what = format!("the client at {address} to be fenced off {}", self.label);
-        match reporter.wait(what, false, move || conn.fence(&client)) {
-            Waited::Done(result) => result,
-            Waited::Stopped => unreachable!("a step that writes is not detached"),
-        }
+        reporter.waited(what, move || conn.fence(&client))
     }
 
     /// Claims the destination, whose header is `header`: replaces the claim found there only
@@ -199,11 +194,8 @@ impl Target {
     ) -> Result<Claimed> {
         for _ in 0..4 {
             let h = header.clone();
-            let state = match reporter.wait("the claim on the destination", true, move || h.read())
-            {
-                Waited::Done(state) => state?,
-                Waited::Stopped => return Err(reporter.stopped_error(&self.label)),
-            };
+            let what = "the claim on the destination".to_owned();
+            let state = reporter.detached(&self.label, what, move || h.read())?;
             let previous = state.claim.as_deref().and_then(Record::decode_claim);
             let record = state.record.as_deref().and_then(Record::decode);
             let mut fenced = Vec::new();
@@ -216,13 +208,9 @@ impl Target {
                 }
             }
             let (h, expected, text) = (header.clone(), state.claim.clone(), self.text.clone());
-            let swapped = reporter.wait("the claim on the destination", false, move || {
+            let swapped = reporter.waited("the claim on the destination", move || {
                 h.swap_claim(expected.as_deref(), Some(&text))
-            });
-            let swapped = match swapped {
-                Waited::Done(swapped) => swapped?,
-                Waited::Stopped => unreachable!("a step that writes is not detached"),
-            };
+            })?;
             if swapped {
                 let named = previous.into_iter().chain(record).collect();
                 return Ok(Claimed {
@@ -251,12 +239,8 @@ impl Target {
         }
         // Who has the image open or locked, seen without opening it for writing.
         let (conn, spec) = (self.conn.clone(), self.spec.clone());
-        let look = match reporter.wait("the destination to open for reading", true, move || {
-            conn.open_dest(&spec, false)
-        }) {
-            Waited::Done(look) => look?,
-            Waited::Stopped => return Err(reporter.stopped_error(&self.label)),
-        };
+        let what = "the destination to open for reading".to_owned();
+        let look = reporter.detached(&self.label, what, move || conn.open_dest(&spec, false))?;
         // A claimant that has not opened the image yet may be about to: it is given a moment.
         // One that does not is left behind: its claim is replaced. Should it open the image
         // after all, it writes nothing: its record, which comes before its first write, is

@@ -8,6 +8,7 @@
 //! schedule that an end snapshot reads as the source's and that the caller's result says
 //! whether it exists.
 
+pub(crate) mod batch;
 pub(crate) mod checks;
 pub(crate) mod claim;
 pub(crate) mod rbd;

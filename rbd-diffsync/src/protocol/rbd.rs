@@ -4,20 +4,19 @@ use std::panic::resume_unwind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::image::{Image, Layout, Snapshot};
-use crate::many::BatchLink;
+use crate::plan::scan;
 use crate::plan::{self, DiffExtent};
 use crate::progress::StopCheck;
+use crate::protocol::batch::BatchLink;
 use crate::protocol::record::{Client, HOLDER_KEY, KEY};
 use crate::protocol::world::{
     Conn, DestImage, Header, HeaderState, ImageId, Process, Scan, SourceFacts, SourceImage,
     Threads, World,
 };
-use crate::scan;
+use crate::rbd::cluster::Cluster;
+use crate::rbd::image::{Image, Layout, Snapshot};
 use crate::spec::{ClusterSpec, ImageSpec};
-use crate::sys;
 
 /// Connections of this process, or of a batch, which shares one per cluster.
 pub(crate) struct RbdWorld {
@@ -114,7 +113,7 @@ impl Conn for RbdConn {
         let pool = self
             .cluster
             .pool(spec.pool().unwrap_or_default(), spec.namespace())?;
-        Ok(crate::image::Header::find(&pool, spec.image())?.map(|h| Arc::new(h) as _))
+        Ok(crate::rbd::image::Header::find(&pool, spec.image())?.map(|h| Arc::new(h) as _))
     }
 
     fn open_dest(&self, spec: &ImageSpec, write: bool) -> Result<Arc<dyn DestImage>> {
@@ -159,20 +158,6 @@ impl Conn for RbdConn {
     }
 }
 
-/// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
-/// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
-pub(crate) fn allocated_ranges(
-    image: &Image,
-    size: u64,
-    whole_object: bool,
-    stop: &StopCheck,
-) -> Result<Vec<(u64, u64)>> {
-    let method = scan::Method::choose(whole_object, &[image])?;
-    let mut allocated = scan::diff(image, None, size, method, stop)?;
-    allocated.retain(|e| e.exists);
-    Ok(ranges(allocated))
-}
-
 fn ranges(extents: Vec<DiffExtent>) -> Vec<(u64, u64)> {
     extents.iter().map(|e| (e.offset, e.len)).collect()
 }
@@ -213,7 +198,7 @@ impl SourceImage for Image {
         let method = scan::Method::choose(whole_object, &[self, &at_from])?;
         std::thread::scope(|s| {
             let zeros = s.spawn(|| {
-                let allocated = allocated_ranges(&at_from, from.size, true, stop)?;
+                let allocated = scan::allocated(&at_from, from.size, true, stop)?;
                 Ok(plan::complement(&allocated, size))
             });
             let outline = scan::outline(self, Some(&from.name), size, method, stop);
@@ -264,7 +249,7 @@ impl DestImage for Image {
     }
 
     fn lockable(&self) -> Result<bool> {
-        Ok(self.features()? & sys::RBD_FEATURE_EXCLUSIVE_LOCK != 0)
+        Image::lockable(self)
     }
 
     fn lock_owners(&self) -> Result<Vec<String>> {
@@ -331,7 +316,7 @@ impl DestImage for Image {
     }
 
     fn allocated(&self, size: u64, stop: &StopCheck) -> Result<Vec<(u64, u64)>> {
-        allocated_ranges(self, size, false, stop)
+        scan::allocated(self, size, false, stop)
     }
 
     fn resize(&self, size: u64) -> Result<()> {
@@ -347,7 +332,7 @@ impl DestImage for Image {
     }
 }
 
-impl Header for crate::image::Header {
+impl Header for crate::rbd::image::Header {
     fn read(&self) -> Result<HeaderState> {
         let mut values = self.metadata_get(&[HOLDER_KEY, KEY])?.into_iter();
         Ok(HeaderState {

@@ -6,24 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{DiffSink, DiffSource};
+use crate::copy::engine::{DiffSink, DiffSource};
 use crate::error::Result;
-use crate::image::{ImageInfo, Layout, Snapshot};
+use crate::plan::pipeline::Outline;
 use crate::plan::DiffExtent;
 use crate::progress::StopCheck;
+pub(crate) use crate::progress::Threads;
 use crate::protocol::record::Client;
+use crate::rbd::image::{ImageInfo, Layout, Snapshot};
 use crate::spec::{ClusterSpec, ImageSpec};
-use crate::stream::Outline;
-
-/// How the protocol runs its background steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Threads {
-    /// On threads of their own, overlapping one another and the caller's progress reports.
-    Spawn,
-    /// One after the other on the calling thread: for a simulation, which decides every
-    /// interleaving of clients itself and must see the same one again from the same seed.
-    Inline,
-}
 
 /// Where transfers connect.
 pub(crate) trait World: Send + Sync {

@@ -22,10 +22,11 @@
 //!   none.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{ErrorKind, Result};
+use crate::locks::lock;
 use crate::progress::{CancelToken, Phase, TransferStats};
 use crate::protocol::world::World;
 use crate::sim::cluster::{Data, Event, ImageState, Proc, SnapState, BLOCK};
@@ -136,10 +137,6 @@ struct Explorer {
     faults_until: u64,
     source_removed: Option<usize>,
     out: Outcome,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Random writes into `data` (a tenth to a half of its blocks), some of them zeroing.

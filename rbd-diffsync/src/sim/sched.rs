@@ -3,8 +3,9 @@
 //! cluster. Which client runs next, and what happens to the world in between, is the
 //! explorer's choice, drawn from its seed: the same seed gives the same interleaving.
 
+use crate::locks::{lock, wait};
 use std::collections::BTreeSet;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// A client of the simulated cluster: one process's connection.
 pub type ClientId = usize;
@@ -24,10 +25,6 @@ struct Baton {
 pub(crate) struct Sched {
     baton: Mutex<Baton>,
     turn: Condvar,
-}
-
-fn lock(m: &Mutex<Baton>) -> MutexGuard<'_, Baton> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Sched {
@@ -60,7 +57,7 @@ impl Sched {
         b.parked.insert(me);
         self.turn.notify_all();
         while b.running != Some(me) {
-            b = self.turn.wait(b).unwrap_or_else(PoisonError::into_inner);
+            b = wait(&self.turn, b);
         }
         b.parked.remove(&me);
     }
@@ -79,7 +76,7 @@ impl Sched {
     pub(crate) fn settled(&self) -> BTreeSet<ClientId> {
         let mut b = lock(&self.baton);
         while b.running.is_some() || b.parked.len() < b.live.len() {
-            b = self.turn.wait(b).unwrap_or_else(PoisonError::into_inner);
+            b = wait(&self.turn, b);
         }
         b.parked.clone()
     }
@@ -91,7 +88,7 @@ impl Sched {
         b.running = Some(who);
         self.turn.notify_all();
         while b.running == Some(who) {
-            b = self.turn.wait(b).unwrap_or_else(PoisonError::into_inner);
+            b = wait(&self.turn, b);
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The protocol's world traits on the simulated cluster: every call is a point where the baton
 //! goes back to the explorer, which may run another client or change the world first.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::engine::{Completion, DiffSink, DiffSource};
+use crate::copy::engine::{Completion, DiffSink, DiffSource};
 use crate::error::{Error, Result};
-use crate::image::{ImageInfo, Layout, Snapshot};
+use crate::locks::lock;
+use crate::plan::pipeline::Outline;
 use crate::plan::{self, DiffExtent};
 use crate::progress::StopCheck;
 use crate::protocol::record::{Client, HOLDER_KEY, KEY};
@@ -14,11 +15,11 @@ use crate::protocol::world::{
     Conn, DestImage, Header, HeaderState, ImageId, Process, Scan, SourceFacts, SourceImage,
     Threads, World,
 };
+use crate::rbd::image::{ImageInfo, Layout, Snapshot};
+use crate::rbd::sys;
 use crate::sim::cluster::{Data, Event, ImageState, Proc, SnapState, State};
 use crate::sim::sched::{ClientId, Sched};
 use crate::spec::{ClusterSpec, ImageSpec};
-use crate::stream::Outline;
-use crate::sys;
 
 /// The simulated cluster and its baton.
 #[derive(Default)]
@@ -29,7 +30,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn killed(&self, me: ClientId) -> bool {

@@ -9,44 +9,13 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
-use crate::budget::{Budget, RateLimit, Ticket};
+use crate::copy::budget::{Budget, Ticket};
+pub(crate) use crate::copy::completion::{Completion, Done, WAKE};
+use crate::copy::rate::RateLimit;
 use crate::error::{Error, Result};
+use crate::plan::pipeline::{Popped, Queue, Waker};
 use crate::plan::{zero_runs, KnownZero, Piece};
 use crate::progress::Reporter;
-
-/// The token of a wake-up that a shared [`Budget`] sends to an engine waiting for it: no
-/// request's completion.
-pub(crate) const WAKE: u64 = u64::MAX;
-
-/// The result of one request as the engine receives it.
-#[derive(Debug)]
-pub(crate) struct Done {
-    pub token: u64,
-    pub ret: i64,
-}
-
-/// The engine's handle on one request: whoever finishes the request calls
-/// [`complete`](Completion::complete) once, from any thread.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    tx: Sender<Done>,
-    token: u64,
-}
-
-impl Completion {
-    pub(crate) fn new(tx: Sender<Done>, token: u64) -> Completion {
-        Completion { tx, token }
-    }
-
-    /// Reports the request's result: the bytes it moved (`>= 0`), or a negative errno.
-    pub(crate) fn complete(self, ret: i64) {
-        // A receiver that is gone waits for nothing any more.
-        let _ = self.tx.send(Done {
-            token: self.token,
-            ret,
-        });
-    }
-}
 
 /// Where chunk data comes from.
 ///
@@ -86,6 +55,9 @@ pub(crate) trait DiffSink: Sync {
     fn write_error(&self, op: &'static str, off: u64, len: u64, ret: i64) -> Error;
 }
 
+/// Requests in flight at most: enough to keep an OSD busy with small writes, few enough not
+/// to flood its queue.
+const MAX_REQUESTS: usize = 128;
 /// How wide the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Window {
@@ -95,6 +67,16 @@ pub(crate) struct Window {
     pub budget: usize,
     /// Requests in flight at most, whatever their size: reads, writes and zeroings together.
     pub max_requests: usize,
+}
+
+impl Window {
+    /// The window for `window` chunks of `chunk_size` bytes.
+    pub(crate) fn of(chunk_size: u64, window: usize) -> Window {
+        Window {
+            budget: window * chunk_size as usize,
+            max_requests: MAX_REQUESTS.max(window),
+        }
+    }
 }
 
 /// What a [`Feed`] has for the engine.
@@ -146,6 +128,31 @@ impl Feed for Listed<'_> {
 
     fn planned(&self) -> u64 {
         self.total
+    }
+}
+
+impl Feed for &Queue {
+    fn next(&mut self, waker: &Sender<Done>) -> Next {
+        let waker = || -> Waker {
+            let waker = waker.clone();
+            Box::new(move || {
+                // A receiver that is gone waits for nothing any more.
+                let _ = waker.send(Done {
+                    token: WAKE,
+                    ret: 0,
+                });
+            })
+        };
+        match self.pop(waker) {
+            Popped::Piece(piece) => Next::Piece(piece),
+            Popped::Later => Next::Later,
+            Popped::End => Next::End,
+            Popped::Failed(e) => Next::Failed(e),
+        }
+    }
+
+    fn planned(&self) -> u64 {
+        Queue::planned(self)
     }
 }
 

@@ -13,14 +13,13 @@
 //! `rbd_concurrent_management_ops` requests in flight, but calls follow one another; so ranges
 //! a few objects apart are scanned in one call (the objects between cost a request each, in
 //! parallel), and the calls run a cell of objects at a time on a few threads
-//! ([`crate::stream`]), the copy starting with the first cell.
+//! ([`crate::plan::pipeline`]), the copy starting with the first cell.
 
 use crate::error::Result;
-use crate::image::Image;
+use crate::plan::pipeline::{self, Outline};
 use crate::plan::{self, DiffExtent};
 use crate::progress::StopCheck;
-use crate::stream::{self, Outline};
-use crate::sys;
+use crate::rbd::image::Image;
 
 /// Ranges at most this many objects apart are scanned by one exact call.
 const GAP_OBJECTS: u64 = 8;
@@ -44,7 +43,7 @@ impl Method {
             return Ok(Method::WholeObject);
         }
         for image in at {
-            if !object_map_usable(image)? {
+            if !image.object_map_usable()? {
                 return Ok(Method::Exact);
             }
         }
@@ -52,18 +51,7 @@ impl Method {
     }
 }
 
-/// Whether a whole-object diff of `image`, at the snapshot it is open at, is read from its
-/// object map: fast-diff on, and neither the object map nor fast-diff flagged invalid there.
-pub(crate) fn object_map_usable(image: &Image) -> Result<bool> {
-    let needed = sys::RBD_FEATURE_OBJECT_MAP | sys::RBD_FEATURE_FAST_DIFF;
-    if image.features()? & needed != needed {
-        return Ok(false);
-    }
-    let invalid = sys::RBD_FLAG_OBJECT_MAP_INVALID | sys::RBD_FLAG_FAST_DIFF_INVALID;
-    Ok(image.flags()? & invalid == 0)
-}
-
-/// What a transfer's scan finds before its copy starts (see [`crate::stream`]): for a
+/// What a transfer's scan finds before its copy starts (see [`crate::plan::pipeline`]): for a
 /// whole-object diff the diff itself; for an exact one the ranges to scan exactly while the
 /// copy runs, which with a usable object map are the objects it says changed (coalesced).
 pub(crate) fn outline(
@@ -115,7 +103,7 @@ pub(crate) fn exact(
 
 /// The diff of `image` (at the snapshot it is open at) since `from` (or since it was empty)
 /// over `[0, size)`, parent data included, normalised: found as a transfer finds it, cell by
-/// cell (see [`crate::stream`]). A `stop` that turns true ends the scan with `ECANCELED`.
+/// cell (see [`crate::plan::pipeline`]). A `stop` that turns true ends the scan with `ECANCELED`.
 pub(crate) fn diff(
     image: &Image,
     from: Option<&str>,
@@ -126,9 +114,9 @@ pub(crate) fn diff(
     match outline(image, from, size, method, stop)? {
         Outline::Known(extents) => Ok(extents),
         Outline::Scan(ranges) => {
-            let cell = stream::cell_size(image.layout()?.order);
+            let cell = pipeline::cell_size(image.layout()?.order);
             let scan = |offset, len| exact(image, from, offset, len, stop);
-            stream::scan_all(&ranges, cell, size, &scan)
+            pipeline::scan_all(&ranges, cell, size, &scan)
         }
     }
 }
@@ -167,6 +155,20 @@ pub(crate) fn coalesce(extents: &[DiffExtent], gap: u64) -> Vec<(u64, u64)> {
         }
     }
     out.into_iter().map(|(s, e)| (s, e - s)).collect()
+}
+
+/// The ranges of `[0, size)` that hold data in `image` (parent data included), sorted and
+/// merged. `whole_object` asks for whole objects: cheap with fast-diff, and only ever larger.
+pub(crate) fn allocated(
+    image: &Image,
+    size: u64,
+    whole_object: bool,
+    stop: &StopCheck,
+) -> Result<Vec<(u64, u64)>> {
+    let method = Method::choose(whole_object, &[image])?;
+    let mut allocated = diff(image, None, size, method, stop)?;
+    allocated.retain(|e| e.exists);
+    Ok(allocated.iter().map(|e| (e.offset, e.len)).collect())
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! `ceph::ceph::connect_to_ceph` takes neither a keyring nor librados' default conf search, and
 //! its `config_set` refuses to run on an unconnected handle.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::ptr;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,9 @@ const LIBRADOS_CMPXATTR_OP_EQ: u8 = 1;
 const LIBRADOS_OPERATION_FULL_TRY: i32 = 64;
 
 use crate::error::{code_text, errno_of, Error, ErrorKind, Result};
-use crate::spec::{ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
-use crate::sys::{self, rados_ioctx_t, rados_t};
+use crate::locks::lock;
+use crate::rbd::sys::{self, rados_ioctx_t, rados_t};
+use crate::spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 
 struct Handle {
     rados: rados_t,
@@ -646,6 +648,17 @@ impl Cluster {
             namespace: namespace.map(str::to_owned),
         })
     }
+
+    /// Opens the pool of `spec`, with this cluster's `rbd_default_pool` for a spec that names
+    /// none; returns the spec with its pool filled in.
+    pub(crate) fn pool_of(&self, spec: &ImageSpec) -> Result<(ImageSpec, Pool)> {
+        let spec = match spec.pool() {
+            Some(_) => spec.clone(),
+            None => spec.in_default_pool(&self.config("rbd_default_pool")?),
+        };
+        let pool = self.pool(spec.pool().unwrap_or_default(), spec.namespace())?;
+        Ok((spec, pool))
+    }
 }
 
 fn set(handle: &Handle, key: &CStr, value: &CStr) -> std::result::Result<(), i32> {
@@ -958,6 +971,33 @@ impl Pool {
             list
         };
         Ok(unanswered)
+    }
+}
+
+/// What a connection attempt gave, kept for the other transfers of the batch.
+type Connected = std::result::Result<Cluster, (ErrorKind, i32, String)>;
+
+/// One connection per cluster: the first transfer that needs one connects, the others of the
+/// batch wait for it and share it; a failure is given to each of them, not tried again.
+#[derive(Default)]
+pub(crate) struct Connections {
+    clusters: Mutex<HashMap<ClusterSpec, Arc<Mutex<Option<Connected>>>>>,
+}
+
+impl Connections {
+    pub(crate) fn get(&self, spec: &ClusterSpec) -> Result<Cluster> {
+        let cell = lock(&self.clusters)
+            .entry(spec.clone())
+            .or_default()
+            .clone();
+        let mut slot = lock(&cell);
+        let connected = slot.get_or_insert_with(|| {
+            Cluster::connect(spec).map_err(|e| (e.kind(), e.errno(), e.message().to_owned()))
+        });
+        match connected {
+            Ok(cluster) => Ok(cluster.clone()),
+            Err((kind, errno, message)) => Err(Error::new(*kind, *errno, message.clone())),
+        }
     }
 }
 

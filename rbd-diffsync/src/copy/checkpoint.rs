@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::protocol::world::Threads;
+use crate::locks::lock;
+use crate::progress::Threads;
 
 /// How often a checkpoint is written at most: one metadata update of the destination's header
 /// a second costs nothing beside the copy, and a rerun redoes at most about a second of work.
@@ -69,12 +70,12 @@ impl Checkpointer {
     /// The copy has written everything below `mark`.
     pub(crate) fn mark(&self, mark: u64) {
         if let Some((write, written)) = &self.inline {
-            let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut written = lock(written);
             if mark > *written && self.failed_error_is_none() {
                 match write(mark) {
                     Ok(true) => *written = mark,
                     Ok(false) => {}
-                    Err(e) => *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e),
+                    Err(e) => *lock(&self.failed) = Some(e),
                 }
             }
             return;
@@ -86,10 +87,7 @@ impl Checkpointer {
     }
 
     fn failed_error_is_none(&self) -> bool {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        lock(&self.failed).is_none()
     }
 
     /// Stops, after recording the last mark if `write_last` (a transfer that did not finish
@@ -98,10 +96,7 @@ impl Checkpointer {
     pub(crate) fn finish(mut self, write_last: bool) -> Option<Error> {
         self.write_last.store(write_last, Ordering::SeqCst);
         self.stop();
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        lock(&self.failed).take()
     }
 
     fn stop(&mut self) {
@@ -135,7 +130,7 @@ fn record_marks(
         }
         Ok(false) => true,
         Err(e) => {
-            *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            *lock(failed) = Some(e);
             false
         }
     };

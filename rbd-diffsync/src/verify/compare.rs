@@ -1,275 +1,14 @@
-//! Verification: both images read with a window of requests in flight, and compared byte for
-//! byte; ranges that neither image has allocated read as zeros on both, and are not read.
+//! The comparison of two images range by range: both read with a window of requests in
+//! flight, and compared byte for byte; the first difference is the one reported.
 
-use std::panic::resume_unwind;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::budget::RateLimit;
-use crate::cluster::Cluster;
-use crate::engine::{self, Completion, DiffSource, Done, Window};
+use crate::copy::engine::{self, Completion, DiffSource, Done, Window};
+use crate::copy::rate::RateLimit;
 use crate::error::{Error, Result};
-use crate::image::Image;
 use crate::plan::{self, DiffExtent, Piece};
-use crate::progress::{
-    per_second, CancelToken, Phase, Progress, ProgressFlow, ProgressFn, Reporter,
-};
-use crate::spec::{ClusterSpec, ImageSpec};
-use crate::transfer::{self, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
-
-/// A comparison of two images, each at a snapshot (or HEAD), on the same cluster or on two:
-/// what `rbd export A@S - | md5sum` and `rbd export B@S - | md5sum` tell, with many reads in
-/// flight, without reading what neither image has allocated, and naming the first byte that
-/// differs.
-///
-/// ```no_run
-/// use rbd_diffsync::{ClusterSpec, ErrorKind, Verify};
-///
-/// let result = Verify::new("volumes/vol-1@snap2".parse()?, "backups/vol-1.backup@snap2".parse()?)
-///     .cluster(ClusterSpec::new().conf("/etc/ceph/ceph.conf"))
-///     .dest_cluster(ClusterSpec::new().conf("/etc/ceph/backup.conf"))
-///     .run();
-/// match result {
-///     Ok(stats) => println!("equal: {} bytes compared", stats.bytes_compared),
-///     Err(e) if e.kind() == ErrorKind::Mismatch => println!("differ at {:?}", e.offset()),
-///     Err(e) => return Err(e),
-/// }
-/// # Ok::<(), rbd_diffsync::Error>(())
-/// ```
-pub struct Verify {
-    a: ImageSpec,
-    b: ImageSpec,
-    cluster: ClusterSpec,
-    dest_cluster: Option<ClusterSpec>,
-    chunk_size: u64,
-    window: usize,
-    progress: Option<ProgressFn>,
-    progress_interval: Duration,
-    cancel: CancelToken,
-}
-
-impl std::fmt::Debug for Verify {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verify")
-            .field("a", &self.a)
-            .field("b", &self.b)
-            .field("cluster", &self.cluster)
-            .field("dest_cluster", &self.dest_cluster)
-            .field("chunk_size", &self.chunk_size)
-            .field("window", &self.window)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a verification that found both images equal did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct VerifyStats {
-    /// The first image, `pool[/namespace]/image[@snap]`, its pool resolved.
-    pub source: String,
-    /// The second image, likewise.
-    pub dest: String,
-    /// The size of both.
-    pub image_size: u64,
-    /// Bytes read from each image and compared.
-    pub bytes_compared: u64,
-    /// Bytes allocated on neither image, which read as zeros on both and were not read.
-    pub bytes_skipped: u64,
-    /// Wall time, connecting included.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::progress::seconds"))]
-    pub elapsed: Duration,
-}
-
-impl VerifyStats {
-    /// Image bytes verified per second of wall time.
-    pub fn throughput(&self) -> f64 {
-        per_second(self.image_size, self.elapsed)
-    }
-}
-
-impl Verify {
-    /// Compares image `a` with image `b` (`pool[/ns]/image[@snap]`; without `@snap`, HEAD).
-    pub fn new(a: ImageSpec, b: ImageSpec) -> Self {
-        Verify {
-            a,
-            b,
-            cluster: ClusterSpec::default(),
-            dest_cluster: None,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            window: DEFAULT_WINDOW,
-            progress: None,
-            progress_interval: Duration::from_millis(200),
-            cancel: CancelToken::new(),
-        }
-    }
-
-    /// The cluster of `a`, and of `b` unless [`dest_cluster`](Self::dest_cluster) says
-    /// otherwise.
-    pub fn cluster(mut self, spec: ClusterSpec) -> Self {
-        self.cluster = spec;
-        self
-    }
-
-    /// The cluster of `b`, when it is not that of `a`.
-    pub fn dest_cluster(mut self, spec: ClusterSpec) -> Self {
-        self.dest_cluster = Some(spec);
-        self
-    }
-
-    /// The largest read, in bytes: a multiple of 4 KiB (default 2 MiB).
-    pub fn chunk_size(mut self, bytes: u64) -> Self {
-        self.chunk_size = bytes;
-        self
-    }
-
-    /// The window of reads in flight, as a number of chunks (default 16): at most
-    /// `window × chunk_size` bytes are held at once, librados's receive buffers included, so
-    /// `window / 4` chunks of each image are compared at a time (smaller ranges share that).
-    pub fn window(mut self, chunks: usize) -> Self {
-        self.window = chunks;
-        self
-    }
-
-    /// Called on the thread running the verification, as
-    /// [`DiffTransfer::on_progress`](crate::DiffTransfer::on_progress) is: in every phase,
-    /// at most every [`progress_interval`](Self::progress_interval); `Break` or a panic stops
-    /// it.
-    pub fn on_progress<R: ProgressFlow>(
-        mut self,
-        mut f: impl FnMut(&Progress) -> R + Send + 'static,
-    ) -> Self {
-        self.progress = Some(Box::new(move |p| f(p).keep_going()));
-        self
-    }
-
-    /// The least time between two progress calls (default 200 ms).
-    pub fn progress_interval(mut self, interval: Duration) -> Self {
-        self.progress_interval = interval;
-        self
-    }
-
-    /// A token another thread may use to cancel the verification.
-    pub fn cancel_token(mut self, token: CancelToken) -> Self {
-        self.cancel = token;
-        self
-    }
-
-    /// Compares the images. An image read at HEAD while another client writes it may of
-    /// course differ. `Ok` when they are equal; an error of kind
-    /// [`Mismatch`](crate::ErrorKind::Mismatch) naming the first byte that differs
-    /// ([`Error::offset`]), or saying that their sizes differ, when they are not.
-    pub fn run(mut self) -> Result<VerifyStats> {
-        let started = Instant::now();
-        transfer::check_io_settings(self.chunk_size, self.window)?;
-        let mut reporter = Reporter::new(
-            self.progress.take(),
-            self.progress_interval,
-            self.cancel.clone(),
-            started,
-        );
-        reporter.verification();
-        let result = self.verify(&mut reporter, started);
-        if let Some(panic) = reporter.take_panic() {
-            resume_unwind(panic);
-        }
-        result
-    }
-
-    fn verify(&self, reporter: &mut Reporter, started: Instant) -> Result<VerifyStats> {
-        let label = self.b.to_string();
-        reporter.phase(Phase::Connecting);
-        let cluster_a = transfer::connect_cluster(reporter, &label, &self.cluster)?;
-        let cluster_b = match &self.dest_cluster {
-            Some(spec) if *spec != self.cluster => {
-                transfer::connect_cluster(reporter, &label, spec)?
-            }
-            _ => cluster_a.clone(),
-        };
-        let (a, size_a) = open(reporter, &label, &cluster_a, &self.a)?;
-        let (b, size_b) = open(reporter, &label, &cluster_b, &self.b)?;
-        if size_a != size_b {
-            return Err(Error::mismatch(
-                b.path(),
-                size_a.min(size_b),
-                format!(
-                    "{} and {} differ: their sizes differ ({size_a} and {size_b} bytes)",
-                    a.label(),
-                    b.label()
-                ),
-            ));
-        }
-
-        reporter.phase(Phase::Scanning);
-        let stop = reporter.stop_check();
-        let (scan_a, scan_b) = (a.clone(), b.clone());
-        let what = format!("the allocated ranges of {} and {}", a.label(), b.label());
-        let ranges = transfer::detached(reporter, &label, what, move || {
-            // Both at once: they may be on two clusters.
-            std::thread::scope(|s| {
-                let other = s
-                    .spawn(|| crate::protocol::rbd::allocated_ranges(&scan_a, size_a, true, &stop));
-                let mine = crate::protocol::rbd::allocated_ranges(&scan_b, size_b, true, &stop)?;
-                let other = other.join().unwrap_or_else(|panic| resume_unwind(panic))?;
-                Ok(plan::union(&other, &mine))
-            })
-        });
-        let ranges = match ranges {
-            Err(_) if reporter.stop().is_some() => return Err(reporter.stopped_error(&label)),
-            r => r?,
-        };
-        let total: u64 = ranges.iter().map(|r| r.1).sum();
-        reporter.set_total(total);
-        reporter.phase(Phase::Verifying);
-        let window = transfer::io_window(self.chunk_size, self.window);
-        let compared = compare(
-            [&*a, &*b],
-            &ranges,
-            Reads {
-                chunk: self.chunk_size,
-                window,
-                rates: &[],
-            },
-            Compare::First,
-            reporter,
-            &label,
-        )?;
-        if let Some(offset) = compared.first_difference {
-            return Err(Error::mismatch(
-                b.path(),
-                offset,
-                format!("{} and {} differ at offset {offset}", a.label(), b.label()),
-            ));
-        }
-        reporter.finish();
-        Ok(VerifyStats {
-            source: a.label().to_owned(),
-            dest: b.label().to_owned(),
-            image_size: size_a,
-            bytes_compared: compared.bytes,
-            bytes_skipped: size_a - total,
-            elapsed: started.elapsed(),
-        })
-    }
-}
-
-/// Opens `spec` read-only on a helper thread; its size at that snapshot.
-fn open(
-    reporter: &mut Reporter,
-    label: &str,
-    cluster: &Cluster,
-    spec: &ImageSpec,
-) -> Result<(Arc<Image>, u64)> {
-    let (conn, spec) = (cluster.clone(), spec.clone());
-    let what = format!("{spec} to open");
-    transfer::detached(reporter, label, what, move || {
-        let (spec, pool) = transfer::open_pool(&conn, &spec)?;
-        let image = Image::open_read_only(&pool, spec.image(), spec.snap())?;
-        let size = image.size()?;
-        Ok((Arc::new(image), size))
-    })
-}
+use crate::progress::{Phase, Reporter};
 
 /// What [`compare`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -490,11 +229,6 @@ impl Comparison<'_> {
     }
 }
 
-/// Reads `ranges` (sorted, disjoint) from both sides, in chunks of at most `chunk` bytes and as
-/// many at a time as `window` allows, and compares them, reporting compared bytes to
-/// `reporter`. At the first difference nothing more is started, but every chunk in flight is
-/// still compared: chunks start in order, so the lowest difference found is the first. A read
-/// that fails before that offset is the error; a stop is one too (naming `label`).
 /// How a comparison reads: in chunks of at most `chunk` bytes, within `window`, the reads of
 /// the first image held back by `rates`.
 #[derive(Clone, Copy)]
@@ -504,6 +238,11 @@ pub(crate) struct Reads<'a> {
     pub rates: &'a [&'a RateLimit],
 }
 
+/// Reads `ranges` (sorted, disjoint) from both sides, in chunks of at most `chunk` bytes and as
+/// many at a time as `window` allows, and compares them, reporting compared bytes to
+/// `reporter`. At the first difference nothing more is started, but every chunk in flight is
+/// still compared: chunks start in order, so the lowest difference found is the first. A read
+/// that fails before that offset is the error; a stop is one too (naming `label`).
 pub(crate) fn compare(
     sides: [&dyn DiffSource; 2],
     ranges: &[(u64, u64)],
@@ -607,8 +346,7 @@ pub(crate) fn compare(
 /// compared; a difference is an error naming `dest` (`label`) and the first offset that
 /// differs.
 pub(crate) fn written(
-    source: &dyn crate::protocol::world::SourceImage,
-    dest: &dyn crate::protocol::world::DestImage,
+    [source, dest]: [(&dyn DiffSource, &str); 2],
     ranges: &[(u64, u64)],
     reads: Reads<'_>,
     reporter: &mut Reporter,
@@ -617,7 +355,7 @@ pub(crate) fn written(
     let ranges = plan::union(ranges, &[]);
     reporter.restart(Phase::Verifying, ranges.iter().map(|r| r.1).sum());
     let compared = compare(
-        [source, dest],
+        [source.0, dest.0],
         &ranges,
         reads,
         Compare::First,
@@ -627,13 +365,13 @@ pub(crate) fn written(
     match compared.first_difference {
         None => Ok(compared.bytes),
         Some(offset) => Err(Error::mismatch(
-            dest.path(),
+            dest.1,
             offset,
             format!(
                 "verification of the transfer into {label} failed: {} and {label} differ at \
                  offset {offset}; no end snapshot was created, run the transfer again: it \
                  rewrites from there on",
-                source.label()
+                source.1
             ),
         )),
     }
@@ -643,7 +381,9 @@ pub(crate) fn written(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use crate::progress::CancelToken;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     /// An image in memory whose reads complete on their own threads, later ones first.
     struct Memory {

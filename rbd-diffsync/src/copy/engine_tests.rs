@@ -6,16 +6,18 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::{run, Completion, Counters, DiffSink, DiffSource, Feed, Job, Limits, Listed, Window};
-use crate::budget::{Budget, RateLimit};
+use crate::copy::budget::Budget;
+use crate::copy::rate::RateLimit;
 use crate::error::{Error, ErrorKind, Result};
+use crate::locks::lock;
+use crate::plan::pipeline::{Queue, Totals};
 use crate::plan::{normalize, pieces, DiffExtent, KnownZero, Piece, ZERO_BLOCK};
 use crate::progress::{CancelToken, Phase, Progress, Reporter};
-use crate::stream::{Queue, Totals};
 
 /// What the destination holds where nothing was written or zeroed.
 const MARKER: u8 = 0xA5;
@@ -58,10 +60,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn range(off: u64, len: u64) -> Range<usize> {

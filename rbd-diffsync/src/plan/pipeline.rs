@@ -12,11 +12,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::mpsc::Sender;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
-use crate::engine::{Done, Feed, Next, WAKE};
 use crate::error::{Error, ErrorKind, Result};
+use crate::locks::{lock, wait};
 use crate::plan::{self, DiffExtent, Piece};
 
 /// Objects of a cell: the most one exact call lists at once.
@@ -321,10 +320,6 @@ struct Pool<'a> {
 /// A cell's scan: its diff, its error, or its panic.
 type Scanned = std::thread::Result<Result<Vec<DiffExtent>>>;
 
-fn lock<'m, T>(m: &'m Mutex<T>) -> MutexGuard<'m, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Scans the cells of `units` on [`THREADS`] threads, at most [`LOOKAHEAD`] ahead of `each`,
 /// which receives every cell's start and diff in order. A cell with nothing to scan costs no
 /// call. Stops at the first error, of a scan or of `each`.
@@ -357,7 +352,7 @@ fn ordered(
                     return;
                 }
                 if p.taken - p.consumed >= LOOKAHEAD {
-                    p = changed.wait(p).unwrap_or_else(PoisonError::into_inner);
+                    p = wait(&changed, p);
                     continue;
                 }
                 let i = p.taken;
@@ -405,7 +400,7 @@ fn ordered(
                     if p.exhausted && p.taken == p.consumed {
                         break None;
                     }
-                    p = changed.wait(p).unwrap_or_else(PoisonError::into_inner);
+                    p = wait(&changed, p);
                 }
             };
             match next {
@@ -442,8 +437,8 @@ struct QueueState {
     pieces: VecDeque<Piece>,
     planned: u64,
     end: Option<Result<Totals>>,
-    /// The engine waits for pieces: wake it with this.
-    waker: Option<Sender<Done>>,
+    /// The consumer waits for pieces: wake it with this.
+    waker: Option<Waker>,
     /// The engine is gone: planning further is of no use.
     closed: bool,
 }
@@ -478,7 +473,7 @@ impl Queue {
     pub(crate) fn push(&self, pieces: Vec<Piece>) -> Result<()> {
         let mut s = lock(&self.state);
         while s.pieces.len() >= self.limit && !s.closed {
-            s = self.room.wait(s).unwrap_or_else(PoisonError::into_inner);
+            s = wait(&self.room, s);
         }
         if s.closed {
             return Err(Error::new(
@@ -514,10 +509,7 @@ impl Queue {
 
     fn wake(s: &mut QueueState) {
         if let Some(waker) = s.waker.take() {
-            let _ = waker.send(Done {
-                token: WAKE,
-                ret: 0,
-            });
+            waker();
         }
     }
 
@@ -541,35 +533,49 @@ impl Queue {
     }
 }
 
-impl Feed for &Queue {
-    fn next(&mut self, waker: &Sender<Done>) -> Next {
+impl Queue {
+    /// Takes the next piece. When there is none yet, `waker` is asked for what to call once
+    /// there is one (or the end).
+    pub(crate) fn pop(&self, waker: impl FnOnce() -> Waker) -> Popped {
         let mut s = lock(&self.state);
         if let Some(piece) = s.pieces.pop_front() {
             if s.pieces.len() < QUEUED / 2 {
                 self.room.notify_all();
             }
-            return Next::Piece(piece);
+            return Popped::Piece(piece);
         }
         match s.end.take() {
             None => {
-                s.waker = Some(waker.clone());
+                s.waker = Some(waker());
                 self.room.notify_all();
-                Next::Later
+                Popped::Later
             }
             Some(Ok(totals)) => {
                 s.end = Some(Ok(totals));
-                Next::End
+                Popped::End
             }
-            // The engine asks no more once the feed has failed.
-            Some(Err(e)) => Next::Failed(e),
+            // Nobody asks again once the planning has failed.
+            Some(Err(e)) => Popped::Failed(e),
         }
-    }
-
-    fn planned(&self) -> u64 {
-        Queue::planned(self)
     }
 }
 
+/// What a consumer waiting for pieces is woken with.
+pub(crate) type Waker = Box<dyn FnOnce() + Send>;
+
+/// What [`Queue::pop`] gives.
+#[derive(Debug)]
+pub(crate) enum Popped {
+    /// The next piece, in order.
+    Piece(Piece),
+    /// None yet: the waker will be called.
+    Later,
+    /// The planning ended and every piece was taken.
+    End,
+    /// The planning failed.
+    Failed(Error),
+}
+
 #[cfg(test)]
-#[path = "stream_tests.rs"]
+#[path = "pipeline_tests.rs"]
 mod tests;

@@ -1,16 +1,7 @@
 //! Pure planning: which ranges to copy or zero, cut into chunks; where zero runs are inside a
 //! chunk; which ranges of the destination already read as zeros. No I/O here.
 
-/// One range of a diff, as librbd's diff_iterate reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiffExtent {
-    /// Byte offset.
-    pub offset: u64,
-    /// Byte length.
-    pub len: u64,
-    /// `true`: the range holds data to copy; `false`: it must read as zeros.
-    pub exists: bool,
-}
+pub use crate::rbd::image::DiffExtent;
 
 /// The granularity of zero detection, the same as `rbd import-diff`'s default sparse size.
 pub const ZERO_BLOCK: u64 = 4096;

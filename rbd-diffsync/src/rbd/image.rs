@@ -7,11 +7,20 @@ use std::time::Duration;
 
 use libc::{c_char, c_int, c_void, size_t};
 
-use crate::cluster::Pool;
-use crate::engine::{Completion, DiffSink, DiffSource};
 use crate::error::{Error, ErrorKind, Result};
-use crate::plan::DiffExtent;
-use crate::sys;
+use crate::rbd::cluster::Pool;
+use crate::rbd::sys;
+
+/// One range of a diff, as librbd's diff_iterate reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffExtent {
+    /// Byte offset.
+    pub offset: u64,
+    /// Byte length.
+    pub len: u64,
+    /// `true`: the range holds data to copy; `false`: it must read as zeros.
+    pub exists: bool,
+}
 
 /// Size and layout of an image (at the snapshot it was opened at).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +104,11 @@ impl Drop for Image {
         // the exclusive lock if this handle holds it.
         unsafe { sys::rbd_close(self.raw) };
     }
+}
+
+/// The progress callback of librbd calls that take one: reports nothing, never stops them.
+unsafe extern "C" fn no_progress(_offset: u64, _total: u64, _arg: *mut c_void) -> c_int {
+    0
 }
 
 fn c_name(what: &str, s: &str) -> Result<CString> {
@@ -348,9 +362,6 @@ impl Image {
     /// notifications through the OSD): for an image that no other client writes, such as a
     /// destination under its exclusive lock.
     pub fn create_snapshot(&self, name: &str, quiesce: bool) -> Result<()> {
-        unsafe extern "C" fn no_progress(_offset: u64, _total: u64, _arg: *mut c_void) -> c_int {
-            0
-        }
         let c_snap = c_name("snapshot name", name)?;
         let flags = if quiesce {
             0
@@ -376,9 +387,6 @@ impl Image {
 
     /// Grows or shrinks HEAD to `size` bytes.
     pub fn resize(&self, size: u64) -> Result<()> {
-        unsafe extern "C" fn no_progress(_offset: u64, _total: u64, _arg: *mut c_void) -> c_int {
-            0
-        }
         // SAFETY: `raw` is open; the callback ignores its (null) argument.
         let ret = unsafe { sys::rbd_resize2(self.raw, size, true, no_progress, ptr::null_mut()) };
         check(ret, "resize", &self.label)
@@ -640,84 +648,47 @@ impl Image {
         }
     }
 
+    /// Whether a whole-object diff of this image, at the snapshot it is open at, is read from
+    /// its object map: fast-diff on, and neither the object map nor fast-diff flagged invalid
+    /// there.
+    pub(crate) fn object_map_usable(&self) -> Result<bool> {
+        let needed = sys::RBD_FEATURE_OBJECT_MAP | sys::RBD_FEATURE_FAST_DIFF;
+        if self.features()? & needed != needed {
+            return Ok(false);
+        }
+        let invalid = sys::RBD_FLAG_OBJECT_MAP_INVALID | sys::RBD_FLAG_FAST_DIFF_INVALID;
+        Ok(self.flags()? & invalid == 0)
+    }
+
+    /// Whether it has the exclusive-lock feature.
+    pub(crate) fn lockable(&self) -> Result<bool> {
+        Ok(self.features()? & sys::RBD_FEATURE_EXCLUSIVE_LOCK != 0)
+    }
+
     pub(crate) fn io_error(&self, op: &str, offset: u64, len: u64, ret: i64) -> Error {
         Error::io(op, &self.label, offset, len, ret).with_image(self.path())
     }
 }
 
-/// Synchronous I/O and state, for the project's own tests.
-#[cfg(feature = "internals")]
+/// What is called with a request's result (the bytes moved, or a negative errno), once, on
+/// one of librbd's threads: it must only hand the result over.
+pub(crate) trait OnDone: FnOnce(i64) + Send + 'static {}
+
+impl<F: FnOnce(i64) + Send + 'static> OnDone for F {}
+
 impl Image {
-    /// Starts a discard of `[off, off + len)`.
-    fn start_discard(&self, off: u64, len: u64, done: Completion) -> Result<()> {
-        let c = PendingCompletion::new(done, self)?;
-        // SAFETY: `raw` is open, `c` a fresh completion.
-        let ret = unsafe { sys::rbd_aio_discard(self.raw, off, len, c.raw) };
-        c.submitted(ret, || self.io_error("discard", off, len, ret.into()))
-    }
-
-    fn wait_one(
-        &self,
-        start: impl FnOnce(Completion) -> Result<()>,
-        op: &str,
-        off: u64,
-        len: u64,
-    ) -> Result<u64> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        start(Completion::new(tx, 0))?;
-        let done = rx.recv().expect("a submitted request always completes");
-        if done.ret < 0 {
-            return Err(self.io_error(op, off, len, done.ret));
-        }
-        Ok(done.ret as u64)
-    }
-
-    /// Reads `buf.len()` bytes at `off`; returns how many were read (fewer at the end).
-    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let len = buf.len();
-        let ptr = buf.as_mut_ptr();
-        // SAFETY: `buf` is borrowed until wait_one has received the completion.
-        let n = self.wait_one(
-            |c| unsafe { self.start_read(off, len, ptr, c) },
-            "read",
-            off,
-            len as u64,
-        )?;
-        Ok(n as usize)
-    }
-
-    /// Writes `data` at `off`.
-    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
-        self.wait_one(
-            // SAFETY: `data` is borrowed until wait_one has received the completion.
-            |c| unsafe { self.start_write(off, data.len(), data.as_ptr(), c) },
-            "write",
-            off,
-            data.len() as u64,
-        )?;
-        Ok(())
-    }
-
-    /// Makes `[off, off + len)` read as zeros.
-    pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
-        self.wait_one(|c| self.start_zero(off, len, c), "write_zeroes", off, len)?;
-        Ok(())
-    }
-
-    /// Discards `[off, off + len)`.
-    pub fn discard(&self, off: u64, len: u64) -> Result<()> {
-        self.wait_one(|c| self.start_discard(off, len, c), "discard", off, len)?;
-        Ok(())
-    }
-}
-
-impl DiffSource for Image {
-    unsafe fn start_read(
+    /// Starts reading `len` bytes at `off` into `buf`; `done` gets the result, unless this
+    /// returns `Err` (then the request was not submitted and `done` is dropped uncalled).
+    ///
+    /// # Safety
+    /// `buf` must stay valid for writes of `len` bytes, unread and unmoved, until `done` has
+    /// been called.
+    pub(crate) unsafe fn aio_read(
         &self,
         off: u64,
         len: usize,
         buf: *mut u8,
-        done: Completion,
+        done: impl OnDone,
     ) -> Result<()> {
         let c = PendingCompletion::new(done, self)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
@@ -734,18 +705,16 @@ impl DiffSource for Image {
         c.submitted(ret, || self.io_error("read", off, len as u64, ret.into()))
     }
 
-    fn read_error(&self, off: u64, len: u64, ret: i64) -> Error {
-        self.io_error("read", off, len, ret)
-    }
-}
-
-impl DiffSink for Image {
-    unsafe fn start_write(
+    /// Starts writing `len` bytes from `buf` at `off`, as [`aio_read`](Self::aio_read).
+    ///
+    /// # Safety
+    /// `buf` must stay valid and unchanged until `done` has been called.
+    pub(crate) unsafe fn aio_write(
         &self,
         off: u64,
         len: usize,
         buf: *const u8,
-        done: Completion,
+        done: impl OnDone,
     ) -> Result<()> {
         let c = PendingCompletion::new(done, self)?;
         // SAFETY: the caller keeps `buf` valid; `c` is a fresh completion.
@@ -756,7 +725,7 @@ impl DiffSink for Image {
     }
 
     /// Starts making `[off, off + len)` read as zeros, deallocating whole objects.
-    fn start_zero(&self, off: u64, len: u64, done: Completion) -> Result<()> {
+    pub(crate) fn aio_write_zeroes(&self, off: u64, len: u64, done: impl OnDone) -> Result<()> {
         let size = usize::try_from(len)
             .map_err(|_| self.io_error("write_zeroes", off, len, -(libc::EINVAL as i64)))?;
         let c = PendingCompletion::new(done, self)?;
@@ -765,39 +734,111 @@ impl DiffSink for Image {
         c.submitted(ret, || self.io_error("write_zeroes", off, len, ret.into()))
     }
 
-    fn write_error(&self, op: &'static str, off: u64, len: u64, ret: i64) -> Error {
-        self.io_error(op, off, len, ret)
+}
+
+/// Synchronous I/O and state, for the project's own tests.
+#[cfg(feature = "internals")]
+impl Image {
+    /// Starts a discard of `[off, off + len)`.
+    fn aio_discard(&self, off: u64, len: u64, done: impl OnDone) -> Result<()> {
+        let c = PendingCompletion::new(done, self)?;
+        // SAFETY: `raw` is open, `c` a fresh completion.
+        let ret = unsafe { sys::rbd_aio_discard(self.raw, off, len, c.raw) };
+        c.submitted(ret, || self.io_error("discard", off, len, ret.into()))
+    }
+
+    /// Runs one request started by `start` and waits for its result.
+    fn wait_one(
+        &self,
+        start: impl FnOnce(Box<dyn OnDone>) -> Result<()>,
+        op: &str,
+        off: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        start(Box::new(move |ret| {
+            // A receiver that is gone waits for nothing any more.
+            let _ = tx.send(ret);
+        }))?;
+        let ret = rx.recv().expect("a submitted request always completes");
+        if ret < 0 {
+            return Err(self.io_error(op, off, len, ret));
+        }
+        Ok(ret as u64)
+    }
+
+    /// Reads `buf.len()` bytes at `off`; returns how many were read (fewer at the end).
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let len = buf.len();
+        let ptr = buf.as_mut_ptr();
+        // SAFETY: `buf` is borrowed until wait_one has received the completion.
+        let n = self.wait_one(
+            |c| unsafe { self.aio_read(off, len, ptr, c) },
+            "read",
+            off,
+            len as u64,
+        )?;
+        Ok(n as usize)
+    }
+
+    /// Writes `data` at `off`.
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.wait_one(
+            // SAFETY: `data` is borrowed until wait_one has received the completion.
+            |c| unsafe { self.aio_write(off, data.len(), data.as_ptr(), c) },
+            "write",
+            off,
+            data.len() as u64,
+        )?;
+        Ok(())
+    }
+
+    /// Makes `[off, off + len)` read as zeros.
+    pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+        self.wait_one(
+            |c| self.aio_write_zeroes(off, len, c),
+            "write_zeroes",
+            off,
+            len,
+        )?;
+        Ok(())
+    }
+
+    /// Discards `[off, off + len)`.
+    pub fn discard(&self, off: u64, len: u64) -> Result<()> {
+        self.wait_one(|c| self.aio_discard(off, len, c), "discard", off, len)?;
+        Ok(())
     }
 }
 
-unsafe extern "C" fn on_complete(c: sys::rbd_completion_t, arg: *mut c_void) {
+unsafe extern "C" fn on_complete<F: OnDone>(c: sys::rbd_completion_t, arg: *mut c_void) {
     // Runs on a librbd thread: take the result, hand it over, free what is ours, nothing else.
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `arg` is the box leaked in `PendingCompletion::new`, given back exactly once.
-        let done = unsafe { Box::from_raw(arg as *mut Completion) };
+        let done = unsafe { Box::from_raw(arg as *mut F) };
         // SAFETY: `c` is the completion that fired; librbd allows release inside its callback.
         let ret = unsafe { sys::rbd_aio_get_return_value(c) } as i64;
         // SAFETY: nothing else refers to `c` after this callback.
         unsafe { sys::rbd_aio_release(c) };
-        done.complete(ret);
+        done(ret);
     }));
 }
 
-/// A librbd completion whose callback hands the result to an engine [`Completion`].
-struct PendingCompletion {
+/// A librbd completion whose callback hands the result to an [`OnDone`].
+struct PendingCompletion<F> {
     raw: sys::rbd_completion_t,
-    arg: *mut Completion,
+    arg: *mut F,
 }
 
-impl PendingCompletion {
-    fn new(done: Completion, image: &Image) -> Result<PendingCompletion> {
+impl<F: OnDone> PendingCompletion<F> {
+    fn new(done: F, image: &Image) -> Result<PendingCompletion<F>> {
         let arg = Box::into_raw(Box::new(done));
         let mut raw: sys::rbd_completion_t = ptr::null_mut();
         // SAFETY: `arg` stays valid until the callback frees it; `raw` is an out pointer.
-        let ret = unsafe { sys::rbd_aio_create_completion(arg.cast(), on_complete, &mut raw) };
+        let ret = unsafe { sys::rbd_aio_create_completion(arg.cast(), on_complete::<F>, &mut raw) };
         if ret < 0 {
-            // SAFETY: no completion holds `arg`; dropped without completing, as the engine
-            // expects of a request that was not submitted.
+            // SAFETY: no completion holds `arg`; dropped without being called, as a request
+            // that was not submitted must be.
             drop(unsafe { Box::from_raw(arg) });
             return Err(Error::rbd(
                 "create aio completion",

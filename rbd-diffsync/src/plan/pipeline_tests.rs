@@ -315,11 +315,13 @@ fn an_error_of_the_receiver_stops_the_scans() {
 
 #[test]
 fn the_queue_holds_the_planning_back_and_ends_it_when_closed() {
-    use crate::engine::Feed;
     let queue = Queue::default();
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut feed = &queue;
-    assert!(matches!(feed.next(&tx), Next::Later));
+    let waker = || -> Waker {
+        let tx = tx.clone();
+        Box::new(move || tx.send(()).unwrap())
+    };
+    assert!(matches!(queue.pop(waker), Popped::Later));
     std::thread::scope(|s| {
         let planning = s.spawn(|| {
             for i in 0..3 * QUEUED as u64 {
@@ -333,15 +335,15 @@ fn the_queue_holds_the_planning_back_and_ends_it_when_closed() {
             Ok::<_, Error>(())
         });
         // The first push woke the engine.
-        assert_eq!(rx.recv().unwrap().token, WAKE);
+        rx.recv().unwrap();
         let mut taken = 0u64;
         while taken < QUEUED as u64 {
-            match feed.next(&tx) {
-                Next::Piece(p) => {
+            match queue.pop(waker) {
+                Popped::Piece(p) => {
                     assert_eq!(p.offset, taken * 4096);
                     taken += 1;
                 }
-                Next::Later => {
+                Popped::Later => {
                     rx.recv().unwrap();
                 }
                 _ => panic!("the planning has not ended"),
@@ -349,7 +351,7 @@ fn the_queue_holds_the_planning_back_and_ends_it_when_closed() {
         }
         // It waits for room: never more than the queue's size ahead.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(feed.planned() <= (taken + QUEUED as u64) * 4096);
+        assert!(queue.planned() <= (taken + QUEUED as u64) * 4096);
         queue.close();
         let e = planning.join().unwrap().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
@@ -358,8 +360,7 @@ fn the_queue_holds_the_planning_back_and_ends_it_when_closed() {
 
 #[test]
 fn the_queue_ends_after_its_pieces_or_fails() {
-    use crate::engine::Feed;
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let waker = || -> Waker { Box::new(|| ()) };
     let queue = Queue::default();
     let piece = Piece {
         offset: 0,
@@ -371,14 +372,12 @@ fn the_queue_ends_after_its_pieces_or_fails() {
         extents: 7,
         ..Totals::default()
     }));
-    let mut feed = &queue;
-    assert!(matches!(feed.next(&tx), Next::Piece(p) if p == piece));
-    assert!(matches!(feed.next(&tx), Next::End));
+    assert!(matches!(queue.pop(waker), Popped::Piece(p) if p == piece));
+    assert!(matches!(queue.pop(waker), Popped::End));
     assert_eq!(queue.totals().map(|t| t.extents), Some(7));
 
     let failed = Queue::default();
     failed.finish(Err(Error::from_errno(libc::EIO, "scan")));
-    let mut feed = &failed;
-    assert!(matches!(feed.next(&tx), Next::Failed(e) if e.errno() == libc::EIO));
+    assert!(matches!(failed.pop(waker), Popped::Failed(e) if e.errno() == libc::EIO));
     assert_eq!(failed.totals(), None);
 }
