@@ -733,7 +733,6 @@ impl Image {
         let ret = unsafe { sys::rbd_aio_write_zeroes(self.raw, off, size, c.raw, 0, 0) };
         c.submitted(ret, || self.io_error("write_zeroes", off, len, ret.into()))
     }
-
 }
 
 /// Synchronous I/O and state, for the project's own tests.
