@@ -7,6 +7,10 @@
 //! simulated cluster of the fault-schedule explorer (feature `sim`), which checks after every
 //! schedule that an end snapshot reads as the source's and that the caller's result says
 //! whether it exists.
+//!
+//! It may call: [`crate::verify`] (the comparison of what was written), [`crate::copy`] (the
+//! engine, its budget and checkpoints), [`crate::plan`], [`crate::rbd`] (only in [`rbd`]),
+//! and the shared vocabulary (`error`, `spec`, `progress`).
 
 pub(crate) mod batch;
 pub(crate) mod checks;

@@ -1,5 +1,10 @@
-//! Verification: both images read with a window of requests in flight, and compared byte for
-//! byte; ranges that neither image has allocated read as zeros on both, and are not read.
+//! **Verification**: two images compared byte for byte ([`compare`]), both read with a window
+//! of requests in flight; ranges that neither image has allocated read as zeros on both, and
+//! are not read. [`Verify`] compares two whole images; the protocol uses [`written`] to check
+//! what a transfer wrote.
+//!
+//! It may call: [`crate::copy`] (the sources' reads, the window, the rate cap),
+//! [`crate::plan`], [`crate::rbd`], and the shared vocabulary.
 
 use std::panic::resume_unwind;
 use std::sync::Arc;
