@@ -869,7 +869,7 @@ int rbd_diffsync_cluster_set_mon_host(struct rbd_diffsync_cluster *cluster,
  * Gives up connecting after this many milliseconds (librados' `client_mount_timeout`):
  * `RBD_DIFFSYNC_DEFAULT_CONNECT_TIMEOUT_MS` unless ceph.conf sets another value than librados'
  * own default (300 s). An unreachable monitor fails then, with `-ETIMEDOUT`; a key the
- * monitors refuse fails within seconds.
+ * monitors refuse fails within seconds. 0 is refused (`-EINVAL`) by the run that uses it.
  */
 int rbd_diffsync_cluster_set_connect_timeout_ms(struct rbd_diffsync_cluster *cluster,
                                                 uint64_t milliseconds);

@@ -7,7 +7,8 @@ use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rbd_diffsync::{CancelToken, ClusterSpec, DiffTransfer, ImageSpec, Phase, Progress, Verify};
+use rbd_diffsync::Settings as CoreSettings;
+use rbd_diffsync::{CancelToken, DiffTransfer, ImageSpec, Phase, Progress, Verify};
 
 use crate::cluster::rbd_diffsync_cluster;
 use crate::guard::{
@@ -143,14 +144,10 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A builder of the core with the settings every handle that runs has.
+/// A builder of the core that takes the core's settings.
 pub(crate) trait Builder: Sized {
     fn new(source: ImageSpec, dest: ImageSpec) -> Self;
-    fn cluster(self, spec: ClusterSpec) -> Self;
-    fn dest_cluster(self, spec: ClusterSpec) -> Self;
-    fn chunk_size(self, bytes: u64) -> Self;
-    fn window(self, chunks: usize) -> Self;
-    fn progress_interval(self, interval: Duration) -> Self;
+    fn settings(self, settings: CoreSettings) -> Self;
     fn on_progress(self, callback: Arc<Callback<rbd_diffsync_progress>>) -> Self;
     fn cancel_token(self, token: CancelToken) -> Self;
 }
@@ -161,20 +158,8 @@ macro_rules! builder {
             fn new(source: ImageSpec, dest: ImageSpec) -> Self {
                 <$t>::new(source, dest)
             }
-            fn cluster(self, spec: ClusterSpec) -> Self {
-                <$t>::cluster(self, spec)
-            }
-            fn dest_cluster(self, spec: ClusterSpec) -> Self {
-                <$t>::dest_cluster(self, spec)
-            }
-            fn chunk_size(self, bytes: u64) -> Self {
-                <$t>::chunk_size(self, bytes)
-            }
-            fn window(self, chunks: usize) -> Self {
-                <$t>::window(self, chunks)
-            }
-            fn progress_interval(self, interval: Duration) -> Self {
-                <$t>::progress_interval(self, interval)
+            fn settings(self, settings: CoreSettings) -> Self {
+                <$t>::settings(self, settings)
             }
             fn on_progress(self, callback: Arc<Callback<rbd_diffsync_progress>>) -> Self {
                 <$t>::on_progress(self, move |p| callback.report(p))
@@ -193,12 +178,9 @@ builder!(Verify);
 pub(crate) struct Common {
     source: Option<ImageSpec>,
     dest: Option<ImageSpec>,
-    cluster: ClusterSpec,
-    dest_cluster: Option<ClusterSpec>,
-    chunk_size: Option<u64>,
-    window: Option<usize>,
+    /// The core's settings, as the setters left them.
+    pub(crate) settings: CoreSettings,
     progress: Option<Arc<Callback<rbd_diffsync_progress>>>,
-    progress_interval: Option<Duration>,
 }
 
 impl Common {
@@ -214,19 +196,7 @@ impl Common {
                 "the {what} has no source or no destination: set both first"
             )));
         };
-        let mut b = B::new(source.clone(), dest.clone()).cluster(self.cluster.clone());
-        if let Some(spec) = &self.dest_cluster {
-            b = b.dest_cluster(spec.clone());
-        }
-        if let Some(bytes) = self.chunk_size {
-            b = b.chunk_size(bytes);
-        }
-        if let Some(chunks) = self.window {
-            b = b.window(chunks);
-        }
-        if let Some(interval) = self.progress_interval {
-            b = b.progress_interval(interval);
-        }
+        let mut b = B::new(source.clone(), dest.clone()).settings(self.settings.clone());
         if let Some(callback) = &self.progress {
             b = b.on_progress(Arc::clone(callback));
         }
@@ -360,8 +330,8 @@ pub(crate) unsafe fn set_cluster<H: Runs>(
     // SAFETY: the caller's promise.
     unsafe {
         set(handle, read, |s, spec| match dest {
-            true => s.common().dest_cluster = spec,
-            false => s.common().cluster = spec.expect("checked above"),
+            true => s.common().settings.dest_cluster = spec,
+            false => s.common().settings.cluster = spec.expect("checked above"),
         })
     }
 }
@@ -373,7 +343,7 @@ pub(crate) unsafe fn set_cluster<H: Runs>(
 /// `handle` is NULL or a live handle.
 pub(crate) unsafe fn set_window<H: Runs>(handle: *const H, chunks: u32) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { set_common(handle, |s| s.window = Some(chunks as usize)) }
+    unsafe { set_common(handle, |s| s.settings.window = chunks as usize) }
 }
 
 /// Sets the chunk size, in bytes.
@@ -383,7 +353,7 @@ pub(crate) unsafe fn set_window<H: Runs>(handle: *const H, chunks: u32) -> c_int
 /// `handle` is NULL or a live handle.
 pub(crate) unsafe fn set_chunk_size<H: Runs>(handle: *const H, bytes: u64) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { set_common(handle, |s| s.chunk_size = Some(bytes)) }
+    unsafe { set_common(handle, |s| s.settings.chunk_size = bytes) }
 }
 
 /// Sets or removes the progress callback.
@@ -421,7 +391,7 @@ pub(crate) unsafe fn set_progress<H: Runs>(
 pub(crate) unsafe fn set_progress_interval<H: Runs>(handle: *const H, ms: u64) -> c_int {
     let interval = Duration::from_millis(ms);
     // SAFETY: the caller's promise.
-    unsafe { set_common(handle, |s| s.progress_interval = Some(interval)) }
+    unsafe { set_common(handle, |s| s.settings.progress_interval = interval) }
 }
 
 /// Cancels the run in progress, or the next. Callable from any thread: it never touches the

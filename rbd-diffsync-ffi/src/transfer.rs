@@ -154,10 +154,6 @@ const PLAN_V1_SIZE: usize = offset_of!(rbd_diffsync_plan, resume_from);
 pub(crate) struct Settings {
     common: Common,
     from_snap: Option<String>,
-    whole_object: bool,
-    force: bool,
-    verify: bool,
-    rate_limit: u64,
 }
 
 impl job::Settings for Settings {
@@ -168,13 +164,7 @@ impl job::Settings for Settings {
 
 impl Settings {
     pub(crate) fn transfer(&self) -> Result<DiffTransfer, Failure> {
-        let mut t = self
-            .common
-            .builder::<DiffTransfer>("transfer")?
-            .whole_object(self.whole_object)
-            .overwrite_existing(self.force)
-            .verify(self.verify)
-            .rate_limit(self.rate_limit);
+        let mut t = self.common.builder::<DiffTransfer>("transfer")?;
         if let Some(from) = &self.from_snap {
             t = t.from_snap(from.clone());
         }
@@ -322,7 +312,7 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_whole_object(
     on: bool,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe { set_switch(transfer, on, |s, on| s.whole_object = on) }
+    unsafe { set_switch(transfer, on, |s, on| s.common.settings.whole_object = on) }
 }
 
 /// Allows writing over what the destination holds (the command line's `--force`): a full
@@ -336,7 +326,11 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_force(
     on: bool,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe { set_switch(transfer, on, |s, on| s.force = on) }
+    unsafe {
+        set_switch(transfer, on, |s, on| {
+            s.common.settings.overwrite_existing = on
+        })
+    }
 }
 
 /// After the writes, before the end snapshot, reads back every range the run wrote or zeroed
@@ -351,7 +345,7 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_verify(
     on: bool,
 ) -> c_int {
     // SAFETY: the caller passes NULL or a live handle.
-    unsafe { set_switch(transfer, on, |s, on| s.verify = on) }
+    unsafe { set_switch(transfer, on, |s, on| s.common.settings.verify = on) }
 }
 
 /// Caps the bytes the transfer reads from the source at `bytes_per_sec` on average (the
@@ -370,7 +364,7 @@ pub unsafe extern "C" fn rbd_diffsync_transfer_set_rate_limit(
         job::set(
             transfer,
             || Ok(bytes_per_sec),
-            |s, rate| s.rate_limit = rate,
+            |s, rate| s.common.settings.rate_limit = (rate > 0).then_some(rate),
         )
     }
 }

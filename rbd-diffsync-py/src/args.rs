@@ -36,22 +36,3 @@ pub(crate) fn seconds(py: Python<'_>, what: &str, value: f64) -> PyResult<Durati
         )
     })
 }
-
-/// A count of a batch's settings, between `least` and `most`.
-pub(crate) fn count(
-    py: Python<'_>,
-    what: &str,
-    value: i64,
-    least: i64,
-    most: i64,
-) -> PyResult<usize> {
-    if value < least || value > most {
-        let range = if most == i64::MAX {
-            format!("at least {least}")
-        } else {
-            format!("between {least} and {most}")
-        };
-        return Err(invalid(py, format!("{what} {value} is not {range}")));
-    }
-    usize::try_from(value).map_err(|_| invalid(py, format!("{what} {value} is too large")))
-}

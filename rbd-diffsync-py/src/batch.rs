@@ -12,7 +12,7 @@ use pyo3::types::PyList;
 use rbd_diffsync as core;
 use rbd_diffsync::{CancelToken, ErrorKind, Phase, VolumeState};
 
-use crate::args::{count, rate, rate_cap, seconds};
+use crate::args::{non_negative, rate, rate_cap, seconds};
 use crate::bridge::{run_bridged_keeping, Hook, Raised, Report, Reporting};
 use crate::exceptions::{invalid, new_error, to_py_err, Context};
 use crate::transfer::{PyDiffTransfer, PyTransferStats};
@@ -174,12 +174,7 @@ const _: () = assert!(
 #[pyclass(frozen, module = "rbd_diffsync", name = "SyncMany")]
 pub(crate) struct PySyncMany {
     transfers: Vec<Py<PyDiffTransfer>>,
-    parallel: usize,
-    memory_budget: usize,
-    max_requests: usize,
-    /// 0 for no cap.
-    rate_limit: u64,
-    progress_interval: Duration,
+    settings: core::BatchSettings,
     token: CancelToken,
 }
 
@@ -196,13 +191,17 @@ impl PySyncMany {
         rate_limit: Option<i64>,
         progress_interval: f64,
     ) -> PyResult<Self> {
+        let transfers = distinct_destinations(py, transfers)?;
+        let mut settings = core::BatchSettings::default();
+        settings.parallel = non_negative(py, "parallel", parallel)?;
+        settings.memory_budget = non_negative(py, "memory_budget", memory_budget)?;
+        settings.max_requests = non_negative(py, "max_requests", max_requests)?;
+        settings.rate_limit = rate_cap(rate(py, rate_limit)?);
+        settings.progress_interval = seconds(py, "progress_interval", progress_interval)?;
+        settings.check().map_err(|e| to_py_err(py, &e))?;
         Ok(PySyncMany {
-            transfers: distinct_destinations(py, transfers)?,
-            parallel: count(py, "parallel", parallel, 1, 1024)?,
-            memory_budget: count(py, "memory_budget", memory_budget, 1, i64::MAX)?,
-            max_requests: count(py, "max_requests", max_requests, 1, i64::MAX)?,
-            rate_limit: rate(py, rate_limit)?,
-            progress_interval: seconds(py, "progress_interval", progress_interval)?,
+            transfers,
+            settings,
             token: CancelToken::new(),
         })
     }
@@ -213,7 +212,7 @@ impl PySyncMany {
         let batch = self.batch();
         let stopped = batch.stopped.clone();
         let (raised, results) =
-            run_bridged_keeping(py, progress, self.progress_interval, batch, |b| {
+            run_bridged_keeping(py, progress, self.settings.progress_interval, batch, |b| {
                 Ok(b.many.run())
             });
         let results = results.map_err(|e| to_py_err(py, &e))?;
@@ -246,27 +245,27 @@ impl PySyncMany {
 
     #[getter]
     fn parallel(&self) -> usize {
-        self.parallel
+        self.settings.parallel
     }
 
     #[getter]
     fn memory_budget(&self) -> usize {
-        self.memory_budget
+        self.settings.memory_budget
     }
 
     #[getter]
     fn max_requests(&self) -> usize {
-        self.max_requests
+        self.settings.max_requests
     }
 
     #[getter]
     fn rate_limit(&self) -> Option<u64> {
-        rate_cap(self.rate_limit)
+        self.settings.rate_limit
     }
 
     #[getter]
     fn progress_interval(&self) -> f64 {
-        self.progress_interval.as_secs_f64()
+        self.settings.progress_interval.as_secs_f64()
     }
 
     fn __len__(&self) -> usize {
@@ -277,7 +276,7 @@ impl PySyncMany {
         format!(
             "SyncMany(<{} transfers>, parallel={})",
             self.transfers.len(),
-            self.parallel
+            self.settings.parallel
         )
     }
 }
@@ -295,10 +294,7 @@ impl PySyncMany {
         }
         Batch {
             many: core::SyncMany::new(transfers)
-                .parallel(self.parallel)
-                .memory_budget(self.memory_budget)
-                .max_requests(self.max_requests)
-                .rate_limit(self.rate_limit)
+                .settings(self.settings.clone())
                 .cancel_token(self.token.clone()),
             links,
             stopped: Arc::new(AtomicBool::new(false)),
@@ -318,7 +314,7 @@ impl PySyncMany {
         }
         let transfer = t
             .transfer()
-            .progress_interval(self.progress_interval)
+            .progress_interval(self.settings.progress_interval)
             .cancel_token(token.clone());
         (transfer, (own, token))
     }
@@ -337,7 +333,7 @@ fn distinct_destinations(
         let key = {
             let t = t.get();
             let s = &t.settings;
-            let cluster = s.dest_cluster.as_ref().unwrap_or(&s.cluster);
+            let cluster = s.core.dest_cluster.as_ref().unwrap_or(&s.core.cluster);
             (t.dest.to_string(), cluster.clone())
         };
         if let Some(first) = seen.insert(key, i) {

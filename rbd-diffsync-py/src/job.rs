@@ -12,18 +12,15 @@ use crate::args::{non_negative, seconds};
 use crate::bridge::{run_bridged, Hook, Reporting};
 use crate::cluster::PyClusterSpec;
 
-/// What a transfer and a verification are both given: the clusters, the I/O settings, the
-/// progress interval and the token of cancel().
+/// What a transfer and a verification are both given: the core's settings and the token of
+/// cancel().
 pub(crate) struct Settings {
-    pub(crate) cluster: core::ClusterSpec,
-    pub(crate) dest_cluster: Option<core::ClusterSpec>,
-    chunk_size: u64,
-    window: usize,
-    progress_interval: Duration,
+    pub(crate) core: core::Settings,
     pub(crate) token: CancelToken,
 }
 
 impl Settings {
+    /// The settings of the keywords every job has; the others keep their defaults.
     pub(crate) fn new(
         py: Python<'_>,
         cluster: Option<PyRef<'_, PyClusterSpec>>,
@@ -32,29 +29,22 @@ impl Settings {
         window: i64,
         progress_interval: f64,
     ) -> PyResult<Self> {
-        let chunk_size = non_negative(py, "chunk_size", chunk_size)?;
-        let window = non_negative(py, "window", window)?;
+        let mut settings = core::Settings::default();
+        settings.cluster = cluster.map(|c| c.inner.clone()).unwrap_or_default();
+        settings.dest_cluster = dest_cluster.map(|c| c.inner.clone());
+        settings.chunk_size = non_negative(py, "chunk_size", chunk_size)?;
+        settings.window = non_negative(py, "window", window)?;
+        settings.progress_interval = seconds(py, "progress_interval", progress_interval)?;
         Ok(Settings {
-            cluster: cluster.map(|c| c.inner.clone()).unwrap_or_default(),
-            dest_cluster: dest_cluster.map(|c| c.inner.clone()),
-            chunk_size,
-            window,
-            progress_interval: seconds(py, "progress_interval", progress_interval)?,
+            core: settings,
             token: CancelToken::new(),
         })
     }
 
-    /// `job` with these clusters, I/O settings and token.
+    /// `job` with these settings and token.
     pub(crate) fn apply<J: Job>(&self, job: J) -> J {
-        let job = job
-            .cluster(self.cluster.clone())
-            .chunk_size(self.chunk_size)
-            .window(self.window)
-            .cancel_token(self.token.clone());
-        match &self.dest_cluster {
-            Some(dest) => job.dest_cluster(dest.clone()),
-            None => job,
-        }
+        job.settings(self.core.clone())
+            .cancel_token(self.token.clone())
     }
 
     /// Runs `f` on `builder` as [`run_bridged`] does, at this progress interval.
@@ -65,16 +55,13 @@ impl Settings {
         builder: B,
         f: impl FnOnce(B) -> core::Result<T> + Send,
     ) -> PyResult<T> {
-        run_bridged(py, progress, self.progress_interval, builder, f)
+        run_bridged(py, progress, self.core.progress_interval, builder, f)
     }
 }
 
 /// A core builder that [`Settings`] apply to: a transfer or a verification.
 pub(crate) trait Job: Send + Sized {
-    fn cluster(self, spec: core::ClusterSpec) -> Self;
-    fn dest_cluster(self, spec: core::ClusterSpec) -> Self;
-    fn chunk_size(self, bytes: u64) -> Self;
-    fn window(self, chunks: usize) -> Self;
+    fn settings(self, settings: core::Settings) -> Self;
     fn cancel_token(self, token: CancelToken) -> Self;
     fn progress_interval(self, interval: Duration) -> Self;
     fn on_progress(self, hook: Hook<core::Progress>) -> Self;
@@ -83,17 +70,8 @@ pub(crate) trait Job: Send + Sized {
 macro_rules! job {
     ($t:ty) => {
         impl Job for $t {
-            fn cluster(self, spec: core::ClusterSpec) -> Self {
-                <$t>::cluster(self, spec)
-            }
-            fn dest_cluster(self, spec: core::ClusterSpec) -> Self {
-                <$t>::dest_cluster(self, spec)
-            }
-            fn chunk_size(self, bytes: u64) -> Self {
-                <$t>::chunk_size(self, bytes)
-            }
-            fn window(self, chunks: usize) -> Self {
-                <$t>::window(self, chunks)
+            fn settings(self, settings: core::Settings) -> Self {
+                <$t>::settings(self, settings)
             }
             fn cancel_token(self, token: CancelToken) -> Self {
                 <$t>::cancel_token(self, token)

@@ -140,11 +140,6 @@ pub(crate) struct PyDiffTransfer {
     source: ImageSpec,
     pub(crate) dest: ImageSpec,
     from_snap: Option<String>,
-    whole_object: bool,
-    force: bool,
-    verify: bool,
-    /// Bytes per second read from the source, at most; 0 for no cap.
-    rate_limit: u64,
     pub(crate) settings: Settings,
 }
 
@@ -169,9 +164,9 @@ impl PyDiffTransfer {
         progress_interval: f64,
     ) -> PyResult<Self> {
         let source = parse_spec(py, source)?;
-        let rate_limit = rate(py, rate_limit)?;
+        let rate_limit = rate_cap(rate(py, rate_limit)?);
         let dest = parse_spec(py, dest)?;
-        let settings = Settings::new(
+        let mut settings = Settings::new(
             py,
             cluster,
             dest_cluster,
@@ -179,14 +174,14 @@ impl PyDiffTransfer {
             window,
             progress_interval,
         )?;
+        settings.core.whole_object = whole_object;
+        settings.core.overwrite_existing = force;
+        settings.core.verify = verify;
+        settings.core.rate_limit = rate_limit;
         Ok(PyDiffTransfer {
             source,
             dest,
             from_snap,
-            whole_object,
-            force,
-            verify,
-            rate_limit,
             settings,
         })
     }
@@ -238,7 +233,7 @@ impl PyDiffTransfer {
     /// The cap on the bytes per second read from the source, or None.
     #[getter(rate_limit)]
     fn max_rate(&self) -> Option<u64> {
-        rate_cap(self.rate_limit)
+        self.settings.core.rate_limit
     }
 
     fn __repr__(&self) -> String {
@@ -254,15 +249,13 @@ impl PyDiffTransfer {
 impl PyDiffTransfer {
     /// The core transfer that this object describes.
     pub(crate) fn transfer(&self) -> core::DiffTransfer {
-        let t = core::DiffTransfer::new(self.source.clone(), self.dest.clone())
-            .whole_object(self.whole_object)
-            .overwrite_existing(self.force)
-            .verify(self.verify)
-            .rate_limit(self.rate_limit);
-        let t = match &self.from_snap {
+        let t = self.settings.apply(core::DiffTransfer::new(
+            self.source.clone(),
+            self.dest.clone(),
+        ));
+        match &self.from_snap {
             Some(from) => t.from_snap(from.clone()),
             None => t,
-        };
-        self.settings.apply(t)
+        }
     }
 }

@@ -158,7 +158,10 @@ pub use many::{
     DEFAULT_BATCH_REQUESTS, DEFAULT_PARALLEL,
 };
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
-pub use settings::{DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+pub use settings::{
+    Settings, DEFAULT_CHUNK_SIZE, DEFAULT_PROGRESS_INTERVAL, DEFAULT_WINDOW, MAX_CHUNK_SIZE,
+    MAX_PARALLEL, MAX_WINDOW,
+};
 pub use spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use transfer::{DiffTransfer, Plan};
 pub use verify::{Verify, VerifyStats};

@@ -13,7 +13,7 @@ use crate::locks::lock;
 use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 use crate::protocol::batch::BatchLink;
 use crate::rbd::cluster::Connections;
-use crate::settings::DEFAULT_CHUNK_SIZE;
+use crate::settings::{self, DEFAULT_CHUNK_SIZE, DEFAULT_PROGRESS_INTERVAL};
 use crate::spec::{ClusterSpec, ImageSpec};
 use crate::transfer::DiffTransfer;
 
@@ -95,7 +95,7 @@ impl Default for BatchSettings {
             memory_budget: DEFAULT_BATCH_BUDGET,
             max_requests: DEFAULT_BATCH_REQUESTS,
             rate_limit: None,
-            progress_interval: Duration::from_millis(200),
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
         }
     }
 }
@@ -105,18 +105,7 @@ impl BatchSettings {
     /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error naming the first that is not.
     /// [`SyncMany::run`] checks them too, and then fails every transfer with that error.
     pub fn check(&self) -> Result<()> {
-        if self.parallel == 0 || self.parallel > 1024 {
-            return Err(Error::invalid(format!(
-                "parallel {} is not between 1 and 1024",
-                self.parallel
-            )));
-        }
-        if self.memory_budget == 0 || self.max_requests == 0 {
-            return Err(Error::invalid(
-                "the memory budget and the requests of a batch must be above 0",
-            ));
-        }
-        Ok(())
+        settings::check_batch(self.parallel, self.memory_budget, self.max_requests)
     }
 }
 
@@ -338,17 +327,66 @@ impl SyncMany {
                 .map(|_| Err(Error::new(kind, errno, message.clone())))
                 .collect();
         }
-        let settings = self.settings.clone();
+        let s = &self.settings;
         let link = Arc::new(BatchLink::new(
-            settings.parallel,
-            settings.memory_budget,
-            settings.max_requests,
-            settings.rate_limit,
+            s.parallel,
+            s.memory_budget,
+            s.max_requests,
+            s.rate_limit,
         ));
-        let volumes: Arc<Mutex<Vec<VolumeProgress>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
-        let mut results: Vec<Option<Result<TransferStats>>> = (0..n).map(|_| None).collect();
-        let mut queue = VecDeque::new();
-        let mut tokens = Vec::new();
+        let volumes: Volumes = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let queued = self.enqueue(&link, &volumes);
+        let stopping = CancelToken::new();
+        if self.cancel.is_cancelled() {
+            stopping.cancel();
+        }
+        let shared = Shared {
+            queue: Mutex::new(queued.queue),
+            done: Mutex::new(queued.results),
+            volumes,
+            stopping,
+            cancel: self.cancel.clone(),
+        };
+        let (tx, rx) = mpsc::channel::<()>();
+        let (transfer_panic, callback_panic) = thread::scope(|scope| {
+            let workers: Vec<_> = (0..self.settings.parallel.min(lock(&shared.queue).len()))
+                .map(|_| {
+                    let (tx, shared) = (tx.clone(), &shared);
+                    scope.spawn(move || shared.work(&tx))
+                })
+                .collect();
+            drop(tx);
+            let callback_panic = self.report_until_done(&rx, &shared, &queued.tokens, started);
+            let mut transfer_panic = None;
+            for w in workers {
+                let panic = w.join().unwrap_or_else(Some);
+                if transfer_panic.is_none() {
+                    transfer_panic = panic;
+                }
+            }
+            (transfer_panic, callback_panic)
+        });
+        if let Some(p) = transfer_panic.or(callback_panic) {
+            resume_unwind(p);
+        }
+        shared
+            .done
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .into_iter()
+            .map(|r| r.expect("every transfer has a result"))
+            .collect()
+    }
+
+    /// Each transfer in its volume's place, joined to the batch and reporting into `volumes`,
+    /// queued in order; a second transfer into a destination fails at once instead.
+    fn enqueue(&mut self, link: &Arc<BatchLink>, volumes: &Volumes) -> Queued {
+        let n = self.transfers.len();
+        let mut queued = Queued {
+            queue: VecDeque::new(),
+            results: (0..n).map(|_| None).collect(),
+            tokens: Vec::new(),
+        };
         let mut seen = HashMap::new();
         let keys = if self.cancel.is_cancelled() {
             // Nothing will run: nothing to ask the clusters.
@@ -359,7 +397,7 @@ impl SyncMany {
         let transfers = std::mem::take(&mut self.transfers).into_iter().zip(keys);
         for (i, (mut t, key)) in transfers.enumerate() {
             let (source, dest, _) = t.names();
-            lock(&volumes).push(VolumeProgress {
+            lock(volumes).push(VolumeProgress {
                 source,
                 dest: dest.clone(),
                 state: VolumeState::Queued,
@@ -369,147 +407,166 @@ impl SyncMany {
                 waiting_for: None,
             });
             if let Some(first) = seen.insert(key, i) {
-                results[i] = Some(Err(Error::invalid(format!(
+                queued.results[i] = Some(Err(Error::invalid(format!(
                     "the destination {dest} is that of transfer {} of the batch too",
                     first + 1
                 ))
                 .with_image(&dest)));
-                lock(&volumes)[i].state = VolumeState::Failed;
+                lock(volumes)[i].state = VolumeState::Failed;
                 continue;
             }
             t.join_batch(link.clone());
-            let mut own = t.take_progress();
-            let shared = volumes.clone();
-            t = t.on_progress(move |p: &Progress| {
-                {
-                    let mut v = lock(&shared);
-                    let v = &mut v[i];
-                    v.phase = Some(p.phase);
-                    v.bytes_done = p.bytes_done;
-                    v.bytes_total = p.bytes_total;
-                    v.waiting_for.clone_from(&p.waiting_for);
-                }
-                if own.as_mut().is_none_or(|f| f(p)) {
-                    std::ops::ControlFlow::Continue(())
-                } else {
-                    std::ops::ControlFlow::Break(())
-                }
-            });
-            tokens.push(t.token());
-            queue.push_back((i, t));
+            let t = tracked(t, i, volumes.clone());
+            queued.tokens.push(t.token());
+            queued.queue.push_back((i, t));
         }
-        let queue = Mutex::new(queue);
-        let done = Mutex::new(results);
-        let stopping = CancelToken::new();
-        if self.cancel.is_cancelled() {
-            stopping.cancel();
-        }
-        let (tx, rx) = mpsc::channel::<()>();
-        let mut callback_panic = None;
-        let mut transfer_panic = None;
-        thread::scope(|s| {
-            let workers: Vec<_> = (0..settings.parallel.min(lock(&queue).len()))
-                .map(|_| {
-                    let (tx, queue, done, volumes, stopping) =
-                        (tx.clone(), &queue, &done, &volumes, &stopping);
-                    let batch_cancel = self.cancel.clone();
-                    s.spawn(move || {
-                        let mut panic = None;
-                        loop {
-                            let Some((i, t)) = lock(queue).pop_front() else {
-                                break;
-                            };
-                            let result = if stopping.is_cancelled() || batch_cancel.is_cancelled() {
-                                let (_, dest, _) = t.names();
-                                Err(Error::cancelled(
-                                    &dest,
-                                    "cancelled before it started",
-                                    Task::Transfer,
-                                ))
-                            } else {
-                                lock(volumes)[i].state = VolumeState::Running;
-                                match catch_unwind(AssertUnwindSafe(|| t.run())) {
-                                    Ok(result) => result,
-                                    Err(p) => {
-                                        // The transfer's own callback panicked: every other
-                                        // transfer stops, and the panic goes on afterwards.
-                                        stopping.cancel();
-                                        let dest = lock(volumes)[i].dest.clone();
-                                        panic.get_or_insert(p);
-                                        Err(Error::cancelled(
-                                            &dest,
-                                            "stopped: the progress callback panicked",
-                                            Task::Transfer,
-                                        ))
-                                    }
-                                }
-                            };
-                            lock(volumes)[i].state = if result.is_ok() {
-                                VolumeState::Succeeded
-                            } else {
-                                VolumeState::Failed
-                            };
-                            lock(done)[i] = Some(result);
-                            let _ = tx.send(());
-                        }
-                        panic
-                    })
-                })
-                .collect();
-            drop(tx);
-            let interval = settings.progress_interval;
-            let poll = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
-            let mut last: Option<Instant> = None;
-            let mut callback = self.progress.take();
-            let mut cancelled = false;
-            loop {
-                let finished = match rx.recv_timeout(poll) {
-                    Ok(()) => false,
-                    Err(mpsc::RecvTimeoutError::Timeout) => false,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => true,
-                };
-                let mut stop = self.cancel.is_cancelled() || stopping.is_cancelled();
-                let due = last.is_none_or(|l| l.elapsed() >= interval);
-                if let Some(f) = callback.as_mut().filter(|_| due || finished) {
-                    last = Some(Instant::now());
-                    let p = BatchProgress::of(&lock(&volumes), started);
-                    match catch_unwind(AssertUnwindSafe(|| f(&p))) {
-                        Ok(true) => {}
-                        Ok(false) => stop = true,
-                        Err(p) => {
-                            callback_panic = Some(p);
-                            callback = None;
-                            stop = true;
-                        }
-                    }
-                }
-                if stop && !cancelled {
-                    cancelled = true;
-                    stopping.cancel();
-                    for t in &tokens {
-                        t.cancel();
-                    }
-                }
-                if finished {
-                    break;
-                }
-            }
-            for w in workers {
-                let panic = w.join().unwrap_or_else(Some);
-                if transfer_panic.is_none() {
-                    transfer_panic = panic;
-                }
-            }
-        });
-        if let Some(p) = transfer_panic.or(callback_panic) {
-            resume_unwind(p);
-        }
-        done.into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-            .into_iter()
-            .map(|r| r.expect("every transfer has a result"))
-            .collect()
+        queued
     }
+
+    /// Calls the batch's callback while the workers run, at its interval and once more at
+    /// the end, and cancels every transfer when it asks to stop, panics, or the batch is
+    /// cancelled. Returns the callback's panic.
+    fn report_until_done(
+        &mut self,
+        rx: &mpsc::Receiver<()>,
+        shared: &Shared,
+        tokens: &[CancelToken],
+        started: Instant,
+    ) -> Option<Panic> {
+        let interval = self.settings.progress_interval;
+        let poll = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut last: Option<Instant> = None;
+        let mut callback = self.progress.take();
+        let (mut cancelled, mut callback_panic) = (false, None);
+        loop {
+            let finished = match rx.recv_timeout(poll) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => true,
+            };
+            let mut stop = self.cancel.is_cancelled() || shared.stopping.is_cancelled();
+            let due = last.is_none_or(|l| l.elapsed() >= interval);
+            if let Some(f) = callback.as_mut().filter(|_| due || finished) {
+                last = Some(Instant::now());
+                let p = BatchProgress::of(&lock(&shared.volumes), started);
+                match catch_unwind(AssertUnwindSafe(|| f(&p))) {
+                    Ok(true) => {}
+                    Ok(false) => stop = true,
+                    Err(p) => {
+                        callback_panic = Some(p);
+                        callback = None;
+                        stop = true;
+                    }
+                }
+            }
+            if stop && !cancelled {
+                cancelled = true;
+                shared.stopping.cancel();
+                for t in tokens {
+                    t.cancel();
+                }
+            }
+            if finished {
+                return callback_panic;
+            }
+        }
+    }
+}
+
+/// A panic caught on its way, to be resumed once everything has stopped.
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// Every volume's progress, in the order of the transfers.
+type Volumes = Arc<Mutex<Vec<VolumeProgress>>>;
+
+/// The transfers of a batch ready to run: in order with their places, the results known
+/// before any runs (a duplicate destination), and every one's cancel token.
+struct Queued {
+    queue: VecDeque<(usize, DiffTransfer)>,
+    results: Vec<Option<Result<TransferStats>>>,
+    tokens: Vec<CancelToken>,
+}
+
+/// What the workers of a batch share.
+struct Shared {
+    queue: Mutex<VecDeque<(usize, DiffTransfer)>>,
+    done: Mutex<Vec<Option<Result<TransferStats>>>>,
+    volumes: Volumes,
+    /// Cancelled when the batch stops: transfers not started yet fail as cancelled.
+    stopping: CancelToken,
+    /// The batch's own token.
+    cancel: CancelToken,
+}
+
+impl Shared {
+    /// A worker: runs queued transfers one after the other until the queue is empty, telling
+    /// `tx` after each. Returns the panic of a transfer's own callback, if one panicked.
+    fn work(&self, tx: &mpsc::Sender<()>) -> Option<Panic> {
+        let mut panic = None;
+        while let Some((i, t)) = lock(&self.queue).pop_front() {
+            let result = if self.stopping.is_cancelled() || self.cancel.is_cancelled() {
+                let (_, dest, _) = t.names();
+                Err(Error::cancelled(
+                    &dest,
+                    "cancelled before it started",
+                    Task::Transfer,
+                ))
+            } else {
+                self.run_one(i, t, &mut panic)
+            };
+            lock(&self.volumes)[i].state = if result.is_ok() {
+                VolumeState::Succeeded
+            } else {
+                VolumeState::Failed
+            };
+            lock(&self.done)[i] = Some(result);
+            let _ = tx.send(());
+        }
+        panic
+    }
+
+    /// Runs transfer `i`. If its own callback panics, every other transfer stops, and the
+    /// panic goes into `panic`, to go on afterwards.
+    fn run_one(
+        &self,
+        i: usize,
+        t: DiffTransfer,
+        panic: &mut Option<Panic>,
+    ) -> Result<TransferStats> {
+        lock(&self.volumes)[i].state = VolumeState::Running;
+        match catch_unwind(AssertUnwindSafe(|| t.run())) {
+            Ok(result) => result,
+            Err(p) => {
+                self.stopping.cancel();
+                let dest = lock(&self.volumes)[i].dest.clone();
+                panic.get_or_insert(p);
+                Err(Error::cancelled(
+                    &dest,
+                    "stopped: the progress callback panicked",
+                    Task::Transfer,
+                ))
+            }
+        }
+    }
+}
+
+/// `t`, reporting its progress into volume `i` of `volumes` before calling its own callback.
+fn tracked(mut t: DiffTransfer, i: usize, volumes: Volumes) -> DiffTransfer {
+    let mut own = t.take_progress();
+    t.on_progress(move |p: &Progress| {
+        {
+            let mut v = lock(&volumes);
+            let v = &mut v[i];
+            v.phase = Some(p.phase);
+            v.bytes_done = p.bytes_done;
+            v.bytes_total = p.bytes_total;
+            v.waiting_for.clone_from(&p.waiting_for);
+        }
+        if own.as_mut().is_none_or(|f| f(p)) {
+            std::ops::ControlFlow::Continue(())
+        } else {
+            std::ops::ControlFlow::Break(())
+        }
+    })
 }
 
 #[cfg(test)]

@@ -121,6 +121,19 @@ fn failures_exit_non_zero_and_name_the_problem() {
     assert_eq!(out.status.code(), Some(libc::EINVAL), "{}", stderr(&out));
     assert!(stderr(&out).contains("window"));
     assert!(!c.exists(&dst));
+
+    // The core's check of the settings, the one every front door has: a connect timeout of 0
+    // is refused before connecting, for the source and for the destination.
+    for option in ["--connect-timeout", "--dest-connect-timeout"] {
+        let out = run(sync(&c, &[option, "0", &format!("{src}@s1"), &dst]));
+        assert_eq!(out.status.code(), Some(libc::EINVAL), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("connect timeout 0"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!c.exists(&dst));
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::copy::engine::Window;
+use crate::copy::rate::RateLimit;
 use crate::error::{Error, Result};
 use crate::plan::{self};
 use crate::progress::{
@@ -18,7 +19,7 @@ use crate::progress::{
 };
 use crate::rbd::cluster::Cluster;
 use crate::rbd::image::Image;
-use crate::settings::{self, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
+use crate::settings::Settings;
 use crate::spec::{ClusterSpec, ImageSpec};
 
 mod compare;
@@ -47,12 +48,8 @@ pub(crate) use compare::{chunk_charge, compare, written, Compare, Reads};
 pub struct Verify {
     a: ImageSpec,
     b: ImageSpec,
-    cluster: ClusterSpec,
-    dest_cluster: Option<ClusterSpec>,
-    chunk_size: u64,
-    window: usize,
+    settings: Settings,
     progress: Option<ProgressFn>,
-    progress_interval: Duration,
     cancel: CancelToken,
 }
 
@@ -61,10 +58,7 @@ impl std::fmt::Debug for Verify {
         f.debug_struct("Verify")
             .field("a", &self.a)
             .field("b", &self.b)
-            .field("cluster", &self.cluster)
-            .field("dest_cluster", &self.dest_cluster)
-            .field("chunk_size", &self.chunk_size)
-            .field("window", &self.window)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -102,40 +96,53 @@ impl Verify {
         Verify {
             a,
             b,
-            cluster: ClusterSpec::default(),
-            dest_cluster: None,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            window: DEFAULT_WINDOW,
+            settings: Settings::default(),
             progress: None,
-            progress_interval: Duration::from_millis(200),
             cancel: CancelToken::new(),
         }
+    }
+
+    /// Takes every setting from `settings` at once (what the builder methods below set one
+    /// by one). A verification uses the clusters, the chunk size, the window, the rate limit
+    /// (on the reads of `a`) and the progress interval; the settings only a transfer has are
+    /// not looked at.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Caps the bytes read from `a` at `bytes_per_sec` on average, as
+    /// [`DiffTransfer::rate_limit`](crate::DiffTransfer::rate_limit) does; 0 removes the cap
+    /// (the default).
+    pub fn rate_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.settings.rate_limit = (bytes_per_sec > 0).then_some(bytes_per_sec);
+        self
     }
 
     /// The cluster of `a`, and of `b` unless [`dest_cluster`](Self::dest_cluster) says
     /// otherwise.
     pub fn cluster(mut self, spec: ClusterSpec) -> Self {
-        self.cluster = spec;
+        self.settings.cluster = spec;
         self
     }
 
     /// The cluster of `b`, when it is not that of `a`.
     pub fn dest_cluster(mut self, spec: ClusterSpec) -> Self {
-        self.dest_cluster = Some(spec);
+        self.settings.dest_cluster = Some(spec);
         self
     }
 
     /// The largest read, in bytes: a multiple of 4 KiB (default 2 MiB).
     pub fn chunk_size(mut self, bytes: u64) -> Self {
-        self.chunk_size = bytes;
+        self.settings.chunk_size = bytes;
         self
     }
 
-    /// The window of reads in flight, as a number of chunks (default 16): at most
+    /// The window of reads in flight, as a number of chunks (default 32): at most
     /// `window × chunk_size` bytes are held at once, librados's receive buffers included, so
     /// `window / 4` chunks of each image are compared at a time (smaller ranges share that).
     pub fn window(mut self, chunks: usize) -> Self {
-        self.window = chunks;
+        self.settings.window = chunks;
         self
     }
 
@@ -153,7 +160,7 @@ impl Verify {
 
     /// The least time between two progress calls (default 200 ms).
     pub fn progress_interval(mut self, interval: Duration) -> Self {
-        self.progress_interval = interval;
+        self.settings.progress_interval = interval;
         self
     }
 
@@ -169,10 +176,10 @@ impl Verify {
     /// ([`Error::offset`]), or saying that their sizes differ, when they are not.
     pub fn run(mut self) -> Result<VerifyStats> {
         let started = Instant::now();
-        settings::check_io(self.chunk_size, self.window)?;
+        self.settings.check()?;
         let mut reporter = Reporter::new(
             self.progress.take(),
-            self.progress_interval,
+            self.settings.progress_interval,
             self.cancel.clone(),
             started,
         );
@@ -187,9 +194,11 @@ impl Verify {
     fn verify(&self, reporter: &mut Reporter, started: Instant) -> Result<VerifyStats> {
         let label = self.b.to_string();
         reporter.phase(Phase::Connecting);
-        let cluster_a = connect_cluster(reporter, &label, &self.cluster)?;
-        let cluster_b = match &self.dest_cluster {
-            Some(spec) if *spec != self.cluster => connect_cluster(reporter, &label, spec)?,
+        let cluster_a = connect_cluster(reporter, &label, &self.settings.cluster)?;
+        let cluster_b = match &self.settings.dest_cluster {
+            Some(spec) if *spec != self.settings.cluster => {
+                connect_cluster(reporter, &label, spec)?
+            }
             _ => cluster_a.clone(),
         };
         let (a, size_a) = open(reporter, &label, &cluster_a, &self.a)?;
@@ -226,14 +235,15 @@ impl Verify {
         let total: u64 = ranges.iter().map(|r| r.1).sum();
         reporter.set_total(total);
         reporter.phase(Phase::Verifying);
-        let window = Window::of(self.chunk_size, self.window);
+        let window = Window::of(self.settings.chunk_size, self.settings.window);
+        let rate = self.settings.rate_limit.map(RateLimit::new);
         let compared = compare(
             [&*a, &*b],
             &ranges,
             Reads {
-                chunk: self.chunk_size,
+                chunk: self.settings.chunk_size,
                 window,
-                rates: &[],
+                rates: &rate.iter().collect::<Vec<_>>(),
             },
             Compare::First,
             reporter,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use rbd_diffsync::ClusterSpec;
+use rbd_diffsync::Settings;
 
 use crate::progress::ProgressMode;
 
@@ -17,6 +18,24 @@ enum Format {
 }
 
 /// Output and progress options.
+/// The core's settings from the options every job has: its clusters, chunk size, window and
+/// progress interval (each command sets the others it has).
+pub(crate) fn settings(
+    clusters: &ClusterArgs,
+    output: &OutputArgs,
+    chunk_size: u64,
+    window: usize,
+) -> Settings {
+    let (cluster, dest_cluster) = clusters.specs();
+    let mut settings = Settings::default();
+    settings.cluster = cluster;
+    settings.dest_cluster = Some(dest_cluster);
+    settings.chunk_size = chunk_size;
+    settings.window = window;
+    settings.progress_interval = output.progress_interval;
+    settings
+}
+
 #[derive(Args)]
 pub(crate) struct OutputArgs {
     /// Output format: the result on stdout, progress on stderr (JSON: one object per line).
@@ -29,7 +48,7 @@ pub(crate) struct OutputArgs {
     #[arg(long)]
     no_progress: bool,
     /// Least time between two progress reports, in seconds.
-    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_interval)]
+    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_seconds)]
     pub(crate) progress_interval: Duration,
 }
 
@@ -105,13 +124,13 @@ pub(crate) struct ClusterArgs {
     /// Give up connecting after this many seconds (default: 30, unless ceph.conf sets
     /// client_mount_timeout); applies to the destination too unless --dest-connect-timeout is
     /// given. A key the monitors refuse fails within seconds whatever this says.
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout, help_heading = "Cluster options")]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, help_heading = "Cluster options")]
     connect_timeout: Option<Duration>,
     /// Fail an operation the cluster has not answered after this many seconds (default: 60,
     /// unless ceph.conf sets rados_osd_op_timeout / rados_mon_op_timeout; 0: wait for ever);
     /// applies to the destination too unless --dest-op-timeout is given. A rerun of a
     /// transfer that timed out resumes it.
-    #[arg(long, value_name = "SECS", value_parser = parse_op_timeout, help_heading = "Cluster options")]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, help_heading = "Cluster options")]
     op_timeout: Option<Duration>,
     /// Any librados or librbd option, as `rbd --KEY VALUE` sets it (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE", value_parser = parse_option,
@@ -167,11 +186,11 @@ pub(crate) struct ClusterArgs {
     )]
     dest_keyring: Option<PathBuf>,
     /// Connect timeout for the destination cluster (default: --connect-timeout).
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout,
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds,
           help_heading = "Destination cluster options")]
     dest_connect_timeout: Option<Duration>,
     /// Operation timeout for the destination cluster (default: --op-timeout).
-    #[arg(long, value_name = "SECS", value_parser = parse_op_timeout,
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds,
           help_heading = "Destination cluster options")]
     dest_op_timeout: Option<Duration>,
     /// A librados or librbd option for the destination only (repeatable).
@@ -285,30 +304,16 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size such as 4194304, 512K or 4M"))
 }
 
-fn parse_seconds(s: &str, zero_ok: bool) -> Result<Duration, String> {
+/// A number of seconds, 0 or more: what each setting allows of it is the core's check (a
+/// connect timeout of 0 is refused there; an operation timeout of 0 waits for ever).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 || (secs == 0.0 && !zero_ok) {
-        return Err(format!(
-            "{s:?} is not a number of seconds {}",
-            if zero_ok { "of 0 or more" } else { "above 0" }
-        ));
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a number of seconds of 0 or more"));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too many seconds"))
-}
-
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    parse_seconds(s, false)
-}
-
-/// 0 waits for ever.
-fn parse_op_timeout(s: &str) -> Result<Duration, String> {
-    parse_seconds(s, true)
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    parse_seconds(s, true)
 }
 
 /// `KEY=VALUE`, the key spelt with `_` or `-` as ceph accepts it on its command line.

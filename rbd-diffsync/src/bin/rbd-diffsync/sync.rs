@@ -3,7 +3,7 @@
 use clap::Args;
 use rbd_diffsync::{DiffTransfer, Error, ImageSpec};
 
-use crate::args::{parse_size, ClusterArgs, OutputArgs};
+use crate::args::{parse_size, settings, ClusterArgs, OutputArgs};
 use crate::output::{plan_text, print_out, stats_text};
 use crate::progress::{progress_printer, OpenLine};
 use crate::signals::{cancel_on_signals, TRANSFER_EFFECT};
@@ -79,17 +79,12 @@ pub(crate) fn run(args: &SyncArgs, json: bool) -> Result<(), Error> {
 fn transfer(args: &SyncArgs) -> Result<DiffTransfer, Error> {
     let source = ImageSpec::parse(&args.source)?;
     let dest = ImageSpec::parse(&args.dest)?;
-    let (source_cluster, dest_cluster) = args.clusters.specs();
-    let mut transfer = DiffTransfer::new(source, dest)
-        .cluster(source_cluster)
-        .dest_cluster(dest_cluster)
-        .chunk_size(args.chunk_size)
-        .window(args.window)
-        .whole_object(args.whole_object)
-        .overwrite_existing(args.force)
-        .verify(args.verify)
-        .rate_limit(args.max_rate.unwrap_or(0))
-        .progress_interval(args.output.progress_interval);
+    let mut settings = settings(&args.clusters, &args.output, args.chunk_size, args.window);
+    settings.whole_object = args.whole_object;
+    settings.overwrite_existing = args.force;
+    settings.verify = args.verify;
+    settings.rate_limit = args.max_rate.filter(|&rate| rate > 0);
+    let mut transfer = DiffTransfer::new(source, dest).settings(settings);
     if let Some(from) = &args.from_snap {
         transfer = transfer.from_snap(from.clone());
     }

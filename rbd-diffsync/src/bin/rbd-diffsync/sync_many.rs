@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use rbd_diffsync::{DiffTransfer, Error, ImageSpec, SyncMany};
 
-use crate::args::{parse_size, ClusterArgs, OutputArgs};
+use crate::args::{parse_size, settings, ClusterArgs, OutputArgs};
 use crate::failure::exit_status;
 use crate::jobs::{self, JobLine};
 use crate::output::{many_text, print_out};
@@ -104,18 +104,15 @@ pub(crate) fn run(args: &SyncManyArgs, json: bool) -> Result<u8, Error> {
 
 /// A transfer for each volume of the job file, in its order.
 fn transfers(args: &SyncManyArgs, jobs: &[JobLine]) -> Result<Vec<DiffTransfer>, Error> {
-    let (source_cluster, dest_cluster) = args.clusters.specs();
+    let mut shared = settings(&args.clusters, &args.output, args.chunk_size, args.window);
+    shared.whole_object = args.whole_object;
     let mut transfers = Vec::new();
     for job in jobs {
+        let mut settings = shared.clone();
+        settings.overwrite_existing = job.force;
+        settings.verify = job.verify;
         let mut t = DiffTransfer::new(ImageSpec::parse(&job.source)?, ImageSpec::parse(&job.dest)?)
-            .cluster(source_cluster.clone())
-            .dest_cluster(dest_cluster.clone())
-            .chunk_size(args.chunk_size)
-            .window(args.window)
-            .whole_object(args.whole_object)
-            .overwrite_existing(job.force)
-            .verify(job.verify)
-            .progress_interval(args.output.progress_interval);
+            .settings(settings);
         if let Some(from) = &job.from_snap {
             t = t.from_snap(from.clone());
         }

@@ -3,7 +3,7 @@
 use clap::Args;
 use rbd_diffsync::{Error, ImageSpec, Verify};
 
-use crate::args::{parse_size, ClusterArgs, OutputArgs};
+use crate::args::{parse_size, settings, ClusterArgs, OutputArgs};
 use crate::output::{print_out, verify_text};
 use crate::progress::{progress_printer, OpenLine};
 use crate::signals::cancel_on_signals;
@@ -32,13 +32,8 @@ pub(crate) struct VerifyArgs {
 pub(crate) fn run(args: &VerifyArgs, json: bool) -> Result<(), Error> {
     let source = ImageSpec::parse(&args.source)?;
     let dest = ImageSpec::parse(&args.dest)?;
-    let (source_cluster, dest_cluster) = args.clusters.specs();
-    let mut verify = Verify::new(source, dest)
-        .cluster(source_cluster)
-        .dest_cluster(dest_cluster)
-        .chunk_size(args.chunk_size)
-        .window(args.window)
-        .progress_interval(args.output.progress_interval);
+    let settings = settings(&args.clusters, &args.output, args.chunk_size, args.window);
+    let mut verify = Verify::new(source, dest).settings(settings);
     let open = OpenLine::default();
     if let Some(mode) = args.output.progress() {
         verify = verify.on_progress(progress_printer(mode, open.clone()));
