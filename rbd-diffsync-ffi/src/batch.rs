@@ -367,75 +367,13 @@ pub unsafe extern "C" fn rbd_diffsync_batch_run(batch: *mut rbd_diffsync_batch) 
     let code = unsafe {
         with_handle(batch, |b| {
             let token = lock(&b.cancel).clone();
-            let (many, n) = {
-                let s = lock(&b.settings);
-                let mut transfers = Vec::with_capacity(s.volumes.len());
-                for v in &s.volumes {
-                    transfers.push(v.transfer()?);
-                }
-                let mut many = SyncMany::new(transfers)
-                    .settings(s.core.clone())
-                    .cancel_token(token.clone());
-                let callback = s.progress.clone();
-                let volumes = Arc::clone(&b.volumes);
-                many = many.on_progress(move |p: &BatchProgress| {
-                    *lock(&volumes) = p
-                        .volumes
-                        .iter()
-                        .map(|v| Volume {
-                            state: state_code(v.state),
-                            phase: v.phase,
-                            bytes_done: v.bytes_done,
-                            bytes_total: v.bytes_total,
-                        })
-                        .collect();
-                    match &callback {
-                        Some(c) => c.report(p),
-                        None => ControlFlow::Continue(()),
-                    }
-                });
-                (many, s.volumes.len())
-            };
+            let (many, n) = prepare(b, &token)?;
             *lock(&b.volumes) = vec![Volume::default(); n];
             let results = many.run();
             if token.is_cancelled() {
                 *lock(&b.cancel) = CancelToken::new();
             }
-            let outcomes: Vec<Outcome> = results
-                .into_iter()
-                .map(|r| Outcome {
-                    result: r.map_err(|e| (e.errno(), crate::guard::c_string(e.to_string()))),
-                    strings: Mutex::default(),
-                })
-                .collect();
-            let first = outcomes
-                .iter()
-                .enumerate()
-                .find_map(|(i, o)| o.result.as_ref().err().map(|e| (i, e)));
-            failed = outcomes.iter().filter(|o| o.result.is_err()).count();
-            let summary = first.map(|(i, (_, message))| {
-                format!(
-                    "{failed} of {} volumes failed; the first, volume {i}: {}",
-                    outcomes.len(),
-                    message.to_string_lossy()
-                )
-            });
-            // How each ended, also those the progress did not report (settings refused).
-            for (v, o) in lock(&b.volumes).iter_mut().zip(&outcomes) {
-                v.state = match o.result {
-                    Ok(_) => RBD_DIFFSYNC_VOLUME_SUCCEEDED,
-                    Err(_) => RBD_DIFFSYNC_VOLUME_FAILED,
-                };
-            }
-            *lock(&b.outcomes) = outcomes;
-            if let Some(message) = summary {
-                // Kept as a failure's message, though the call returns the count.
-                b.error.set(Failure {
-                    code: 0,
-                    message,
-                    offset: None,
-                });
-            }
+            failed = record(b, results);
             Ok(())
         })
     };
@@ -443,6 +381,79 @@ pub unsafe extern "C" fn rbd_diffsync_batch_run(batch: *mut rbd_diffsync_batch) 
         0 if failed > 0 => c_int::try_from(failed).unwrap_or(c_int::MAX),
         code => code,
     }
+}
+
+/// The run of `b`'s volumes as its settings say, cancelled by `token`, its progress kept in
+/// `b.volumes` and given to the batch's callback; and the number of volumes.
+fn prepare(b: &rbd_diffsync_batch, token: &CancelToken) -> Result<(SyncMany, usize), Failure> {
+    let s = lock(&b.settings);
+    let mut transfers = Vec::with_capacity(s.volumes.len());
+    for v in &s.volumes {
+        transfers.push(v.transfer()?);
+    }
+    let mut many = SyncMany::new(transfers)
+        .settings(s.core.clone())
+        .cancel_token(token.clone());
+    let callback = s.progress.clone();
+    let volumes = Arc::clone(&b.volumes);
+    many = many.on_progress(move |p: &BatchProgress| {
+        *lock(&volumes) = p
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                state: state_code(v.state),
+                phase: v.phase,
+                bytes_done: v.bytes_done,
+                bytes_total: v.bytes_total,
+            })
+            .collect();
+        match &callback {
+            Some(c) => c.report(p),
+            None => ControlFlow::Continue(()),
+        }
+    });
+    Ok((many, s.volumes.len()))
+}
+
+/// Keeps in `b` how each volume of a run ended (`results`), and as its last error a summary
+/// naming the first that failed. Returns the number of volumes that failed.
+fn record(b: &rbd_diffsync_batch, results: Vec<rbd_diffsync::Result<TransferStats>>) -> usize {
+    let outcomes: Vec<Outcome> = results
+        .into_iter()
+        .map(|r| Outcome {
+            result: r.map_err(|e| (e.errno(), crate::guard::c_string(e.to_string()))),
+            strings: Mutex::default(),
+        })
+        .collect();
+    let first = outcomes
+        .iter()
+        .enumerate()
+        .find_map(|(i, o)| o.result.as_ref().err().map(|e| (i, e)));
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let summary = first.map(|(i, (_, message))| {
+        format!(
+            "{failed} of {} volumes failed; the first, volume {i}: {}",
+            outcomes.len(),
+            message.to_string_lossy()
+        )
+    });
+    // How each ended, also those the progress did not report (settings refused).
+    for (v, o) in lock(&b.volumes).iter_mut().zip(&outcomes) {
+        v.state = match o.result {
+            Ok(_) => RBD_DIFFSYNC_VOLUME_SUCCEEDED,
+            Err(_) => RBD_DIFFSYNC_VOLUME_FAILED,
+        };
+    }
+    *lock(&b.outcomes) = outcomes;
+    if let Some(message) = summary {
+        // Kept as a failure's message, though the call returns the count.
+        b.error.set(Failure {
+            code: 0,
+            message,
+            offset: None,
+        });
+    }
+    failed
 }
 
 /// Cancels the run in progress on `batch`, or if none is, the next one to start: every

@@ -814,96 +814,19 @@ pub(crate) fn run(
     reporter: &mut Reporter,
     dest: &str,
 ) -> Result<Counters> {
-    let Job {
-        pieces,
-        known_zero,
-        window,
-        marks,
-        shared,
-    } = job;
-    let (tx, rx) = mpsc::channel();
-    let mut run = Run {
-        source,
-        sink,
-        known_zero,
-        tx,
-        rx,
-        slots: Vec::new(),
-        idle: Vec::new(),
-        started: Vec::new(),
-        free_tokens: Vec::new(),
-        queued: VecDeque::new(),
-        window: Window {
-            max_requests: window.max_requests.max(1),
-            ..window
-        },
-        charged: 0,
-        spare: Vec::new(),
-        spare_bytes: 0,
-        in_flight: 0,
-        counters: Counters::default(),
-        error: None,
-        stopping: false,
-        feed: pieces,
-        upcoming: None,
-        feed_later: false,
-        feed_ended: false,
-        started_pieces: VecDeque::new(),
-        open: 0,
-        end: 0,
-        marks,
-        budget: shared.budget,
-        granted: 0,
-        byte_ticket: None,
-        request_ticket: None,
-        blocked: false,
-        rates: shared.rates,
-        rate_ready: None,
-    };
+    let mut run = Run::new(source, sink, job);
     loop {
         run.blocked = false;
-        if !run.stopping && reporter.stop().is_some() {
-            run.stopping = true;
-        }
+        run.note_stop(reporter);
         if run.winding_down() {
             run.drop_queued();
             run.rate_ready = None;
         }
-        // Writes of pieces already read come first: they free memory. A refused submission
-        // ends this too.
-        while !run.winding_down() && run.in_flight < run.window.max_requests {
-            if run.queued.is_empty() || !run.take_request() {
-                break;
-            }
-            let req = run.queued.pop_front().expect("not empty");
-            run.submit(req);
-        }
-        while !run.winding_down() && run.queued.is_empty() {
-            let Some(piece) = run.upcoming() else {
-                break;
-            };
-            let next = run.open + run.started_pieces.len();
-            if !run.reserve(next, piece) {
-                break;
-            }
-            let index = run.take_upcoming();
-            let settled = run.start(index);
-            if settled > 0 {
-                reporter.advance(settled);
-                // The callback may have said to stop: start nothing more.
-                if reporter.stop().is_some() {
-                    run.stopping = true;
-                }
-            }
-        }
+        run.submit_queued();
+        run.start_pieces(reporter);
         reporter.set_total(run.feed.planned());
         run.give_back();
-        let next = run.open + run.started_pieces.len();
-        let rate_wait = run
-            .rate_ready
-            .filter(|&(i, _)| i == next)
-            .map(|(_, ready)| ready)
-            .filter(|&ready| ready > Instant::now());
+        let rate_wait = run.rate_wait();
         if run.in_flight == 0 && (run.queued.is_empty() || run.winding_down()) {
             run.drop_queued();
             if run.winding_down() || run.all_started() {
@@ -913,37 +836,160 @@ pub(crate) fn run(
                 continue;
             }
         }
+        run.wait(rate_wait, reporter, dest);
+    }
+    run.outcome(reporter, dest)
+}
+
+impl<'a> Run<'a> {
+    /// The engine's state for `job`, nothing started.
+    fn new<'j: 'a>(source: &'a dyn DiffSource, sink: &'a dyn DiffSink, job: Job<'j>) -> Run<'a> {
+        let Job {
+            pieces,
+            known_zero,
+            window,
+            marks,
+            shared,
+        } = job;
+        let (tx, rx) = mpsc::channel();
+        Run {
+            source,
+            sink,
+            known_zero,
+            tx,
+            rx,
+            slots: Vec::new(),
+            idle: Vec::new(),
+            started: Vec::new(),
+            free_tokens: Vec::new(),
+            queued: VecDeque::new(),
+            window: Window {
+                max_requests: window.max_requests.max(1),
+                ..window
+            },
+            charged: 0,
+            spare: Vec::new(),
+            spare_bytes: 0,
+            in_flight: 0,
+            counters: Counters::default(),
+            error: None,
+            stopping: false,
+            feed: pieces,
+            upcoming: None,
+            feed_later: false,
+            feed_ended: false,
+            started_pieces: VecDeque::new(),
+            open: 0,
+            end: 0,
+            marks,
+            budget: shared.budget,
+            granted: 0,
+            byte_ticket: None,
+            request_ticket: None,
+            blocked: false,
+            rates: shared.rates,
+            rate_ready: None,
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Notes a stop the reporter asks for.
+    #[inline]
+    fn note_stop(&mut self, reporter: &mut Reporter) {
+        if !self.stopping && reporter.stop().is_some() {
+            self.stopping = true;
+        }
+    }
+
+    /// Submits the queued requests while the window and the shared budget allow. Writes of
+    /// pieces already read come first: they free memory. A refused submission ends this too.
+    #[inline]
+    fn submit_queued(&mut self) {
+        while !self.winding_down() && self.in_flight < self.window.max_requests {
+            if self.queued.is_empty() || !self.take_request() {
+                break;
+            }
+            let req = self.queued.pop_front().expect("not empty");
+            self.submit(req);
+        }
+    }
+
+    /// Starts the feed's pieces while nothing is queued and there is room for them,
+    /// reporting to `reporter` those settled at once.
+    #[inline]
+    fn start_pieces(&mut self, reporter: &mut Reporter) {
+        while !self.winding_down() && self.queued.is_empty() {
+            let Some(piece) = self.upcoming() else {
+                break;
+            };
+            let next = self.open + self.started_pieces.len();
+            if !self.reserve(next, piece) {
+                break;
+            }
+            let index = self.take_upcoming();
+            let settled = self.start(index);
+            if settled > 0 {
+                reporter.advance(settled);
+                // The callback may have said to stop: start nothing more.
+                if reporter.stop().is_some() {
+                    self.stopping = true;
+                }
+            }
+        }
+    }
+
+    /// When the rate limits let the next piece go, if they hold it back still.
+    #[inline]
+    fn rate_wait(&self) -> Option<Instant> {
+        let next = self.open + self.started_pieces.len();
+        self.rate_ready
+            .filter(|&(i, _)| i == next)
+            .map(|(_, ready)| ready)
+            .filter(|&ready| ready > Instant::now())
+    }
+
+    /// Waits for the next completion (until `rate_wait` at most, when the rate limits hold
+    /// the next piece back) and handles it, reporting to `reporter` a piece it finishes. A
+    /// wait that times out is reported as waiting for what the engine waits for.
+    #[inline]
+    fn wait(&mut self, rate_wait: Option<Instant>, reporter: &mut Reporter, dest: &str) {
         let done = match rate_wait {
-            Some(ready) => completion_or_rate(&run.rx, ready, run.rates, reporter),
+            Some(ready) => completion_or_rate(&self.rx, ready, self.rates, reporter),
             None => {
                 let what = || {
-                    if run.in_flight == 0 && run.blocked {
+                    if self.in_flight == 0 && self.blocked {
                         format!("memory or requests shared with other transfers, for {dest}")
-                    } else if run.in_flight == 0 && run.feed_later {
+                    } else if self.in_flight == 0 && self.feed_later {
                         format!("the diff scan of the source, for {dest}")
                     } else {
                         format!("the cluster to complete the requests in flight to {dest}")
                     }
                 };
-                next_completion(&run.rx, reporter, what)
+                next_completion(&self.rx, reporter, what)
             }
         };
         if let Some(done) = done.filter(|d| d.token != WAKE) {
-            let finished = run.complete(done);
+            let finished = self.complete(done);
             if finished > 0 {
                 reporter.advance(finished);
             }
-            run.give_back();
+            self.give_back();
         }
     }
-    reporter.waiting_for(None);
-    if let Some(e) = run.error.take() {
-        return Err(e);
+
+    /// What the run returns once it ended: its first error, a stop (naming `dest`), or its
+    /// counters.
+    fn outcome(&mut self, reporter: &mut Reporter, dest: &str) -> Result<Counters> {
+        reporter.waiting_for(None);
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.stopping {
+            return Err(reporter.stopped_error(dest));
+        }
+        Ok(self.counters)
     }
-    if run.stopping {
-        return Err(reporter.stopped_error(dest));
-    }
-    Ok(run.counters)
 }
 
 #[cfg(test)]

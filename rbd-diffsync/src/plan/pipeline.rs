@@ -320,6 +320,103 @@ struct Pool<'a> {
 /// A cell's scan: its diff, its error, or its panic.
 type Scanned = std::thread::Result<Result<Vec<DiffExtent>>>;
 
+/// A cell taken to be scanned: its index, its start, and the ranges of it to scan.
+type Cell = (usize, u64, Vec<(u64, u64)>);
+
+/// A [`Pool`] shared by the scanning threads and the one that takes their results in order,
+/// with what they wait on: notified whenever the pool changes.
+struct Shared<'a> {
+    pool: Mutex<Pool<'a>>,
+    changed: Condvar,
+}
+
+impl<'a> Shared<'a> {
+    fn new(units: Units<'a>) -> Shared<'a> {
+        Shared {
+            pool: Mutex::new(Pool {
+                units,
+                taken: 0,
+                consumed: 0,
+                exhausted: false,
+                quit: false,
+                results: BTreeMap::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// A scanning thread's next cell to scan, at most [`LOOKAHEAD`] ahead of the consumer;
+    /// `None` once every cell is taken or on a quit.
+    fn take(&self) -> Option<Cell> {
+        let mut p = lock(&self.pool);
+        loop {
+            if p.quit || p.exhausted {
+                return None;
+            }
+            if p.taken - p.consumed >= LOOKAHEAD {
+                p = wait(&self.changed, p);
+                continue;
+            }
+            let i = p.taken;
+            match p.units.next() {
+                None => {
+                    p.exhausted = true;
+                    self.changed.notify_all();
+                    return None;
+                }
+                // A cell with nothing to scan is settled at once, in order.
+                Some((start, ranges)) if ranges.is_empty() => {
+                    p.taken += 1;
+                    p.results.insert(i, (start, Ok(Ok(Vec::new()))));
+                    self.changed.notify_all();
+                }
+                Some((start, ranges)) => {
+                    p.taken += 1;
+                    return Some((i, start, ranges));
+                }
+            }
+        }
+    }
+
+    /// Hands over the scan of cell `i`, which starts at `start`.
+    fn put(&self, i: usize, start: u64, found: Scanned) {
+        lock(&self.pool).results.insert(i, (start, found));
+        self.changed.notify_all();
+    }
+
+    /// The next cell's start and scan, in order, waited for; `None` after the last one.
+    fn next(&self) -> Option<(u64, Scanned)> {
+        let mut p = lock(&self.pool);
+        loop {
+            let i = p.consumed;
+            if let Some(result) = p.results.remove(&i) {
+                p.consumed += 1;
+                self.changed.notify_all();
+                return Some(result);
+            }
+            if p.exhausted && p.taken == p.consumed {
+                return None;
+            }
+            p = wait(&self.changed, p);
+        }
+    }
+
+    /// Tells the scanning threads to take nothing more.
+    fn quit(&self) {
+        lock(&self.pool).quit = true;
+        self.changed.notify_all();
+    }
+}
+
+/// The diff of a cell's `ranges`, scanned one after the other.
+fn scan_cell(scan: &ScanFn<'_>, ranges: &[(u64, u64)]) -> Result<Vec<DiffExtent>> {
+    let mut found = Vec::new();
+    for &(offset, len) in ranges {
+        found.extend(scan(offset, len)?);
+    }
+    Ok(found)
+}
+
 /// Scans the cells of `units` on [`THREADS`] threads, at most [`LOOKAHEAD`] ahead of `each`,
 /// which receives every cell's start and diff in order. A cell with nothing to scan costs no
 /// call. Stops at the first error, of a scan or of `each`.
@@ -328,94 +425,31 @@ fn ordered(
     scan: &ScanFn<'_>,
     mut each: impl FnMut(u64, Vec<DiffExtent>) -> Result<()>,
 ) -> Result<()> {
-    let pool = Mutex::new(Pool {
-        units,
-        taken: 0,
-        consumed: 0,
-        exhausted: false,
-        quit: false,
-        results: BTreeMap::new(),
-    });
-    let changed = Condvar::new();
-    let scan_cell = |ranges: &[(u64, u64)]| -> Result<Vec<DiffExtent>> {
-        let mut found = Vec::new();
-        for &(offset, len) in ranges {
-            found.extend(scan(offset, len)?);
+    let shared = Shared::new(units);
+    let worker = || {
+        while let Some((i, start, ranges)) = shared.take() {
+            let found = catch_unwind(AssertUnwindSafe(|| scan_cell(scan, &ranges)));
+            shared.put(i, start, found);
         }
-        Ok(found)
-    };
-    let worker = || loop {
-        let (i, start, ranges) = {
-            let mut p = lock(&pool);
-            loop {
-                if p.quit || p.exhausted {
-                    return;
-                }
-                if p.taken - p.consumed >= LOOKAHEAD {
-                    p = wait(&changed, p);
-                    continue;
-                }
-                let i = p.taken;
-                match p.units.next() {
-                    None => {
-                        p.exhausted = true;
-                        changed.notify_all();
-                        return;
-                    }
-                    // A cell with nothing to scan is settled at once, in order.
-                    Some((start, ranges)) if ranges.is_empty() => {
-                        p.taken += 1;
-                        p.results.insert(i, (start, Ok(Ok(Vec::new()))));
-                        changed.notify_all();
-                    }
-                    Some((start, ranges)) => {
-                        p.taken += 1;
-                        break (i, start, ranges);
-                    }
-                }
-            }
-        };
-        let found = catch_unwind(AssertUnwindSafe(|| scan_cell(&ranges)));
-        lock(&pool).results.insert(i, (start, found));
-        changed.notify_all();
     };
     std::thread::scope(|s| {
         for _ in 0..THREADS {
             s.spawn(worker);
         }
-        let quit = || {
-            lock(&pool).quit = true;
-            changed.notify_all();
-        };
         loop {
-            let next = {
-                let mut p = lock(&pool);
-                loop {
-                    let i = p.consumed;
-                    if let Some(result) = p.results.remove(&i) {
-                        p.consumed += 1;
-                        changed.notify_all();
-                        break Some(result);
-                    }
-                    if p.exhausted && p.taken == p.consumed {
-                        break None;
-                    }
-                    p = wait(&changed, p);
-                }
-            };
-            match next {
+            match shared.next() {
                 None => return Ok(()),
                 Some((_, Err(panic))) => {
-                    quit();
+                    shared.quit();
                     resume_unwind(panic)
                 }
                 Some((_, Ok(Err(e)))) => {
-                    quit();
+                    shared.quit();
                     return Err(e);
                 }
                 Some((start, Ok(Ok(found)))) => {
                     if let Err(e) = each(start, found) {
-                        quit();
+                        shared.quit();
                         return Err(e);
                     }
                 }

@@ -24,7 +24,9 @@ const LIBRADOS_OPERATION_FULL_TRY: i32 = 64;
 use crate::error::{code_text, errno_of, Error, ErrorKind, Result};
 use crate::locks::lock;
 use crate::rbd::sys::{self, rados_ioctx_t, rados_t};
-use crate::spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
+use crate::spec::{
+    ClusterSpec, ImageSpec, ResolvedSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT,
+};
 
 struct Handle {
     rados: rados_t,
@@ -262,18 +264,106 @@ fn seconds(value: &str) -> Option<f64> {
     value.trim().trim_end_matches('s').parse().ok()
 }
 
+/// The error of a failed configuration call returning `ret`, for the cluster named `label`:
+/// `what` went wrong.
+fn failure(label: &str, what: &str, ret: i32) -> Error {
+    let errno = errno_of(ret.into());
+    Error::from_errno(
+        errno,
+        format!("cannot connect to {label}: {what}{}", code_text(errno)),
+    )
+}
+
+/// Sets the options the library sets for itself on `handle`, where ceph.conf leaves their
+/// defaults: [`LIBRARY_DEFAULTS`], [`timeout_defaults`] and [`MANAGEMENT_OPS_DEFAULT`]. `fail`
+/// makes the error of a refused one.
+fn set_library_defaults(handle: &Handle, fail: impl Fn(&str, i32) -> Error) -> Result<()> {
+    for (key, value) in LIBRARY_DEFAULTS {
+        set(handle, key, value).map_err(|ret| fail("", ret))?;
+    }
+    for (key, librados_default, ours) in timeout_defaults() {
+        if get(handle, key).is_some_and(|v| seconds(&v) == Some(librados_default)) {
+            let value = cstring("option value", ours.as_secs_f64().to_string().as_bytes())?;
+            set(handle, key, &value).map_err(|ret| fail("", ret))?;
+        }
+    }
+    let (key, librbd_default, ours) = MANAGEMENT_OPS_DEFAULT;
+    if get(handle, key).is_some_and(|v| v.trim() == librbd_default) {
+        set(handle, key, ours).map_err(|ret| fail("", ret))?;
+    }
+    Ok(())
+}
+
+/// Sets on `handle` what the spec sets: its keyring, monitors and timeouts, then its own
+/// options. A refused one is an error naming it, for the cluster named `label`.
+fn set_spec_options(handle: &Handle, spec: &ClusterSpec, label: &str) -> Result<()> {
+    let secs = |t: Duration| t.as_secs_f64().to_string();
+    let timeout = spec.connect_timeout_value().map(secs);
+    let op_timeout = spec.op_timeout_value().map(secs);
+    let named = [
+        (
+            "keyring",
+            spec.keyring_path().map(|p| p.as_os_str().as_bytes()),
+        ),
+        ("mon_host", spec.mon_host_value().map(str::as_bytes)),
+        (
+            "client_mount_timeout",
+            timeout.as_deref().map(str::as_bytes),
+        ),
+        (
+            "rados_osd_op_timeout",
+            op_timeout.as_deref().map(str::as_bytes),
+        ),
+        (
+            "rados_mon_op_timeout",
+            op_timeout.as_deref().map(str::as_bytes),
+        ),
+    ];
+    let options = spec
+        .options()
+        .iter()
+        .map(|(k, v)| (k.as_str(), Some(v.as_bytes())));
+    for (key, value) in named.into_iter().chain(options) {
+        let Some(value) = value else { continue };
+        let c_key = cstring("option name", key.as_bytes())?;
+        let c_value = cstring("option value", value)?;
+        set(handle, &c_key, &c_value).map_err(|ret| {
+            let errno = errno_of(ret.into());
+            Error::from_errno(
+                errno,
+                format!(
+                    "cannot set option {key:?} for {label}: {}",
+                    code_text(errno)
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// A handle configured as the spec says, with `extra` options set last, not connected.
     fn configure(spec: &ClusterSpec, extra: &[(&CStr, &CStr)]) -> Result<Handle> {
         let resolved = spec.resolve();
         let label = resolved.to_string();
-        let fail = |what: &str, ret: i32| {
-            let errno = errno_of(ret.into());
-            Error::from_errno(
-                errno,
-                format!("cannot connect to {label}: {what}{}", code_text(errno)),
-            )
-        };
+        let handle = Cluster::create(&resolved, &label)?;
+        let fail = |what: &str, ret: i32| failure(&label, what, ret);
+        set_library_defaults(&handle, fail)?;
+        // SAFETY: the handle is created and not connected; NULL means the CEPH_ARGS variable.
+        let ret = unsafe { raw::rados_conf_parse_env(handle.rados, ptr::null()) };
+        if ret < 0 {
+            return Err(fail("CEPH_ARGS: ", ret));
+        }
+        set_spec_options(&handle, spec, &label)?;
+        for (key, value) in extra {
+            set(&handle, key, value).map_err(|ret| fail("", ret))?;
+        }
+        Ok(handle)
+    }
+
+    /// A handle for the `resolved` spec (named `label`), its configuration file read.
+    fn create(resolved: &ResolvedSpec, label: &str) -> Result<Handle> {
+        let fail = |what: &str, ret: i32| failure(label, what, ret);
         let name = cstring("client name", resolved.name.as_bytes())?;
         let cluster_name = cstring("cluster name", resolved.cluster_name.as_bytes())?;
         let conf = resolved
@@ -291,75 +381,13 @@ impl Cluster {
         // From here on, dropping `handle` shuts the half-made connection down.
         let handle = Handle {
             rados,
-            label: label.clone(),
+            label: label.to_owned(),
         };
         let conf_ptr = conf.as_ref().map_or(ptr::null(), |c| c.as_ptr());
         // SAFETY: the handle is created and not connected; NULL asks for the default search.
         let ret = unsafe { raw::rados_conf_read_file(handle.rados, conf_ptr) };
         if ret < 0 {
             return Err(fail("cannot read its configuration: ", ret));
-        }
-        for (key, value) in LIBRARY_DEFAULTS {
-            set(&handle, key, value).map_err(|ret| fail("", ret))?;
-        }
-        for (key, librados_default, ours) in timeout_defaults() {
-            if get(&handle, key).is_some_and(|v| seconds(&v) == Some(librados_default)) {
-                let value = cstring("option value", ours.as_secs_f64().to_string().as_bytes())?;
-                set(&handle, key, &value).map_err(|ret| fail("", ret))?;
-            }
-        }
-        let (key, librbd_default, ours) = MANAGEMENT_OPS_DEFAULT;
-        if get(&handle, key).is_some_and(|v| v.trim() == librbd_default) {
-            set(&handle, key, ours).map_err(|ret| fail("", ret))?;
-        }
-        // SAFETY: as above; NULL means the CEPH_ARGS variable.
-        let ret = unsafe { raw::rados_conf_parse_env(handle.rados, ptr::null()) };
-        if ret < 0 {
-            return Err(fail("CEPH_ARGS: ", ret));
-        }
-        let secs = |t: Duration| t.as_secs_f64().to_string();
-        let timeout = spec.connect_timeout_value().map(secs);
-        let op_timeout = spec.op_timeout_value().map(secs);
-        let named = [
-            (
-                "keyring",
-                spec.keyring_path().map(|p| p.as_os_str().as_bytes()),
-            ),
-            ("mon_host", spec.mon_host_value().map(str::as_bytes)),
-            (
-                "client_mount_timeout",
-                timeout.as_deref().map(str::as_bytes),
-            ),
-            (
-                "rados_osd_op_timeout",
-                op_timeout.as_deref().map(str::as_bytes),
-            ),
-            (
-                "rados_mon_op_timeout",
-                op_timeout.as_deref().map(str::as_bytes),
-            ),
-        ];
-        let options = spec
-            .options()
-            .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.as_bytes())));
-        for (key, value) in named.into_iter().chain(options) {
-            let Some(value) = value else { continue };
-            let c_key = cstring("option name", key.as_bytes())?;
-            let c_value = cstring("option value", value)?;
-            set(&handle, &c_key, &c_value).map_err(|ret| {
-                let errno = errno_of(ret.into());
-                Error::from_errno(
-                    errno,
-                    format!(
-                        "cannot set option {key:?} for {label}: {}",
-                        code_text(errno)
-                    ),
-                )
-            })?;
-        }
-        for (key, value) in extra {
-            set(&handle, key, value).map_err(|ret| fail("", ret))?;
         }
         Ok(handle)
     }

@@ -29,7 +29,7 @@ use crate::error::{ErrorKind, Result};
 use crate::locks::lock;
 use crate::progress::{CancelToken, Phase, TransferStats};
 use crate::protocol::world::World;
-use crate::sim::cluster::{Data, Event, ImageState, Proc, SnapState, BLOCK};
+use crate::sim::cluster::{Data, Event, ImageState, Proc, Seen, SnapState, State, BLOCK};
 use crate::sim::sched::ClientId;
 use crate::sim::world::{Inner, SimWorld};
 use crate::DiffTransfer;
@@ -159,6 +159,72 @@ fn scribble(rng: &mut Rng, data: &mut Data, epoch: &mut u64) {
     }
 }
 
+/// The source's snapshots and its head after them, written at random into an image of
+/// `objects` objects of `1 << order` bytes (sometimes resized between snapshots), and the last
+/// write's epoch.
+fn source_data(rng: &mut Rng, objects: u64, order: u8) -> (Vec<SnapState>, Data, u64) {
+    let mut head = Data::new(objects << order);
+    let mut epoch = 0;
+    let mut snaps = Vec::new();
+    for (i, name) in SNAPS.iter().enumerate() {
+        scribble(rng, &mut head, &mut epoch);
+        if i > 0 && rng.chance(15) {
+            let size = (objects + rng.below(3)).saturating_sub(1).max(1) << order;
+            head.resize(size);
+        }
+        snaps.push(SnapState {
+            id: i as u64 + 1,
+            name: (*name).to_owned(),
+            data: head.clone(),
+        });
+    }
+    scribble(rng, &mut head, &mut epoch);
+    (snaps, head, epoch)
+}
+
+/// An image `pool/name` (of id `id`), unlocked and unwatched.
+fn image(
+    (pool, name, id): (&str, &str, &str),
+    order: u8,
+    lockable: bool,
+    head: Data,
+    snaps: Vec<SnapState>,
+) -> ImageState {
+    ImageState {
+        pool: pool.into(),
+        name: name.into(),
+        id: id.into(),
+        order,
+        lockable,
+        head,
+        snaps,
+        removed: Vec::new(),
+        meta: Default::default(),
+        lock: None,
+        watchers: Vec::new(),
+    }
+}
+
+/// The chain of commands: a full transfer of s1 or s2, then incrementals up to s3 (one may
+/// skip a snapshot).
+fn chain(rng: &mut Rng) -> Vec<Command> {
+    let first = rng.below(2) as usize;
+    let mut commands = vec![Command {
+        from: None,
+        end: first,
+    }];
+    let mut at = first;
+    while at < 2 {
+        let end = if at == 0 && rng.chance(25) { 2 } else { at + 1 };
+        commands.push(Command {
+            from: Some(at),
+            end,
+        });
+        at = end;
+    }
+    commands
+}
+
 impl Explorer {
     fn new(seed: u64) -> Explorer {
         let mut rng = Rng(seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED);
@@ -169,69 +235,20 @@ impl Explorer {
         {
             let mut st = sim.state();
             st.blocklist_on_break = rng.chance(50);
-            let mut head = Data::new(objects << order);
-            let mut epoch = 0;
-            let mut snaps = Vec::new();
-            for (i, name) in SNAPS.iter().enumerate() {
-                scribble(&mut rng, &mut head, &mut epoch);
-                if i > 0 && rng.chance(15) {
-                    let size = (objects + rng.below(3)).saturating_sub(1).max(1) << order;
-                    head.resize(size);
-                }
-                snaps.push(SnapState {
-                    id: i as u64 + 1,
-                    name: (*name).to_owned(),
-                    data: head.clone(),
-                });
-            }
-            scribble(&mut rng, &mut head, &mut epoch);
+            let (snaps, head, epoch) = source_data(&mut rng, objects, order);
             st.epoch = epoch;
             st.next_snap_id = 10;
-            st.images.push(ImageState {
-                pool: "rbd".into(),
-                name: "src".into(),
-                id: "5c".into(),
-                order,
-                lockable,
-                head,
-                snaps,
-                removed: Vec::new(),
-                meta: Default::default(),
-                lock: None,
-                watchers: Vec::new(),
-            });
+            let source = image(("rbd", "src", "5c"), order, lockable, head, snaps);
+            st.images.push(source);
             // Sometimes the destination is made beforehand, empty, as cinder makes it.
             if rng.chance(25) {
-                st.images.push(ImageState {
-                    pool: "backups".into(),
-                    name: "dst".into(),
-                    id: "d5".into(),
-                    order,
-                    lockable: rng.chance(75),
-                    head: Data::new(objects << order),
-                    snaps: Vec::new(),
-                    removed: Vec::new(),
-                    meta: Default::default(),
-                    lock: None,
-                    watchers: Vec::new(),
-                });
+                let lockable = rng.chance(75);
+                let empty = Data::new(objects << order);
+                let dest = image(("backups", "dst", "d5"), order, lockable, empty, Vec::new());
+                st.images.push(dest);
             }
         }
-        // A full transfer of s1 or s2, then incrementals up to s3 (one may skip a snapshot).
-        let first = rng.below(2) as usize;
-        let mut commands = vec![Command {
-            from: None,
-            end: first,
-        }];
-        let mut at = first;
-        while at < 2 {
-            let end = if at == 0 && rng.chance(25) { 2 } else { at + 1 };
-            commands.push(Command {
-                from: Some(at),
-                end,
-            });
-            at = end;
-        }
+        let commands = chain(&mut rng);
         let n = commands.len();
         let faults_until = 40 + rng.below(600);
         Explorer {
@@ -271,26 +288,67 @@ impl Explorer {
         let host = if self.rng.chance(25) { 2 } else { 1 };
         let verify = self.rng.chance(50);
         let force = self.forced[c];
-        let client = {
-            let mut st = self.sim.state();
-            let n = st.clients.len();
-            st.clients.push(crate::sim::cluster::ClientState {
-                address: format!("10.0.0.{host}:0/{}", 1000 + n),
-                host,
-                pid: 100 + n as u32,
-                start: n as u64,
-                proc: Proc::Running,
-                killed: false,
-                shared: false,
-            });
-            n
-        };
+        let client = self.new_client(host);
         let command = self.commands[c];
+        let token = CancelToken::new();
+        let verified_at = Arc::new(Mutex::new(None));
+        let transfer = self.transfer(command, client, (verify, force), &token, &verified_at);
+        let result = Arc::new(Mutex::new(None));
+        let thread = self.spawn(client, transfer, result.clone());
+        self.note(format!(
+            "start client {client} (host {host}): {} {}{}{}",
+            match command.from {
+                Some(from) => format!("incremental {}..", SNAPS[from]),
+                None => "full ".to_owned(),
+            },
+            SNAPS[command.end],
+            if verify { " --verify" } else { "" },
+            if force { " --force" } else { "" },
+        ));
+        self.out.runs += 1;
+        self.runs.push(Run {
+            command: c,
+            client,
+            verify,
+            token,
+            result,
+            verified_at,
+            thread: Some(thread),
+            ended: None,
+            killed: false,
+        });
+    }
+
+    /// A new process on `host`, running.
+    fn new_client(&mut self, host: u32) -> ClientId {
+        let mut st = self.sim.state();
+        let n = st.clients.len();
+        st.clients.push(crate::sim::cluster::ClientState {
+            address: format!("10.0.0.{host}:0/{}", 1000 + n),
+            host,
+            pid: 100 + n as u32,
+            start: n as u64,
+            proc: Proc::Running,
+            killed: false,
+            shared: false,
+        });
+        n
+    }
+
+    /// The transfer of `command` that `client` runs, with a chunk size and window drawn at
+    /// random, verifying and forced as `(verify, force)` say, cancelled by `token`; it notes
+    /// in `verified_at` the step at which its last verification started.
+    fn transfer(
+        &mut self,
+        command: Command,
+        client: ClientId,
+        (verify, force): (bool, bool),
+        token: &CancelToken,
+        verified_at: &Arc<Mutex<Option<u64>>>,
+    ) -> DiffTransfer {
         let source = format!("{SOURCE}@{}", SNAPS[command.end]);
         let chunk = BLOCK << self.rng.below(3);
         let window = 1 + self.rng.below(4) as usize;
-        let token = CancelToken::new();
-        let verified_at = Arc::new(Mutex::new(None));
         let seen = verified_at.clone();
         let sim = self.sim.clone();
         let world: Arc<dyn World> = Arc::new(SimWorld {
@@ -321,11 +379,20 @@ impl Explorer {
         if let Some(from) = command.from {
             transfer = transfer.from_snap(SNAPS[from]);
         }
-        let result = Arc::new(Mutex::new(None));
-        let slot = result.clone();
+        transfer
+    }
+
+    /// Runs `transfer` as `client`'s process, on a thread of its own under the scheduler; what
+    /// it returns, or its panic, goes into `slot`.
+    fn spawn(
+        &self,
+        client: ClientId,
+        transfer: DiffTransfer,
+        slot: Arc<Mutex<Option<Ran>>>,
+    ) -> JoinHandle<()> {
         let sim = self.sim.clone();
         self.sim.sched.register(client);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("sim-client-{client}"))
             .spawn(move || {
                 sim.sched.enter(client);
@@ -345,29 +412,7 @@ impl Explorer {
                 }
                 sim.sched.leave(client);
             })
-            .expect("a thread for a simulated client");
-        self.note(format!(
-            "start client {client} (host {host}): {} {}{}{}",
-            match command.from {
-                Some(from) => format!("incremental {}..", SNAPS[from]),
-                None => "full ".to_owned(),
-            },
-            SNAPS[command.end],
-            if verify { " --verify" } else { "" },
-            if force { " --force" } else { "" },
-        ));
-        self.out.runs += 1;
-        self.runs.push(Run {
-            command: c,
-            client,
-            verify,
-            token,
-            result,
-            verified_at,
-            thread: Some(thread),
-            ended: None,
-            killed: false,
-        });
+            .expect("a thread for a simulated client")
     }
 
     /// Starts, beside command `c`, a run of a rival command: from the same base to another
@@ -695,75 +740,112 @@ impl Explorer {
     fn check(&mut self) {
         let st = self.sim.state();
         self.out.steps = st.step;
-        let src = st.find("rbd", "src").map(|i| &st.images[i]);
-        let dst = st.find("backups", "dst").map(|i| &st.images[i]);
-        let run_of = |client: ClientId| self.runs.iter().find(|r| r.client == client);
         let mut violations = Vec::new();
-        // I1, snapshot by snapshot in the order they were made: one is held to it unless a
-        // write bypassed every guard since its base was made (since the image was created,
-        // for a full transfer) and its run did not verify after that write, or its base was
-        // not held to it (an incremental's verification trusts its base).
-        let mut held: BTreeMap<String, (u64, bool)> = BTreeMap::new();
-        if let (Some(src), Some(dst)) = (src, dst) {
-            let made = st.events.iter().filter_map(|e| match e {
-                Event::Snapshot { by, name, step, .. } => Some((*by, name.clone(), *step)),
-                _ => None,
-            });
-            for (by, name, at) in made {
-                let Some(snap) = dst.snap(&name) else {
-                    continue;
-                };
-                self.out.commits += 1;
-                let Some(origin) = src
-                    .snaps
-                    .iter()
-                    .chain(&src.removed)
-                    .find(|s| s.name == name)
-                else {
-                    violations.push(format!("I1: {name} is no snapshot of the source"));
-                    continue;
-                };
-                let run = run_of(by);
-                let base = run.and_then(|r| self.commands[r.command].from);
-                let (since, base_held) = match base {
-                    Some(base) => held.get(SNAPS[base]).copied().unwrap_or((0, false)),
-                    None => (0, true),
-                };
-                let last_bypass = st
-                    .events
-                    .iter()
-                    .filter_map(|e| match e {
-                        Event::Bypass { step, .. } if *step > since && *step < at => Some(*step),
-                        _ => None,
-                    })
-                    .max();
-                let verified_after = |b: u64| {
-                    run.is_some_and(|r| r.verify && lock(&r.verified_at).is_some_and(|v| v > b))
-                };
-                let protected = base_held && last_bypass.is_none_or(verified_after);
-                held.insert(name.clone(), (at, protected));
-                if !protected {
-                    self.out.unprotected += 1;
-                    continue;
-                }
-                if origin.data.bytes != snap.data.bytes {
-                    let first = origin
-                        .data
-                        .bytes
-                        .iter()
-                        .zip(&snap.data.bytes)
-                        .position(|(a, b)| a != b)
-                        .map_or(origin.data.size().min(snap.data.size()), |p| p as u64);
-                    violations.push(format!(
-                        "I1: destination snapshot {name} (made by client {by}) differs from the \
-                         source's from byte {first} (sizes {} and {})",
-                        snap.data.size(),
-                        origin.data.size()
-                    ));
-                }
+        let (commits, unprotected) = self.check_i1(&st, &mut violations);
+        self.out.commits += commits;
+        self.out.unprotected += unprotected;
+        self.check_i2(&mut violations);
+        self.check_i3(&st, &mut violations);
+        self.check_i4(&st, &mut violations);
+        if !violations.is_empty() {
+            for e in &st.events {
+                self.out.trace.push(format!("event {e:?}"));
             }
         }
-        // I2
+        drop(st);
+        self.out.violations.extend(violations);
+    }
+
+    fn run_of(&self, client: ClientId) -> Option<&Run> {
+        self.runs.iter().find(|r| r.client == client)
+    }
+
+    /// I1, snapshot by snapshot in the order they were made: one is held to it unless a
+    /// write bypassed every guard since its base was made (since the image was created, for
+    /// a full transfer) and its run did not verify after that write, or its base was not held
+    /// to it (an incremental's verification trusts its base). Returns the end snapshots
+    /// checked, and those exempt.
+    fn check_i1(&self, st: &State, violations: &mut Vec<String>) -> (usize, usize) {
+        let src = st.find("rbd", "src").map(|i| &st.images[i]);
+        let dst = st.find("backups", "dst").map(|i| &st.images[i]);
+        let (Some(src), Some(dst)) = (src, dst) else {
+            return (0, 0);
+        };
+        let (mut commits, mut unprotected) = (0, 0);
+        let mut held: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+        let made = st.events.iter().filter_map(|e| match e {
+            Event::Snapshot { by, name, step, .. } => Some((*by, name.clone(), *step)),
+            _ => None,
+        });
+        for (by, name, at) in made {
+            let Some(snap) = dst.snap(&name) else {
+                continue;
+            };
+            commits += 1;
+            let Some(origin) = src
+                .snaps
+                .iter()
+                .chain(&src.removed)
+                .find(|s| s.name == name)
+            else {
+                violations.push(format!("I1: {name} is no snapshot of the source"));
+                continue;
+            };
+            let protected = self.protected(st, by, at, &held);
+            held.insert(name.clone(), (at, protected));
+            if !protected {
+                unprotected += 1;
+                continue;
+            }
+            if origin.data.bytes != snap.data.bytes {
+                let first = origin
+                    .data
+                    .bytes
+                    .iter()
+                    .zip(&snap.data.bytes)
+                    .position(|(a, b)| a != b)
+                    .map_or(origin.data.size().min(snap.data.size()), |p| p as u64);
+                violations.push(format!(
+                    "I1: destination snapshot {name} (made by client {by}) differs from the \
+                     source's from byte {first} (sizes {} and {})",
+                    snap.data.size(),
+                    origin.data.size()
+                ));
+            }
+        }
+        (commits, unprotected)
+    }
+
+    /// Whether the end snapshot that client `by` made at step `at` is held to I1, given
+    /// those made before it (`held`: by name, the step it was made at and whether it is).
+    fn protected(
+        &self,
+        st: &State,
+        by: ClientId,
+        at: u64,
+        held: &BTreeMap<String, (u64, bool)>,
+    ) -> bool {
+        let run = self.run_of(by);
+        let base = run.and_then(|r| self.commands[r.command].from);
+        let (since, base_held) = match base {
+            Some(base) => held.get(SNAPS[base]).copied().unwrap_or((0, false)),
+            None => (0, true),
+        };
+        let last_bypass = st
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Bypass { step, .. } if *step > since && *step < at => Some(*step),
+                _ => None,
+            })
+            .max();
+        let verified_after =
+            |b: u64| run.is_some_and(|r| r.verify && lock(&r.verified_at).is_some_and(|v| v > b));
+        base_held && last_bypass.is_none_or(verified_after)
+    }
+
+    /// I2: each command completed, unless its source snapshot was removed.
+    fn check_i2(&self, violations: &mut Vec<String>) {
         for (c, done) in self.done.iter().enumerate() {
             let refused = self.source_removed.is_some_and(|r| c >= r);
             if !done && !refused {
@@ -774,7 +856,10 @@ impl Explorer {
                 ));
             }
         }
-        // I3
+    }
+
+    /// I3: who was fenced off, and whose lock was broken.
+    fn check_i3(&self, st: &State, violations: &mut Vec<String>) {
         for e in &st.events {
             match *e {
                 Event::Fenced {
@@ -788,51 +873,12 @@ impl Explorer {
                     watching,
                 } => {
                     let dead = killed || state == Proc::Ended;
-                    if librbd {
-                        // librbd breaks the lock of an owner the protocol fenced first, or of
-                        // a dead one.
-                        let fenced_before = st.events.iter().any(|e| {
-                            matches!(e, Event::Fenced { whom: w, librbd: false, step: s, .. }
-                                if *w == whom && *s <= step)
-                        });
-                        if !dead && !fenced_before {
-                            violations.push(format!(
-                                "I3: librbd fenced client {whom}, which lives, at step {step}"
-                            ));
-                        }
-                        continue;
-                    }
-                    // Fencing a client fenced before changes nothing.
-                    let before = st.events.iter().any(|e| {
-                        matches!(e, Event::Fenced { whom: w, step: s, .. } if *w == whom && *s < step)
-                    });
-                    if before {
-                        continue;
-                    }
-                    // What the fencer knew: it did not answer a notification (or, not
-                    // watching, could not be asked), and its process was not seen stopped
-                    // (alive) on this host.
-                    let answers = !dead
-                        && (seen.answered == Some(true)
-                            || seen.process == Some(Proc::Stopped)
-                            || (watching && seen.answered != Some(false)));
-                    let repeats = match (run_of(by), run_of(whom)) {
-                        (Some(a), Some(b)) => {
-                            let (ca, cb) = (self.commands[a.command], self.commands[b.command]);
-                            ca.from == cb.from && (ca.from.is_none() || ca.end >= cb.end)
-                        }
-                        _ => false,
+                    let violation = if librbd {
+                        librbd_fence(st, whom, dead, step)
+                    } else {
+                        self.protocol_fence(st, (by, whom, step), dead, seen, watching)
                     };
-                    if answers || !repeats {
-                        violations.push(format!(
-                            "I3: client {by} fenced client {whom} at step {step}, which {}",
-                            if answers {
-                                "answers"
-                            } else {
-                                "is not its own predecessor"
-                            }
-                        ));
-                    }
+                    violations.extend(violation);
                 }
                 Event::LockBroken {
                     by,
@@ -849,7 +895,54 @@ impl Explorer {
                 _ => {}
             }
         }
-        // I4
+    }
+
+    /// What breaks I3 in client `by`'s fencing of client `whom` at `step`, by the protocol:
+    /// `dead` says whether `whom` was, `seen` what `by` knew of it, `watching` whether it
+    /// watched the image.
+    fn protocol_fence(
+        &self,
+        st: &State,
+        (by, whom, step): (ClientId, ClientId, u64),
+        dead: bool,
+        seen: Seen,
+        watching: bool,
+    ) -> Option<String> {
+        // Fencing a client fenced before changes nothing.
+        let before = st.events.iter().any(
+            |e| matches!(e, Event::Fenced { whom: w, step: s, .. } if *w == whom && *s < step),
+        );
+        if before {
+            return None;
+        }
+        // What the fencer knew: it did not answer a notification (or, not watching, could
+        // not be asked), and its process was not seen stopped (alive) on this host.
+        let answers = !dead
+            && (seen.answered == Some(true)
+                || seen.process == Some(Proc::Stopped)
+                || (watching && seen.answered != Some(false)));
+        let repeats = match (self.run_of(by), self.run_of(whom)) {
+            (Some(a), Some(b)) => {
+                let (ca, cb) = (self.commands[a.command], self.commands[b.command]);
+                ca.from == cb.from && (ca.from.is_none() || ca.end >= cb.end)
+            }
+            _ => false,
+        };
+        (answers || !repeats).then(|| {
+            format!(
+                "I3: client {by} fenced client {whom} at step {step}, which {}",
+                if answers {
+                    "answers"
+                } else {
+                    "is not its own predecessor"
+                }
+            )
+        })
+    }
+
+    /// I4: a run that returned Ok made its end snapshot, and one that returned an error made
+    /// none.
+    fn check_i4(&self, st: &State, violations: &mut Vec<String>) {
         for run in &self.runs {
             let made = st.events.iter().any(|e| {
                 matches!(e, Event::Snapshot { by, name, .. }
@@ -867,14 +960,18 @@ impl Explorer {
                 _ => {}
             }
         }
-        if !violations.is_empty() {
-            for e in &st.events {
-                self.out.trace.push(format!("event {e:?}"));
-            }
-        }
-        drop(st);
-        self.out.violations.extend(violations);
     }
+}
+
+/// What breaks I3 in librbd's fencing of client `whom` at `step` (`dead` says whether it
+/// was): librbd breaks the lock of an owner the protocol fenced first, or of a dead one.
+fn librbd_fence(st: &State, whom: ClientId, dead: bool, step: u64) -> Option<String> {
+    let fenced_before = st.events.iter().any(|e| {
+        matches!(e, Event::Fenced { whom: w, librbd: false, step: s, .. }
+            if *w == whom && *s <= step)
+    });
+    (!dead && !fenced_before)
+        .then(|| format!("I3: librbd fenced client {whom}, which lives, at step {step}"))
 }
 
 /// Runs the schedule of `seed` and checks the invariants.

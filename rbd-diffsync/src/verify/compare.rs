@@ -256,35 +256,8 @@ pub(crate) fn compare(
         window,
         rates,
     } = reads;
-    let extents: Vec<DiffExtent> = ranges
-        .iter()
-        .map(|&(offset, len)| DiffExtent {
-            offset,
-            len,
-            exists: true,
-        })
-        .collect();
-    let pieces = plan::pieces(&extents, chunk, chunk);
-    let (tx, rx) = mpsc::channel();
-    let mut c = Comparison {
-        sides,
-        tx,
-        rx,
-        pairs: Vec::new(),
-        free: Vec::new(),
-        spare: Vec::new(),
-        spare_bytes: 0,
-        window: Window {
-            max_requests: window.max_requests.max(2),
-            ..window
-        },
-        charged: 0,
-        in_flight: 0,
-        compared: 0,
-        first_difference: None,
-        differing: (how == Compare::All).then(Vec::new),
-        error: None,
-    };
+    let pieces = chunks(ranges, chunk);
+    let mut c = Comparison::new(sides, window, how);
     let mut stopping = false;
     let mut next = 0;
     // The chunk whose bytes the rate limits have reserved, and from when it may be read.
@@ -293,51 +266,136 @@ pub(crate) fn compare(
         if !stopping && reporter.stop().is_some() {
             stopping = true;
         }
-        let mut rate_wait = None;
-        while !c.halted(stopping) && next < pieces.len() && c.has_room(pieces[next].len as usize) {
-            if !rates.is_empty() {
-                let ready = match reserved {
-                    Some((i, ready)) if i == next => ready,
-                    _ => engine::rate_ready(rates, pieces[next].len),
-                };
-                reserved = Some((next, ready));
-                if Instant::now() < ready {
-                    rate_wait = Some(ready);
-                    break;
-                }
-            }
-            c.start(pieces[next]);
-            next += 1;
-        }
+        let rate_wait = c.start_chunks(&pieces, &mut next, rates, &mut reserved, stopping);
         if c.in_flight == 0 && rate_wait.is_none() {
             break;
         }
+        c.wait(rate_wait, rates, reporter, label);
+    }
+    reporter.waiting_for(None);
+    c.outcome(how, stopping, reporter, label)
+}
+
+/// `ranges` (sorted, disjoint) cut into chunks of at most `chunk` bytes.
+fn chunks(ranges: &[(u64, u64)], chunk: u64) -> Vec<Piece> {
+    let extents: Vec<DiffExtent> = ranges
+        .iter()
+        .map(|&(offset, len)| DiffExtent {
+            offset,
+            len,
+            exists: true,
+        })
+        .collect();
+    plan::pieces(&extents, chunk, chunk)
+}
+
+impl<'a> Comparison<'a> {
+    /// The state of a comparison of `sides` within `window`, going as far as `how` says.
+    fn new(sides: [&'a dyn DiffSource; 2], window: Window, how: Compare) -> Comparison<'a> {
+        let (tx, rx) = mpsc::channel();
+        Comparison {
+            sides,
+            tx,
+            rx,
+            pairs: Vec::new(),
+            free: Vec::new(),
+            spare: Vec::new(),
+            spare_bytes: 0,
+            window: Window {
+                max_requests: window.max_requests.max(2),
+                ..window
+            },
+            charged: 0,
+            in_flight: 0,
+            compared: 0,
+            first_difference: None,
+            differing: (how == Compare::All).then(Vec::new),
+            error: None,
+        }
+    }
+}
+
+impl Comparison<'_> {
+    /// Starts `pieces` from `next` on while there is room and nothing halts the comparison,
+    /// moving `next` past those started. Returns when the rate limits let the next one go if
+    /// they hold it back; `reserved` is the chunk whose bytes they have reserved, and from
+    /// when it may be read.
+    fn start_chunks(
+        &mut self,
+        pieces: &[Piece],
+        next: &mut usize,
+        rates: &[&RateLimit],
+        reserved: &mut Option<(usize, Instant)>,
+        stopping: bool,
+    ) -> Option<Instant> {
+        while !self.halted(stopping)
+            && *next < pieces.len()
+            && self.has_room(pieces[*next].len as usize)
+        {
+            if !rates.is_empty() {
+                let ready = match *reserved {
+                    Some((i, ready)) if i == *next => ready,
+                    _ => engine::rate_ready(rates, pieces[*next].len),
+                };
+                *reserved = Some((*next, ready));
+                if Instant::now() < ready {
+                    return Some(ready);
+                }
+            }
+            self.start(pieces[*next]);
+            *next += 1;
+        }
+        None
+    }
+
+    /// Waits for the next read to complete (until `rate_wait` at most, when `rates` hold the
+    /// next chunk back) and handles it, reporting to `reporter` the bytes of a chunk it ends.
+    fn wait(
+        &mut self,
+        rate_wait: Option<Instant>,
+        rates: &[&RateLimit],
+        reporter: &mut Reporter,
+        label: &str,
+    ) {
         let what = || format!("the cluster to complete the reads in flight of {label}");
         let done = match rate_wait {
-            Some(ready) => engine::completion_or_rate(&c.rx, ready, rates, reporter),
-            None => engine::next_completion(&c.rx, reporter, what),
+            Some(ready) => engine::completion_or_rate(&self.rx, ready, rates, reporter),
+            None => engine::next_completion(&self.rx, reporter, what),
         };
         if let Some(done) = done {
-            let bytes = c.complete(done);
+            let bytes = self.complete(done);
             if bytes > 0 {
                 reporter.advance(bytes);
             }
         }
     }
-    reporter.waiting_for(None);
-    let first_difference = c.first_difference;
-    let mut differing = c.differing.take().unwrap_or_default();
-    differing.sort_unstable();
-    let compared = Compared {
-        bytes: c.compared,
-        first_difference,
-        differing,
-    };
-    match c.error.take() {
-        Some((at, e)) if how == Compare::All || first_difference.is_none_or(|d| at < d) => Err(e),
-        _ if first_difference.is_some() && how == Compare::First => Ok(compared),
-        _ if stopping => Err(reporter.stopped_error(label)),
-        _ => Ok(compared),
+
+    /// What the comparison found, once nothing is in flight: the first difference, or a
+    /// failed read before it (any failed read with [`Compare::All`]), or a stop (naming
+    /// `label`).
+    fn outcome(
+        &mut self,
+        how: Compare,
+        stopping: bool,
+        reporter: &mut Reporter,
+        label: &str,
+    ) -> Result<Compared> {
+        let first_difference = self.first_difference;
+        let mut differing = self.differing.take().unwrap_or_default();
+        differing.sort_unstable();
+        let compared = Compared {
+            bytes: self.compared,
+            first_difference,
+            differing,
+        };
+        match self.error.take() {
+            Some((at, e)) if how == Compare::All || first_difference.is_none_or(|d| at < d) => {
+                Err(e)
+            }
+            _ if first_difference.is_some() && how == Compare::First => Ok(compared),
+            _ if stopping => Err(reporter.stopped_error(label)),
+            _ => Ok(compared),
+        }
     }
 }
 
