@@ -502,7 +502,11 @@ impl Shared {
     /// `tx` after each. Returns the panic of a transfer's own callback, if one panicked.
     fn work(&self, tx: &mpsc::Sender<()>) -> Option<Panic> {
         let mut panic = None;
-        while let Some((i, t)) = lock(&self.queue).pop_front() {
+        loop {
+            // Not `while let`: its guard would hold the queue for the whole transfer.
+            let Some((i, t)) = lock(&self.queue).pop_front() else {
+                break;
+            };
             let result = if self.stopping.is_cancelled() || self.cancel.is_cancelled() {
                 let (_, dest, _) = t.names();
                 Err(Error::cancelled(

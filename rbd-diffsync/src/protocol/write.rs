@@ -67,16 +67,15 @@ impl Job {
         }
         let (queue, planning) = self.plan_ahead(reporter, &planner, &source);
         let _closes = ClosesOnDrop(&queue, planning);
-        // The first write: from here on a rerun recognises what this transfer wrote. What the
-        // interrupted transfer did stays recorded as done until this one gets further, if it
-        // is known to read as the source.
-        let recorded = if resume.trusted { resume.from } else { 0 };
-        self.record(reporter, &target, &claimed, recorded)?;
         let dest_size = plan.dest_size.unwrap_or(source.size);
-        if source.size > dest_size {
-            let (image, size) = (dest.clone(), source.size);
-            reporter.waited(format!("{label} to grow"), move || image.resize(size))?;
-        }
+        self.first_write(
+            reporter,
+            (&target, &claimed),
+            &resume,
+            &dest,
+            source.size,
+            dest_size,
+        )?;
         let own_rate = self.settings.rate_limit.map(RateLimit::new);
         let batch = self.batch.as_deref();
         let rates: Vec<&RateLimit> = own_rate
@@ -125,6 +124,29 @@ impl Job {
             snapshot_elapsed,
             ..stats(&plan, source.size, &copied, &totals)
         })
+    }
+
+    /// The first write: the record, from which on a rerun recognises what this transfer
+    /// wrote (what the interrupted transfer did stays recorded as done until this one gets
+    /// further, if it is known to read as the source); then the destination grown to the
+    /// source's `size` from `dest_size`.
+    fn first_write(
+        &self,
+        reporter: &mut Reporter,
+        (target, claimed): (&Target, &Claimed),
+        resume: &Resume,
+        dest: &Arc<dyn DestImage>,
+        size: u64,
+        dest_size: u64,
+    ) -> Result<()> {
+        let recorded = if resume.trusted { resume.from } else { 0 };
+        self.record(reporter, target, claimed, recorded)?;
+        if size > dest_size {
+            let image = dest.clone();
+            let what = format!("{} to grow", dest.path());
+            reporter.waited(what, move || image.resize(size))?;
+        }
+        Ok(())
     }
 
     /// Starts planning the copy: cell by cell on a thread of its own, a bounded queue ahead
