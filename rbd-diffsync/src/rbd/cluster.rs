@@ -1,8 +1,5 @@
-//! Connections to a cluster and I/O contexts on its pools.
-//!
-//! The raw librados calls come from the `ceph` crate; the owners are this crate's own, because
-//! `ceph::ceph::connect_to_ceph` takes neither a keyring nor librados' default conf search, and
-//! its `config_set` refuses to run on an unconnected handle.
+//! Connections to a cluster and I/O contexts on its pools, over the librados calls declared in
+//! [`super::sys`].
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -13,7 +10,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ceph::rados as raw;
 use libc::c_char;
 
 /// librados' equality comparison of an omap value.
@@ -41,7 +37,7 @@ unsafe impl Sync for Handle {}
 impl Drop for Handle {
     fn drop(&mut self) {
         // SAFETY: `rados` came from rados_create2 and is shut down exactly once, here.
-        unsafe { raw::rados_shutdown(self.rados) }
+        unsafe { sys::rados_shutdown(self.rados) }
     }
 }
 
@@ -132,7 +128,7 @@ impl AuthProbe {
             .name("rbd-diffsync-probe".into())
             .spawn(move || {
                 // SAFETY: the handle is configured and not yet connected.
-                unsafe { raw::rados_connect(handle.rados) };
+                unsafe { sys::rados_connect(handle.rados) };
                 drop(handle);
                 remove_probe_files(&dir, &log);
             })
@@ -350,7 +346,7 @@ impl Cluster {
         let fail = |what: &str, ret: i32| failure(&label, what, ret);
         set_library_defaults(&handle, fail)?;
         // SAFETY: the handle is created and not connected; NULL means the CEPH_ARGS variable.
-        let ret = unsafe { raw::rados_conf_parse_env(handle.rados, ptr::null()) };
+        let ret = unsafe { sys::rados_conf_parse_env(handle.rados, ptr::null()) };
         if ret < 0 {
             return Err(fail("CEPH_ARGS: ", ret));
         }
@@ -374,7 +370,7 @@ impl Cluster {
         let mut rados: rados_t = ptr::null_mut();
         // SAFETY: `rados` is a valid out pointer and both names are NUL-terminated.
         let ret =
-            unsafe { raw::rados_create2(&mut rados, cluster_name.as_ptr(), name.as_ptr(), 0) };
+            unsafe { sys::rados_create2(&mut rados, cluster_name.as_ptr(), name.as_ptr(), 0) };
         if ret < 0 {
             return Err(fail("invalid client or cluster name: ", ret));
         }
@@ -385,7 +381,7 @@ impl Cluster {
         };
         let conf_ptr = conf.as_ref().map_or(ptr::null(), |c| c.as_ptr());
         // SAFETY: the handle is created and not connected; NULL asks for the default search.
-        let ret = unsafe { raw::rados_conf_read_file(handle.rados, conf_ptr) };
+        let ret = unsafe { sys::rados_conf_read_file(handle.rados, conf_ptr) };
         if ret < 0 {
             return Err(fail("cannot read its configuration: ", ret));
         }
@@ -412,7 +408,7 @@ impl Cluster {
             .name("rbd-diffsync-connect".into())
             .spawn(move || {
                 // SAFETY: the handle is configured and not yet connected.
-                let ret = unsafe { raw::rados_connect(handle.rados) };
+                let ret = unsafe { sys::rados_connect(handle.rados) };
                 // A connection given up on is shut down when its handle drops here.
                 let _ = tx.send((ret, handle));
             })
@@ -465,7 +461,7 @@ impl Cluster {
         let mut buf = vec![0u8; 4096];
         // SAFETY: the buffer is valid for its length; librados NUL-terminates within it.
         let ret = unsafe {
-            raw::rados_conf_get(
+            sys::rados_conf_get(
                 self.handle.rados,
                 c_key.as_ptr(),
                 buf.as_mut_ptr().cast(),
@@ -497,7 +493,7 @@ impl Cluster {
             return Err(Error::rbd("blocklist", address, ret.into()));
         }
         // SAFETY: the cluster is connected.
-        let ret = unsafe { raw::rados_wait_for_latest_osdmap(self.handle.rados) };
+        let ret = unsafe { sys::rados_wait_for_latest_osdmap(self.handle.rados) };
         if ret < 0 {
             return Err(Error::rbd(
                 "wait for the OSD map of",
@@ -535,7 +531,7 @@ impl Cluster {
         // SAFETY: the cluster is connected; one NUL-terminated command; no input; the out
         // buffers are freed below with librados' own call.
         let ret = unsafe {
-            raw::rados_mon_command(
+            sys::rados_mon_command(
                 self.handle.rados,
                 commands.as_mut_ptr(),
                 1,
@@ -555,10 +551,10 @@ impl Cluster {
                 std::slice::from_raw_parts(out.cast::<u8>(), out_len).to_vec()
             };
             if !out.is_null() {
-                raw::rados_buffer_free(out);
+                sys::rados_buffer_free(out);
             }
             if !status.is_null() {
-                raw::rados_buffer_free(status);
+                sys::rados_buffer_free(status);
             }
             output
         };
@@ -610,7 +606,7 @@ impl Cluster {
         let mut buf = [0u8; 64];
         // SAFETY: the buffer is valid for its length; librados NUL-terminates within it.
         let ret = unsafe {
-            raw::rados_cluster_fsid(self.handle.rados, buf.as_mut_ptr().cast(), buf.len())
+            sys::rados_cluster_fsid(self.handle.rados, buf.as_mut_ptr().cast(), buf.len())
         };
         if ret < 0 {
             return Err(Error::rbd("read fsid", self.label(), ret.into()));
@@ -636,7 +632,7 @@ impl Cluster {
         // SAFETY: librados gave a NUL-terminated string, freed exactly once with its own call.
         let addr = unsafe {
             let addr = CStr::from_ptr(addrs).to_string_lossy().into_owned();
-            raw::rados_buffer_free(addrs);
+            sys::rados_buffer_free(addrs);
             addr
         };
         Ok(addr)
@@ -647,7 +643,7 @@ impl Cluster {
         let c_pool = cstring("pool name", pool.as_bytes())?;
         let mut io: rados_ioctx_t = ptr::null_mut();
         // SAFETY: the cluster is connected; `io` is a valid out pointer.
-        let ret = unsafe { raw::rados_ioctx_create(self.handle.rados, c_pool.as_ptr(), &mut io) };
+        let ret = unsafe { sys::rados_ioctx_create(self.handle.rados, c_pool.as_ptr(), &mut io) };
         if ret == -libc::ENOENT {
             return Err(Error::from_errno(
                 libc::ENOENT,
@@ -668,7 +664,7 @@ impl Cluster {
         if let Some(ns) = namespace {
             let c_ns = cstring("namespace", ns.as_bytes())?;
             // SAFETY: `io` is valid and not yet shared with any other thread.
-            unsafe { raw::rados_ioctx_set_namespace(owned.io, c_ns.as_ptr()) };
+            unsafe { sys::rados_ioctx_set_namespace(owned.io, c_ns.as_ptr()) };
         }
         Ok(Pool {
             handle: Arc::new(owned),
@@ -691,7 +687,7 @@ impl Cluster {
 
 fn set(handle: &Handle, key: &CStr, value: &CStr) -> std::result::Result<(), i32> {
     // SAFETY: both strings are NUL-terminated and outlive the call; the handle is unconnected.
-    let ret = unsafe { raw::rados_conf_set(handle.rados, key.as_ptr(), value.as_ptr()) };
+    let ret = unsafe { sys::rados_conf_set(handle.rados, key.as_ptr(), value.as_ptr()) };
     if ret < 0 {
         Err(ret)
     } else {
@@ -706,7 +702,7 @@ fn get(handle: &Handle, key: &CStr) -> Option<String> {
     // SAFETY: the key is NUL-terminated; the buffer is valid for its length and librados
     // NUL-terminates within it.
     let ret = unsafe {
-        raw::rados_conf_get(
+        sys::rados_conf_get(
             handle.rados,
             key.as_ptr(),
             buf.as_mut_ptr().cast(),
@@ -735,7 +731,7 @@ unsafe impl Sync for PoolHandle {}
 impl Drop for PoolHandle {
     fn drop(&mut self) {
         // SAFETY: `io` came from rados_ioctx_create and is destroyed exactly once, here.
-        unsafe { raw::rados_ioctx_destroy(self.io) }
+        unsafe { sys::rados_ioctx_destroy(self.io) }
     }
 }
 
@@ -775,7 +771,7 @@ impl Pool {
     /// The pool's id.
     pub fn id(&self) -> i64 {
         // SAFETY: the ioctx is alive.
-        unsafe { raw::rados_ioctx_get_id(self.handle.io) }
+        unsafe { sys::rados_ioctx_get_id(self.handle.io) }
     }
 
     /// The first bytes of `object`, at most `max`; `None` if it does not exist.
@@ -784,7 +780,7 @@ impl Pool {
         let mut buf = vec![0u8; max];
         // SAFETY: the ioctx is alive; the name is NUL-terminated; the buffer holds `max` bytes.
         let ret = unsafe {
-            raw::rados_read(
+            sys::rados_read(
                 self.handle.io,
                 c_object.as_ptr(),
                 buf.as_mut_ptr().cast(),
@@ -815,21 +811,21 @@ impl Pool {
             .map(|k| cstring("omap key", k.as_bytes()))
             .collect::<Result<Vec<_>>>()?;
         let key_ptrs: Vec<*const c_char> = c_keys.iter().map(|k| k.as_ptr()).collect();
-        let mut iter: raw::rados_omap_iter_t = ptr::null_mut();
+        let mut iter: sys::rados_omap_iter_t = ptr::null_mut();
         let mut step = 0;
         // SAFETY: the op is created, filled, run on the live ioctx and released exactly once;
         // the keys outlive it; the iterator it fills is read, then ended, only if it ran.
         unsafe {
-            let op = raw::rados_create_read_op();
-            raw::rados_read_op_omap_get_vals_by_keys(
+            let op = sys::rados_create_read_op();
+            sys::rados_read_op_omap_get_vals_by_keys(
                 op,
                 key_ptrs.as_ptr(),
                 key_ptrs.len(),
                 &mut iter,
                 &mut step,
             );
-            let ret = raw::rados_read_op_operate(op, self.handle.io, c_object.as_ptr(), 0);
-            raw::rados_release_read_op(op);
+            let ret = sys::rados_read_op_operate(op, self.handle.io, c_object.as_ptr(), 0);
+            sys::rados_release_read_op(op);
             if ret == -libc::ENOENT {
                 return Ok(None);
             }
@@ -839,7 +835,7 @@ impl Pool {
             let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
             loop {
                 let (mut k, mut v, mut len) = (ptr::null_mut(), ptr::null_mut(), 0);
-                if raw::rados_omap_get_next(iter, &mut k, &mut v, &mut len) != 0 || k.is_null() {
+                if sys::rados_omap_get_next(iter, &mut k, &mut v, &mut len) != 0 || k.is_null() {
                     break;
                 }
                 let key = CStr::from_ptr(k).to_bytes();
@@ -851,7 +847,7 @@ impl Pool {
                     });
                 }
             }
-            raw::rados_omap_get_end(iter);
+            sys::rados_omap_get_end(iter);
             Ok(Some(values))
         }
     }
@@ -883,7 +879,7 @@ impl Pool {
         // SAFETY: every array and string outlives the op, which `omap_write` runs before
         // returning; `compared` receives the comparison's result.
         let written = self.omap_write(object, "write omap of", |op| unsafe {
-            raw::rados_write_op_omap_cmp(
+            sys::rados_write_op_omap_cmp(
                 op,
                 c_guard.as_ptr(),
                 LIBRADOS_CMPXATTR_OP_EQ,
@@ -892,7 +888,7 @@ impl Pool {
                 &mut compared,
             );
             if !keys.is_empty() {
-                raw::rados_write_op_omap_set(
+                sys::rados_write_op_omap_set(
                     op,
                     keys.as_ptr(),
                     values.as_ptr(),
@@ -901,7 +897,7 @@ impl Pool {
                 );
             }
             if !rm.is_empty() {
-                raw::rados_write_op_omap_rm_keys(op, rm.as_ptr(), rm.len());
+                sys::rados_write_op_omap_rm_keys(op, rm.as_ptr(), rm.len());
             }
         });
         match written {
@@ -916,25 +912,25 @@ impl Pool {
         &self,
         object: &str,
         what: &str,
-        fill: impl FnOnce(raw::rados_write_op_t),
+        fill: impl FnOnce(sys::rados_write_op_t),
     ) -> Result<()> {
         let c_object = cstring("object name", object.as_bytes())?;
         // SAFETY: the op is created, filled, run on the live ioctx and released exactly once;
         // `fill` only adds steps to it.
         let ret = unsafe {
-            let op = raw::rados_create_write_op();
-            raw::rados_write_op_assert_exists(op);
+            let op = sys::rados_create_write_op();
+            sys::rados_write_op_assert_exists(op);
             fill(op);
             // FULL_TRY: a full pool refuses it at once (EDQUOT, ENOSPC) instead of holding it
             // until the operation timeout.
-            let ret = raw::rados_write_op_operate(
+            let ret = sys::rados_write_op_operate(
                 op,
                 self.handle.io,
                 c_object.as_ptr(),
                 ptr::null_mut(),
                 LIBRADOS_OPERATION_FULL_TRY,
             );
-            raw::rados_release_write_op(op);
+            sys::rados_release_write_op(op);
             ret
         };
         if ret < 0 {
@@ -953,7 +949,7 @@ impl Pool {
         // SAFETY: the ioctx is alive; the name is NUL-terminated; an empty payload; `reply`
         // receives a buffer freed below.
         let ret = unsafe {
-            raw::rados_notify2(
+            sys::rados_notify2(
                 self.handle.io,
                 c_object.as_ptr(),
                 empty.as_ptr(),
@@ -983,7 +979,7 @@ impl Pool {
                 &mut timeouts,
                 &mut nr_timeouts,
             );
-            raw::rados_buffer_free(reply);
+            sys::rados_buffer_free(reply);
             if ret < 0 {
                 return Err(Error::rbd("decode the notify reply of", object, ret.into()));
             }

@@ -1,5 +1,6 @@
-//! Hand-written declarations of the part of librbd's C API (`rbd/librbd.h`, librbd 1.16 as in
-//! Ceph 16.2) that this crate calls. librados comes from the `ceph` crate's raw bindings.
+//! Hand-written declarations of the part of librados's and librbd's C APIs
+//! (`rados/librados.h`, `rbd/librbd.h`, as in Ceph 16.2: librados 3.0, librbd 1.16) that this
+//! crate calls, and nothing else.
 //!
 //! Everything here is private: the safe owners are in `cluster` and `image`.
 
@@ -7,7 +8,11 @@
 
 use libc::{c_char, c_int, c_void, size_t, ssize_t};
 
-pub(crate) use ceph::rados::{rados_ioctx_t, rados_t};
+pub(crate) type rados_t = *mut c_void;
+pub(crate) type rados_ioctx_t = *mut c_void;
+pub(crate) type rados_omap_iter_t = *mut c_void;
+pub(crate) type rados_write_op_t = *mut c_void;
+pub(crate) type rados_read_op_t = *mut c_void;
 
 pub(crate) type rbd_image_t = *mut c_void;
 pub(crate) type rbd_completion_t = *mut c_void;
@@ -89,9 +94,119 @@ pub(crate) struct notify_timeout_t {
     pub cookie: u64,
 }
 
-// Not in the `ceph` crate's bindings.
 #[link(name = "rados")]
 extern "C" {
+    pub(crate) fn rados_create2(
+        pcluster: *mut rados_t,
+        clustername: *const c_char,
+        name: *const c_char,
+        flags: u64,
+    ) -> c_int;
+    pub(crate) fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
+    pub(crate) fn rados_conf_parse_env(cluster: rados_t, var: *const c_char) -> c_int;
+    pub(crate) fn rados_conf_set(
+        cluster: rados_t,
+        option: *const c_char,
+        value: *const c_char,
+    ) -> c_int;
+    pub(crate) fn rados_conf_get(
+        cluster: rados_t,
+        option: *const c_char,
+        buf: *mut c_char,
+        len: size_t,
+    ) -> c_int;
+    pub(crate) fn rados_connect(cluster: rados_t) -> c_int;
+    pub(crate) fn rados_shutdown(cluster: rados_t);
+    pub(crate) fn rados_cluster_fsid(cluster: rados_t, buf: *mut c_char, len: size_t) -> c_int;
+    pub(crate) fn rados_wait_for_latest_osdmap(cluster: rados_t) -> c_int;
+    pub(crate) fn rados_mon_command(
+        cluster: rados_t,
+        cmd: *mut *const c_char,
+        cmdlen: size_t,
+        inbuf: *const c_char,
+        inbuflen: size_t,
+        outbuf: *mut *mut c_char,
+        outbuflen: *mut size_t,
+        outs: *mut *mut c_char,
+        outslen: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rados_buffer_free(buf: *mut c_char);
+    pub(crate) fn rados_ioctx_create(
+        cluster: rados_t,
+        pool_name: *const c_char,
+        ioctx: *mut rados_ioctx_t,
+    ) -> c_int;
+    pub(crate) fn rados_ioctx_destroy(io: rados_ioctx_t);
+    pub(crate) fn rados_ioctx_get_id(io: rados_ioctx_t) -> i64;
+    pub(crate) fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
+    pub(crate) fn rados_read(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        buf: *mut c_char,
+        len: size_t,
+        off: u64,
+    ) -> c_int;
+    pub(crate) fn rados_notify2(
+        io: rados_ioctx_t,
+        o: *const c_char,
+        buf: *const c_char,
+        buf_len: c_int,
+        timeout_ms: u64,
+        reply_buffer: *mut *mut c_char,
+        reply_buffer_len: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rados_create_write_op() -> rados_write_op_t;
+    pub(crate) fn rados_release_write_op(write_op: rados_write_op_t);
+    pub(crate) fn rados_write_op_assert_exists(write_op: rados_write_op_t);
+    pub(crate) fn rados_write_op_omap_cmp(
+        write_op: rados_write_op_t,
+        key: *const c_char,
+        comparison_operator: u8,
+        val: *const c_char,
+        val_len: size_t,
+        prval: *mut c_int,
+    );
+    pub(crate) fn rados_write_op_omap_set(
+        write_op: rados_write_op_t,
+        keys: *const *const c_char,
+        vals: *const *const c_char,
+        lens: *const size_t,
+        num: size_t,
+    );
+    pub(crate) fn rados_write_op_omap_rm_keys(
+        write_op: rados_write_op_t,
+        keys: *const *const c_char,
+        keys_len: size_t,
+    );
+    pub(crate) fn rados_write_op_operate(
+        write_op: rados_write_op_t,
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        mtime: *mut libc::time_t,
+        flags: c_int,
+    ) -> c_int;
+    pub(crate) fn rados_create_read_op() -> rados_read_op_t;
+    pub(crate) fn rados_release_read_op(read_op: rados_read_op_t);
+    pub(crate) fn rados_read_op_omap_get_vals_by_keys(
+        read_op: rados_read_op_t,
+        keys: *const *const c_char,
+        keys_len: size_t,
+        iter: *mut rados_omap_iter_t,
+        prval: *mut c_int,
+    );
+    pub(crate) fn rados_read_op_operate(
+        read_op: rados_read_op_t,
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        flags: c_int,
+    ) -> c_int;
+    pub(crate) fn rados_omap_get_next(
+        iter: rados_omap_iter_t,
+        key: *mut *mut c_char,
+        val: *mut *mut c_char,
+        len: *mut size_t,
+    ) -> c_int;
+    pub(crate) fn rados_omap_get_end(iter: rados_omap_iter_t);
     /// The string is freed with `rados_buffer_free`.
     pub(crate) fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
     pub(crate) fn rados_decode_notify_response(
