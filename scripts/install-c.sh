@@ -2,6 +2,7 @@
 # Builds the C library (rbd-diffsync-ffi) and installs it under a prefix:
 #   PREFIX/include/rbd_diffsync.h
 #   PREFIX/lib/librbd_diffsync.so.<ABI> (its soname), librbd_diffsync.so -> it, librbd_diffsync.a
+#   PREFIX/lib/.debug/librbd_diffsync.so.<ABI>.debug (release: the debug info, split off)
 #   PREFIX/lib/pkgconfig/rbd_diffsync.pc
 # Usage: scripts/install-c.sh [--debug] PREFIX   (release build unless --debug)
 set -euo pipefail
@@ -36,11 +37,18 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 install -d "$prefix/include" "$prefix/lib/pkgconfig"
 install -m 644 include/rbd_diffsync.h "$prefix/include/"
 install -m 755 "$out/librbd_diffsync_ffi.so" "$prefix/lib/$soname"
+if [ "$profile" = release ]; then
+  # As distributions ship a library: stripped, its debug info in a file of its own, which gdb
+  # finds through the library's debuglink in lib/.debug/.
+  install -d "$prefix/lib/.debug"
+  objcopy --only-keep-debug "$prefix/lib/$soname" "$prefix/lib/.debug/$soname.debug"
+  chmod 644 "$prefix/lib/.debug/$soname.debug"
+  objcopy --strip-unneeded --add-gnu-debuglink="$prefix/lib/.debug/$soname.debug" "$prefix/lib/$soname"
+fi
 ln -sfn "$soname" "$prefix/lib/librbd_diffsync.so"
 install -m 644 "$out/librbd_diffsync_ffi.a" "$prefix/lib/librbd_diffsync.a"
 # Libs.private: what `rustc --print native-static-libs` lists for the static library, and
-# --gc-sections, as rustc links: the static library holds code of the ceph crate that calls
-# librados functions which Ceph 16 no longer has, and which nothing here uses.
+# --gc-sections, as rustc links.
 cat >"$prefix/lib/pkgconfig/rbd_diffsync.pc" <<PC
 prefix=$prefix
 libdir=\${prefix}/lib

@@ -91,7 +91,8 @@ if cargo tree -q -p rbd-diffsync-ffi -e features -i rbd-diffsync | grep -E 'feat
   echo "rbd-diffsync-ffi builds the core with a test-only feature" >&2
   exit 1
 fi
-if nm -C "$prefix/lib/librbd_diffsync.so" | grep -E 'rbd_diffsync::(internals|sim)::'; then
+if nm -C "$prefix/lib/librbd_diffsync.so" $(ls "$prefix"/lib/.debug/*.debug 2>/dev/null) |
+  grep -E 'rbd_diffsync::(internals|sim)::'; then
   echo "librbd_diffsync.so holds test-only code" >&2
   exit 1
 fi

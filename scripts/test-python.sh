@@ -6,7 +6,9 @@
 #   1. venv "wheel" (python3 on PATH, no system packages): maturin, pytest and mypy from
 #      PyPI; builds the wheel, checks what its module links, checks the hand-kept .pyi against
 #      the module with mypy's stubtest, and runs every test not marked `cinder`.
-#   2. venv "cinder" (Debian's /usr/bin/python3 with --system-site-packages, for Debian's
+#   2. venv "pip": `pip install ./rbd-diffsync-py` (the README's one command), then the
+#      README's example.
+#   3. venv "cinder" (Debian's /usr/bin/python3 with --system-site-packages, for Debian's
 #      python3-rbd and python3-rados, installed by apt when missing): cinder 29.0.0 from PyPI,
 #      a newer pyOpenSSL than Debian's (eventlet, which cinder imports, needs it), the same
 #      wheel; runs the tests marked `cinder`: cinder's own CephBackupDriver code paths.
@@ -101,6 +103,13 @@ step "stubtest"
 step "tests"
 cd "$root/rbd-diffsync-py"
 "$dir/venv-wheel/bin/python" -m pytest -m "not cinder" -rs --durations=5
+step "pip install ./rbd-diffsync-py, as the README says"
+# The one command of a user with a clone: pip builds the wheel through maturin, the build
+# backend pyproject.toml names (fetched into pip's isolated build environment), and installs
+# it; the README's example then runs against it.
+make_venv "$dir/venv-pip" python3
+"$dir/venv-pip/bin/pip" install "${pip_opts[@]}" "$root/rbd-diffsync-py" pytest
+"$dir/venv-pip/bin/python" -m pytest -q -p no:cacheprovider tests/test_readme.py
 step "cinder's driver"
 "$dir/venv-cinder/bin/python" -m pytest -m cinder -rs -W ignore::DeprecationWarning --durations=3
 step "done"

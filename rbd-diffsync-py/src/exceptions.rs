@@ -1,12 +1,10 @@
 //! The exception classes (`Error` and one subclass per [`ErrorKind`]) and the exceptions
 //! made of the core's errors.
 
-use std::ffi::CString;
-
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use rbd_diffsync as core;
 use rbd_diffsync::ErrorKind;
@@ -20,8 +18,12 @@ pub(crate) struct Exceptions {
 
 static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
 
-/// `not_found` -> `NotFoundError`.
+/// `not_found` -> `NotFoundError`; `timeout` -> `TimedOutError` (no name of the module
+/// shadows a builtin: `TimeoutError` stays an alias that `import *` does not bring).
 pub(crate) fn class_name(kind: ErrorKind) -> String {
+    if kind == ErrorKind::Timeout {
+        return "TimedOutError".to_owned();
+    }
     let mut out = String::new();
     for word in kind.name().split('_') {
         let mut chars = word.chars();
@@ -32,10 +34,6 @@ pub(crate) fn class_name(kind: ErrorKind) -> String {
     }
     out.push_str("Error");
     out
-}
-
-fn cstring(s: String) -> PyResult<CString> {
-    CString::new(s).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
 }
 
 pub(crate) fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
@@ -69,13 +67,63 @@ fn base_class(py: Python<'_>) -> PyResult<Py<PyType>> {
     Ok(base)
 }
 
-/// The subclass of `base` for `kind`, such as `rbd_diffsync.NotFoundError`.
+/// The subclass of `base` for `kind`, such as `rbd_diffsync.NotFoundError`: also a subclass
+/// of the builtin that Python itself picks for the errnos of that kind, where there is one
+/// (`FileNotFoundError` for `ENOENT`), so that `except FileNotFoundError` catches it.
 fn kind_class(py: Python<'_>, base: &Py<PyType>, kind: ErrorKind) -> PyResult<Py<PyType>> {
-    let name = cstring(format!("rbd_diffsync.{}", class_name(kind)))?;
-    let doc = cstring(format!("An rbd_diffsync.Error of kind {:?}.", kind.name()))?;
-    let class = PyErr::new_type(py, &name, Some(&doc), Some(base.bind(py)), None)?;
-    class.bind(py).setattr("kind", kind.name())?;
-    Ok(class)
+    let name = class_name(kind);
+    let doc = format!("An rbd_diffsync.Error of kind {:?}.", kind.name());
+    let bases = match builtin_of(py, kind)? {
+        Some(builtin) => PyTuple::new(py, [base.bind(py).clone(), builtin])?,
+        None => PyTuple::new(py, [base.bind(py).clone()])?,
+    };
+    let namespace = PyDict::new(py);
+    namespace.set_item("__doc__", doc)?;
+    namespace.set_item("__module__", "rbd_diffsync")?;
+    namespace.set_item("kind", kind.name())?;
+    let class = py
+        .get_type::<PyType>()
+        .call1((name, bases, namespace))?
+        .cast_into::<PyType>()?;
+    Ok(class.unbind())
+}
+
+/// The errnos the core gives each kind of (its table, [`ErrorKind::from_errno`]).
+const ERRNOS: [i32; 15] = [
+    libc::EINVAL,
+    libc::ENOENT,
+    libc::EEXIST,
+    libc::EACCES,
+    libc::EPERM,
+    libc::EBUSY,
+    libc::ESHUTDOWN,
+    libc::ECANCELED,
+    libc::ETIMEDOUT,
+    libc::ENOSPC,
+    libc::EDQUOT,
+    libc::EOPNOTSUPP,
+    libc::ENOSYS,
+    libc::EIO,
+    libc::EINTR,
+];
+
+/// The subclass of `OSError` that Python makes of `OSError(errno, ...)` for every errno of
+/// `kind`, if they agree on one: `FileNotFoundError` for `not_found`, `PermissionError` for
+/// `permission_denied` (`EACCES` and `EPERM`), none for `busy`.
+fn builtin_of(py: Python<'_>, kind: ErrorKind) -> PyResult<Option<Bound<'_, PyType>>> {
+    let os_error = py.get_type::<PyOSError>();
+    let mut picked: Option<Bound<'_, PyType>> = None;
+    for errno in ERRNOS
+        .into_iter()
+        .filter(|&e| ErrorKind::from_errno(e) == kind)
+    {
+        let class = os_error.call1((errno, ""))?.get_type();
+        match &picked {
+            Some(p) if !p.is(&class) => return Ok(None),
+            _ => picked = Some(class),
+        }
+    }
+    Ok(picked.filter(|class| !class.is(&os_error)))
 }
 
 fn error_class(py: Python<'_>, kind: ErrorKind) -> PyResult<Bound<'_, PyType>> {
@@ -110,6 +158,8 @@ pub(crate) fn new_error(
         let value = error_class(py, kind)?.call1((errno, message))?;
         value.setattr("kind", kind.name())?;
         value.setattr("image", cx.image)?;
+        // As OSError's own: what the error concerns, here the image.
+        value.setattr("filename", cx.image)?;
         value.setattr("snap", cx.snap)?;
         value.setattr("offset", cx.offset)?;
         Ok(PyErr::from_value(value))

@@ -69,6 +69,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         by_kind.set_item(kind.name(), class.bind(py))?;
     }
     m.add("ERROR_CLASSES", by_kind)?;
+    // The name this class had before, which shadowed the builtin: kept, out of `__all__`.
+    if let Some((_, class)) = exc
+        .kinds
+        .iter()
+        .find(|(k, _)| *k == core::ErrorKind::Timeout)
+    {
+        m.setattr("TimeoutError", class.bind(py))?;
+    }
     m.add("DEFAULT_CHUNK_SIZE", core::DEFAULT_CHUNK_SIZE)?;
     m.add("DEFAULT_WINDOW", core::DEFAULT_WINDOW)?;
     m.add("DEFAULT_PARALLEL", core::DEFAULT_PARALLEL)?;

@@ -28,7 +28,7 @@ KINDS = {
     "destination_changed": (rbd_diffsync.DestinationChangedError, rbd_diffsync.DESTINATION_CHANGED),
     "mismatch": (rbd_diffsync.MismatchError, rbd_diffsync.MISMATCH),
     "cancelled": (rbd_diffsync.CancelledError, errno.ECANCELED),
-    "timeout": (rbd_diffsync.TimeoutError, errno.ETIMEDOUT),
+    "timeout": (rbd_diffsync.TimedOutError, errno.ETIMEDOUT),
     "no_space": (rbd_diffsync.NoSpaceError, errno.ENOSPC),
     "unsupported": (rbd_diffsync.UnsupportedError, errno.EOPNOTSUPP),
     "io": (rbd_diffsync.IoError, errno.EIO),
@@ -44,7 +44,47 @@ def test_one_class_per_kind_of_the_core() -> None:
         assert cls.kind == kind and cls.__module__ == "rbd_diffsync"
         e = cls(code, "message")
         assert (e.errno, e.strerror, e.kind, e.image, e.snap, e.offset) == (code, "message", kind, None, None, None)
+        assert e.filename is None
     assert (rbd_diffsync.DESTINATION_CHANGED, rbd_diffsync.MISMATCH) == (4296, 4297)
+
+
+# What Python itself makes of OSError(errno, ...) for each kind's errnos, where it makes more
+# than an OSError; the other kinds (busy, cancelled, no_space, ...) have no such builtin.
+BUILTINS = {
+    "not_found": FileNotFoundError,
+    "exists": FileExistsError,
+    "permission_denied": PermissionError,
+    "timeout": TimeoutError,
+    "fenced": BrokenPipeError,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_class_is_the_builtin_python_picks_for_its_errno(kind: str) -> None:
+    cls, code = KINDS[kind]
+    picked = type(OSError(code, "message"))
+    assert picked is BUILTINS.get(kind, OSError), picked
+    assert issubclass(cls, picked)
+    # except <builtin> catches it, with its errno and the image as filename.
+    with pytest.raises(picked) as caught:
+        raise cls(code, "message")
+    assert caught.value.errno == code
+    if kind == "permission_denied":
+        assert issubclass(cls, PermissionError) and type(OSError(errno.EPERM, "m")) is PermissionError
+    if kind == "no_space":
+        assert type(OSError(errno.EDQUOT, "m")) is OSError
+
+
+def test_no_exported_name_shadows_a_builtin() -> None:
+    import builtins
+
+    assert set(rbd_diffsync.__all__) & set(dir(builtins)) == set()
+    namespace: dict = {}
+    exec("from rbd_diffsync import *", namespace)
+    assert namespace["TimedOutError"] is rbd_diffsync.TimedOutError
+    assert "TimeoutError" not in namespace
+    # The class's former name stays an attribute of the package.
+    assert rbd_diffsync.TimeoutError is rbd_diffsync.TimedOutError
 
 
 def test_a_panic_raises_pyo3s_own_panic_exception() -> None:
@@ -64,6 +104,10 @@ def expect(cls: type, code: int, call: object) -> rbd_diffsync.Error:
     assert e.errno == code and e.args[0] == code
     assert e.kind == cls.kind
     assert isinstance(e, OSError)
+    # Also the builtin Python picks for its errno (FileNotFoundError for ENOENT...), and its
+    # filename is the image it concerns.
+    assert isinstance(e, type(OSError(code, "message")))
+    assert e.filename == e.image
     return e
 
 
@@ -138,6 +182,13 @@ def test_missing_things(cluster: Cluster, source: str, name: str) -> None:
     c = ClusterSpec(cluster.conf)
     e = expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"rbd/{name}-none@s1", "backups/x", cluster=c).run)
     assert e.image is not None and name in e.image
+    # As a script would catch it, knowing nothing of this library.
+    try:
+        DiffTransfer(f"rbd/{name}-none@s1", "backups/x", cluster=c).run()
+    except FileNotFoundError as caught:
+        assert caught.errno == errno.ENOENT and name in caught.filename, caught
+    else:
+        raise AssertionError("no FileNotFoundError")
     expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"{source}@nope", f"backups/{name}", cluster=c).run)
     expect(rbd_diffsync.NotFoundError, errno.ENOENT, DiffTransfer(f"nopool/{name}@s1", f"backups/{name}", cluster=c).run)
     e = expect(
@@ -165,6 +216,9 @@ def test_refusals_of_the_destination(cluster: Cluster, source: str, name: str) -
     DiffTransfer(f"{source}@s1", dest, cluster=c).run()
     e = expect(rbd_diffsync.ExistsError, errno.EEXIST, DiffTransfer(f"{source}@s1", dest, cluster=c).run)
     assert e.snap == "s1"
+    with pytest.raises(FileExistsError) as exists:
+        DiffTransfer(f"{source}@s1", dest, cluster=c).run()
+    assert (exists.value.errno, exists.value.filename) == (errno.EEXIST, dest)
     # Someone else writes to the destination: an incremental on top would corrupt the chain.
     cluster.write(dest, data=[(8 * MiB, pattern(9, 4096))])
     e = expect(
@@ -185,7 +239,7 @@ WRONG_KEY = "[client.diffsync]\n\tkey = AQBnpSxlAAAAABAAk1yQ8Z6ZpQ7B5xL5nF5Zxw==
 @pytest.mark.parametrize(
     "failure, cls, code",
     [
-        ("unreachable monitor", rbd_diffsync.TimeoutError, errno.ETIMEDOUT),
+        ("unreachable monitor", rbd_diffsync.TimedOutError, errno.ETIMEDOUT),
         ("wrong key", rbd_diffsync.PermissionDeniedError, errno.EACCES),
     ],
 )
@@ -199,6 +253,8 @@ def test_a_failed_connection_ends_within_seconds(
         keyring.write_text(WRONG_KEY)
         c = ClusterSpec(cluster.conf, id="diffsync", keyring=keyring)
     e = expect(cls, code, DiffTransfer("rbd/any@s1", "backups/any", cluster=c).run)
+    # The builtin a script would catch: TimeoutError, PermissionError.
+    assert isinstance(e, TimeoutError if failure == "unreachable monitor" else PermissionError)
     if failure == "unreachable monitor":
         # The connect timeout given ended it, not librados' own (300 s).
         assert "within the connect timeout (2 s)" in str(e), str(e)

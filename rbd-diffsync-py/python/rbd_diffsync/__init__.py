@@ -20,7 +20,11 @@ cluster=cluster).run()``). :func:`sync_many` (or :class:`SyncMany`) runs many tr
 and returns each one's :class:`TransferStats` or :class:`Error`, in the order given.
 
 Failures raise :class:`Error`, an :class:`OSError` whose ``errno`` is the exact system errno
-(or :data:`DESTINATION_CHANGED`, :data:`MISMATCH`), through a subclass per kind:
+(or :data:`DESTINATION_CHANGED`, :data:`MISMATCH`) and whose ``filename`` is the image concerned,
+through a subclass per kind, which is also the builtin Python picks for that errno where there is
+one (``except FileNotFoundError`` catches :class:`NotFoundError`; :class:`ExistsError` is a
+:class:`FileExistsError`, :class:`PermissionDeniedError` a :class:`PermissionError`,
+:class:`TimedOutError` a :class:`TimeoutError`, :class:`FencedError` a :class:`BrokenPipeError`):
 :class:`NotFoundError`, :class:`ExistsError`, :class:`CancelledError`, :class:`MismatchError`
 (whose ``offset`` is the first differing byte), :class:`FencedError` (ESHUTDOWN: this client
 was fenced off while it ran, and a rerun took the destination over), ... (``ERROR_CLASSES``
@@ -36,3 +40,8 @@ Ceph backup driver.
 
 from ._native import *  # noqa: F403 (the module's __all__ is the package's)
 from ._native import __all__, __version__
+
+# The name TimedOutError had before. Not in __all__: ``from rbd_diffsync import *`` never
+# shadows the builtin TimeoutError (which catches TimedOutError too).
+from ._native import TimeoutError  # noqa: A004
+

@@ -1,5 +1,6 @@
 # The typed surface of the native module, kept by hand; mypy's stubtest checks it against the
 # built module (scripts/test-python.sh).
+import builtins
 import os
 from typing import Callable, Final, Iterable, Literal, Mapping, Optional, Union, final
 
@@ -55,7 +56,7 @@ __all__ = [
     "Plan",
     "Progress",
     "SyncMany",
-    "TimeoutError",
+    "TimedOutError",
     "TransferStats",
     "UnsupportedError",
     "Verify",
@@ -83,6 +84,8 @@ class Error(OSError):
 
     kind: str
     image: Optional[str]
+    filename: Optional[str]
+    """The image the error concerns, as ``image`` (OSError's own attribute), or None."""
     snap: Optional[str]
     offset: Optional[int]
     results: Optional[list[Union[TransferStats, Error]]]
@@ -92,20 +95,20 @@ class Error(OSError):
 class InvalidArgumentError(Error):
     """A malformed spec, a setting out of range or a combination that cannot work (EINVAL)."""
 
-class NotFoundError(Error):
+class NotFoundError(Error, FileNotFoundError):
     """A pool, image, snapshot or configuration file does not exist (ENOENT)."""
 
-class ExistsError(Error):
+class ExistsError(Error, FileExistsError):
     """The end snapshot exists on the destination, or a full transfer would overwrite an image
     that holds data (EEXIST)."""
 
-class PermissionDeniedError(Error):
+class PermissionDeniedError(Error, PermissionError):
     """The client lacks a capability, or the cluster refused it (EACCES, EPERM)."""
 
 class BusyError(Error):
     """The destination is locked or open by another client (EBUSY)."""
 
-class FencedError(Error):
+class FencedError(Error, BrokenPipeError):
     """This client was fenced off the cluster (blocklisted) while it ran (ESHUTDOWN): a rerun
     of its transfer found it unresponsive and took the destination over, or an operator
     blocklisted it. Nothing of this run was committed."""
@@ -123,8 +126,11 @@ class CancelledError(Error):
     """cancel(), or a progress callback returning False, stopped the transfer or the batch
     (ECANCELED); ``results`` holds what a cancelled batch had done."""
 
-class TimeoutError(Error):
+class TimedOutError(Error, builtins.TimeoutError):
     """A cluster did not answer in time (ETIMEDOUT)."""
+
+TimeoutError = TimedOutError
+"""The name TimedOutError had before, which shadowed the builtin; not in ``__all__``."""
 
 class NoSpaceError(Error):
     """The pool or the cluster is full, or a quota is reached (ENOSPC, EDQUOT)."""
@@ -151,7 +157,7 @@ class ClusterSpec:
     search ``$CEPH_CONF``, ``/etc/ceph/ceph.conf``, ...).
 
     ``connect_timeout`` (seconds) bounds connecting; ``op_timeout`` (seconds, 0 waits for
-    ever) fails an operation a stalled OSD or monitor leaves unanswered with TimeoutError
+    ever) fails an operation a stalled OSD or monitor leaves unanswered with TimedOutError
     (librados' ``rados_osd_op_timeout`` and ``rados_mon_op_timeout``). Where ceph.conf leaves
     librados' own defaults (300 s, and for ever), :data:`DEFAULT_CONNECT_TIMEOUT` (30 s) and
     :data:`DEFAULT_OP_TIMEOUT` (60 s) apply."""
