@@ -423,3 +423,112 @@ fn killed_at_ten_seeded_points_then_rerun_resumes_without_waiting_for_the_lock()
         "{finished_first} of 10 runs ended before their kill point"
     );
 }
+
+/// The cephx caps the README documents, exactly: the source's user reads its pool only, the
+/// destination's user writes its pool only, and both have `mon 'profile rbd'` (which lets a
+/// client blocklist another, to fence off a dead predecessor, and read the OSD map).
+const SOURCE_CAPS: [&str; 4] = [
+    "mon",
+    "profile rbd",
+    "osd",
+    "profile rbd-read-only pool=rbd",
+];
+const DEST_CAPS: [&str; 4] = ["mon", "profile rbd", "osd", "profile rbd pool=backups"];
+
+/// A user `client.NAME` with `caps`, and the path of its keyring.
+fn user(c: &TestCluster, name: &str, caps: &[&str]) -> (String, String) {
+    let keyring = c.conf.with_file_name(format!("client.{name}.keyring"));
+    let mut args = vec!["auth", "get-or-create"];
+    let entity = format!("client.{name}");
+    args.push(&entity);
+    args.extend_from_slice(caps);
+    std::fs::write(&keyring, c.ceph(&args)).unwrap();
+    (name.to_owned(), keyring.display().to_string())
+}
+
+#[test]
+fn with_exactly_the_documented_caps_full_incremental_kill_rerun_and_verify_work() {
+    let ch = chain("kill-caps");
+    let tag = std::process::id();
+    let (src_id, src_keyring) = user(&ch.c, &format!("caps-src-{tag}"), &SOURCE_CAPS);
+    let (dst_id, dst_keyring) = user(&ch.c, &format!("caps-dst-{tag}"), &DEST_CAPS);
+    let users = [
+        "--id".to_owned(),
+        src_id,
+        "--keyring".to_owned(),
+        src_keyring,
+        "--dest-id".to_owned(),
+        dst_id,
+        "--dest-keyring".to_owned(),
+        dst_keyring,
+    ];
+    let with_users = |mut args: Vec<String>| {
+        let at = args.len() - 2;
+        args.splice(at..at, users.iter().cloned());
+        args
+    };
+    // Full, into a new image.
+    let dst = ch.c.new_image("backups", "kill-caps-full");
+    let (stats, _) = rerun(&with_users(sync_args(
+        &ch.c,
+        &source(&ch, "s1"),
+        &dst,
+        None,
+    )));
+    assert_eq!(stats["created_destination"], true, "{stats}");
+    ch.c.assert_same(&source(&ch, "s1"), &format!("{dst}@s1"));
+    // Incremental, killed in the copy, then run again: the dead client is fenced off with the
+    // destination user's caps, and the rerun completes.
+    let args = with_users(sync_args(&ch.c, &source(&ch, "s2"), &dst, Some("s1")));
+    kill_at(&args, checkpointed(&ch.c, &dst));
+    assert_eq!(ch.c.snaps(&dst), ["s1"]);
+    let (stats, stderr) = rerun(&args);
+    assert_broke_the_lock(&stats);
+    let address = stats["broke_lock_of"].as_str().unwrap().to_owned();
+    assert_fenced(&ch.c, &stats, &address);
+    assert_no_lock_wait(&stderr);
+    ch.c.assert_same(&source(&ch, "s2"), &format!("{dst}@s2"));
+    assert_eq!(ch.c.snaps(&dst), ["s1", "s2"]);
+    // Verify, with the same users.
+    let mut verify = vec![
+        "verify".to_owned(),
+        "-c".to_owned(),
+        ch.c.conf.display().to_string(),
+        "--format".to_owned(),
+        "json".to_owned(),
+    ];
+    verify.extend(users.iter().cloned());
+    verify.extend([source(&ch, "s2"), format!("{dst}@s2")]);
+    let out = cli().args(&verify).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And no more than that: the source's user cannot write the destination pool.
+    let src_user = &users[0..4];
+    let mut wrong = vec![
+        "sync".to_owned(),
+        "-c".to_owned(),
+        ch.c.conf.display().to_string(),
+    ];
+    wrong.extend(src_user.iter().cloned());
+    let refused = ch.c.new_image("backups", "kill-caps-refused");
+    wrong.extend([
+        "--dest-id".to_owned(),
+        src_user[1].clone(),
+        "--dest-keyring".to_owned(),
+        src_user[3].clone(),
+        source(&ch, "s1"),
+        refused.clone(),
+    ]);
+    let out = cli().args(&wrong).output().unwrap();
+    // The OSDs refuse its first read of the destination pool: EPERM (PermissionDenied).
+    assert_eq!(
+        out.status.code(),
+        Some(libc::EPERM),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!ch.c.exists(&refused));
+}
