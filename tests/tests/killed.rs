@@ -523,12 +523,14 @@ fn with_exactly_the_documented_caps_full_incremental_kill_rerun_and_verify_work(
         refused.clone(),
     ]);
     let out = cli().args(&wrong).output().unwrap();
-    // The OSDs refuse its first read of the destination pool: EPERM (PermissionDenied).
-    assert_eq!(
-        out.status.code(),
-        Some(libc::EPERM),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The OSDs refuse its first read of the destination pool: EPERM (PermissionDenied), the
+    // message naming the image and the caps it lacks.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::EPERM), "{stderr}");
+    assert!(
+        stderr.contains(&format!("for image {refused}"))
+            && stderr.contains("osd 'profile rbd pool=backups'"),
+        "{stderr}"
     );
     assert!(!ch.c.exists(&refused));
 }

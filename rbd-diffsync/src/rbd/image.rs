@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use libc::{c_char, c_int, c_void, size_t};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{code_text, Error, ErrorKind, Result};
 use crate::rbd::cluster::Pool;
 use crate::rbd::sys;
 
@@ -874,7 +874,8 @@ impl Header {
     /// The header of the image `name` in `pool`, found by its id object; `None` if there is
     /// none (no such image, or one of the old format).
     pub(crate) fn find(pool: &Pool, name: &str) -> Result<Option<Header>> {
-        let Some(encoded) = pool.read(&format!("rbd_id.{name}"), 256)? else {
+        let read = pool.read(&format!("rbd_id.{name}"), 256);
+        let Some(encoded) = read.map_err(|e| refused(e, pool, name))? else {
             return Ok(None);
         };
         // The id is an encoded string: its length (32 bits, little-endian), then its bytes.
@@ -927,6 +928,27 @@ impl Header {
         self.pool
             .omap_write_if(&self.object, (&guard_key, guard.1), &set, &remove)
     }
+}
+
+/// `e`, the failure of the first read of image `name` in `pool`; when the OSDs refused it, an
+/// error that names the image and the caps the client lacks.
+fn refused(e: Error, pool: &Pool, name: &str) -> Error {
+    if e.kind() != ErrorKind::PermissionDenied {
+        return e;
+    }
+    let path = image_path(pool, name);
+    let pool_name = pool.name();
+    Error::new(
+        ErrorKind::PermissionDenied,
+        e.errno(),
+        format!(
+            "the client may not use pool {pool_name} (for image {path}): its osd caps do not \
+             allow it ({}); a client that writes images there needs, for instance, \
+             osd 'profile rbd pool={pool_name}' and mon 'profile rbd'",
+            code_text(e.errno())
+        ),
+    )
+    .with_image(&path)
 }
 
 fn metadata_key(key: &str) -> String {
