@@ -14,6 +14,12 @@
 # killed client's watch after 10 s instead of 30 s, so that the lock it held is broken sooner.
 # The demo and the benchmarks keep Ceph's defaults.
 #
+# With CEPH_RELEASE=reef the daemons are Ceph 18.2 (Reef), Debian 13's packages, run from a
+# Debian 13 root made with debootstrap in REEF_ROOT (default /var/lib/rbd-diffsync/trixie;
+# made and filled on first use, about a minute): this script runs inside it, with DIR
+# bind-mounted at the same path, so that the ceph.conf it prints serves this machine's own
+# clients (Ceph 16.2) as well. `stop` stops them the same way, and unmounts DIR.
+#
 # DIR and PORT may also come from CEPH_DIR and CEPH_MON_PORT. Two clusters run side by side
 # when each has its own DIR and PORT. Each cluster has pools `rbd` and `backups`, the user
 # client.admin (keyring found through ceph.conf) and the user client.diffsync limited to
@@ -69,7 +75,9 @@ wait_for() { # tries description command...
 start() {
   install
   stop
-  rm -rf "$D"
+  # Its content, not DIR itself: under CEPH_RELEASE=reef, DIR is a mount point.
+  mkdir -p "$D"
+  find "$D" -mindepth 1 -delete
   mkdir -p "$D"/{mon,osd0,mgr,run,log}
   local fsid
   fsid=$(cat /proc/sys/kernel/random/uuid)
@@ -150,6 +158,55 @@ CONF
     mgr 'profile rbd' >"$D/client.diffsync.keyring"
   echo "$D/ceph.conf"
 }
+
+REEF_ROOT=${REEF_ROOT:-/var/lib/rbd-diffsync/trixie}
+
+# A Debian 13 root with Ceph 18.2's daemons in REEF_ROOT, and this script in it.
+reef_root() {
+  if ! [ -x "$REEF_ROOT/usr/bin/ceph-mon" ]; then
+    log "making a Debian 13 root with Ceph 18.2 in $REEF_ROOT"
+    command -v debootstrap >/dev/null 2>&1 || {
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    }
+    [ -x "$REEF_ROOT/usr/bin/apt-get" ] ||
+      debootstrap --variant=minbase trixie "$REEF_ROOT" http://deb.debian.org/debian >/dev/null
+    cp /etc/resolv.conf "$REEF_ROOT/etc/resolv.conf"
+    chroot "$REEF_ROOT" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd ceph-mgr ceph-common \
+      librbd-dev librados-dev procps >/dev/null'
+  fi
+  local m
+  for m in proc dev; do
+    mountpoint -q "$REEF_ROOT/$m" || mount --bind "/$m" "$REEF_ROOT/$m"
+  done
+  mkdir -p "$REEF_ROOT/opt/rbd-diffsync"
+  cp "${BASH_SOURCE[0]}" "$REEF_ROOT/opt/rbd-diffsync/cluster.sh"
+}
+
+reef() { # start|stop
+  case $1 in
+  start)
+    reef_root
+    mkdir -p "$D" "$REEF_ROOT$D"
+    mountpoint -q "$REEF_ROOT$D" || mount --bind "$D" "$REEF_ROOT$D"
+    chroot "$REEF_ROOT" env CEPH_QUICK="${CEPH_QUICK:-}" CEPH_RELEASE= \
+      bash /opt/rbd-diffsync/cluster.sh start "$D" "$PORT"
+    ;;
+  stop)
+    stop
+    if [ -n "$D" ] && mountpoint -q "$REEF_ROOT$D" 2>/dev/null; then umount "$REEF_ROOT$D"; fi
+    ;;
+  esac
+}
+
+if [ "${CEPH_RELEASE:-}" = reef ]; then
+  case $cmd in
+  start | stop)
+    reef "$cmd"
+    exit 0
+    ;;
+  esac
+fi
 
 case "$cmd" in
 install) install ;;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh Debian 12 machine: installs Ceph when
 # missing, starts two throw-away clusters (the cross-cluster tests need both), then runs
-# rustfmt, clippy, the unit tests and the live-cluster tests, stops the clusters, and runs the
-# short form of the benchmark (scripts/bench.sh --small --reps 1) on a cluster of its own.
+# rustfmt, clippy, the unit tests and the live-cluster tests, stops the clusters, runs the
+# transfer's live suites against a Ceph 18.2 cluster too, and runs the short form of the
+# benchmark (scripts/bench.sh --small --reps 1) on a cluster of its own.
 #
 # TEST_CEPH_DIR (default /tmp/rbd-diffsync-test) and TEST_CEPH_PORT (default 6791; the second
 # cluster uses the next port) choose where the clusters live.
@@ -61,6 +62,22 @@ bash scripts/test-c.sh
 bash scripts/test-python.sh
 
 stop_clusters
+trap - EXIT
+
+step "Ceph 18.2 (Reef): the transfer's suites against it, with this machine's 16.2 client"
+# A cluster of Debian 13's Ceph 18.2, from a Debian 13 root made with debootstrap (see
+# scripts/cluster.sh, CEPH_RELEASE=reef): full and incremental transfers, the kill-and-rerun,
+# safety and trust tests (the caps test among them), verify and sync-many, run by this
+# machine's client against the newer cluster.
+reef_dir=$base-reef
+stop_reef() { CEPH_RELEASE=reef bash scripts/cluster.sh stop "$reef_dir" || true; }
+trap stop_reef EXIT
+reef_conf=$(CEPH_RELEASE=reef CEPH_QUICK=1 bash scripts/cluster.sh start "$reef_dir" "$((port + 2))" | tail -n 1)
+ceph -c "$reef_conf" versions
+RBD_DIFFSYNC_CONF=$reef_conf RBD_DIFFSYNC_CONF2=$reef_conf cargo test -p rbd-diffsync-tests \
+  --all-features --test sync --test killed --test trust --test safety --test verify --test many \
+  -- --test-threads "${TEST_THREADS:-2}"
+stop_reef
 trap - EXIT
 
 step "benchmark, short form (small images, one repetition; figures are not checked)"
