@@ -18,14 +18,10 @@ pub(crate) fn non_negative<T: TryFrom<i64>>(py: Python<'_>, what: &str, value: i
     T::try_from(value).map_err(|_| invalid(py, format!("{what} {value} is negative")))
 }
 
-/// A rate in bytes per second: None or 0 for no cap (0).
-pub(crate) fn rate(py: Python<'_>, value: Option<i64>) -> PyResult<u64> {
-    non_negative(py, "rate_limit", value.unwrap_or(0))
-}
-
-/// The cap of a rate that [`rate`] made, or None for none.
-pub(crate) fn rate_cap(rate: u64) -> Option<u64> {
-    (rate > 0).then_some(rate)
+/// A rate in bytes per second, as the core's settings hold it: None or 0 for no cap (None).
+pub(crate) fn rate(py: Python<'_>, value: Option<i64>) -> PyResult<Option<u64>> {
+    let rate: u64 = non_negative(py, "rate_limit", value.unwrap_or(0))?;
+    Ok((rate > 0).then_some(rate))
 }
 
 pub(crate) fn seconds(py: Python<'_>, what: &str, value: f64) -> PyResult<Duration> {

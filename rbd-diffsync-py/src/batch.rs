@@ -12,7 +12,7 @@ use pyo3::types::PyList;
 use rbd_diffsync as core;
 use rbd_diffsync::{CancelToken, ErrorKind, Phase, VolumeState};
 
-use crate::args::{non_negative, rate, rate_cap, seconds};
+use crate::args::{non_negative, rate, seconds};
 use crate::bridge::{run_bridged_keeping, Hook, Raised, Report, Reporting};
 use crate::exceptions::{invalid, new_error, to_py_err, Context};
 use crate::transfer::{PyDiffTransfer, PyTransferStats};
@@ -196,7 +196,7 @@ impl PySyncMany {
         settings.parallel = non_negative(py, "parallel", parallel)?;
         settings.memory_budget = non_negative(py, "memory_budget", memory_budget)?;
         settings.max_requests = non_negative(py, "max_requests", max_requests)?;
-        settings.rate_limit = rate_cap(rate(py, rate_limit)?);
+        settings.rate_limit = rate(py, rate_limit)?;
         settings.progress_interval = seconds(py, "progress_interval", progress_interval)?;
         settings.check().map_err(|e| to_py_err(py, &e))?;
         Ok(PySyncMany {

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use rbd_diffsync as core;
 use rbd_diffsync::ImageSpec;
 
-use crate::args::{parse_spec, rate, rate_cap};
+use crate::args::{parse_spec, rate};
 use crate::cluster::PyClusterSpec;
 use crate::job::Settings;
 
@@ -164,7 +164,7 @@ impl PyDiffTransfer {
         progress_interval: f64,
     ) -> PyResult<Self> {
         let source = parse_spec(py, source)?;
-        let rate_limit = rate_cap(rate(py, rate_limit)?);
+        let rate_limit = rate(py, rate_limit)?;
         let dest = parse_spec(py, dest)?;
         let mut settings = Settings::new(
             py,
