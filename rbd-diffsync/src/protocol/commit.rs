@@ -14,7 +14,7 @@ use crate::protocol::world::DestImage;
 use crate::rbd::image::Snapshot;
 use crate::verify;
 
-use crate::protocol::job::*;
+use crate::protocol::job::{Job, Source};
 use crate::protocol::write::clip;
 
 impl Job {

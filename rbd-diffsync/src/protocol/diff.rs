@@ -11,7 +11,7 @@ use crate::plan::{self, KnownZero};
 use crate::progress::{Reporter, StopCheck, Waited};
 use crate::protocol::world::{Scan, SourceImage, Threads};
 
-use crate::protocol::job::*;
+use crate::protocol::job::{Found, Job, Plan, Resume, ScanJob, ScanState, Source};
 use crate::protocol::write::clip;
 
 impl Job {
@@ -222,3 +222,6 @@ pub(crate) fn start_planning(
         }
     }
 }
+
+/// Zeroing requests need no buffer, so they are cut this many times larger than data chunks.
+const ZERO_CHUNK_FACTOR: u64 = 16;

@@ -4,23 +4,20 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::pipeline::Planner;
 use crate::plan::KnownZero;
-use crate::progress::{AbandonOnDrop, Reporter, TransferStats, Waited};
+use crate::progress::{AbandonOnDrop, Reporter, TransferStats};
 use crate::protocol::batch::BatchLink;
 use crate::protocol::checks::Verdict;
 use crate::protocol::claim::{self, Claimed, Target};
-use crate::protocol::record::{Record, SnapRef};
-use crate::protocol::world::{Conn, DestImage, Header, Scan, SourceImage, World};
+use crate::protocol::record::Record;
+use crate::protocol::world::{DestImage, Header, Scan, SourceImage, World};
 use crate::rbd::image::{Layout, Snapshot};
 use crate::settings::Settings;
-use crate::spec::{ClusterSpec, ImageSpec};
-
-/// Zeroing requests need no buffer, so they are cut this many times larger than data chunks.
-pub(crate) const ZERO_CHUNK_FACTOR: u64 = 16;
+use crate::spec::ImageSpec;
 
 /// What a transfer would do, found by [`DiffTransfer::plan`](crate::DiffTransfer::plan)
 /// without writing anything.
@@ -276,117 +273,4 @@ pub(crate) struct Found {
     pub(crate) allocated: Option<Vec<(u64, u64)>>,
     /// The in-progress record found under the lock.
     pub(crate) previous: Option<Record>,
-}
-
-/// Connects to the cluster of `spec` on `world`, on a helper thread.
-pub(crate) fn connect(
-    world: &Arc<dyn World>,
-    reporter: &mut Reporter,
-    dest: &str,
-    spec: &ClusterSpec,
-) -> Result<Arc<dyn Conn>> {
-    let (world, owned) = (world.clone(), spec.clone());
-    reporter.connecting(dest, format!("the monitors of {spec}"), move || {
-        world.connect(&owned)
-    })
-}
-
-/// Opens the source at its end snapshot and checks its snapshots: `from_name` must be one of
-/// them, not newer than the end.
-pub(crate) fn open_source(
-    conn: &dyn Conn,
-    spec: &ImageSpec,
-    from_name: Option<&str>,
-) -> Result<Source> {
-    let spec = conn.resolve(spec)?;
-    let image = conn.open_source(&spec)?;
-    let facts = image.facts()?;
-    let path = spec.image_path();
-    let find = |name: &str| facts.snapshots.iter().find(|s| s.name == name).cloned();
-    // Opened at it, so it was there; gone now means removed meanwhile.
-    let end = match spec.snap() {
-        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
-        None => None,
-    };
-    let from = match from_name {
-        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
-        None => None,
-    };
-    if let (Some(from), Some(end)) = (&from, &end) {
-        if end.id < from.id {
-            return Err(Error::invalid(format!(
-                "from_snap {:?} is newer than the end snapshot {:?} of {path}",
-                from.name, end.name
-            ))
-            .with_image(path)
-            .with_snap(&from.name));
-        }
-    }
-    let snap_ref = |s: &Snapshot| SnapRef {
-        id: s.id,
-        name: s.name.clone(),
-    };
-    let identity = Record {
-        fsid: conn.fsid()?,
-        pool_id: facts.pool_id,
-        namespace: facts.namespace,
-        image_id: facts.image_id,
-        source: path,
-        from: from.as_ref().map(snap_ref),
-        end: end.as_ref().map(snap_ref),
-        client: Default::default(),
-        started: unix_now(),
-        done: 0,
-    };
-    Ok(Source {
-        spec,
-        image,
-        size: facts.info.size,
-        layout: facts.layout,
-        from,
-        end,
-        identity,
-    })
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A write that timed out or was refused for space: if the destination's pool is marked full,
-/// an error that says so (the OSDs hold writes to a full pool until they time out).
-pub(crate) fn explain_full_pool(reporter: &mut Reporter, e: Error, target: &Target) -> Error {
-    if ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno()) {
-        return e;
-    }
-    let (conn, name) = (
-        target.conn.clone(),
-        target.spec.pool().unwrap_or_default().to_owned(),
-    );
-    let what = format!("the monitors to tell whether pool {name} is full");
-    let full = match reporter.wait(what, true, move || conn.pool_full(&name)) {
-        Waited::Done(Some(full)) => full,
-        _ => return e,
-    };
-    let errno = if full.contains("quota") {
-        libc::EDQUOT
-    } else {
-        libc::ENOSPC
-    };
-    let image = e.image().map(str::to_owned);
-    let error = Error::new(
-        ErrorKind::NoSpace,
-        errno,
-        format!(
-            "{full}; then run the transfer again: it resumes where this one stopped, and no end \
-             snapshot was created ({})",
-            e.message()
-        ),
-    );
-    match image {
-        Some(image) => error.with_image(image),
-        None => error,
-    }
 }

@@ -2,16 +2,18 @@
 //! write.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::{self, Phase, Reporter, StopCheck};
 use crate::protocol::checks::Checks;
 use crate::protocol::claim::{Claimed, Fencing, Target};
-use crate::protocol::record::Record;
-use crate::protocol::world::{DestImage, Header, World};
+use crate::protocol::record::{Record, SnapRef};
+use crate::protocol::world::{Conn, DestImage, Header, World};
 use crate::rbd::image::Snapshot;
+use crate::spec::{ClusterSpec, ImageSpec};
 
-use crate::protocol::job::*;
+use crate::protocol::job::{Found, Job, Opened, Prepared, Source};
 
 impl Job {
     /// Connects to both clusters (one connection when they are the same), opens the source
@@ -290,4 +292,77 @@ pub(crate) fn check_existing(
             }
         }
     })
+}
+
+/// Connects to the cluster of `spec` on `world`, on a helper thread.
+fn connect(
+    world: &Arc<dyn World>,
+    reporter: &mut Reporter,
+    dest: &str,
+    spec: &ClusterSpec,
+) -> Result<Arc<dyn Conn>> {
+    let (world, owned) = (world.clone(), spec.clone());
+    reporter.connecting(dest, format!("the monitors of {spec}"), move || {
+        world.connect(&owned)
+    })
+}
+
+/// Opens the source at its end snapshot and checks its snapshots: `from_name` must be one of
+/// them, not newer than the end.
+fn open_source(conn: &dyn Conn, spec: &ImageSpec, from_name: Option<&str>) -> Result<Source> {
+    let spec = conn.resolve(spec)?;
+    let image = conn.open_source(&spec)?;
+    let facts = image.facts()?;
+    let path = spec.image_path();
+    let find = |name: &str| facts.snapshots.iter().find(|s| s.name == name).cloned();
+    // Opened at it, so it was there; gone now means removed meanwhile.
+    let end = match spec.snap() {
+        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
+        None => None,
+    };
+    let from = match from_name {
+        Some(name) => Some(find(name).ok_or_else(|| Error::snap_not_found(&path, name))?),
+        None => None,
+    };
+    if let (Some(from), Some(end)) = (&from, &end) {
+        if end.id < from.id {
+            return Err(Error::invalid(format!(
+                "from_snap {:?} is newer than the end snapshot {:?} of {path}",
+                from.name, end.name
+            ))
+            .with_image(path)
+            .with_snap(&from.name));
+        }
+    }
+    let snap_ref = |s: &Snapshot| SnapRef {
+        id: s.id,
+        name: s.name.clone(),
+    };
+    let identity = Record {
+        fsid: conn.fsid()?,
+        pool_id: facts.pool_id,
+        namespace: facts.namespace,
+        image_id: facts.image_id,
+        source: path,
+        from: from.as_ref().map(snap_ref),
+        end: end.as_ref().map(snap_ref),
+        client: Default::default(),
+        started: unix_now(),
+        done: 0,
+    };
+    Ok(Source {
+        spec,
+        image,
+        size: facts.info.size,
+        layout: facts.layout,
+        from,
+        end,
+        identity,
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

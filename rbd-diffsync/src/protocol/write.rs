@@ -10,13 +10,13 @@ use crate::copy::rate::RateLimit;
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::pipeline::{self, Planner, Queue, Totals};
 use crate::plan::{self, KnownZero, Piece};
-use crate::progress::{Phase, Reporter, TransferStats};
+use crate::progress::{Phase, Reporter, TransferStats, Waited};
 use crate::protocol::claim::{Claimed, Target};
 use crate::protocol::world::{DestImage, SourceImage, Threads};
 use crate::verify;
 
 use crate::protocol::diff::{start_planning, ClosesOnDrop};
-use crate::protocol::job::*;
+use crate::protocol::job::{Job, Plan, Prepared, Resume, Source};
 
 impl Job {
     /// The copy, the verification and the commit, then the destination closed.
@@ -372,6 +372,42 @@ pub(crate) fn clip(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
         .filter(|&&(offset, _)| offset < size)
         .map(|&(offset, len)| (offset, len.min(size - offset)))
         .collect()
+}
+
+/// A write that timed out or was refused for space: if the destination's pool is marked full,
+/// an error that says so (the OSDs hold writes to a full pool until they time out).
+fn explain_full_pool(reporter: &mut Reporter, e: Error, target: &Target) -> Error {
+    if ![libc::ETIMEDOUT, libc::EDQUOT, libc::ENOSPC].contains(&e.errno()) {
+        return e;
+    }
+    let (conn, name) = (
+        target.conn.clone(),
+        target.spec.pool().unwrap_or_default().to_owned(),
+    );
+    let what = format!("the monitors to tell whether pool {name} is full");
+    let full = match reporter.wait(what, true, move || conn.pool_full(&name)) {
+        Waited::Done(Some(full)) => full,
+        _ => return e,
+    };
+    let errno = if full.contains("quota") {
+        libc::EDQUOT
+    } else {
+        libc::ENOSPC
+    };
+    let image = e.image().map(str::to_owned);
+    let error = Error::new(
+        ErrorKind::NoSpace,
+        errno,
+        format!(
+            "{full}; then run the transfer again: it resumes where this one stopped, and no end \
+             snapshot was created ({})",
+            e.message()
+        ),
+    );
+    match image {
+        Some(image) => error.with_image(image),
+        None => error,
+    }
 }
 
 #[cfg(test)]
