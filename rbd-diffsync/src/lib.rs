@@ -153,14 +153,12 @@ mod verify;
 pub mod sim;
 
 pub use error::{Error, ErrorKind, Result};
-pub use many::{
-    BatchProgress, BatchSettings, SyncMany, VolumeProgress, VolumeState, DEFAULT_BATCH_BUDGET,
-    DEFAULT_BATCH_REQUESTS, DEFAULT_PARALLEL,
-};
+pub use many::{BatchProgress, SyncMany, VolumeProgress, VolumeState};
 pub use progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 pub use settings::{
-    Settings, DEFAULT_CHUNK_SIZE, DEFAULT_PROGRESS_INTERVAL, DEFAULT_WINDOW, MAX_CHUNK_SIZE,
-    MAX_PARALLEL, MAX_WINDOW,
+    BatchSettings, Settings, DEFAULT_BATCH_BUDGET, DEFAULT_BATCH_REQUESTS, DEFAULT_CHUNK_SIZE,
+    DEFAULT_PARALLEL, DEFAULT_PROGRESS_INTERVAL, DEFAULT_WINDOW, MAX_CHUNK_SIZE, MAX_PARALLEL,
+    MAX_WINDOW,
 };
 pub use spec::{ClusterSpec, ImageSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use transfer::{DiffTransfer, Plan};

@@ -13,18 +13,9 @@ use crate::locks::lock;
 use crate::progress::{CancelToken, Phase, Progress, ProgressFlow, TransferStats};
 use crate::protocol::batch::BatchLink;
 use crate::rbd::cluster::Connections;
-use crate::settings::{self, DEFAULT_CHUNK_SIZE, DEFAULT_PROGRESS_INTERVAL};
+use crate::settings::BatchSettings;
 use crate::spec::{ClusterSpec, ImageSpec};
 use crate::transfer::DiffTransfer;
-
-/// Volumes transferred at once by default: with more, a one-node cluster gains nothing
-/// (BENCHMARKS.md, "Many volumes at once").
-pub const DEFAULT_PARALLEL: usize = 4;
-/// Memory the transfers of a batch hold at once by default, librados's receive buffers
-/// included: 32 chunks of 2 MiB.
-pub const DEFAULT_BATCH_BUDGET: usize = 32 * DEFAULT_CHUNK_SIZE as usize;
-/// Requests in flight at once by default, for all the transfers of a batch together.
-pub const DEFAULT_BATCH_REQUESTS: usize = 256;
 
 /// The destination of each transfer and its cluster, to find two transfers into one image: a
 /// destination named without its pool is in its cluster's `rbd_default_pool`. That pool is
@@ -63,50 +54,6 @@ fn dest_keys(transfers: &[DiffTransfer], connections: &Connections) -> Vec<(Stri
             (resolved.unwrap_or_else(|| dest.clone()), cluster.clone())
         })
         .collect()
-}
-
-/// The settings of a batch, shared by its transfers. Each transfer keeps its own settings
-/// besides (chunk size, window, `overwrite_existing`, its own rate limit...): its window still
-/// bounds what it holds, and the batch's budget bounds what they hold together.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BatchSettings {
-    /// Transfers running at once, at least 1 (default [`DEFAULT_PARALLEL`]); the others wait
-    /// their turn, in the order given.
-    pub parallel: usize,
-    /// Bytes of data all the transfers hold at once, librados's receive buffers included
-    /// (default [`DEFAULT_BATCH_BUDGET`], 64 MiB). A piece larger than the whole budget
-    /// still goes, alone.
-    pub memory_budget: usize,
-    /// Requests in flight at once, for all the transfers together (default
-    /// [`DEFAULT_BATCH_REQUESTS`]).
-    pub max_requests: usize,
-    /// Bytes per second read by all the transfers together, at most (see
-    /// [`DiffTransfer::rate_limit`]); `None` for no cap.
-    pub rate_limit: Option<u64>,
-    /// The least time between two calls of the batch's progress callback (default 200 ms).
-    pub progress_interval: Duration,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        BatchSettings {
-            parallel: DEFAULT_PARALLEL,
-            memory_budget: DEFAULT_BATCH_BUDGET,
-            max_requests: DEFAULT_BATCH_REQUESTS,
-            rate_limit: None,
-            progress_interval: DEFAULT_PROGRESS_INTERVAL,
-        }
-    }
-}
-
-impl BatchSettings {
-    /// Whether every setting is in range: if not, an
-    /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error naming the first that is not.
-    /// [`SyncMany::run`] checks them too, and then fails every transfer with that error.
-    pub fn check(&self) -> Result<()> {
-        settings::check_batch(self.parallel, self.memory_budget, self.max_requests)
-    }
 }
 
 /// Where a volume of a batch is.

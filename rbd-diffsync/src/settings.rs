@@ -1,6 +1,6 @@
 //! The settings of the jobs, with their defaults and ranges, checked in one place before
 //! anything connects. The command line's options, the C setters and the Python keywords map
-//! onto [`Settings`] and [`BatchSettings`](crate::BatchSettings): a new setting is one
+//! onto [`Settings`] and [`BatchSettings`]: a new setting is one
 //! field here (with its default and its check), then one line per binding.
 
 use std::time::Duration;
@@ -139,24 +139,68 @@ fn check_cluster(spec: &ClusterSpec, which: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks the settings of a batch: `parallel` transfers at once, within `memory_budget` bytes
-/// and `max_requests` requests.
-pub(crate) fn check_batch(
-    parallel: usize,
-    memory_budget: usize,
-    max_requests: usize,
-) -> Result<()> {
-    if parallel == 0 || parallel > MAX_PARALLEL {
-        return Err(Error::invalid(format!(
-            "parallel {parallel} is not between 1 and {MAX_PARALLEL}"
-        )));
+/// Volumes transferred at once by default: with more, a one-node cluster gains nothing
+/// (BENCHMARKS.md, "Many volumes at once").
+pub const DEFAULT_PARALLEL: usize = 4;
+/// Memory the transfers of a batch hold at once by default, librados's receive buffers
+/// included: 32 chunks of 2 MiB.
+pub const DEFAULT_BATCH_BUDGET: usize = 32 * DEFAULT_CHUNK_SIZE as usize;
+/// Requests in flight at once by default, for all the transfers of a batch together.
+pub const DEFAULT_BATCH_REQUESTS: usize = 256;
+
+/// The settings of a batch, shared by its transfers. Each transfer keeps its own settings
+/// besides (chunk size, window, `overwrite_existing`, its own rate limit...): its window still
+/// bounds what it holds, and the batch's budget bounds what they hold together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchSettings {
+    /// Transfers running at once, at least 1 (default [`DEFAULT_PARALLEL`]); the others wait
+    /// their turn, in the order given.
+    pub parallel: usize,
+    /// Bytes of data all the transfers hold at once, librados's receive buffers included
+    /// (default [`DEFAULT_BATCH_BUDGET`], 64 MiB). A piece larger than the whole budget
+    /// still goes, alone.
+    pub memory_budget: usize,
+    /// Requests in flight at once, for all the transfers together (default
+    /// [`DEFAULT_BATCH_REQUESTS`]).
+    pub max_requests: usize,
+    /// Bytes per second read by all the transfers together, at most (see
+    /// [`DiffTransfer::rate_limit`](crate::DiffTransfer::rate_limit)); `None` for no cap.
+    pub rate_limit: Option<u64>,
+    /// The least time between two calls of the batch's progress callback (default 200 ms).
+    pub progress_interval: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            parallel: DEFAULT_PARALLEL,
+            memory_budget: DEFAULT_BATCH_BUDGET,
+            max_requests: DEFAULT_BATCH_REQUESTS,
+            rate_limit: None,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
+        }
     }
-    if memory_budget == 0 || max_requests == 0 {
-        return Err(Error::invalid(
-            "the memory budget and the requests of a batch must be above 0",
-        ));
+}
+
+impl BatchSettings {
+    /// Whether every setting is in range: if not, an
+    /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error naming the first that is not.
+    /// [`SyncMany::run`](crate::SyncMany::run) checks them too, and then fails every transfer with that error.
+    pub fn check(&self) -> Result<()> {
+        if self.parallel == 0 || self.parallel > MAX_PARALLEL {
+            return Err(Error::invalid(format!(
+                "parallel {} is not between 1 and {MAX_PARALLEL}",
+                self.parallel
+            )));
+        }
+        if self.memory_budget == 0 || self.max_requests == 0 {
+            return Err(Error::invalid(
+                "the memory budget and the requests of a batch must be above 0",
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -202,6 +246,13 @@ mod tests {
 
     #[test]
     fn a_batch_is_checked() {
+        let batch = |parallel, memory_budget, max_requests| BatchSettings {
+            parallel,
+            memory_budget,
+            max_requests,
+            ..BatchSettings::default()
+        };
+        let check_batch = |p, b, r| batch(p, b, r).check();
         assert!(check_batch(1, 1, 1).is_ok());
         assert!(check_batch(MAX_PARALLEL, 1, 1).is_ok());
         for (p, b, r) in [(0, 1, 1), (MAX_PARALLEL + 1, 1, 1), (1, 0, 1), (1, 1, 0)] {
