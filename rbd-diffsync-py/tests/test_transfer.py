@@ -176,7 +176,16 @@ def test_a_rerun_after_a_cancel_compares_what_the_cancelled_run_had_done(cluster
             return 0
         return next((int(f[5:]) for f in record.split() if f.startswith("done=")), 0)
 
+    # The record is read (rbd image-meta get opens the image) only once the transfer copies:
+    # earlier, its open could make the transfer find the destination open by another client.
+    copying = threading.Event()
+
+    def progress(p: rbd_diffsync.Progress) -> None:
+        if p.phase == "copying":
+            copying.set()
+
     def cancel_once_checkpointed() -> None:
+        copying.wait(60)
         for _ in range(600):  # a minute at most: the copy takes seconds
             if checkpoint() > 0:
                 break
@@ -186,7 +195,7 @@ def test_a_rerun_after_a_cancel_compares_what_the_cancelled_run_had_done(cluster
     canceller = threading.Thread(target=cancel_once_checkpointed)
     canceller.start()
     with pytest.raises(rbd_diffsync.CancelledError):
-        transfer.run()
+        transfer.run(progress=progress)
     canceller.join()
     assert checkpoint() > 0 and cluster.snaps(dest) == []
     # The cancelled run let go of the destination before the rerun took it: what lies below
